@@ -1,0 +1,58 @@
+# ML Manager — the two commands a user needs: `make run` and `make test`.
+# Both create .venv when it is missing and reinstall only when a requirements file changed.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_DEV  := $(VENV)/.installed-dev
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+WORKERS ?= 2
+export ML_MANAGER_HOME ?= $(CURDIR)/data
+
+.PHONY: run test worker dashboard bench clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP_RUN): requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(STAMP_DEV): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP_RUN) $@
+
+## run: start the worker and the dashboard on http://$(HOST):$(PORT); Ctrl-C stops both
+run: $(STAMP_RUN)
+	@mkdir -p "$(ML_MANAGER_HOME)/logs"
+	@echo "ML Manager data home: $(ML_MANAGER_HOME)"
+	@echo "Worker log: $(ML_MANAGER_HOME)/logs/worker.log"
+	@$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -C -q \
+		>>"$(ML_MANAGER_HOME)/logs/worker.log" 2>&1 & worker=$$!; \
+	trap 'kill -INT $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+
+## worker: only the background worker (training and batch inference)
+worker: $(STAMP_RUN)
+	@mkdir -p "$(ML_MANAGER_HOME)/logs"
+	$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -C
+
+## dashboard: only the dashboard
+dashboard: $(STAMP_RUN)
+	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+
+## test: the whole suite (unit, real worker, AppTest, headless browser)
+test: $(STAMP_DEV)
+	$(PY) -m pytest
+
+## bench: every benchmark (slow; prints tables)
+bench: $(STAMP_DEV)
+	$(PY) benchmarks/postprocess.py
+	$(PY) benchmarks/queue.py
+	$(PY) benchmarks/ui_latency.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,188 @@
+"""Reading user images and masks, with a clear sentence for every bad file.
+
+Every image enters the program here, converted once to RGB ``uint8`` (H, W, 3); every mask
+to ``uint8`` {0, 1} (H, W). Anything unreadable raises :class:`ImageReadError` (a
+``ValueError``) whose message says what was wrong and what to do.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# Refuse images whose header claims more pixels than this, before decoding them.
+MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; DRIVE is 565 x 584
+MIN_SIDE = 16  # smaller images carry no usable vessels
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".bmp")
+
+# Never decode a truncated file silently.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own size check below runs before decoding; PIL's would turn a bomb into "unidentified".
+Image.MAX_IMAGE_PIXELS = None
+
+Source = Union[str, os.PathLike, bytes, BinaryIO]
+
+
+class ImageReadError(ValueError):
+    """An image or mask could not be used; the message is meant for the user."""
+
+
+def _label(source: Source, name: str | None) -> str:
+    if name:
+        return str(name)
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    return getattr(source, "name", None) or "the file"
+
+
+def _open(source: Source, name: str | None) -> tuple[Image.Image, str]:
+    label = _label(source, name)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageReadError(f"{label}: no such file ({path}).")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        if hasattr(source, "seek"):
+            source.seek(0)
+        data = source.read()
+    if not data:
+        raise ImageReadError(f"{label} is empty (0 bytes): upload the image file itself.")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"{label} is not an image this program can read: use PNG, JPEG, TIFF, GIF, PPM or BMP."
+        ) from None
+    except Exception:  # PIL raises many types for garbage headers
+        raise ImageReadError(f"{label} is truncated or damaged (its header cannot be read).") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(_too_large(label, w, h))
+    if min(w, h) < MIN_SIDE:
+        raise ImageReadError(
+            f"{label} is {w}×{h} pixels; images must be at least {MIN_SIDE}×{MIN_SIDE} pixels."
+        )
+    n_frames = getattr(img, "n_frames", 1)
+    if n_frames > 1 and img.format != "TIFF":
+        raise ImageReadError(
+            f"{label} is an animation with {n_frames} frames: save the frame you want as a single image."
+        )
+    try:
+        img.load()
+    except Exception:
+        raise ImageReadError(
+            f"{label} is truncated or damaged and could not be decoded: export it again."
+        ) from None
+    return img, label
+
+
+def _too_large(label: str, w: int | None = None, h: int | None = None) -> str:
+    size = f" ({w}×{h} pixels)" if w else ""
+    return (
+        f"{label} is too large{size}: the limit is {MAX_PIXELS / 1e6:.0f} megapixels. "
+        "Downscale or crop it first."
+    )
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale 16-bit / float / bool data to uint8 0..255."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    arr = arr.astype(np.float64)
+    top = float(np.nanmax(arr)) if arr.size else 0.0
+    if top <= 1.0 and arr.dtype.kind == "f":
+        scale = 255.0
+    elif top <= 255:
+        scale = 1.0
+    else:  # 16-bit (or 12-bit stored in 16): use the data's bit depth
+        scale = 255.0 / (2 ** int(np.ceil(np.log2(top + 1))) - 1)
+    return np.clip(np.nan_to_num(arr) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def read_image(source: Source, name: str | None = None) -> np.ndarray:
+    """Read a photograph as RGB uint8 (H, W, 3).
+
+    Gray images are replicated to three channels, RGBA loses its alpha channel, CMYK and
+    palette images are converted, 16-bit images are scaled to 8 bits.
+    """
+    img, label = _open(source, name)
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.repeat(gray[:, :, None], 3, axis=2).copy()
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA").convert("RGB")
+    elif mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageReadError(f"{label} has an unsupported pixel format ({mode}).")
+    return _to_uint8(arr).copy()
+
+
+def read_mask(source: Source, name: str | None = None) -> np.ndarray:
+    """Read a binary mask as uint8 {0, 1} (H, W).
+
+    Accepted: {0, 255}, {0, 1}, boolean / 1-bit, and colour masks (any channel set).
+    A mask with other values is binarised at half its maximum; :func:`read_mask_with_note` says how.
+    """
+    arr = _mask_array(source, name)[0]
+    return arr
+
+
+def read_mask_with_note(source: Source, name: str | None = None) -> tuple[np.ndarray, str | None]:
+    """Like :func:`read_mask`, also returning a sentence when the mask had to be binarised."""
+    return _mask_array(source, name)
+
+
+def _mask_array(source: Source, name: str | None) -> tuple[np.ndarray, str | None]:
+    img, label = _open(source, name)
+    if img.mode == "1":
+        return np.asarray(img, dtype=bool).astype(np.uint8), None
+    if img.mode in ("RGB", "RGBA", "P", "CMYK", "LA", "PA"):
+        arr = np.asarray(img.convert("RGB")).max(axis=2)
+    else:
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr.max(axis=2)
+    values = np.unique(arr)
+    top = float(values.max()) if values.size else 0.0
+    if top == 0:
+        return np.zeros(arr.shape, np.uint8), None
+    if len(values) <= 2 and values.min() == 0:
+        return (arr > 0).astype(np.uint8), None
+    mask = (arr.astype(np.float64) >= top / 2).astype(np.uint8)
+    note = (
+        f"{label} is not a binary mask ({len(values)} distinct values); it was binarised at half "
+        f"its maximum ({top / 2:g}): pixels at or above count as foreground."
+    )
+    return mask, note
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, what: str = "mask") -> None:
+    """Raise a sentence when a mask's H×W differs from its image's."""
+    if image.shape[:2] != mask.shape[:2]:
+        ih, iw = image.shape[:2]
+        mh, mw = mask.shape[:2]
+        raise ImageReadError(
+            f"The {what} is {mw}×{mh} pixels but the image is {iw}×{ih}: use the {what} made for this image."
+        )
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 array (H, W) or (H, W, 3); masks {0,1} are written as {0,255}."""
+    a = np.asarray(arr)
+    if a.dtype == bool or (a.ndim == 2 and a.dtype == np.uint8 and a.max(initial=0) <= 1):
+        a = a.astype(np.uint8) * 255
+    buf = io.BytesIO()
+    Image.fromarray(_to_uint8(a)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,98 @@
+"""The data home: one folder that holds every database, checkpoint and output.
+
+Layout (``ML_MANAGER_HOME``, default ``./data``)::
+
+    ml_manager.db             run registry (sqlite-utils)
+    queue.db                  Huey's queue (SQLite)
+    models/<model_id>/checkpoints/best.pt, last.pt, epoch_XXX.pt
+    inference/<job_id>/       batch inference outputs
+    datasets/<name>/          registered / uploaded / synthetic data sets
+    uploads/                  uploaded files, stored under generated names
+    logs/                     worker and dashboard logs
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+HOME_ENV = "ML_MANAGER_HOME"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def data_home() -> Path:
+    """The data home, created if missing. Read from the environment on every call."""
+    home = Path(os.environ.get(HOME_ENV) or "data").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _subdir(*parts: str) -> Path:
+    path = data_home().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Refuse ids that could escape their folder (``..``, slashes, empty)."""
+    if not isinstance(value, str) or not _SAFE_ID.match(value):
+        raise ValueError(f"{what} {value!r} is not valid: use letters, digits, '-' or '_' only.")
+    return value
+
+
+def db_path() -> Path:
+    return data_home() / "ml_manager.db"
+
+
+def queue_path() -> Path:
+    return data_home() / "queue.db"
+
+
+def models_dir() -> Path:
+    return _subdir("models")
+
+
+def model_dir(model_id: str) -> Path:
+    return _subdir("models", check_id(model_id, "model id"))
+
+
+def checkpoints_dir(model_id: str) -> Path:
+    return _subdir("models", check_id(model_id, "model id"), "checkpoints")
+
+
+def inference_dir(job_id: str) -> Path:
+    return _subdir("inference", check_id(job_id, "job id"))
+
+
+def datasets_dir() -> Path:
+    return _subdir("datasets")
+
+
+def uploads_dir() -> Path:
+    return _subdir("uploads")
+
+
+def logs_dir() -> Path:
+    return _subdir("logs")
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when ``path`` resolves to ``folder`` or somewhere below it."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path

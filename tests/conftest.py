@@ -1,0 +1,35 @@
+"""Shared fixtures: a real temporary data home, small synthetic images, the DRIVE folder."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVE_DIR = ROOT.parent / "shared" / "data" / "drive" / "training"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Keep torch and BLAS from fighting over the two cores of a CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh, real data home (ML_MANAGER_HOME) for one test."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("ML_MANAGER_HOME", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def drive_dir() -> Path:
+    """The DRIVE training images, or a skip that says why they are missing."""
+    if not (DRIVE_DIR / "images").is_dir():
+        pytest.skip(f"DRIVE data set not found at {DRIVE_DIR} (it lives in ../shared, absent on a fresh clone)")
+    return DRIVE_DIR
