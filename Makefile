@@ -1,7 +1,7 @@
 # ML Manager — the two commands a user needs: `make run` and `make test`.
 # Both create .venv when it is missing and reinstall only when a requirements file changed.
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP_RUN  := $(VENV)/.installed-run
