@@ -1,0 +1,184 @@
+"""Zip archives in and out of the data home, safely.
+
+Uploaded zips come from users: a member may try to escape its folder (``../x``, ``/etc/x``,
+``C:\\x``), be a symbolic link, or be a "zip bomb" (a few kilobytes that inflate to gigabytes).
+:func:`safe_extract_zip` refuses all of these with a sentence *before* writing anything, counts
+the bytes it really inflates (headers can lie), and extracts into a temporary folder next to the
+destination that is renamed into place only when everything succeeded, so a failed upload
+leaves nothing half-written behind.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Union
+
+from storage import paths
+
+MAX_TOTAL_BYTES = 4 * 1024**3  # inflated size of one archive
+MAX_MEMBERS = 50_000
+MAX_RATIO = 250  # inflated / compressed, per member and overall (zip bombs reach 1000+)
+_CHUNK = 1 << 20
+_JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db")
+_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+ZipSource = Union[str, os.PathLike, bytes, BinaryIO]
+
+
+class ArchiveError(ValueError):
+    """A zip archive could not be used; the message is meant for the user."""
+
+
+def dataset_name(text: str) -> str:
+    """A folder name made of letters, digits, '-' and '_' from any label (e.g. an upload's file name)."""
+    stem = Path(str(text)).name
+    if stem.lower().endswith(".zip"):
+        stem = stem[:-4]
+    name = _NAME.sub("_", stem).strip("_-")[:64]
+    if not name:
+        raise ArchiveError(f"{text!r} does not give a usable data set name: use letters, digits, '-' or '_'.")
+    return name
+
+
+def _open_zip(source: ZipSource) -> zipfile.ZipFile:
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return zipfile.ZipFile(io.BytesIO(bytes(source)))
+        return zipfile.ZipFile(source)
+    except zipfile.BadZipFile:
+        raise ArchiveError("The upload is not a zip archive (or it is damaged): create it again with a zip tool.") from None
+    except FileNotFoundError:
+        raise ArchiveError(f"No such zip file: {source}.") from None
+
+
+def _member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
+    """The member's relative path, None for entries to skip; raises for unsafe names."""
+    name = info.filename.replace("\\", "/")
+    if any(part in name for part in _JUNK):
+        return None
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise ArchiveError(f"The archive holds an absolute path ({info.filename!r}); only relative paths are accepted.")
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"The archive holds a path that leaves its folder ({info.filename!r}); it was refused.")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise ArchiveError(f"The archive holds a symbolic link ({info.filename!r}); store real files instead.")
+    if not parts:
+        return None
+    return PurePosixPath(*parts)
+
+
+def check_zip(
+    source: ZipSource,
+    *,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_members: int = MAX_MEMBERS,
+    max_ratio: float = MAX_RATIO,
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """The members to extract, after checking names, count, declared sizes and ratios."""
+    with _open_zip(source) as zf:
+        infos = zf.infolist()
+    if len(infos) > max_members:
+        raise ArchiveError(f"The archive holds {len(infos)} entries; the limit is {max_members}. Split it.")
+    members, total, packed = [], 0, 0
+    for info in infos:
+        rel = _member_path(info)
+        if rel is None:
+            continue
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"{info.filename!r} is encrypted: upload an archive without a password.")
+        total += info.file_size
+        packed += info.compress_size
+        if info.file_size > 1_000_000 and info.file_size > max_ratio * max(info.compress_size, 1):
+            raise ArchiveError(
+                f"{info.filename!r} inflates {info.file_size / max(info.compress_size, 1):.0f}-fold, "
+                "which looks like a zip bomb; it was refused."
+            )
+        members.append((info, rel))
+    if total > max_total_bytes:
+        raise ArchiveError(
+            f"The archive would inflate to {total / 1e9:.1f} GB; the limit is {max_total_bytes / 1e9:.1f} GB."
+        )
+    if total > 1_000_000 and total > max_ratio * max(packed, 1):
+        raise ArchiveError("The archive inflates far more than real images do, which looks like a zip bomb; it was refused.")
+    if not any(not info.is_dir() for info, _ in members):
+        raise ArchiveError("The archive is empty: it holds no files.")
+    return members
+
+
+def safe_extract_zip(
+    source: ZipSource,
+    dest: str | os.PathLike,
+    *,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_members: int = MAX_MEMBERS,
+    max_ratio: float = MAX_RATIO,
+) -> Path:
+    """Extract ``source`` into the new folder ``dest`` (refused if it exists) and return it.
+
+    A single top-level folder in the archive (``drive/images/...``) is flattened so that
+    ``dest`` holds its contents directly.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise ArchiveError(f"{dest.name} exists already: choose another name or delete the old one first.")
+    members = check_zip(source, max_total_bytes=max_total_bytes, max_members=max_members, max_ratio=max_ratio)
+    tops = {rel.parts[0] for _, rel in members}
+    strip = len(tops) == 1 and all(len(rel.parts) > 1 or info.is_dir() for info, rel in members)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    written = 0
+    try:
+        with _open_zip(source) as zf:
+            for info, rel in members:
+                parts = rel.parts[1:] if strip else rel.parts
+                if not parts:
+                    continue
+                target = tmp.joinpath(*parts)
+                if not paths.is_inside(target, tmp):  # belt and braces after the name checks
+                    raise ArchiveError(f"{info.filename!r} would be written outside the data set folder; refused.")
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > max_total_bytes:
+                            raise ArchiveError(
+                                f"The archive inflates past {max_total_bytes / 1e9:.1f} GB "
+                                "(more than its headers declare); it was refused."
+                            )
+                        out.write(chunk)
+        os.replace(tmp, dest)
+    except ArchiveError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArchiveError(f"The archive could not be unpacked ({exc}); create it again with a zip tool.") from None
+    return dest
+
+
+def unpack_dataset_zip(source: ZipSource, name: str) -> Path:
+    """Unpack an uploaded data set into ``datasets_dir()/<name>`` and return that folder."""
+    folder = paths.datasets_dir() / dataset_name(name)
+    return safe_extract_zip(source, folder)
+
+
+def zip_folder(folder: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Zip every file under ``folder`` (paths relative to it) into ``out_path``, atomically."""
+    folder, out_path = Path(folder), Path(out_path)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.resolve() != out_path.resolve():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return paths.atomic_write_bytes(out_path, buf.getvalue())
