@@ -1,0 +1,470 @@
+"""The run registry: one SQLite file (``paths.db_path()``) read by the dashboard, written by the worker.
+
+Every connection is in WAL mode with a busy timeout, so a page reading while the worker writes
+waits a moment instead of failing with "database is locked". The schema lives in
+``storage/migrations.py`` and is brought up to date whenever a connection opens.
+
+Every query function takes an optional ``db=`` (a connection from :func:`connect`); without it,
+the function opens ``paths.db_path()`` of the current ``ML_MANAGER_HOME`` and closes it again.
+Timestamps are ISO-8601 UTC strings (``2025-01-31T12:00:00.123+00:00``). JSON columns
+(``config``, ``recommended_postprocess``, ``postprocess``) are stored and returned as JSON strings,
+except presets, whose ``config`` comes back as a dict.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlite_utils import Database
+
+from storage import paths
+from storage.migrations import MIGRATIONS
+
+BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before giving up
+STATUSES = ("queued", "running", "stopping", "completed", "failed")
+ACTIVE_STATUSES = ("queued", "running", "stopping")
+STOP_REASONS = ("max_epochs", "early_stopping", "user_stop")
+CHECKPOINT_KINDS = ("best", "last", "epoch")
+JOB_STATUSES = ("queued", "running", "completed", "failed")
+BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline
+
+_JSON_FIELDS = {"config", "recommended_postprocess", "postprocess"}
+
+
+class UnknownModelError(ValueError):
+    """No model with the given id exists."""
+
+
+class UnknownJobError(ValueError):
+    """No inference job with the given id exists."""
+
+
+# --------------------------------------------------------------------------- basics
+
+def utc_now() -> str:
+    """The current time as an ISO-8601 UTC string with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO timestamp from the database as an aware datetime (None stays None)."""
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def age_seconds(value: str | None) -> float | None:
+    """Seconds since an ISO timestamp, or None when there is none."""
+    moment = parse_time(value)
+    return None if moment is None else (datetime.now(timezone.utc) - moment).total_seconds()
+
+
+def new_id() -> str:
+    """A short, sortable, file-name-safe id such as ``20250131-120000-3fa9c2``."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def this_worker_id() -> str:
+    """Identity of the current process, stored on the runs it executes (``host:pid:start``)."""
+    global _WORKER_ID
+    if _WORKER_ID is None or _WORKER_ID[0] != os.getpid():
+        _WORKER_ID = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+    return _WORKER_ID[1]
+
+
+_WORKER_ID: tuple[int, str] | None = None
+
+
+def connect(path: str | os.PathLike | None = None) -> Database:
+    """Open (creating and migrating if needed) the registry, in WAL mode with a busy timeout."""
+    path = Path(path) if path is not None else paths.db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    db = Database(conn, execute_plugins=False)
+    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    db.enable_wal()
+    db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: only a power cut can lose the last commit
+    migrate(db)
+    return db
+
+
+def migrate(db: Database) -> None:
+    """Apply pending migrations; two processes opening a new file at once take turns."""
+    if not MIGRATIONS.pending(db):
+        return
+    with immediate(db):  # the write lock first, so a second process waits and then sees nothing to do
+        MIGRATIONS.apply(db)
+
+
+@contextlib.contextmanager
+def immediate(db: Database) -> Iterator[Database]:
+    """A transaction that takes the write lock at once (``BEGIN IMMEDIATE``): read-then-write safely."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.rollback()
+        raise
+    else:
+        db.conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def _use(db: Database | None) -> Iterator[Database]:
+    if db is not None:
+        yield db
+        return
+    own = connect()
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def _write(db: Database, sql: str, params: list | tuple = ()) -> int:
+    with db.atomic():
+        return db.execute(sql, params).rowcount
+
+
+def _rows(db: Database, sql: str, params: list | tuple = ()) -> list[dict]:
+    cursor = db.execute(sql, params)
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: (json.dumps(v, sort_keys=True) if k in _JSON_FIELDS and isinstance(v, (dict, list)) else v)
+            for k, v in fields.items()}
+
+
+def _check_fields(table: str, fields: dict[str, Any], db: Database) -> None:
+    columns = set(db[table].columns_dict)
+    unknown = sorted(set(fields) - columns)
+    if unknown:
+        raise ValueError(f"{table} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(columns))}.")
+
+
+def integrity_check(db: Database | None = None) -> str:
+    """SQLite's own consistency check: ``"ok"`` when the file is sound."""
+    with _use(db) as db:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+# --------------------------------------------------------------------------- models
+
+def create_model(name: str, config: dict, dataset: str, db: Database | None = None) -> str:
+    """Register a new run (status ``queued``, not yet in the worker's queue) and return its id."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict of training settings, not {type(config).__name__}.")
+    model_id = new_id()
+    now = utc_now()
+    record = {"id": model_id, "name": name.strip(), "status": "queued", "config": json.dumps(config, sort_keys=True),
+              "dataset": str(dataset), "created_at": now, "queued_at": now,
+              "total_epochs": config.get("epochs"), "patience": config.get("early_stopping_patience"),
+              "monitor": config.get("early_stopping_monitor")}
+    with _use(db) as db:
+        db["models"].insert(record)
+    return model_id
+
+
+def get_model(model_id: str, db: Database | None = None) -> dict:
+    """The model's row as a dict; an unknown id raises :class:`UnknownModelError`."""
+    with _use(db) as db:
+        rows = _rows(db, "SELECT * FROM models WHERE id = ?", [model_id])
+    if not rows:
+        raise UnknownModelError(f"There is no model with id {model_id!r}; check the id in the model list.")
+    return rows[0]
+
+
+def list_models(status: str | tuple[str, ...] | None = None, db: Database | None = None) -> list[dict]:
+    """Every model, newest first; ``status`` keeps only runs in that status (or any of a tuple)."""
+    wanted = (status,) if isinstance(status, str) else status
+    with _use(db) as db:
+        if not wanted:
+            return _rows(db, "SELECT * FROM models ORDER BY created_at DESC, id DESC")
+        marks = ", ".join("?" for _ in wanted)
+        return _rows(db, f"SELECT * FROM models WHERE status IN ({marks}) ORDER BY created_at DESC, id DESC",
+                     list(wanted))
+
+
+def update_model(model_id: str, db: Database | None = None, only_if_status: tuple[str, ...] | None = None,
+                 **fields: Any) -> bool:
+    """Set fields of a model's row. With ``only_if_status``, change it only while its status is one of
+    those (a compare-and-set) and return whether it changed."""
+    if "status" in fields and fields["status"] not in STATUSES:
+        raise ValueError(f"status {fields['status']!r} is not one of {', '.join(STATUSES)}.")
+    if fields.get("stop_reason") not in (None, *STOP_REASONS):
+        raise ValueError(f"stop_reason {fields['stop_reason']!r} is not one of {', '.join(STOP_REASONS)}.")
+    with _use(db) as db:
+        get_model(model_id, db=db)
+        if not fields:
+            return True
+        _check_fields("models", fields, db)
+        fields = _encode(fields)
+        sets = ", ".join(f"[{k}] = ?" for k in fields)
+        sql, params = f"UPDATE models SET {sets} WHERE id = ?", [*fields.values(), model_id]
+        if only_if_status:
+            sql += f" AND status IN ({', '.join('?' for _ in only_if_status)})"
+            params += list(only_if_status)
+        return _write(db, sql, params) > 0
+
+
+def delete_model(model_id: str, db: Database | None = None) -> None:
+    """Remove a finished model: its rows (epochs, checkpoints, presets) and its folder of checkpoints."""
+    with _use(db) as db:
+        with immediate(db):
+            row = get_model(model_id, db=db)
+            if row["status"] in ACTIVE_STATUSES:
+                raise ValueError(f"Model {model_id!r} is {row['status']}; stop it and wait until it has ended "
+                                 "before deleting it.")
+            for table in ("epochs", "checkpoints", "presets"):
+                db.execute(f"DELETE FROM {table} WHERE model_id = ?", [model_id])
+            db.execute("DELETE FROM models WHERE id = ?", [model_id])
+    folder = paths.data_home() / "models" / paths.check_id(model_id, "model id")
+    if folder.exists() and paths.is_inside(folder, paths.data_home() / "models"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def claim_training_slot(model_id: str, max_running: int, fresh_s: float, worker: str,
+                        db: Database | None = None) -> bool | None:
+    """Try to move a queued run to ``running`` without exceeding ``max_running`` trainings at once.
+
+    Runs are served first come, first served: a queued run waits while an earlier-queued run whose
+    task polled within ``fresh_s`` seconds is still waiting. Returns True when the slot was taken,
+    False when the run must wait (its heartbeat is bumped), None when it is no longer queued.
+    """
+    with _use(db) as db, immediate(db):
+        row = get_model(model_id, db=db)
+        now = utc_now()
+        if row["status"] != "queued":
+            return None
+        running = db.execute("SELECT count(*) FROM models WHERE status IN ('running', 'stopping')").fetchone()[0]
+        cutoff = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - fresh_s, timezone.utc)
+        ahead = db.execute(
+            "SELECT count(*) FROM models WHERE status = 'queued' AND task_id IS NOT NULL AND id != ? "
+            "AND (queued_at < ? OR (queued_at = ? AND id < ?)) AND heartbeat_at >= ?",
+            [model_id, row["queued_at"], row["queued_at"], model_id,
+             cutoff.isoformat(timespec="milliseconds")]).fetchone()[0]
+        if running + ahead >= max_running:
+            db.execute("UPDATE models SET heartbeat_at = ? WHERE id = ?", [now, model_id])
+            return False
+        db.execute("UPDATE models SET status = 'running', started_at = ?, heartbeat_at = ?, worker = ?, "
+                   "error = NULL, stop_reason = NULL, finished_at = NULL WHERE id = ?",
+                   [now, now, worker, model_id])
+        return True
+
+
+def request_stop(model_id: str, db: Database | None = None) -> str:
+    """Ask a run to stop. Returns ``"cancelled"`` for a run that had not started (it is now failed with
+    stop_reason user_stop) or ``"stopping"`` for a running one; a finished run raises ValueError."""
+    with _use(db) as db, immediate(db):
+        row = get_model(model_id, db=db)
+        if row["status"] == "queued":
+            db.execute("UPDATE models SET status = 'failed', stop_reason = 'user_stop', finished_at = ?, "
+                       "error = 'stopped by the user before it started' WHERE id = ?", [utc_now(), model_id])
+            return "cancelled"
+        if row["status"] in ("running", "stopping"):
+            db.execute("UPDATE models SET status = 'stopping' WHERE id = ?", [model_id])
+            return "stopping"
+        raise ValueError(f"Model {model_id!r} has already finished ({row['status']}); there is nothing to stop.")
+
+
+# --------------------------------------------------------------------------- metrics
+
+def log_epoch(model_id: str, epoch: int, train_loss: float | None, val_loss: float | None,
+              val_dice: float | None, lr: float | None, seconds: float | None, db: Database | None = None) -> None:
+    """Record one epoch's metrics; logging the same (model, epoch) again replaces the earlier values."""
+    if not isinstance(epoch, int) or epoch < 1:
+        raise ValueError(f"epoch must be a whole number from 1 up, not {epoch!r}.")
+    record = {"model_id": model_id, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+              "val_dice": val_dice, "lr": lr, "seconds": seconds, "logged_at": utc_now()}
+    with _use(db) as db:
+        get_model(model_id, db=db)
+        db["epochs"].upsert(record, pk=("model_id", "epoch"))
+
+
+def model_metrics(model_id: str, db: Database | None = None) -> list[dict]:
+    """The model's per-epoch metrics in epoch order."""
+    with _use(db) as db:
+        get_model(model_id, db=db)
+        return _rows(db, "SELECT * FROM epochs WHERE model_id = ? ORDER BY epoch", [model_id])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def add_checkpoint(model_id: str, epoch: int | None, path: str | os.PathLike, kind: str, metric: float | None,
+                   db: Database | None = None) -> None:
+    """Record a checkpoint file; the same path recorded again replaces the earlier row."""
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"checkpoint kind {kind!r} is not one of {', '.join(CHECKPOINT_KINDS)}.")
+    path = Path(path).resolve()
+    size = path.stat().st_size if path.exists() else None
+    record = {"path": str(path), "model_id": model_id, "epoch": epoch, "kind": kind, "metric": metric,
+              "size_bytes": size, "created_at": utc_now()}
+    with _use(db) as db:
+        get_model(model_id, db=db)
+        db["checkpoints"].upsert(record, pk="path")
+
+
+def _kind_from_name(name: str) -> tuple[str, int | None]:
+    stem = Path(name).stem
+    if stem in ("best", "last"):
+        return stem, None
+    if stem.startswith("epoch_") and stem[6:].isdigit():
+        return "epoch", int(stem[6:])
+    return "epoch", None
+
+
+def model_checkpoints(model_id: str, db: Database | None = None) -> list[dict]:
+    """The checkpoints in this model's own folder, with the rows' epoch and metric where recorded.
+
+    Rows whose file has gone are left out; a ``.pt`` file without a row (a worker killed before it
+    wrote the row) is listed with what its name tells. Order: best, last, then epochs newest first.
+    """
+    with _use(db) as db:
+        model = get_model(model_id, db=db)
+        rows = _rows(db, "SELECT * FROM checkpoints WHERE model_id = ?", [model_id])
+    folder = paths.data_home() / "models" / paths.check_id(model_id, "model id") / "checkpoints"
+    by_name = {Path(r["path"]).name: r for r in rows}
+    found = []
+    files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    for file in files:
+        if file.name.startswith(".") or not file.is_file():
+            continue  # temp files of an atomic write in progress
+        row = by_name.get(file.name)
+        kind, epoch = _kind_from_name(file.name)
+        found.append({
+            "model_id": model_id, "model_name": model["name"], "name": file.name, "path": str(file.resolve()),
+            "kind": row["kind"] if row else kind, "epoch": row["epoch"] if row else epoch,
+            "metric": row["metric"] if row else None, "size_bytes": file.stat().st_size,
+            "created_at": row["created_at"] if row else None,
+        })
+    order = {"best": 0, "last": 1, "epoch": 2}
+    found.sort(key=lambda c: (order.get(c["kind"], 3), -(c["epoch"] or 0)))
+    return found
+
+
+def all_checkpoints(db: Database | None = None) -> list[dict]:
+    """The checkpoints of every completed model (newest model first): the global inference list."""
+    with _use(db) as db:
+        result = []
+        for model in list_models(status="completed", db=db):
+            for ckpt in model_checkpoints(model["id"], db=db):
+                ckpt["best_val_dice"] = model["best_val_dice"]
+                result.append(ckpt)
+        return result
+
+
+# --------------------------------------------------------------------------- inference jobs
+
+def create_inference_job(checkpoint_path: str, input_path: str, postprocess: dict, model_id: str | None = None,
+                         db: Database | None = None) -> str:
+    """Register a batch inference job (status ``queued``) and return its id."""
+    job_id = new_id()
+    record = {"id": job_id, "model_id": model_id, "checkpoint_path": str(checkpoint_path),
+              "input_path": str(input_path), "postprocess": json.dumps(postprocess or {}, sort_keys=True),
+              "status": "queued", "progress": 0.0, "n_total": 0, "n_done": 0, "n_failed": 0,
+              "output_dir": str(paths.data_home() / "inference" / job_id), "created_at": utc_now()}
+    with _use(db) as db:
+        if model_id is not None and model_id != BASELINE:
+            get_model(model_id, db=db)
+        db["inference_jobs"].insert(record)
+    return job_id
+
+
+def get_inference_job(job_id: str, db: Database | None = None) -> dict:
+    """The job's row; an unknown id raises :class:`UnknownJobError`."""
+    with _use(db) as db:
+        rows = _rows(db, "SELECT * FROM inference_jobs WHERE id = ?", [job_id])
+    if not rows:
+        raise UnknownJobError(f"There is no inference job with id {job_id!r}; check the id in the job list.")
+    return rows[0]
+
+
+def update_inference_job(job_id: str, db: Database | None = None, **fields: Any) -> None:
+    """Set fields of an inference job's row."""
+    if "status" in fields and fields["status"] not in JOB_STATUSES:
+        raise ValueError(f"job status {fields['status']!r} is not one of {', '.join(JOB_STATUSES)}.")
+    with _use(db) as db:
+        get_inference_job(job_id, db=db)
+        if fields:
+            _check_fields("inference_jobs", fields, db)
+            fields = _encode(fields)
+            sets = ", ".join(f"[{k}] = ?" for k in fields)
+            _write(db, f"UPDATE inference_jobs SET {sets} WHERE id = ?", [*fields.values(), job_id])
+
+
+def list_inference_jobs(model_id: str | None = None, limit: int | None = None,
+                        db: Database | None = None) -> list[dict]:
+    """Inference jobs, newest first; only one model's with ``model_id``."""
+    sql, params = "SELECT * FROM inference_jobs", []
+    if model_id is not None:
+        sql, params = sql + " WHERE model_id = ?", [model_id]
+    sql += " ORDER BY created_at DESC, id DESC"
+    if limit:
+        sql, params = sql + " LIMIT ?", params + [int(limit)]
+    with _use(db) as db:
+        return _rows(db, sql, params)
+
+
+# --------------------------------------------------------------------------- presets
+
+def save_preset(model_id: str, name: str, config: dict, db: Database | None = None) -> None:
+    """Save (or overwrite) a named post-processing preset for a model (or for ``"baseline"``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("A preset needs a name: give a short non-empty text such as 'thin vessels'.")
+    if not isinstance(config, dict):
+        raise ValueError(f"A preset's config must be a dict of post-processing settings, not {type(config).__name__}.")
+    now = utc_now()
+    with _use(db) as db:
+        if model_id != BASELINE:
+            get_model(model_id, db=db)
+        _write(db, "INSERT INTO presets (model_id, name, config, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (model_id, name) DO UPDATE SET config = excluded.config, "
+                   "updated_at = excluded.updated_at",
+               [model_id, name.strip(), json.dumps(config, sort_keys=True), now, now])
+
+
+def list_presets(model_id: str, db: Database | None = None) -> list[dict]:
+    """A model's presets, by name; each ``config`` is a dict."""
+    with _use(db) as db:
+        rows = _rows(db, "SELECT * FROM presets WHERE model_id = ? ORDER BY name", [model_id])
+    for row in rows:
+        row["config"] = json.loads(row["config"])
+    return rows
+
+
+def delete_preset(model_id: str, name: str, db: Database | None = None) -> bool:
+    """Remove a preset; returns whether one was there."""
+    with _use(db) as db:
+        return _write(db, "DELETE FROM presets WHERE model_id = ? AND name = ?", [model_id, name]) > 0
+
+
+# --------------------------------------------------------------------------- worker heartbeat
+
+def beat_worker(worker_id: str | None = None, db: Database | None = None) -> None:
+    """Record that the worker process is alive (called every few seconds by the worker)."""
+    worker_id = worker_id or this_worker_id()
+    now = utc_now()
+    with _use(db) as db:
+        _write(db, "INSERT INTO workers (id, host, pid, started_at, beat_at) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
+               [worker_id, socket.gethostname(), os.getpid(), now, now])
+
+
+def worker_heartbeat(db: Database | None = None) -> datetime | None:
+    """When any worker last reported, or None if no worker ever ran on this data home."""
+    with _use(db) as db:
+        value = db.execute("SELECT max(beat_at) FROM workers").fetchone()[0]
+    return parse_time(value)

@@ -1,0 +1,110 @@
+"""The run registry's schema, as an ordered list of sqlite-utils migrations.
+
+Each migration is a function that takes a ``sqlite_utils.Database``; sqlite-utils applies the
+pending ones in order and records each in its ``_sqlite_migrations`` table, so a database made by
+an older version is brought up to date the next time it is opened. Never edit a migration that
+has shipped: add a new one below it.
+"""
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("ml_manager")
+
+
+@MIGRATIONS(name="0001_initial")
+def initial_schema(db: Database) -> None:
+    db["models"].create(
+        {
+            "id": str,
+            "name": str,
+            "status": str,              # queued | running | stopping | completed | failed
+            "stop_reason": str,         # max_epochs | early_stopping | user_stop | NULL
+            "config": str,              # TrainingConfig as JSON
+            "dataset": str,             # folder the run trains on
+            "task_id": str,             # Huey task id of the training task
+            "created_at": str,          # ISO-8601 UTC, like every *_at column
+            "queued_at": str,           # when it last entered the queue (FIFO order)
+            "started_at": str,
+            "finished_at": str,
+            "best_epoch": int,
+            "best_metric": float,       # the monitored metric at best_epoch
+            "best_val_dice": float,
+            "epochs_run": int,
+            "total_epochs": int,
+            "epochs_since_best": int,
+            "patience": int,
+            "monitor": str,
+            "error": str,
+            "heartbeat_at": str,        # bumped every few seconds while queued-waiting or running
+            "worker": str,              # id of the worker process that runs it
+            "recommended_postprocess": str,  # PostProcessConfig dict as JSON
+            "current_epoch": int,
+            "batch": int,
+            "batches": int,
+            "eta_s": float,
+        },
+        pk="id",
+        not_null={"name", "status", "config", "created_at"},
+    )
+    db["models"].create_index(["status"])
+    db["epochs"].create(
+        {
+            "model_id": str,
+            "epoch": int,
+            "train_loss": float,
+            "val_loss": float,
+            "val_dice": float,
+            "lr": float,
+            "seconds": float,
+            "logged_at": str,
+        },
+        pk=("model_id", "epoch"),
+    )
+    db["checkpoints"].create(
+        {
+            "path": str,
+            "model_id": str,
+            "epoch": int,
+            "kind": str,                # best | last | epoch
+            "metric": float,
+            "size_bytes": int,
+            "created_at": str,
+        },
+        pk="path",
+        not_null={"model_id", "kind"},
+    )
+    db["checkpoints"].create_index(["model_id"])
+    db["inference_jobs"].create(
+        {
+            "id": str,
+            "model_id": str,            # NULL for the classical baseline or a loose checkpoint
+            "checkpoint_path": str,     # a .pt file, or "baseline"
+            "input_path": str,          # a folder or a .zip
+            "postprocess": str,         # PostProcessConfig dict as JSON
+            "status": str,              # queued | running | completed | failed
+            "progress": float,          # 0..1
+            "n_total": int,
+            "n_done": int,
+            "n_failed": int,
+            "output_dir": str,
+            "error": str,
+            "task_id": str,
+            "worker": str,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "heartbeat_at": str,
+        },
+        pk="id",
+        not_null={"checkpoint_path", "input_path", "status", "created_at"},
+    )
+    db["presets"].create(
+        {"model_id": str, "name": str, "config": str, "created_at": str, "updated_at": str},
+        pk=("model_id", "name"),
+    )
+    db["workers"].create(
+        {"id": str, "host": str, "pid": int, "started_at": str, "beat_at": str},
+        pk="id",
+    )
