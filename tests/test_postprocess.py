@@ -1,0 +1,340 @@
+"""engine.postprocess: each step on drawn maps, properties on random maps, config and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing
+from tests.conftest import ROOT
+
+# Every step off: each test switches on only the step it checks.
+BARE = dict(apply_opening=False, apply_closing=False, min_component_size=0, confidence_threshold=0.0)
+
+
+def blank(h: int = 64, w: int = 64) -> np.ndarray:
+    return np.zeros((h, w), dtype=np.float32)
+
+
+def run(prob, **options) -> PostProcessResult:
+    return enhanced_post_processing(prob, **{**BARE, **options})
+
+
+def smooth_random_map(seed: int, size: int = 64) -> np.ndarray:
+    """A vessel-ish random probability map: smoothed noise stretched to [0, 1]."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 1.5)
+    return ((noise - noise.min()) / (noise.max() - noise.min())).astype(np.float32)
+
+
+# --- one table row per step ----------------------------------------------------------------
+
+def _blobs_small_and_large():
+    p = blank()
+    p[5:8, 5:8] = 0.9  # 9 px
+    p[30:35, 30:35] = 0.9  # 25 px
+    return p
+
+
+def _line_and_blob():
+    p = blank()
+    p[10, 5:45] = 0.9  # 1x40 line: elongation 40
+    p[30:35, 20:28] = 0.9  # 5x8 blob, 40 px: elongation 1.6
+    return p
+
+
+def _specks_and_block():
+    p = blank()
+    p[[3, 20, 40, 60], [50, 3, 58, 20]] = 0.9  # isolated 1-px specks
+    p[30:37, 30:37] = 0.9
+    return p
+
+
+def _gap_line():
+    p = blank()
+    p[30:33, 5:60] = 0.9
+    p[30:33, 32] = 0.0  # a 1-px gap
+    return p
+
+
+def _strong_and_weak():
+    p = blank()
+    p[20:23, 5:60] = 0.9  # confident vessel
+    p[45:48, 5:60] = 0.65  # passes threshold, mean 0.65
+    return p
+
+
+def _ring(hole: int):
+    p = blank()
+    p[20:20 + hole + 4, 20:20 + hole + 4] = 0.9
+    p[22:22 + hole, 22:22 + hole] = 0.0
+    return p
+
+
+STEP_CASES = [
+    # (name, map, options, pixels that must be 1, pixels that must be 0)
+    ("size filter drops a 9-px blob", _blobs_small_and_large(), dict(min_component_size=20),
+     [(32, 32)], [(6, 6)]),
+    ("size filter off keeps it", _blobs_small_and_large(), dict(min_component_size=0), [(32, 32), (6, 6)], []),
+    ("shape filter keeps a line, drops a blob of the same area", _line_and_blob(),
+     dict(shape_filter=True, min_elongation=3.0, shape_max_area=300), [(10, 5), (10, 44)], [(32, 24)]),
+    ("shape filter spares blobs above shape_max_area", _line_and_blob(),
+     dict(shape_filter=True, min_elongation=3.0, shape_max_area=40), [(10, 5), (32, 24)], []),
+    ("opening removes 1-px specks", _specks_and_block(), dict(apply_opening=True, kernel_shape="rect"),
+     [(30, 30), (36, 36)], [(3, 50), (20, 3), (40, 58), (60, 20)]),
+    ("opening off keeps specks", _specks_and_block(), dict(), [(3, 50), (33, 33)], []),
+    ("closing joins a 1-px gap", _gap_line(), dict(apply_closing=True, kernel_shape="rect"), [(31, 32)], []),
+    ("confidence filter drops a low-mean component", _strong_and_weak(),
+     dict(confidence_threshold=0.8, threshold=0.6), [(21, 30)], [(46, 30)]),
+    ("confidence filter off keeps it", _strong_and_weak(), dict(threshold=0.6), [(21, 30), (46, 30)], []),
+    ("hole filling fills a 9-px hole", _ring(3), dict(fill_holes_below=10), [(23, 23)], []),
+    ("hole filling leaves a hole of exactly the limit", _ring(3), dict(fill_holes_below=9), [], [(23, 23)]),
+    ("hole filling leaves a large hole", _ring(10), dict(fill_holes_below=50), [], [(26, 26)]),
+]
+
+
+@pytest.mark.parametrize("name, prob, options, on, off", STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_each_step(name, prob, options, on, off):
+    mask = run(prob, **options).mask
+    assert [mask[p] for p in on] + [mask[p] for p in off] == [1] * len(on) + [0] * len(off)
+
+
+def test_closing_makes_one_component():
+    result = run(_gap_line(), apply_closing=True, kernel_shape="rect")
+    assert (result.stats["components_before"], result.stats["pixels_added"]["closing"]) == (1, 3)
+
+
+def _branches():
+    p = blank()
+    p[10:13, 5:60] = 0.9  # strong vessel
+    p[13:40, 30] = 0.45  # faint branch touching it
+    p[30:60, 50] = 0.45  # faint segment on its own
+    return p
+
+
+@pytest.mark.parametrize(
+    "options, attached, detached",
+    [
+        (dict(threshold_mode="hysteresis", threshold=0.8, hysteresis_low=0.3), 1, 0),
+        (dict(threshold_mode="fixed", threshold=0.8), 0, 0),
+        (dict(threshold_mode="fixed", threshold=0.3), 1, 1),
+        (dict(threshold_mode="hysteresis", threshold=0.8, hysteresis_low=0.5), 0, 0),
+    ],
+)
+def test_hysteresis_keeps_attached_faint_branch_only(options, attached, detached):
+    mask = run(_branches(), **options).mask
+    assert (mask[35, 30], mask[45, 50]) == (attached, detached)
+
+
+@pytest.mark.parametrize("connectivity, kept", [(8, 1), (4, 0)])
+def test_hysteresis_follows_connectivity(connectivity, kept):
+    p = blank()
+    p[10, 10] = 0.9
+    p[11, 11] = 0.4  # touches the seed only diagonally
+    assert run(p, threshold_mode="hysteresis", threshold=0.8, hysteresis_low=0.3,
+               connectivity=connectivity).mask[11, 11] == kept
+
+
+def test_fov_zeroes_everything_outside_it():
+    prob = np.full((64, 64), 0.9, dtype=np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    fov = ((yy - 32) ** 2 + (xx - 32) ** 2 < 28 ** 2).astype(np.uint8) * 255
+    result = run(prob, fov=fov)
+    assert (result.mask[fov == 0].max(), result.mask[fov > 0].min(),
+            result.stats["pixels_removed"]["fov"]) == (0, 1, int((fov == 0).sum()))
+
+
+def test_otsu_picks_a_threshold_between_two_modes():
+    rng = np.random.default_rng(1)
+    prob = np.where(np.arange(64)[None, :] < 32, 0.2, 0.8) + rng.normal(0, 0.04, (64, 64))
+    prob = np.clip(prob, 0, 1).astype(np.float32)
+    result = run(prob, threshold_mode="otsu")
+    assert 0.3 < result.stats["threshold_used"] < 0.7
+    assert (result.mask[:, :32].sum(), result.mask[:, 32:].min()) == (0, 1)
+
+
+def test_otsu_histogram_is_taken_inside_the_fov():
+    prob = np.full((64, 64), 0.0, dtype=np.float32)
+    prob[:, 20:40] = 0.6
+    prob[:, 40:] = 0.9
+    fov = np.zeros((64, 64), np.uint8)
+    fov[:, 20:] = 1  # inside: 0.6 and 0.9 only, so Otsu splits those
+    assert run(prob, threshold_mode="otsu", fov=fov).stats["threshold_used"] > 0.6
+    assert run(prob, threshold_mode="otsu").stats["threshold_used"] < 0.6
+
+
+# --- properties on random maps ---------------------------------------------------------------
+
+MONOTONE = [  # thresholding, opening, closing, size filter and hysteresis are all increasing maps;
+    # the confidence and shape filters are not (a larger component can have a lower mean), so they
+    # are off here.
+    dict(apply_opening=True, apply_closing=True, min_component_size=20, confidence_threshold=0.0),
+    dict(threshold_mode="hysteresis", hysteresis_low=0.2, min_component_size=10, confidence_threshold=0.0),
+    dict(apply_opening=True, kernel_shape="cross", opening_kernel=5, confidence_threshold=0.0,
+         min_component_size=0, connectivity=4),
+]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("options", MONOTONE)
+def test_raising_the_threshold_never_adds_pixels(seed, options):
+    prob = smooth_random_map(seed)
+    masks = [enhanced_post_processing(prob, threshold=t, **options).mask for t in np.linspace(0.3, 0.9, 7)]
+    assert all(not (later & (1 - earlier)).any() for earlier, later in zip(masks, masks[1:]))
+
+
+ALL_ON = dict(shape_filter=True, min_component_size=5, confidence_threshold=0.5, threshold=0.55)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("options", [ALL_ON, {**ALL_ON, "threshold_mode": "otsu"},
+                                     {**ALL_ON, "apply_closing": False, "fill_holes_below": 0}])
+def test_removed_is_disjoint_from_mask_and_within_thresholded(seed, options):
+    prob = smooth_random_map(seed)
+    result = enhanced_post_processing(prob, **options)
+    thresholded = enhanced_post_processing(prob, **{**options, **BARE, "shape_filter": False}).mask
+    assert not (result.removed & result.mask).any()
+    assert np.array_equal(result.removed, thresholded & (1 - result.mask))
+    if options.get("apply_closing", True) is False:  # no closing, no hole filling: mask ⊆ thresholded
+        assert not (result.mask & (1 - thresholded)).any()
+
+
+def test_stats_are_json_ready_and_consistent():
+    prob = smooth_random_map(4)
+    result = enhanced_post_processing(prob, threshold=0.5, shape_filter=True, fill_holes_below=4)
+    stats = json.loads(json.dumps(result.stats))
+    assert stats["pixels_kept"] == int(result.mask.sum())
+    assert stats["removed_total"] == int(result.removed.sum())
+    assert stats["pixels_thresholded"] == int((prob >= np.float32(0.5)).sum())
+    assert set(stats["timings_ms"]) >= {"threshold", "opening", "closing", "label", "size_filter",
+                                        "confidence_filter", "shape_filter", "fill_holes", "fov", "total"}
+    import cv2
+
+    assert stats["components_after"] == cv2.connectedComponents(result.mask, connectivity=8)[0] - 1
+
+
+def test_output_types_and_input_left_alone():
+    prob = smooth_random_map(5)
+    before = prob.copy()
+    result = enhanced_post_processing(prob, **BARE)
+    assert (result.mask.dtype, result.mask.shape, result.removed.dtype, result.mask.flags.writeable) == (
+        np.uint8, prob.shape, np.uint8, True)
+    assert np.array_equal(prob, before)
+
+
+# --- call shapes: torch, logits, config ------------------------------------------------------
+
+def test_torch_tensor_with_leading_dims_and_logits_match_numpy():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    logits = torch.randn(1, 1, 48, 40, generator=torch.Generator().manual_seed(0)) * 3
+    prob = torch.sigmoid(logits)[0, 0].numpy()
+    expected = enhanced_post_processing(prob, threshold=0.5, min_component_size=3).mask
+    from_tensor = enhanced_post_processing(torch.sigmoid(logits), threshold=0.5, min_component_size=3).mask
+    from_logits = enhanced_post_processing(logits, threshold=0.5, min_component_size=3, from_logits=True).mask
+    assert np.array_equal(from_tensor, expected) and np.array_equal(from_logits, expected)
+
+
+def test_module_imports_without_torch():
+    code = "import sys, engine.postprocess; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_legacy_positional_call_shape():
+    prob = smooth_random_map(6)
+    legacy = enhanced_post_processing(prob, "segmentation", 0.5, 10, 0.55)
+    modern = enhanced_post_processing(prob, config=PostProcessConfig(threshold=0.5, min_component_size=10,
+                                                                      confidence_threshold=0.55))
+    assert np.array_equal(legacy.mask, modern.mask)
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected_threshold",
+    [
+        (dict(config=PostProcessConfig(threshold=0.3)), 0.3),  # defaults do not override config
+        (dict(config=PostProcessConfig(threshold=0.3), threshold=0.6), 0.6),  # explicit value does
+        (dict(config=PostProcessConfig(threshold=0.3), threshold=0.7, opening_kernel=5), 0.7),
+        (dict(), 0.6),
+    ],
+)
+def test_config_and_explicit_arguments(kwargs, expected_threshold):
+    assert enhanced_post_processing(smooth_random_map(0), **kwargs).stats["threshold_used"] == expected_threshold
+
+
+def test_config_round_trips_through_json():
+    config = PostProcessConfig(threshold=0.55, threshold_mode="hysteresis", hysteresis_low=0.25,
+                               opening_kernel=5, kernel_shape="cross", connectivity=4, shape_filter=True,
+                               min_elongation=2.5, shape_max_area=120, fill_holes_below=30, from_logits=True)
+    assert PostProcessConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"thresold": 0.5}, r"unknown post-processing option\(s\) 'thresold'"),
+        ([("threshold", 0.5)], "must be a JSON object"),
+        ({"threshold": 1.5}, "threshold must be between 0 and 1; got 1.5"),
+        ({"threshold": float("nan")}, "threshold must be between 0 and 1"),
+        ({"threshold": "0.5"}, "threshold must be a number"),
+        ({"opening_kernel": 4}, "opening_kernel must be odd .* use 5"),
+        ({"closing_kernel": 33}, "closing_kernel must be between 1 and 31"),
+        ({"kernel_shape": "star"}, "kernel_shape must be one of 'ellipse', 'cross', 'rect'"),
+        ({"threshold_mode": "adaptive"}, "threshold_mode must be one of"),
+        ({"connectivity": 6}, "connectivity must be 4 or 8"),
+        ({"min_component_size": -1}, "min_component_size must be between 0 and"),
+        ({"min_component_size": 2.5}, "min_component_size must be a whole number"),
+        ({"apply_opening": "yes"}, "apply_opening must be true or false"),
+        ({"min_elongation": 0.5}, "min_elongation must be between 1 and"),
+        ({"threshold_mode": "hysteresis", "threshold": 0.4, "hysteresis_low": 0.5},
+         r"hysteresis_low \(0.5\) must not exceed threshold \(0.4\)"),
+    ],
+)
+def test_bad_config_values(data, message):
+    with pytest.raises(ValueError, match=message):
+        PostProcessConfig.from_dict(data)
+
+
+def test_config_accepts_whole_floats_from_json():
+    assert PostProcessConfig.from_dict({"min_component_size": 50.0}).min_component_size == 50
+
+
+def _with_nan():
+    p = smooth_random_map(0)
+    p[3, 3] = np.nan
+    return p
+
+
+@pytest.mark.parametrize(
+    "prob, kwargs, message",
+    [
+        (_with_nan(), {}, "contains NaN"),
+        (np.zeros((2, 32, 32), np.float32), {}, r"must be a 2-D map .* got shape \(2, 32, 32\)"),
+        (np.zeros(32, np.float32), {}, "must be a 2-D map"),
+        (np.zeros((0, 5), np.float32), {}, "is empty"),
+        (np.full((16, 16), 3.0, np.float32), {}, "outside \\[0, 1\\].*from_logits=True"),
+        (np.full((16, 16), -0.1, np.float32), {}, "outside \\[0, 1\\]"),
+        (np.array([["a", "b"], ["c", "d"]]), {}, "must be a numeric array"),
+        (np.zeros((16, 16), np.float32), dict(fov=np.ones((16, 17))), "fov is 17x16 .* probability map is 16x16"),
+        (np.zeros((16, 16), np.float32), dict(model_type="classification"), "model_type 'classification' is not supported"),
+        (np.zeros((16, 16), np.float32), dict(threshold=2.0), "threshold must be between 0 and 1"),
+        (np.zeros((16, 16), np.float32), dict(min_component_size=-5), "min_component_size must be between"),
+        (np.zeros((16, 16), np.float32), dict(openingkernel=3), r"unknown post-processing option\(s\) 'openingkernel'"),
+        (np.zeros((16, 16), np.float32), dict(config={"threshold": 0.5}), "config must be a PostProcessConfig"),
+    ],
+)
+def test_bad_input_gets_a_sentence(prob, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        enhanced_post_processing(prob, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.uint8, bool])
+def test_other_numeric_dtypes_are_accepted(dtype):
+    prob = np.zeros((32, 32), dtype=dtype)
+    prob[5:20, 10:13] = 1
+    assert enhanced_post_processing(prob, **BARE).mask[10, 11] == 1
