@@ -1,0 +1,162 @@
+"""Loading checkpoints safely and predicting vessel probability maps of any size.
+
+``load_model(path)`` reads a checkpoint with ``torch.load(weights_only=True)``: a corrupt, truncated,
+foreign or malicious file gives a :class:`CheckpointError` sentence and runs no code.
+``predict(loaded, image_rgb)`` applies the checkpoint's preprocessing and returns float32 (H, W)
+probabilities; images larger than one tile are cut into overlapping tiles blended with a Gaussian
+window (as nnU-Net does), so memory stays bounded and tile borders do not show.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from engine.data import preprocess
+from engine.models import UNet
+
+FORMAT_VERSION = 1
+ARCH = "unet"
+TILE_SIZE = 1024  # whole images up to this size go through the network in one piece
+TILE_OVERLAP = 0.25  # fraction of a tile shared with its neighbour
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message is meant for the user."""
+
+
+class StopRequested(Exception):
+    """Raised inside long loops when ``should_stop()`` turns true."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    config: Any  # engine.train.TrainingConfig
+    epoch: int
+    metrics: dict
+    recommended_postprocess: dict | None
+    path: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    calibration: dict | None = None
+
+
+def build_model(config: Any) -> UNet:
+    """The U-Net a TrainingConfig describes."""
+    return UNet(3 if config.channel == "rgb" else 1, config.base_channels, config.depth, config.dropout_rate)
+
+
+def load_checkpoint_dict(path: str | Path) -> dict:
+    """The raw checkpoint dict, loaded with weights_only=True; CheckpointError for anything unusable."""
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint file at {path}: check the path.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{name} is empty (0 bytes): it is not a checkpoint.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{name} contains objects other than weights and settings (possibly code), so it was not loaded: "
+            "use a checkpoint written by this program."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError, TypeError):
+        raise CheckpointError(f"{name} is truncated or damaged and cannot be read: use another checkpoint.") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{name} is not a checkpoint of this program (no weights and config inside).")
+    if ckpt.get("arch") != ARCH:
+        raise CheckpointError(f"{name} holds a {ckpt.get('arch')!r} model; this program reads {ARCH!r} models only.")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{name} has checkpoint format {version!r}, newer than this program's ({FORMAT_VERSION}): update the program."
+        )
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint for inference (model in eval mode)."""
+    from engine.train import TrainingConfig  # the config class lives with the trainer
+
+    ckpt = load_checkpoint_dict(path)
+    name = Path(path).name
+    try:
+        config = TrainingConfig.from_dict(ckpt["config"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{name} has settings this program does not accept ({exc})") from None
+    model = build_model(config)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, TypeError):
+        raise CheckpointError(f"{name}: the weights do not fit the model its config describes; the file is damaged.") from None
+    device = torch.device(device)
+    model.to(device).eval()
+    return LoadedModel(model, config, int(ckpt.get("epoch", 0)), dict(ckpt.get("metrics") or {}),
+                       ckpt.get("recommended_postprocess"), Path(path), device, ckpt.get("calibration"))
+
+
+def _window(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Gaussian blending weights (sigma = size/8), floored so borders still count a little."""
+    def axis(n: int) -> torch.Tensor:
+        t = torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2
+        return torch.exp(-0.5 * (t / (n / 8)) ** 2)
+    win = axis(h)[:, None] * axis(w)[None, :]
+    return torch.clamp(win / win.max(), min=1e-3)
+
+
+def _starts(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, step))
+    return starts + [size - tile]
+
+
+def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, tile_size: int = TILE_SIZE,
+                          overlap: float = TILE_OVERLAP,
+                          should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Logits (H, W) for one input (C, H, W); tiles with Gaussian blending when larger than ``tile_size``."""
+    _, h, w = x.shape
+    if h <= tile_size and w <= tile_size:
+        return model(x[None])[0, 0]
+    th, tw = min(tile_size, h), min(tile_size, w)
+    step = max(1, int(tile_size * (1 - overlap)))
+    acc = torch.zeros((h, w), device=x.device)
+    norm = torch.zeros((h, w), device=x.device)
+    win = _window(th, tw, x.device)
+    for y in _starts(h, th, step):
+        for x0 in _starts(w, tw, step):
+            if should_stop is not None and should_stop():
+                raise StopRequested
+            out = model(x[None, :, y:y + th, x0:x0 + tw])[0, 0]
+            acc[y:y + th, x0:x0 + tw] += out * win
+            norm[y:y + th, x0:x0 + tw] += win
+    return acc / norm
+
+
+def predict(loaded: LoadedModel, image_rgb: np.ndarray, tta: bool = False, fov: np.ndarray | None = None,
+            tile_size: int = TILE_SIZE) -> np.ndarray:
+    """Vessel probability map float32 (H, W) in [0, 1] for an RGB uint8 image of any size.
+
+    ``fov``: optional field-of-view mask used for the normalisation statistics (estimated when absent).
+    ``tta``: also predict the flipped images and average the probabilities (4 passes).
+    """
+    image = np.asarray(image_rgb)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"predict needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}.")
+    cfg = loaded.config
+    x = torch.from_numpy(preprocess(image, fov, cfg.channel, cfg.clahe, cfg.normalization)).to(loaded.device)
+    flips = [(), (2,), (1,), (1, 2)] if tta else [()]
+    prob = torch.zeros(image.shape[:2], device=loaded.device)
+    with torch.inference_mode():
+        for dims in flips:
+            xi = torch.flip(x, dims) if dims else x
+            logits = sliding_window_logits(loaded.model, xi, tile_size)
+            out = torch.sigmoid(logits)
+            prob += torch.flip(out, [d - 1 for d in dims]) if dims else out
+    return (prob / len(flips)).cpu().numpy().astype(np.float32)
