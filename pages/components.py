@@ -1,0 +1,518 @@
+"""Widgets shared by several pages: uploads, cached probability maps, errors as sentences, and the
+post-processing tuner.
+
+UI functions draw widgets and return values; the computing lives in ``engine``. Probability maps
+are cached per (checkpoint path + mtime, image bytes hash), so moving a slider re-runs only
+post-processing, inside an ``st.fragment``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+import cv2
+import numpy as np
+import streamlit as st
+
+from engine.imageio import IMAGE_EXTENSIONS, check_same_size, encode_png, read_image, read_mask_with_note
+from engine.metrics import segmentation_metrics
+from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing
+from storage import paths
+
+logger = logging.getLogger("ml_manager.dashboard")
+
+IMAGE_TYPES = sorted({ext.lstrip(".") for ext in IMAGE_EXTENSIONS})
+BASELINE_SOURCE = "baseline:vesselness"  # stands for the classical filter wherever a checkpoint path goes
+KEPT_RGB = (40, 230, 90)  # green: vessel pixels the post-processing keeps
+REMOVED_RGB = (255, 40, 220)  # magenta: pixels that passed the threshold but a filter removed
+_TINT = 0.65  # how strongly the overlay colours cover the photograph
+_KERNELS = list(range(1, 32, 2))  # PostProcessConfig takes odd kernel sides 1..31
+
+
+# --------------------------------------------------------------------------------------------
+# Logging and errors
+# --------------------------------------------------------------------------------------------
+def configure_logging() -> Path:
+    """Send the dashboard's log (and tracebacks) to ``<data home>/logs/dashboard.log``."""
+    log_path = paths.logs_dir() / "dashboard.log"
+    for name in ("ml_manager", "engine", "storage"):
+        lg = logging.getLogger(name)
+        ours = [h for h in lg.handlers if hasattr(h, "ml_manager_log")]
+        if any(h.ml_manager_log == str(log_path) for h in ours):
+            continue
+        for h in ours:  # the data home changed (tests): move to the new file
+            lg.removeHandler(h)
+            h.close()
+        handler = RotatingFileHandler(log_path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+        handler.ml_manager_log = str(log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    return log_path
+
+
+@contextmanager
+def user_errors(doing: str):
+    """Show a ValueError's sentence; log anything else and show a sentence instead of a traceback."""
+    try:
+        yield
+    except ValueError as exc:  # our errors are ValueError subclasses whose message is for the user
+        logger.info("refused while %s: %s", doing, exc, exc_info=True)
+        st.error(str(exc))
+    except Exception:
+        logger.exception("unexpected error while %s", doing)
+        st.error(
+            f"Something unexpected went wrong while {doing}. The details were written to "
+            f"{paths.logs_dir() / 'dashboard.log'}; try again, and report it if it happens again."
+        )
+
+
+def _leave_legacy_multipage_mode() -> None:
+    """Streamlit runs a ``pages/`` folder next to the main script as a legacy (v1) multipage app
+    until a session has run app.py's ``st.navigation`` once: a deep link such as
+    ``/model_inference?model=…`` opened first on a fresh server would bypass app.py (its layout,
+    logging and page list). Switch the process to app.py's navigation and rerun; the page keeps
+    its URL, since app.py's url paths equal the file names."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a later Streamlit moved it; the legacy mode is then its own concern
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def run_page(main: Callable[[], None], doing: str) -> None:
+    """Run a page's ``main`` with logging configured and errors shown as sentences."""
+    _leave_legacy_multipage_mode()
+    configure_logging()
+    with user_errors(doing):
+        main()
+
+
+# --------------------------------------------------------------------------------------------
+# Uploads
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image or mask, decoded once."""
+
+    name: str
+    digest: str  # hash of the file's bytes: the cache key of everything computed from it
+    array: np.ndarray  # RGB uint8 (H, W, 3) for images, uint8 {0, 1} (H, W) for masks
+    note: str | None = None  # e.g. "the mask was binarised at half its maximum"
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem or "image"
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def digest_array(arr: np.ndarray) -> str:
+    arr = np.ascontiguousarray(arr)
+    return hashlib.blake2b(arr.tobytes() + str(arr.shape).encode(), digest_size=16).hexdigest()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _decode(digest: str, name: str, kind: str, _data: bytes) -> tuple[np.ndarray, str | None]:
+    if kind == "image":
+        return read_image(_data, name), None
+    return read_mask_with_note(_data, name)
+
+
+def decode_upload(file, kind: str = "image") -> Upload:
+    """Decode one ``UploadedFile``; raises ImageReadError (a sentence) for a bad file."""
+    data = file.getvalue()
+    digest = digest_bytes(data)
+    array, note = _decode(digest, file.name, kind, data)
+    return Upload(file.name, digest, array, note)
+
+
+def upload_images(label: str, *, key: str, kind: str = "image", multiple: bool = False, help: str | None = None) -> list[Upload]:
+    """File uploader for images (``kind='image'``) or masks (``kind='mask'``).
+
+    Bad files are reported with ``st.error`` (one sentence each) and left out of the result.
+    """
+    files = st.file_uploader(label, type=IMAGE_TYPES, key=key, accept_multiple_files=multiple, help=help)
+    files = files if isinstance(files, list) else ([files] if files is not None else [])
+    uploads = []
+    for file in files:
+        try:
+            upload = decode_upload(file, kind)
+        except ValueError as exc:
+            st.error(str(exc))
+            continue
+        if upload.note:
+            st.info(upload.note)
+        uploads.append(upload)
+    return uploads
+
+
+def upload_image(label: str, *, key: str, kind: str = "image", help: str | None = None) -> Upload | None:
+    found = upload_images(label, key=key, kind=kind, help=help)
+    return found[0] if found else None
+
+
+def matching_mask(image: Upload, mask: Upload | None, what: str) -> np.ndarray | None:
+    """The mask's array when its size matches the image; otherwise an error sentence and None."""
+    if mask is None:
+        return None
+    try:
+        check_same_size(image.array, mask.array, what)
+    except ValueError as exc:
+        st.error(f"{exc} It is ignored until then.")
+        return None
+    return mask.array
+
+
+# --------------------------------------------------------------------------------------------
+# Models and probability maps (cached)
+# --------------------------------------------------------------------------------------------
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def load_checkpoint(path: str, mtime: float):
+    """The loaded model of a checkpoint; ``mtime`` makes a rewritten best.pt load again."""
+    from engine.infer import load_model  # torch loads only on pages that need it
+
+    return load_model(path)
+
+
+def checkpoint_mtime(path: str) -> float:
+    if path == BASELINE_SOURCE:
+        return 0.0
+    try:
+        return Path(path).stat().st_mtime
+    except FileNotFoundError:
+        raise ValueError(f"The checkpoint {path} no longer exists: pick another one.") from None
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the probability map…")
+def _probability_map(source: str, mtime: float, digest: str, _image: np.ndarray) -> np.ndarray:
+    if source == BASELINE_SOURCE:
+        from engine.vesselness import vesselness_map
+
+        return vesselness_map(_image)
+    from engine.infer import predict
+
+    return predict(load_checkpoint(source, mtime), _image)
+
+
+def probability_map(source: str, image: Upload) -> np.ndarray:
+    """The probability map of ``image`` under a checkpoint path (or BASELINE_SOURCE), computed once."""
+    return _probability_map(source, checkpoint_mtime(source), image.digest, image.array)
+
+
+# --------------------------------------------------------------------------------------------
+# Fast compositing
+# --------------------------------------------------------------------------------------------
+def png_bytes(rgb_or_gray: np.ndarray) -> bytes:
+    """PNG bytes with fast (level 1) compression; colour input is RGB."""
+    arr = rgb_or_gray if rgb_or_gray.ndim == 2 else cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _layers(digest: str, _image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+    """Per image, once: the photograph in BGR, its kept-tinted and removed-tinted versions, its PNG."""
+    bgr = cv2.cvtColor(_image, cv2.COLOR_RGB2BGR)
+    tints = []
+    for rgb in (KEPT_RGB, REMOVED_RGB):
+        colour = np.empty_like(bgr)
+        colour[:] = rgb[::-1]
+        tints.append(cv2.addWeighted(bgr, 1 - _TINT, colour, _TINT, 0))
+    return bgr, tints[0], tints[1], png_bytes(_image)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def heatmap_png(digest: str, _prob: np.ndarray) -> bytes:
+    """The probability map as an inferno-coloured PNG."""
+    scaled = np.clip(np.nan_to_num(_prob) * 255 + 0.5, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return buf.tobytes()
+
+
+def overlay_png(image: np.ndarray, digest: str, mask: np.ndarray, removed: np.ndarray) -> bytes:
+    """PNG of the photograph with kept pixels in green and removed ones in magenta (a few ms)."""
+    bgr, kept, gone, _ = _layers(digest, image)
+    out = bgr.copy()
+    np.copyto(out, gone, where=removed.astype(bool, copy=False)[:, :, None])
+    np.copyto(out, kept, where=mask.astype(bool, copy=False)[:, :, None])
+    ok, buf = cv2.imencode(".png", out, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return buf.tobytes()
+
+
+# --------------------------------------------------------------------------------------------
+# The post-processing tuner
+# --------------------------------------------------------------------------------------------
+def _wkey(key: str, field: str) -> str:
+    return f"{key}_{field}"
+
+
+def _seed(key: str, defaults: PostProcessConfig) -> dict:
+    """Put the defaults into the widgets' session state: all of them when the defaults changed
+    (another model), otherwise only the ones Streamlit dropped while the tuner was not shown."""
+    d = {f: _coerce(f, v) for f, v in defaults.to_dict().items()}
+    state = st.session_state
+    if state.get(f"{key}__defaults") != d:
+        state[f"{key}__defaults"] = d
+        state[f"{key}__config"] = d
+        for field, value in d.items():
+            state[_wkey(key, field)] = value
+    else:
+        for field, value in state.get(f"{key}__config", d).items():
+            if _wkey(key, field) not in state:
+                state[_wkey(key, field)] = value
+    return d
+
+
+def _coerce(field: str, value):
+    """Match the widget's number type (a JSON preset may hold 3 where a slider needs 3.0)."""
+    default = getattr(PostProcessConfig(), field, None)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _reset(key: str, d: dict) -> None:
+    st.session_state[f"{key}__config"] = d
+    for field, value in d.items():
+        st.session_state[_wkey(key, field)] = value
+
+
+def _slider(key, field, label, lo, hi, step, help, disabled=False):
+    value = st.session_state.get(_wkey(key, field), lo)
+    hi = max(hi, value)  # a preset beyond the usual range still fits
+    return st.slider(label, lo, hi, step=step, key=_wkey(key, field), help=help, disabled=disabled)
+
+
+def _controls(key: str) -> None:
+    """Every PostProcessConfig option as a widget (values live in session state)."""
+    s = st.session_state
+    with st.expander("Threshold", expanded=True):
+        st.segmented_control("Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"),
+                             help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
+                                  "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too.")
+        mode = s.get(_wkey(key, "threshold_mode")) or "fixed"
+        _slider(key, "threshold", "Threshold", 0.0, 1.0, 0.01, "Start at 0.6 (the seed's advice); lower keeps fainter vessels.",
+                disabled=mode == "otsu")
+        _slider(key, "hysteresis_low", "Hysteresis low", 0.0, 1.0, 0.01,
+                "Faint pixels at or above this are kept when connected to a confident one.", disabled=mode != "hysteresis")
+    with st.expander("Morphology", expanded=True):
+        st.toggle("Opening (remove specks, thin bridges)", key=_wkey(key, "apply_opening"))
+        st.select_slider("Opening kernel (px)", _KERNELS, key=_wkey(key, "opening_kernel"),
+                         help="Odd side of the structuring element; larger removes more.",
+                         disabled=not s.get(_wkey(key, "apply_opening")))
+        st.toggle("Closing (fill small gaps)", key=_wkey(key, "apply_closing"))
+        st.select_slider("Closing kernel (px)", _KERNELS, key=_wkey(key, "closing_kernel"),
+                         help="Odd side of the structuring element; larger joins farther fragments.",
+                         disabled=not s.get(_wkey(key, "apply_closing")))
+        st.selectbox("Kernel shape", ["ellipse", "cross", "rect"], key=_wkey(key, "kernel_shape"))
+    with st.expander("Components", expanded=True):
+        _slider(key, "min_component_size", "Minimum component (px)", 0, 2000, 5,
+                "Connected pieces smaller than this are removed; 0 switches the filter off. Start at 50.")
+        st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"),
+                             help="8 joins pixels that touch at a corner; 4 only along edges.")
+        _slider(key, "confidence_threshold", "Component confidence", 0.0, 1.0, 0.01,
+                "A piece is removed when its mean probability is below this; 0 switches the filter off.")
+    with st.expander("Shape and holes"):
+        st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"))
+        off = not s.get(_wkey(key, "shape_filter"))
+        _slider(key, "min_elongation", "Minimum elongation", 1.0, 20.0, 0.5,
+                "Pieces rounder than this (and smaller than the area below) are removed.", disabled=off)
+        _slider(key, "shape_max_area", "Shape filter: max area (px)", 0, 5000, 10,
+                "Larger pieces are always kept, whatever their shape.", disabled=off)
+        _slider(key, "fill_holes_below", "Fill holes below (px)", 0, 500, 1, "0 switches hole filling off.")
+        st.toggle("Input is logits", key=_wkey(key, "from_logits"), disabled=True,
+                  help="The maps shown here are already probabilities in [0, 1]; from_logits is for scripts "
+                       "that pass raw model outputs.")
+
+
+def _current_config(key: str, base: dict) -> PostProcessConfig:
+    values = {f: st.session_state.get(_wkey(key, f), v) for f, v in base.items()}
+    if values.get("threshold_mode") is None:  # segmented controls can be cleared by clicking again
+        values["threshold_mode"] = base.get("threshold_mode", "fixed")
+    if values.get("connectivity") is None:
+        values["connectivity"] = base.get("connectivity", 8)
+    return PostProcessConfig.from_dict(values)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _map_auc(prob_digest: str, truth_digest: str, fov_digest: str, _prob, _truth, _fov) -> float | None:
+    return segmentation_metrics(_prob, _truth, fov=_fov).get("roc_auc")
+
+
+def _show_stats(result: PostProcessResult) -> None:
+    kept, removed = int(result.mask.sum()), int(result.removed.sum())
+    cols = st.columns(3)
+    cols[0].metric("Vessel pixels kept", f"{kept:,}")
+    cols[1].metric("Pixels removed by filters", f"{removed:,}")
+    cols[2].metric("Share of image", f"{100 * kept / result.mask.size:.2f} %")
+    rows = []
+    for name, value in (result.stats or {}).items():
+        if isinstance(value, dict):
+            rows += [{"statistic": f"{name}: {k}", "value": str(v)} for k, v in value.items()]
+        else:
+            rows.append({"statistic": name, "value": str(value)})
+    if rows:
+        with st.expander("Post-processing statistics"):
+            st.dataframe(rows, hide_index=True, width="stretch")
+
+
+def _show_metrics(result, prob_map, truth, fov, digests) -> None:
+    m = dict(segmentation_metrics(result.mask, truth, fov=fov))
+    m["roc_auc"] = _map_auc(digests["prob"], digests["truth"], digests["fov"], prob_map, truth, fov)
+    names = ["dice", "cldice", "iou", "precision", "sensitivity", "specificity", "accuracy", "roc_auc"]
+    cols = st.columns(len(names))
+    for col, name in zip(cols, names):
+        value = m.get(name)
+        col.metric(name if name != "roc_auc" else "ROC AUC (map)", "—" if value is None else f"{value:.3f}")
+
+
+@st.fragment
+def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, file_stem):
+    left, right = st.columns([1, 3], gap="medium")
+    with left:
+        _controls(key)
+        st.button("Reset to defaults", key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
+    with right:
+        try:
+            config = _current_config(key, base)
+        except ValueError as exc:
+            st.error(str(exc))
+            return None
+        st.session_state[f"{key}__config"] = config.to_dict()
+        result = enhanced_post_processing(prob_map, config=config, fov=fov)
+        st.session_state[f"{key}__kept"] = int(result.mask.sum())  # read by tests and the latency benchmark
+        big, small = st.columns([2, 1])
+        big.image(overlay_png(image_rgb, digests["image"], result.mask, result.removed), width="stretch",
+                  caption="Mask on the image: green is kept, magenta was removed by the filters")
+        small.image(_layers(digests["image"], image_rgb)[3], width="stretch", caption="Image")
+        small.image(heatmap_png(digests["prob"], prob_map), width="stretch", caption="Probability map")
+        _show_stats(result)
+        if truth is not None:
+            _show_metrics(result, prob_map, truth, fov, digests)
+        a, b = st.columns(2)
+        mask = result.mask
+        a.download_button("Download mask (PNG)", lambda: encode_png(mask), file_name=f"{file_stem}_mask.png",
+                          mime="image/png", key=f"{key}_dl_mask", on_click="ignore")
+        b.download_button("Download settings (JSON)", json.dumps(config.to_dict(), indent=2),
+                          file_name=f"{file_stem}_postprocess.json", mime="application/json",
+                          key=f"{key}_dl_settings", on_click="ignore")
+    return result
+
+
+def postprocess_tuner(
+    prob_map: np.ndarray,
+    image_rgb: np.ndarray,
+    *,
+    key: str,
+    defaults: PostProcessConfig | None = None,
+    fov: np.ndarray | None = None,
+    truth: np.ndarray | None = None,
+    file_stem: str = "image",
+) -> PostProcessResult | None:
+    """Sliders and toggles for every post-processing option, the image, the probability heatmap,
+    the mask overlaid on the image (removed pixels in a second colour), statistics, metrics when
+    ``truth`` is given, and downloads. Runs inside an ``st.fragment``: a slider re-runs only this.
+
+    Returns the result on full-page runs (None when the settings are invalid). The current
+    settings are always in ``st.session_state[f"{key}__config"]`` (a dict).
+    """
+    if prob_map.shape[:2] != image_rgb.shape[:2]:
+        raise ValueError(
+            f"The probability map is {prob_map.shape[1]}×{prob_map.shape[0]} but the image is "
+            f"{image_rgb.shape[1]}×{image_rgb.shape[0]}: they must come from the same image."
+        )
+    base = _seed(key, defaults or PostProcessConfig())
+    digests = {
+        "image": digest_array(image_rgb),
+        "prob": digest_array(prob_map),
+        "truth": digest_array(truth) if truth is not None else "",
+        "fov": digest_array(fov) if fov is not None else "",
+    }
+    return _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, file_stem)
+
+
+def current_postprocess(key: str) -> PostProcessConfig | None:
+    """The settings the tuner ``key`` shows now (None before it was drawn)."""
+    d = st.session_state.get(f"{key}__config")
+    return PostProcessConfig.from_dict(d) if d else None
+
+
+# --------------------------------------------------------------------------------------------
+# Storage reads (short cached queries) and small formatting helpers
+# --------------------------------------------------------------------------------------------
+WORKER_FRESH_S = 30.0  # a heartbeat older than this means the worker is not running
+
+
+@st.cache_data(ttl=1.5, show_spinner=False, max_entries=256)
+def _query(home: str, name: str, args: tuple):
+    from storage import db
+
+    return getattr(db, name)(*args)
+
+
+def query(name: str, *args):
+    """A storage.db read function's result, cached for 1.5 s per data home (pages poll it)."""
+    return _query(str(paths.data_home()), name, args)
+
+
+def forget_queries() -> None:
+    """Drop cached reads after this session wrote something."""
+    _query.clear()
+
+
+def age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def run_duration(row: dict) -> float | None:
+    from storage.db import parse_time, utc_now
+
+    start = parse_time(row.get("started_at"))
+    end = parse_time(row.get("finished_at")) or (parse_time(utc_now()) if row.get("status") in ("running", "stopping") else None)
+    return (end - start).total_seconds() if start and end else None
+
+
+def worker_age() -> float | None:
+    """Seconds since the worker last reported, None if it never ran on this data home."""
+    from storage.db import age_seconds
+
+    beat = query("worker_heartbeat")
+    return age_seconds(beat.isoformat()) if beat else None
+
+
+def start_worker() -> int:
+    """Start the background worker (Huey consumer) for this data home; returns its process id."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    log = open(paths.logs_dir() / "worker.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "huey.bin.huey_consumer", "engine.jobs.huey", "-k", "thread", "-w", "2", "-C"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, paths.HOME_ENV: str(paths.data_home())},
+    )
+    log.close()
+    logger.info("started a worker, pid %s", proc.pid)
+    return proc.pid

@@ -1,0 +1,76 @@
+"""Overview: is the worker alive, what is running and queued, and every model with links to its pages."""
+import streamlit as st
+
+from pages.components import WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker, worker_age
+
+
+def worker_panel() -> None:
+    age = worker_age()
+    if age is not None and age <= WORKER_FRESH_S:
+        st.success(f"The worker is running (last heartbeat {age_text(age)} ago).", icon="✅")
+        return
+    when = "has never run on this data home" if age is None else f"last reported {age_text(age)} ago"
+    st.warning(
+        f"The worker is not running (it {when}): queued training and batch inference wait for it. "
+        "Start it with `make worker` in a terminal (`make run` starts it with the dashboard), or here.",
+        icon="⚠️",
+    )
+    if st.button("Start the worker", key="overview_start_worker"):
+        pid = start_worker()
+        st.info(f"Worker started (process {pid}); it reports within a few seconds.")
+
+
+def model_table(models: list[dict]) -> None:
+    rows = [
+        {
+            "name": m["name"],
+            "status": m["status"],
+            "best val Dice": m.get("best_val_dice"),
+            "best epoch": m.get("best_epoch"),
+            "epochs": f"{m.get('epochs_run') or m.get('current_epoch') or 0} / {m.get('total_epochs') or '?'}",
+            "duration": age_text(run_duration(m)),
+            "stop reason": m.get("stop_reason") or (m.get("error") or "")[:60],
+            "details": f"/models?model={m['id']}",
+            "inference": f"/model_inference?model={m['id']}",
+        }
+        for m in models
+    ]
+    st.dataframe(
+        rows, hide_index=True, width="stretch", key="overview_models",
+        column_config={
+            "best val Dice": st.column_config.NumberColumn(format="%.3f"),
+            "details": st.column_config.LinkColumn(display_text="open"),
+            "inference": st.column_config.LinkColumn(display_text="try it"),
+        },
+    )
+
+
+@st.fragment(run_every=3)
+def live() -> None:
+    worker_panel()
+    models = query("list_models")
+    running = [m for m in models if m["status"] in ("running", "stopping")]
+    queued = [m for m in models if m["status"] == "queued"]
+    a, b, c = st.columns(3)
+    a.metric("Running", len(running))
+    b.metric("Queued", len(queued))
+    c.metric("Models", len(models))
+    for m in running:
+        epoch, total = m.get("current_epoch") or 0, m.get("total_epochs") or 1
+        st.progress(min(1.0, epoch / total), text=f"{m['name']} ({m['status']}): epoch {epoch} / {total}, "
+                                                 f"ETA {age_text(m.get('eta_s'))}")
+    if not models:
+        st.info("No models yet: train one on the Train page, or tune post-processing on any image right away.")
+        return
+    model_table(models)
+
+
+def main() -> None:
+    st.title("ML Manager")
+    st.caption("Train vessel-segmentation models, watch them learn, and tune how their output becomes a mask.")
+    live()
+    if st.button("Refresh now", key="overview_refresh"):
+        forget_queries()
+
+
+run_page(main, "showing the overview")

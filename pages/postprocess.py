@@ -1,0 +1,40 @@
+"""Post-processing: upload a fundus photograph (and optionally its ground truth and FOV mask) and
+tune every post-processing option on the classical vesselness map, live."""
+import streamlit as st
+
+from pages.components import (
+    BASELINE_SOURCE,
+    matching_mask,
+    postprocess_tuner,
+    probability_map,
+    run_page,
+    upload_image,
+)
+
+
+def main() -> None:
+    st.title("Post-processing")
+    st.caption(
+        "Upload a fundus photograph and tune how its vessel probability map becomes a mask. "
+        "The map here comes from the classical vesselness filter (no model needed); the same "
+        "tuner opens on the inference pages with a trained model's map."
+    )
+    a, b, c = st.columns(3)
+    with a:
+        image = upload_image("Fundus image", key="pp_image", help="PNG, JPEG, TIFF, GIF, PPM or BMP.")
+    with b:
+        truth_up = upload_image("Ground-truth mask (optional)", key="pp_truth", kind="mask",
+                                help="Adds Dice, clDice, sensitivity and the other metrics.")
+    with c:
+        fov_up = upload_image("Field-of-view mask (optional)", key="pp_fov", kind="mask",
+                              help="Pixels outside the field of view are cleared and left out of the metrics.")
+    if image is None:
+        st.info("Upload a fundus photograph to start; DRIVE's images/*.tif work as they are.")
+        return
+    truth = matching_mask(image, truth_up, "ground-truth mask")
+    fov = matching_mask(image, fov_up, "field-of-view mask")
+    prob = probability_map(BASELINE_SOURCE, image)
+    postprocess_tuner(prob, image.array, key="pp", fov=fov, truth=truth, file_stem=image.stem)
+
+
+run_page(main, "showing the post-processing page")
