@@ -9,7 +9,6 @@ window (as nnU-Net does), so memory stays bounded and tile borders do not show.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -66,8 +65,11 @@ def load_checkpoint_dict(path: str | Path) -> dict:
             f"{name} contains objects other than weights and settings (possibly code), so it was not loaded: "
             "use a checkpoint written by this program."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError, TypeError):
-        raise CheckpointError(f"{name} is truncated or damaged and cannot be read: use another checkpoint.") from None
+    except Exception:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, …)
+        raise CheckpointError(
+            f"{name} is not a readable checkpoint (truncated, damaged or another kind of file): "
+            "use a .pt file written by this program."
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{name} is not a checkpoint of this program (no weights and config inside).")
     if ckpt.get("arch") != ARCH:
