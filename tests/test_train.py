@@ -1,0 +1,237 @@
+"""The trainer: config validation, early stopping, a real tiny training run, stopping, resume, determinism."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+import torch
+
+from engine.data import make_synthetic_dataset
+from engine.postprocess import PostProcessConfig
+from engine.train import EarlyStopping, TrainingConfig, TrainingError, parse_set_option, train
+
+torch.set_num_threads(1)
+
+TINY = dict(base_channels=4, depth=2, batch_size=4, patch_size=32, steps_per_epoch=6, epochs=3, val_fraction=0.25,
+            learning_rate=5e-3, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), n_images=4, size=64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def run(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    events: list[dict] = []
+    result = train(TrainingConfig(**{**TINY, "epochs": 4}), synth, out, on_event=events.append)
+    return result, events, out
+
+
+# --------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("field, value, words", [
+    ("learning_rate", float("nan"), "finite"),
+    ("learning_rate", 0.0, "greater than 0"),
+    ("learning_rate", -1e-3, "greater than 0"),
+    ("learning_rate", 5.0, "at most 1"),
+    ("epochs", 0, "at least 1"),
+    ("epochs", -3, "at least 1"),
+    ("epochs", 10**9, "at most"),
+    ("batch_size", 2.5, "whole number"),
+    ("batch_size", True, "whole number"),
+    ("dropout_rate", 1.0, "at most 0.9"),
+    ("val_fraction", 0.0, "greater than 0"),
+    ("dice_weight", float("inf"), "finite"),
+    ("patch_size", 60, "must be a multiple of"),
+    ("loss_function", "hinge", "choose one of"),
+    ("lr_schedule", "step", "choose one of"),
+    ("early_stopping_monitor", "accuracy", "choose one of"),
+    ("channel", "blue", "choose one of"),
+    ("device", "tpu", "choose one of"),
+    ("clahe", "yes", "true or false"),
+    ("weight_decay", "0.1", "a number"),
+])
+def test_config_validation_says_what_is_wrong(field, value, words):
+    with pytest.raises(ValueError, match=words) as err:
+        TrainingConfig(**{field: value})
+    assert field in str(err.value)
+
+
+def test_config_round_trips_through_json():
+    config = TrainingConfig(learning_rate=1e-3, loss_function="tversky", epochs=7)
+    assert TrainingConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert TrainingConfig.from_dict({"learning_rate": 1}).learning_rate == 1.0  # JSON ints are fine
+
+
+def test_config_rejects_unknown_keys_and_is_frozen():
+    with pytest.raises(ValueError, match="'lr'"):
+        TrainingConfig.from_dict({"lr": 0.1})
+    with pytest.raises(ValueError, match="'colour'"):
+        TrainingConfig().with_updates(colour="green")
+    assert TrainingConfig().with_updates(epochs=5).epochs == 5
+    with pytest.raises(AttributeError):
+        TrainingConfig().epochs = 5
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs=12", ("epochs", 12)), ("learning_rate=1e-3", ("learning_rate", 1e-3)), ("clahe=false", ("clahe", False)),
+    ("augment=1", ("augment", True)), ("channel=rgb", ("channel", "rgb")), (" dropout_rate = 0.2 ", ("dropout_rate", 0.2)),
+])
+def test_parse_set_option_types_by_field(text, expected):
+    assert parse_set_option(text) == expected
+
+
+@pytest.mark.parametrize("text, words", [
+    ("epochs", "key=value"), ("=3", "key=value"), ("foo=1", "Unknown training option 'foo'"),
+    ("epochs=1.5", "whole number"), ("clahe=maybe", "true or false"), ("learning_rate=fast", "a number"),
+])
+def test_parse_set_option_errors(text, words):
+    with pytest.raises(ValueError, match=words):
+        parse_set_option(text)
+
+
+# --------------------------------------------------------------------------- early stopping
+
+@pytest.mark.parametrize("monitor, values, patience, stop_at", [
+    ("val_dice", [0.5, 0.6, 0.7, 0.8], 2, None),            # always improving
+    ("val_dice", [0.5, 0.6, 0.6, 0.6], 2, 4),               # two epochs without improvement
+    ("val_dice", [0.5, 0.50005, 0.5, 0.4], 3, 4),           # change below min_delta does not count
+    ("val_loss", [1.0, 0.9, 0.95, 0.8, 0.85, 0.9], 2, 6),   # lower is better
+    ("val_dice", [0.5, float("nan"), 0.4], 2, 3),           # NaN never improves
+    ("val_dice", [0.5, 0.4, 0.3, 0.2, 0.1], 0, None),       # patience 0 = never stop
+])
+def test_early_stopping_table(monitor, values, patience, stop_at):
+    stopper = EarlyStopping(monitor, patience, min_delta=1e-4)
+    stopped = None
+    for epoch, value in enumerate(values, 1):
+        before = stopper.state_dict()
+        stop, reason = stopper.evaluate(value)
+        assert stopper.state_dict() == before and isinstance(reason, str)  # evaluate has no side effects
+        stopper.update(value, epoch)
+        if stop:
+            stopped = epoch
+            break
+    assert stopped == stop_at
+
+
+def test_early_stopping_state_round_trips():
+    a = EarlyStopping("val_dice", 3)
+    for epoch, v in enumerate([0.1, 0.3, 0.2], 1):
+        a.update(v, epoch)
+    b = EarlyStopping("val_dice", 3)
+    b.load_state_dict(a.state_dict())
+    assert b.evaluate(0.25) == a.evaluate(0.25) and (b.best, b.best_epoch, b.wait) == (0.3, 2, 1)
+
+
+# --------------------------------------------------------------------------- training
+
+@pytest.mark.slow
+def test_training_learns_and_reports_events(run):
+    result, events, out = run
+    assert result.stop_reason == "max_epochs" and result.epochs_run == 4 and len(result.history) == 4
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_checkpoint == out / "best.pt" and result.last_checkpoint == out / "last.pt"
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch_end") == 4 and "calibration" in kinds
+    epoch_end = next(e for e in events if e["type"] == "epoch_end")
+    for key in ("epoch", "total_epochs", "train_loss", "val_loss", "val_dice", "lr", "seconds", "best_epoch",
+                "best_metric", "epochs_since_best", "patience", "is_best"):
+        assert key in epoch_end
+    assert [e["epoch"] for e in events if e["type"] == "epoch_end"] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_checkpoints_hold_the_contract_fields_and_load_weights_only(run):
+    result, _, out = run
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(out / name, weights_only=True)
+        assert {"format_version", "arch", "state_dict", "config", "epoch", "metrics", "versions", "optimizer",
+                "scheduler", "early_stopping", "history", "recommended_postprocess"} <= set(ckpt)
+        assert ckpt["format_version"] == 1 and ckpt["arch"] == "unet"
+        assert TrainingConfig.from_dict(ckpt["config"]).base_channels == 4
+        assert PostProcessConfig.from_dict(ckpt["recommended_postprocess"]) is not None
+        assert ckpt["calibration"]["dice_after"] >= ckpt["calibration"]["dice_before"]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 4
+    assert result.recommended_postprocess == torch.load(out / "best.pt", weights_only=True)["recommended_postprocess"]
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_same_seed_same_result(synth, tmp_path):
+    config = TrainingConfig(**{**TINY, "epochs": 2, "calibrate_postprocess": False})
+    a = train(config, synth, tmp_path / "a")
+    b = train(config, synth, tmp_path / "b")
+    keys = ("train_loss", "val_loss", "val_dice")
+    assert [[h[k] for k in keys] for h in a.history] == [[h[k] for k in keys] for h in b.history]
+    wa = torch.load(a.last_checkpoint, weights_only=True)["state_dict"]
+    wb = torch.load(b.last_checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_should_stop_ends_training_within_a_second(synth, tmp_path):
+    config = TrainingConfig(**{**TINY, "epochs": 1000, "steps_per_epoch": 50})
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        if len(asked) or time.monotonic() - started > 1.5:
+            asked.append(asked[0] if asked else time.monotonic())
+            return True
+        return False
+
+    started = time.monotonic()
+    result = train(config, synth, tmp_path, should_stop=should_stop)
+    assert result.stop_reason == "user_stop" and time.monotonic() - asked[0] < 1.0
+    assert (tmp_path / "last.pt").exists()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == result.epochs_run
+
+
+@pytest.mark.slow
+def test_stop_from_another_thread(synth, tmp_path):
+    flag = threading.Event()
+    timer = threading.Timer(1.0, flag.set)
+    timer.start()
+    result = train(TrainingConfig(**{**TINY, "epochs": 1000}), synth, tmp_path, should_stop=flag.is_set)
+    assert result.stop_reason == "user_stop"
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_saved_epoch(synth, tmp_path):
+    first = train(TrainingConfig(**{**TINY, "epochs": 2, "lr_schedule": "plateau"}), synth, tmp_path)
+    events: list[dict] = []
+    second = train(TrainingConfig(**{**TINY, "epochs": 4, "lr_schedule": "plateau"}), synth, tmp_path,
+                   on_event=events.append, resume_from=first.last_checkpoint)
+    assert events[0]["start_epoch"] == 3 and second.epochs_run == 4
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
+    assert second.history[:2] == first.history
+    with pytest.raises(TrainingError, match="base_channels"):
+        train(TrainingConfig(**{**TINY, "epochs": 6, "base_channels": 8}), synth, tmp_path / "x",
+              resume_from=second.last_checkpoint)
+
+
+@pytest.mark.slow
+def test_early_stopping_and_epoch_checkpoints(synth, tmp_path):
+    config = TrainingConfig(**{**TINY, "epochs": 20, "early_stopping_patience": 1, "min_delta": 1.0,
+                               "checkpoint_every": 1, "calibrate_postprocess": False})
+    result = train(config, synth, tmp_path)
+    assert result.stop_reason == "early_stopping" and result.epochs_run == 2 and result.best_epoch == 1
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    assert result.recommended_postprocess is None
+
+
+@pytest.mark.slow
+def test_time_budget_stops_cleanly(synth, tmp_path):
+    result = train(TrainingConfig(**{**TINY, "epochs": 1000, "max_minutes": 0.02}), synth, tmp_path)
+    assert result.stop_reason == "time_limit" and result.best_checkpoint is not None
+    assert math.isfinite(result.history[-1]["val_dice"])
+
+
+def test_too_small_dataset_is_refused(tmp_path):
+    make_synthetic_dataset(tmp_path / "one", n_images=1, size=64)
+    with pytest.raises(ValueError, match="at least 2"):
+        train(TrainingConfig(**TINY), tmp_path / "one", tmp_path / "out")
