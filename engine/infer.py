@@ -9,6 +9,7 @@ window (as nnU-Net does), so memory stays bounded and tile borders do not show.
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -59,8 +60,15 @@ def load_checkpoint_dict(path: str | Path) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{name} is empty (0 bytes): it is not a checkpoint.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we report our own sentence
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower() and "reduce" not in str(exc).lower():
+            raise CheckpointError(
+                f"{name} is not a readable checkpoint (truncated, damaged or another kind of file): "
+                "use a .pt file written by this program."
+            ) from None
         raise CheckpointError(
             f"{name} contains objects other than weights and settings (possibly code), so it was not loaded: "
             "use a checkpoint written by this program."
