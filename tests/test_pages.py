@@ -137,3 +137,193 @@ def test_settings_download_is_the_config_json(home):
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download mask (PNG)" in labels and "Download settings (JSON)" in labels
     assert json.loads(json.dumps(at.session_state["pp__config"]))["min_component_size"] == 120
+
+
+# --------------------------------------------------------------------------- storage fixtures
+TINY = dict(base_channels=4, depth=2, batch_size=4, patch_size=32, steps_per_epoch=3, epochs=1, val_fraction=0.25,
+            learning_rate=5e-3, num_threads=1, calibrate_postprocess=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real checkpoint of a tiny U-Net trained for one epoch on 64×64 synthetic images."""
+    import torch
+
+    from engine.data import make_synthetic_dataset
+    from engine.train import TrainingConfig, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_synthetic_dataset(root / "synth", n_images=4, size=64, seed=1)
+    result = train(TrainingConfig(**TINY), data, root / "out")
+    return result.best_checkpoint
+
+
+def add_model(name: str, status: str, checkpoint: Path | None = None, epochs: int = 0) -> str:
+    """A model row in the real registry, with a checkpoint file in its folder and logged epochs."""
+    from storage import db, paths
+
+    model_id = db.create_model(name, {"epochs": 10, "early_stopping_patience": 5}, "synthetic")
+    db.update_model(model_id, status=status, total_epochs=10, current_epoch=epochs, epochs_run=epochs,
+                    best_epoch=min(epochs, 2) or None, best_val_dice=0.5 if epochs else None, patience=5,
+                    epochs_since_best=max(0, epochs - 2), recommended_postprocess={"threshold": 0.55})
+    for epoch in range(1, epochs + 1):
+        db.log_epoch(model_id, epoch, 1.0 / epoch, 1.1 / epoch, 0.2 + 0.1 * min(epoch, 2), 1e-3, 1.5)
+    if checkpoint is not None:
+        target = paths.checkpoints_dir(model_id) / "best.pt"
+        target.write_bytes(Path(checkpoint).read_bytes())
+        db.add_checkpoint(model_id, min(epochs, 2) or 1, target, "best", 0.5)
+    return model_id
+
+
+# --------------------------------------------------------------------------- train page
+def test_train_form_queues_a_real_run_on_a_generated_synthetic_set(home):
+    from storage import db
+
+    at = open_page("pages/train.py")
+    at.radio(key="train_source").set_value("Generate a synthetic data set").run()
+    at.number_input(key="train_synth_n").set_value(4)
+    at.number_input(key="train_synth_size").set_value(64)
+    at.button(key="train_synth_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="train_source").value == "Registered data set"
+    assert at.metric[0].value == "4"  # the summary: four image / mask pairs
+    at.text_input(key="train_name").input("tiny-from-test")
+    at.number_input(key="train_cfg_epochs").set_value(2)
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    models = db.list_models()
+    assert [(m["name"], m["status"], json.loads(m["config"])["epochs"]) for m in models] == [("tiny-from-test", "queued", 2)]
+    assert any("Queued model" in s.value for s in at.success)
+    at.button(key="train_start").click().run()  # the same settings again at once: not queued twice
+    assert len(db.list_models()) == 1
+
+
+def test_train_form_shows_the_grouped_options_with_the_seed_advice(home):
+    at = open_page("pages/train.py")
+    groups = [e.label for e in at.expander]
+    assert groups[:5] == ["Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced"]
+    assert at.selectbox(key="train_cfg_loss_function").value == "combined_dice_focal"
+    assert "combined_dice_focal" in at.selectbox(key="train_cfg_loss_function").help
+    assert "10–20" in at.number_input(key="train_cfg_early_stopping_patience").help
+
+
+def test_train_zip_upload_with_an_escaping_path_is_refused(home):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../../evil.png", b"x")
+    at = open_page("pages/train.py")
+    at.radio(key="train_source").set_value("Upload a zip").run()
+    at.file_uploader(key="train_zip").set_value(("set.zip", buf.getvalue(), "application/zip")).run()
+    at.button(key="train_unpack").click().run()
+    assert not at.exception
+    assert any("leaves its folder" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_monitor_renders_a_runs_logged_epochs(home):
+    add_model("watched", "running", epochs=4)
+    at = open_page("pages/train.py")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    figure = json.loads(charts[0].proto.spec)
+    dice = next(t for t in figure["data"] if t.get("name") == "val Dice")
+    assert dice["x"] == [1, 2, 3, 4]
+    assert any("epochs since best: 2 / 5" in c.value for c in at.caption)
+    assert any(b.label == "Stop" for b in at.button)
+
+
+def test_stop_button_asks_the_run_to_stop(home):
+    from storage import db
+
+    model_id = add_model("to-stop", "running", epochs=1)
+    at = open_page("pages/train.py")
+    at.button(key=f"train_stop_{model_id}").click().run()
+    assert db.get_model(model_id)["status"] == "stopping"
+    assert at.button(key=f"train_stop_{model_id}").label == "stopping…"
+
+
+# --------------------------------------------------------------------------- models page
+def test_models_page_lists_runs_and_shows_details(home):
+    done = add_model("finished", "completed", epochs=3)
+    at = open_page("pages/models.py", query={"model": done})
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["finished"]
+    assert len(at.get("plotly_chart")) == 1
+    assert any(b.proto.label == "Export metrics (CSV)" for b in at.get("download_button"))
+
+
+def test_deletion_is_refused_for_a_running_model(home):
+    from storage import db
+
+    running = add_model("busy", "running", epochs=2)
+    at = open_page("pages/models.py", query={"model": running})
+    assert at.button(key="models_delete").disabled
+    assert any("stop it" in c.value for c in at.caption)
+    with pytest.raises(ValueError, match="stop it"):
+        db.delete_model(running)  # the storage layer refuses too
+    assert db.get_model(running)["status"] == "running"
+
+
+def test_deletion_with_confirmation_removes_a_finished_model(home):
+    from storage import db
+
+    done = add_model("old", "completed", epochs=1)
+    at = open_page("pages/models.py", query={"model": done})
+    at.button(key="models_delete").click().run()
+    at.button(key="models_delete_yes").click().run()
+    assert not at.exception
+    assert db.list_models() == []
+    assert any("Deleted" in s.value for s in at.success)
+
+
+# --------------------------------------------------------------------------- inference pages
+def test_model_page_lists_only_its_own_checkpoints_while_global_lists_completed(home, tiny_checkpoint):
+    done = add_model("done", "completed", tiny_checkpoint, epochs=1)
+    training = add_model("training", "running", tiny_checkpoint, epochs=1)
+    at = open_page("pages/model_inference.py", query={"model": training})
+    options = at.selectbox(key="mi_ckpt").options
+    assert len(options) == 1 and options[0].startswith("best.pt")
+    assert any("still training" in c.value for c in at.caption)
+    at = open_page("pages/inference.py")
+    models = at.selectbox(key="inf_model")
+    assert models.options == ["Classical vesselness (Frangi)", "done (val Dice 0.500)"]
+    assert training not in str(models.options)
+    at.selectbox(key="inf_model").set_value(done).run()
+    assert at.selectbox(key=f"inf_ckpt_{done}").options[0].startswith("best.pt")
+
+
+def test_model_page_upload_opens_the_tuner_with_recommended_settings(home, tiny_checkpoint):
+    from storage import db
+
+    model_id = add_model("ready", "completed", tiny_checkpoint, epochs=1)
+    at = open_page("pages/model_inference.py", query={"model": model_id})
+    image, mask, _ = fundus_png(64)
+    at.file_uploader(key="mi_images").set_value([("a.png", image, "image/png"), ("b.png", fundus_png(64, 1)[0], "image/png")])
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["mi_tuner__config"]["threshold"] == pytest.approx(0.55)  # the model's recommendation
+    kept = at.session_state["mi_tuner__kept"]
+    at.slider(key="mi_tuner_threshold").set_value(0.05).run()
+    at.slider(key="mi_tuner_confidence_threshold").set_value(0.0).run()
+    assert at.session_state["mi_tuner__kept"] != kept
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download the masks of all 2 images (zip)" in labels
+    at.text_input(key="mi_preset_name").input("low threshold")
+    at.button(key="mi_preset_save").click().run()
+    assert db.list_presets(model_id)[0]["config"]["threshold"] == pytest.approx(0.05)
+
+
+def test_model_page_with_an_unknown_id_says_so(home):
+    add_model("some", "completed", epochs=1)
+    at = open_page("pages/model_inference.py", query={"model": "nope"})
+    assert any("no model with id 'nope'" in e.value for e in at.error)
+
+
+def test_global_page_runs_the_baseline_on_an_upload(home):
+    at = open_page("pages/inference.py")
+    at.file_uploader(key="inf_images").set_value(("fundus.png", fundus_png(96)[0], "image/png")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.image) == 3

@@ -1,0 +1,48 @@
+"""Model inference: one model's checkpoints (also while it trains), images in, the tuner opening
+with the model's recommended settings, metrics against a ground truth, masks out, presets saved."""
+import streamlit as st
+
+from pages.components import query, run_page
+from pages.inference_widgets import checkpoint_label, save_preset_controls, start_from, workspace
+
+
+def pick_model(models: list[dict]) -> str | None:
+    """The model named by ?model=<id>, or one chosen here (which then goes into the URL)."""
+    ids = [m["id"] for m in models]
+    wanted = st.query_params.get("model")
+    if wanted and wanted not in ids:
+        st.error(f"There is no model with id {wanted!r}: it may have been deleted. Choose one below.")
+    label = {m["id"]: f"{m['name']} ({m['status']}, {m['id']})" for m in models}
+    pick = st.selectbox("Model", ids, index=ids.index(wanted) if wanted in ids else None, format_func=label.get,
+                        key=f"mi_model_{wanted}", placeholder="Choose a model")
+    if pick and pick != wanted:
+        st.query_params["model"] = pick
+    return pick
+
+
+def main() -> None:
+    st.title("Model inference")
+    models = query("list_models")
+    if not models:
+        st.info("No models yet: train one on the Train page. Meanwhile the Post-processing page works on any image.")
+        return
+    model_id = pick_model(models)
+    if not model_id:
+        return
+    model = next(m for m in models if m["id"] == model_id)
+    ckpts = query("model_checkpoints", model_id)
+    if not ckpts:
+        st.info(f"{model['name']} has no checkpoint yet ({model['status']}); the first one is written after "
+                "its first epoch.")
+        return
+    if model["status"] in ("running", "stopping"):
+        st.caption("This model is still training: best.pt is its best epoch so far and is reloaded when it changes.")
+    by_label = {checkpoint_label(c): c["path"] for c in ckpts}
+    path = by_label[st.selectbox("Checkpoint", list(by_label), key="mi_ckpt")]
+    defaults = start_from(model, "mi")
+    workspace(path, key="mi", defaults=defaults)
+    with st.expander("Save these settings as a preset of this model"):
+        save_preset_controls(model_id, "mi")
+
+
+run_page(main, "showing the model inference page")

@@ -1,0 +1,124 @@
+"""Models: every run in a sortable table; one run's config, curves, checkpoints and recommended
+post-processing; several runs' curves overlaid; metrics CSV export; checkpoint download; deletion."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages.components import age_text, curves_figure, forget_queries, query, run_duration, run_page
+
+ACTIVE = ("queued", "running", "stopping")
+
+
+def table(models: list[dict]) -> None:
+    rows = [{"id": m["id"], "name": m["name"], "status": m["status"], "best val Dice": m.get("best_val_dice"),
+             "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run"), "stop reason": m.get("stop_reason"),
+             "duration (s)": run_duration(m), "created": m["created_at"][:19].replace("T", " ")} for m in models]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="models_table",
+                 column_config={"best val Dice": st.column_config.NumberColumn(format="%.3f"),
+                                "duration (s)": st.column_config.NumberColumn(format="%.0f")})
+
+
+def checkpoints(model: dict) -> None:
+    ckpts = query("model_checkpoints", model["id"])
+    if not ckpts:
+        st.caption("No checkpoint yet.")
+        return
+    st.dataframe([{"file": c["name"], "kind": c["kind"], "epoch": c["epoch"], "metric": c["metric"],
+                   "size (MB)": round((c["size_bytes"] or 0) / 1e6, 2)} for c in ckpts],
+                 hide_index=True, width="stretch", key="models_ckpt_table")
+    names = [c["name"] for c in ckpts]
+    pick = st.selectbox("Checkpoint to download", names, key="models_ckpt_pick")
+    path = Path(next(c["path"] for c in ckpts if c["name"] == pick))
+    st.download_button(f"Download {pick}", lambda: path.read_bytes(), file_name=f"{model['name']}_{pick}",
+                       mime="application/octet-stream", key="models_ckpt_download", on_click="ignore")
+
+
+def delete_controls(model: dict) -> None:
+    mid = model["id"]
+    if model["status"] in ACTIVE:
+        st.button("Delete this model", key="models_delete", disabled=True)
+        st.caption(f"It is {model['status']}: stop it on the Train page and wait until it has ended to delete it.")
+        return
+    if not st.session_state.get("models_confirm") == mid:
+        st.button("Delete this model", key="models_delete", on_click=st.session_state.__setitem__,
+                  args=("models_confirm", mid))
+        return
+    st.warning(f"Delete {model['name']} with its checkpoints and curves? This cannot be undone.")
+    a, b = st.columns(2)
+    a.button("Yes, delete", key="models_delete_yes", type="primary", on_click=_delete, args=(mid,))
+    b.button("Cancel", key="models_delete_no", on_click=st.session_state.__setitem__, args=("models_confirm", None))
+
+
+def _delete(mid: str) -> None:
+    from storage.db import delete_model
+
+    st.session_state["models_confirm"] = None
+    try:
+        delete_model(mid)  # refuses, with a sentence, a run that started meanwhile
+    except ValueError as exc:
+        st.session_state["models_message"] = ("error", str(exc))
+        return
+    st.session_state["models_message"] = ("success", f"Deleted model {mid}.")
+    st.session_state["models_detail"] = None
+    forget_queries()
+
+
+def detail(model: dict) -> None:
+    mid = model["id"]
+    st.subheader(f"{model['name']} · {model['status']}")
+    reason = model.get("stop_reason") or ("—" if model["status"] in ACTIVE else "")
+    st.write(f"Ended because: **{reason or model.get('error') or 'unknown'}** · duration "
+             f"{age_text(run_duration(model))} · data set `{model.get('dataset')}`")
+    st.link_button("Open its inference page", f"/model_inference?model={mid}")
+    metrics = query("model_metrics", mid)
+    if metrics:
+        st.plotly_chart(curves_figure([(model["name"], metrics, model.get("best_epoch"))]), key="models_curves")
+        st.download_button("Export metrics (CSV)", pd.DataFrame(metrics).to_csv(index=False),
+                           file_name=f"{model['name']}_metrics.csv", mime="text/csv", key="models_csv",
+                           on_click="ignore")
+    a, b = st.columns(2)
+    with a:
+        st.markdown("**Training configuration**")
+        st.json(json.loads(model["config"]), expanded=False)
+    with b:
+        st.markdown("**Recommended post-processing**")
+        rec = model.get("recommended_postprocess")
+        if rec:
+            st.json(json.loads(rec))
+        else:
+            st.caption("Not calibrated (yet).")
+    st.markdown("**Checkpoints**")
+    checkpoints(model)
+    delete_controls(model)
+
+
+def main() -> None:
+    st.title("Models")
+    message = st.session_state.pop("models_message", None)
+    if message:
+        getattr(st, message[0])(message[1])
+    models = query("list_models")
+    if not models:
+        st.info("No models yet: start one on the Train page.")
+        return
+    table(models)
+    ids = [m["id"] for m in models]
+    label = {m["id"]: f"{m['name']} ({m['status']}, {m['id']})" for m in models}
+    wanted = st.query_params.get("model")
+    if wanted in ids and "models_detail" not in st.session_state:
+        st.session_state["models_detail"] = wanted
+    compare = st.multiselect("Overlay the curves of", ids, format_func=label.get, key="models_compare")
+    if compare:
+        by_id = {m["id"]: m for m in models}
+        runs = [(by_id[i]["name"], query("model_metrics", i), by_id[i].get("best_epoch")) for i in compare]
+        st.plotly_chart(curves_figure(runs), key="models_overlay")
+    pick = st.selectbox("Details of", ids, format_func=label.get, key="models_detail", index=None,
+                        placeholder="Choose a model")
+    if pick in ids:
+        with st.container(border=True):
+            detail(next(m for m in models if m["id"] == pick))
+
+
+run_page(main, "showing the Models page")

@@ -1,0 +1,128 @@
+"""Train: choose a data set, see its summary, fill the training form, start, and watch runs live."""
+from pathlib import Path
+
+import streamlit as st
+
+from engine.train import TrainingConfig
+from pages.components import query, run_page
+from pages.train_widgets import (
+    dataset_summary,
+    generate_synthetic,
+    registered_datasets,
+    run_monitor,
+    submit_callback,
+    training_form,
+)
+from storage import paths
+from storage.archives import unpack_dataset_zip
+
+SOURCES = ["Registered data set", "Folder path", "Upload a zip", "Generate a synthetic data set"]
+
+
+def choose_dataset() -> str | None:
+    s = st.session_state
+    source = st.radio("Data set", SOURCES, key="train_source", horizontal=True)
+    if source == "Registered data set":
+        names = registered_datasets()
+        if not names:
+            st.info("No data set in the data home yet: upload a zip, give a folder or generate a synthetic one.")
+            return None
+        picked = st.selectbox("Registered data sets", names, key="train_registered")
+        return str(paths.datasets_dir() / picked)
+    if source == "Folder path":
+        folder = st.text_input("Folder (images/ + masks/ [+ fov/], or DRIVE's images/, 1st_manual/, mask/)",
+                               key="train_folder", placeholder="../shared/data/drive/training")
+        return folder.strip() or None
+    if source == "Upload a zip":
+        up = st.file_uploader("Zip of images/ and masks/ (optionally fov/)", type=["zip"], key="train_zip")
+        st.button("Unpack into the data home", key="train_unpack", disabled=up is None, on_click=_unpack)
+        if s.get("train_unpack_error"):
+            st.error(s["train_unpack_error"])
+        return None
+    a, b, c = st.columns(3)
+    a.number_input("Images", 2, 200, 8, key="train_synth_n")
+    b.number_input("Size (px)", 32, 1024, 96, step=32, key="train_synth_size")
+    c.number_input("Seed", 0, 10_000, 0, key="train_synth_seed")
+    st.button("Generate the synthetic data set", key="train_synth_go", on_click=_synthesize)
+    return None
+
+
+def _use_registered(name: str) -> None:
+    st.session_state["train_source"], st.session_state["train_registered"] = SOURCES[0], name
+
+
+def _unpack() -> None:
+    up = st.session_state.get("train_zip")
+    st.session_state["train_unpack_error"] = None
+    try:
+        _use_registered(unpack_dataset_zip(up.getvalue(), up.name).name)
+    except ValueError as exc:
+        st.session_state["train_unpack_error"] = str(exc)
+
+
+def _synthesize() -> None:
+    s = st.session_state
+    folder = generate_synthetic(int(s["train_synth_n"]), int(s["train_synth_size"]), int(s["train_synth_seed"]))
+    _use_registered(Path(folder).name)
+
+
+def show_summary(path: str) -> bool:
+    try:
+        summary, sample = dataset_summary(path)
+    except ValueError as exc:
+        st.error(str(exc))
+        return False
+    a, b = st.columns([2, 1])
+    with a:
+        st.metric("Image / mask pairs", summary["n_images"])
+        st.write(f"Layout: **{summary['layout']}** · sizes: {', '.join(summary['sizes'])} · "
+                 f"with FOV mask: {summary['with_fov']} · folder: `{summary['path']}`")
+    b.image(sample, caption=f"{summary['ids'][0]} with its vessel mask (green)", width="stretch")
+    return True
+
+
+@st.fragment(run_every=2)
+def monitor() -> None:
+    st.header("Training monitor")
+    smoothing = st.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="train_smoothing",
+                          help="Exponential moving average; the raw curve stays faint behind the smoothed one.")
+    rows = [m for m in query("list_models") if m["status"] in ("queued", "running", "stopping")]
+    watch = st.session_state.get("train_watch")
+    if watch and all(m["id"] != watch for m in rows):
+        rows += [m for m in query("list_models") if m["id"] == watch]  # keeps showing its final status
+    if not rows:
+        st.caption("No active run.")
+    for row in rows:
+        with st.container(border=True):
+            run_monitor(row, smoothing)
+
+
+def main() -> None:
+    st.title("Train")
+    defaults = TrainingConfig()
+    dataset = choose_dataset()
+    st.session_state["train_dataset"] = dataset
+    usable = bool(dataset) and show_summary(dataset)
+    with st.form("train_form"):
+        st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
+        training_form(defaults)
+        busy = st.session_state.get("train_busy", False)
+        st.form_submit_button("Submitting…" if busy else "Start training", type="primary", key="train_start",
+                              disabled=busy or not usable, on_click=_mark_busy)
+    if busy:  # the button above went out disabled; submit before any other element, then redraw
+        try:
+            submit_callback(defaults)
+        finally:
+            st.session_state["train_busy"] = False
+        st.rerun()
+    message = st.session_state.get("train_message")
+    if message:
+        getattr(st, message[0])(message[1])
+    monitor()
+
+
+def _mark_busy() -> None:
+    st.session_state["train_busy"] = True
+
+
+run_page(main, "showing the Train page")

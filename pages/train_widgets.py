@@ -1,0 +1,189 @@
+"""Widgets of the Train page: the data-set chooser, the TrainingConfig form and the live monitor."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+
+import numpy as np
+import streamlit as st
+
+from engine import train as train_engine
+from engine.train import TrainingConfig
+from pages.components import age_text, curves_figure, forget_queries, logger, overlay_png, query
+from storage import paths
+
+# Field -> (group, help). Fields not listed go to "Advanced". Help carries the seed's advice.
+GROUPS = ("Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced")
+FIELD_HELP: dict[str, tuple[str, str]] = {
+    "epochs": ("Basics", "Upper limit; early stopping usually ends the run sooner."),
+    "batch_size": ("Basics", "Patches per optimiser step. Lower it if memory runs out."),
+    "patch_size": ("Basics", "Side of the square training patches; a multiple of 2^depth."),
+    "steps_per_epoch": ("Basics", "Optimiser steps per epoch; validation runs after each epoch."),
+    "learning_rate": ("Basics", "Peak learning rate of AdamW."),
+    "val_fraction": ("Basics", "Share of the images held out for validation."),
+    "seed": ("Basics", "Same seed, same result on CPU: change it to check a result is not luck."),
+    "loss_function": ("Loss", "Start with combined_dice_focal: Dice copes with thin vessels being a small "
+                              "share of the pixels, focal with the hard pixels at their edges."),
+    "dice_weight": ("Loss", "Share of Dice in the combined loss; 0.7 is the recommended start."),
+    "focal_alpha": ("Loss", "Focal weight of vessel pixels (background gets 1 − alpha)."),
+    "focal_gamma": ("Loss", "Focal focusing exponent; 2 is the usual value."),
+    "tversky_alpha": ("Loss", "Tversky weight of false positives."),
+    "tversky_beta": ("Loss", "Tversky weight of false negatives; above alpha favours thin vessels."),
+    "weight_decay": ("Regularisation", "Raise it (e.g. 1e-3) to reduce over-fitting: validation loss rising while "
+                                       "training loss falls."),
+    "dropout_rate": ("Regularisation", "Dropout at the bottleneck; 0.1–0.3 reduces over-fitting."),
+    "augment": ("Regularisation", "Flips, rotations and brightness/contrast jitter: keep on for small data sets."),
+    "early_stopping_monitor": ("Early stopping and LR", "val_dice (higher is better) or val_loss (lower is better)."),
+    "early_stopping_patience": ("Early stopping and LR", "Epochs without improvement before stopping; 10–20 is a "
+                                                         "good range. 0 never stops early."),
+    "min_delta": ("Early stopping and LR", "Smallest change that counts as an improvement."),
+    "lr_schedule": ("Early stopping and LR", "cosine anneals to the minimum LR; plateau lowers it when stuck."),
+    "min_learning_rate": ("Early stopping and LR", "Floor of the cosine schedule."),
+    "plateau_factor": ("Early stopping and LR", "plateau: multiply the LR by this when stuck."),
+    "plateau_patience": ("Early stopping and LR", "plateau: epochs without improvement before lowering the LR."),
+    "max_minutes": ("Early stopping and LR", "Wall-clock budget in minutes; 0 = none."),
+}
+
+
+def _choices(field: str) -> tuple | None:
+    return getattr(train_engine, "_CHOICES", {}).get(field)
+
+
+def _widget(field: dataclasses.Field, default):
+    key = f"train_cfg_{field.name}"
+    group_help = FIELD_HELP.get(field.name, ("Advanced", None))[1]
+    label = field.name.replace("_", " ").capitalize()
+    if isinstance(default, bool):
+        return st.toggle(label, value=default, key=key, help=group_help)
+    options = _choices(field.name)
+    if options:
+        return st.selectbox(label, list(options), index=list(options).index(default), key=key, help=group_help)
+    if isinstance(default, int):
+        return st.number_input(label, value=default, step=1, key=key, help=group_help)
+    if isinstance(default, float):
+        return st.number_input(label, value=default, format="%g", step=None, key=key, help=group_help)
+    return st.text_input(label, value=str(default), key=key, help=group_help)
+
+
+def training_form(defaults: TrainingConfig) -> dict:
+    """Every TrainingConfig option, grouped; returns the raw values (validated by TrainingConfig)."""
+    values = {}
+    by_group = {g: [] for g in GROUPS}
+    for f in dataclasses.fields(TrainingConfig):
+        by_group[FIELD_HELP.get(f.name, ("Advanced", ""))[0]].append(f)
+    for group in GROUPS:
+        with st.expander(group, expanded=group == "Basics"):
+            cols = st.columns(3)
+            for i, f in enumerate(by_group[group]):
+                with cols[i % 3]:
+                    values[f.name] = _widget(f, getattr(defaults, f.name))
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Data sets
+# --------------------------------------------------------------------------------------------
+def registered_datasets() -> list[str]:
+    root = paths.datasets_dir()
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@st.cache_data(ttl=10, show_spinner=False, max_entries=32)
+def dataset_summary(path: str) -> tuple[dict, bytes | None]:
+    """The data set's summary and a PNG of its first image with the vessel mask overlaid."""
+    from engine.data import load_dataset
+
+    ds = load_dataset(path)
+    image, mask, _ = ds.raw(0)
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
+    return ds.summary(), overlay_png(image, digest, mask, np.zeros_like(mask))
+
+
+def generate_synthetic(n_images: int, size: int, seed: int) -> str:
+    from engine.data import make_synthetic_dataset
+
+    folder = paths.datasets_dir() / f"synthetic_{n_images}x{size}_seed{seed}"
+    if not (folder / "images").is_dir():
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        make_synthetic_dataset(tmp, n_images=n_images, size=size, seed=seed)
+        tmp.replace(folder)
+    logger.info("synthetic data set at %s", folder)
+    return str(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Submitting (in the button's callback: it runs to the end even when a second click arrives)
+# --------------------------------------------------------------------------------------------
+def submit_callback(defaults: TrainingConfig) -> None:
+    from engine.jobs import submit_training
+
+    s = st.session_state
+    s["train_message"] = None
+    values = {f.name: s.get(f"train_cfg_{f.name}", getattr(defaults, f.name)) for f in dataclasses.fields(TrainingConfig)}
+    name, dataset = (s.get("train_name") or "").strip(), s.get("train_dataset")
+    payload = hashlib.sha1(json.dumps([name, dataset, values], sort_keys=True, default=str).encode()).hexdigest()
+    last = s.get("train_last_submit")
+    if last and last[0] == payload and time.monotonic() - last[1] < 15:
+        s["train_message"] = ("info", "This run was queued a moment ago; it was not queued twice.")
+        return
+    if not dataset:
+        s["train_message"] = ("error", "Choose a data set first (a folder, a zip, a registered or a synthetic one).")
+        return
+    try:
+        config = TrainingConfig.from_dict(values)
+        model_id = submit_training(name or f"unet-{time.strftime('%m%d-%H%M%S')}", dataset, config)
+    except ValueError as exc:
+        s["train_message"] = ("error", str(exc))
+        return
+    except Exception:
+        logger.exception("could not queue a training run")
+        s["train_message"] = ("error", "The run could not be queued because of an unexpected error; details are in "
+                                       "logs/dashboard.log.")
+        return
+    s["train_last_submit"] = (payload, time.monotonic())
+    s["train_watch"] = model_id
+    s["train_message"] = ("success", f"Queued model {model_id}: it starts as soon as the worker has a free slot.")
+    forget_queries()
+
+
+# --------------------------------------------------------------------------------------------
+# Live monitor
+# --------------------------------------------------------------------------------------------
+def _stop(model_id: str) -> None:
+    from engine.jobs import stop_training
+
+    try:
+        st.session_state[f"train_stop_msg_{model_id}"] = stop_training(model_id)
+    except ValueError as exc:
+        st.session_state[f"train_stop_msg_{model_id}"] = str(exc)
+    forget_queries()
+
+
+def run_monitor(row: dict, smoothing: float) -> None:
+    """Progress, ETA, curves and the Stop button of one run."""
+    mid, status = row["id"], row["status"]
+    epoch, total = row.get("current_epoch") or 0, row.get("total_epochs") or 1
+    st.subheader(f"{row['name']} · {status}" + (f" ({row['stop_reason']})" if row.get("stop_reason") else ""))
+    if status in ("running", "stopping"):
+        inside = (row.get("batch") or 0) / row["batches"] if row.get("batches") else 0
+        done = (row.get("epochs_run") or 0) + (inside if epoch > (row.get("epochs_run") or 0) else 0)
+        st.progress(min(1.0, done / total),
+                    text=f"epoch {epoch} / {total}, batch {row.get('batch') or 0} / {row.get('batches') or '?'}, "
+                         f"ETA {age_text(row.get('eta_s'))}")
+    elif status == "queued":
+        st.info("Waiting for the worker to start it.")
+    elif status == "failed" and row.get("error"):
+        st.error(f"The run failed: {row['error']}")
+    metrics = query("model_metrics", mid)
+    best = row.get("best_epoch")
+    if metrics:
+        since, patience = row.get("epochs_since_best"), row.get("patience")
+        st.caption(f"Best epoch {best or '—'} (val Dice {row.get('best_val_dice') or 0:.3f}) · epochs since best: "
+                   f"{since if since is not None else '—'} / {patience or '∞'}")
+        st.plotly_chart(curves_figure([(row["name"], metrics, best)], smoothing), key=f"train_curves_{mid}")
+    if status in ("queued", "running"):
+        st.button("Stop", key=f"train_stop_{mid}", on_click=_stop, args=(mid,))
+    elif status == "stopping":
+        st.button("stopping…", key=f"train_stop_{mid}", disabled=True)
