@@ -31,7 +31,7 @@ from storage.migrations import MIGRATIONS
 BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before giving up
 STATUSES = ("queued", "running", "stopping", "completed", "failed")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
-STOP_REASONS = ("max_epochs", "early_stopping", "user_stop")
+STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")  # time_limit: max_minutes ran out
 CHECKPOINT_KINDS = ("best", "last", "epoch")
 JOB_STATUSES = ("queued", "running", "completed", "failed")
 BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline

@@ -20,7 +20,7 @@ def initial_schema(db: Database) -> None:
             "id": str,
             "name": str,
             "status": str,              # queued | running | stopping | completed | failed
-            "stop_reason": str,         # max_epochs | early_stopping | user_stop | NULL
+            "stop_reason": str,         # max_epochs | early_stopping | user_stop | time_limit | NULL
             "config": str,              # TrainingConfig as JSON
             "dataset": str,             # folder the run trains on
             "task_id": str,             # Huey task id of the training task

@@ -1,0 +1,161 @@
+"""Batch inference over a folder or a zip of images, as run by the worker's ``run_inference_task``.
+
+For every image: a probability map (a trained U-Net checkpoint, or the classical vesselness baseline
+when the checkpoint is ``"baseline"``), then ``enhanced_post_processing`` with the job's settings.
+Outputs, all written atomically into ``inference/<job_id>/``::
+
+    prob/<name>.png     probability × 255 (uint8 grey)
+    masks/<name>.png    the post-processed mask (0 / 255)
+    stats.csv           one row per image: size, vessel pixels and fraction, components, timing, error
+    results.zip         prob/, masks/ and stats.csv together, for download
+
+An image that cannot be read is listed in stats.csv with its error and counted in ``n_failed``; the
+other images are still processed. A zip is unpacked with ``storage.archives.safe_extract_zip``
+(no escaping paths, links, or zip bombs) into ``inference/<job_id>/input/``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, read_image
+from storage import archives, paths
+from storage import db as store
+
+STATS_COLUMNS = ("image", "width", "height", "vessel_pixels", "vessel_fraction", "components", "mean_probability",
+                 "threshold_used", "pixels_removed", "seconds", "error")
+MAX_IMAGES = 10_000
+
+
+class WorkerShutdown(RuntimeError):
+    """The worker is shutting down; the job stops between two images."""
+
+
+def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, dict]:
+    """Validate a job before it is queued: (checkpoint, input, post-processing dict); ValueError otherwise."""
+    from engine.postprocess import PostProcessConfig
+
+    checkpoint = str(checkpoint_path)
+    if checkpoint != store.BASELINE:
+        ckpt = Path(checkpoint).expanduser()
+        if not ckpt.is_file():
+            raise ValueError(f"No checkpoint file at {checkpoint}: choose a checkpoint from the list, or 'baseline'.")
+        checkpoint = str(ckpt.resolve())
+    source = Path(input_path).expanduser()
+    if source.is_file() and source.suffix.lower() == ".zip":
+        archives.check_zip(source)  # ArchiveError (a ValueError) for unsafe or broken archives
+    elif not source.is_dir():
+        raise ValueError(f"{input_path} is neither a folder nor a .zip file: give a folder of images or a zip of them.")
+    elif not _image_files(source):
+        raise ValueError(f"{input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)}): choose another folder.")
+    settings = PostProcessConfig.from_dict(postprocess or {}).to_dict()
+    return checkpoint, str(source.resolve()), settings
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
+
+
+def _output_names(files: list[Path], root: Path) -> list[str]:
+    """A unique, flat PNG name per input (sub/a.tif -> sub__a.png; a.png + a.tif -> a.png, a_2.png)."""
+    names, seen = [], set()
+    for file in files:
+        base = "__".join(file.relative_to(root).with_suffix("").parts)
+        name, n = f"{base}.png", 1
+        while name.lower() in seen:
+            n += 1
+            name = f"{base}_{n}.png"
+        seen.add(name.lower())
+        names.append(name)
+    return names
+
+
+def load_predictor(checkpoint: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A function image_rgb -> probability map for a checkpoint path or ``"baseline"``."""
+    if checkpoint == store.BASELINE:
+        from engine.vesselness import vesselness_map
+
+        return lambda image: vesselness_map(image)
+    from engine.infer import load_model, predict
+
+    loaded = load_model(checkpoint)
+    return lambda image: predict(loaded, image)
+
+
+def _zip_results(out: Path) -> Path:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for sub in ("prob", "masks"):
+            for path in sorted((out / sub).glob("*.png")):
+                zf.write(path, f"{sub}/{path.name}")
+        zf.write(out / "stats.csv", "stats.csv")
+    return paths.atomic_write_bytes(out / "results.zip", buf.getvalue())
+
+
+def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
+    from engine.postprocess import enhanced_post_processing
+
+    t0 = time.monotonic()
+    image = read_image(file)
+    prob = np.clip(np.asarray(predictor(image), dtype=np.float32), 0.0, 1.0)
+    result = enhanced_post_processing(prob, config=pp_config)
+    paths.atomic_write_bytes(out / "prob" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
+    paths.atomic_write_bytes(out / "masks" / name, encode_png(result.mask.astype(np.uint8)))
+    h, w = result.mask.shape
+    vessels = int(result.mask.sum())
+    return {"width": w, "height": h, "vessel_pixels": vessels, "vessel_fraction": round(vessels / (h * w), 6),
+            "components": result.stats.get("components_after"), "mean_probability": round(float(prob.mean()), 6),
+            "threshold_used": result.stats.get("threshold_used"), "pixels_removed": result.stats.get("removed_total"),
+            "seconds": round(time.monotonic() - t0, 3), "error": ""}
+
+
+def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Run one queued-and-claimed inference job to the end, recording progress on its row."""
+    from engine.postprocess import PostProcessConfig
+
+    row = store.get_inference_job(job_id)
+    out = paths.inference_dir(job_id)
+    source = Path(row["input_path"])
+    if source.is_file():
+        root = archives.safe_extract_zip(source, out / "input") if not (out / "input").exists() else out / "input"
+    else:
+        root = source
+    files = _image_files(root)
+    if not files:
+        raise ValueError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    if len(files) > MAX_IMAGES:
+        raise ValueError(f"{source.name} holds {len(files)} images; the limit per job is {MAX_IMAGES}: split it.")
+    pp_config = PostProcessConfig.from_dict(json.loads(row["postprocess"] or "{}"))
+    predictor = load_predictor(row["checkpoint_path"])
+    store.update_inference_job(job_id, n_total=len(files), n_done=0, n_failed=0, progress=0.0)
+    stats, failed = [], 0
+    for i, (file, name) in enumerate(zip(files, _output_names(files, root)), start=1):
+        if should_stop():
+            raise WorkerShutdown(f"the worker was shut down after {i - 1} of {len(files)} images; submit the job again")
+        try:
+            record = _one_image(file, name, out, predictor, pp_config)
+        except (ImageReadError, ValueError) as exc:
+            failed += 1
+            record = {"error": str(exc)}
+        stats.append({"image": str(file.relative_to(root)), **record})
+        store.update_inference_job(job_id, n_done=i, n_failed=failed, progress=i / len(files),
+                                   heartbeat_at=store.utc_now())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=STATS_COLUMNS, restval="")
+    writer.writeheader()
+    writer.writerows(stats)
+    paths.atomic_write_bytes(out / "stats.csv", buf.getvalue().encode())
+    _zip_results(out)
+    error = None
+    if failed:
+        error = f"{failed} of {len(files)} image(s) could not be processed; see the error column of stats.csv"
+    status = "failed" if failed == len(files) else "completed"
+    store.update_inference_job(job_id, status=status, finished_at=store.utc_now(), error=error, progress=1.0)

@@ -1,0 +1,563 @@
+"""The background worker: a Huey queue on SQLite that trains models and runs batch inference.
+
+Start it with ``huey_consumer engine.jobs.huey -k thread -w 2`` (``make run`` does). The queue file is
+``paths.queue_path()`` of the ``ML_MANAGER_HOME`` the process had when it imported this module; the
+Python API below re-points the queue when the data home changes in-process (tests, scripts).
+
+The record of every job is its row in the run registry (``storage.db``), never a Huey result:
+
+* Trainings run one at a time (``ML_MANAGER_MAX_TRAININGS``, default 1). A training task that finds
+  no free slot does not hold a worker thread: it asks Huey to retry it a second later and stays
+  ``queued``; slots are granted first come, first served (``storage.db.claim_training_slot``). With
+  two or more worker threads a batch inference therefore never waits behind a training.
+* ``stop_training`` marks a running run ``stopping``; the training loop's ``should_stop`` reads the
+  row at most every 0.5 s, so it stops within a second and saves ``last.pt``. The run then ends
+  ``completed`` with ``stop_reason='user_stop'`` when it saved a best checkpoint, otherwise
+  ``failed`` with ``stop_reason='user_stop'``. A run still waiting in the queue is revoked and
+  marked ``failed`` with ``stop_reason='user_stop'`` and the error "stopped by the user before it started".
+* A graceful shutdown of the worker (SIGINT) stops a running training the same way (``last.pt`` is
+  kept) and marks it ``failed`` with an error that says so; ``start_training(..., resume=True)``
+  continues it. Queued trainings stay in the queue for the next start.
+* Liveness: a background thread started with the worker beats every ``BEAT_S`` seconds for the
+  worker and for each run and job it executes. The periodic ``check_stale_runs`` (every minute) and
+  the start-up hook mark runs whose heartbeat is older than ``ML_MANAGER_STALE_AFTER_S`` (default
+  60 s) ``failed`` with "the worker stopped while training (last heartbeat …)"; at start-up a run
+  owned by a worker process that no longer exists is failed at once. Freeing those rows is what
+  releases the training slots a killed worker held (the slots are rows, not Huey locks). Start-up
+  also removes leftover temporary files.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from huey import SqliteHuey, crontab
+from huey.exceptions import RetryTask
+
+from storage import db as store
+from storage import paths
+
+# A child of huey's logger, so our messages land in the worker log that huey_consumer sets up.
+log = logging.getLogger("huey.ml_manager")
+
+BEAT_S = 2.0  # worker / run heartbeat period
+STOP_POLL_S = 0.5  # how often a training reads its row for a stop request
+WAIT_RETRY_S = 1  # a training waiting for a slot asks again after this many seconds
+WAITER_FRESH_S = 30.0  # a queued run whose task has not asked for this long no longer holds its place
+TEMP_MAX_AGE_S = 3600.0  # temporary files older than this are removed by the periodic check
+
+huey = SqliteHuey(name="ml_manager", filename=str(paths.queue_path()), results=False, strict_fifo=True, timeout=30)
+
+_ACTIVE_RUNS: set[str] = set()  # model ids this process is training
+_ACTIVE_JOBS: set[str] = set()  # inference job ids this process is running
+_STATE_LOCK = threading.Lock()
+_started_pid: int | None = None
+_consumer_stop_flag: Any = None
+
+
+def max_trainings() -> int:
+    """How many trainings may run at once (``ML_MANAGER_MAX_TRAININGS``, default 1)."""
+    try:
+        return max(1, int(os.environ.get("ML_MANAGER_MAX_TRAININGS", "1")))
+    except ValueError:
+        return 1
+
+
+def stale_after_s() -> float:
+    """Heartbeat age after which a running run counts as abandoned (``ML_MANAGER_STALE_AFTER_S``)."""
+    try:
+        return max(5.0, float(os.environ.get("ML_MANAGER_STALE_AFTER_S", "60")))
+    except ValueError:
+        return 60.0
+
+
+def _queue() -> SqliteHuey:
+    """The Huey instance, pointed at the current data home's queue file."""
+    wanted = str(paths.queue_path())
+    if huey.storage.filename != wanted:
+        with _STATE_LOCK:
+            if huey.storage.filename != wanted:
+                huey.storage_kwargs["filename"] = wanted
+                huey.storage = huey.create_storage()
+    return huey
+
+
+def _shutting_down() -> bool:
+    flag = _consumer_stop_flag
+    return bool(flag is not None and flag.is_set())
+
+
+def _find_consumer_stop_flag() -> Any:
+    """The running consumer's stop flag (set on SIGINT), so long tasks can end early and cleanly."""
+    from huey.consumer import Consumer
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Consumer) and obj.huey is huey:
+            return obj.stop_flag
+    return None
+
+
+# --------------------------------------------------------------------------- training
+
+class _StopWatch:
+    """``should_stop`` for the training loop: a stop request in the row, or the worker shutting down."""
+
+    def __init__(self, model_id: str, conn):
+        self.model_id, self.conn = model_id, conn
+        self.reason: str | None = None  # "user" | "shutdown"
+        self._last = 0.0
+
+    def __call__(self) -> bool:
+        if self.reason:
+            return True
+        if _shutting_down():
+            self.reason = "shutdown"
+            return True
+        now = time.monotonic()
+        if now - self._last >= STOP_POLL_S:
+            self._last = now
+            row = self.conn.execute("SELECT status FROM models WHERE id = ?", [self.model_id]).fetchone()
+            if row is None or row[0] == "stopping":
+                self.reason = "user"
+        return self.reason is not None
+
+
+class _Progress:
+    """``on_event`` for the training loop: writes progress, epochs, checkpoints to the registry."""
+
+    def __init__(self, model_id: str, conn):
+        self.model_id, self.conn = model_id, conn
+        self.t0 = time.monotonic()
+        self.start_epoch, self.total_epochs, self.steps = 1, 1, 1
+        self.epochs_done = 0
+        self._last_write = 0.0
+        self.failures = 0
+
+    def eta(self, epoch: int, step: int) -> float | None:
+        elapsed = time.monotonic() - self.t0
+        if self.epochs_done:  # whole epochs (validation included) measured so far
+            per_epoch = elapsed / self.epochs_done
+            return max(0.0, per_epoch * (self.total_epochs - self.start_epoch + 1 - self.epochs_done) - per_epoch * step / self.steps)
+        done = (epoch - self.start_epoch) * self.steps + step
+        total = (self.total_epochs - self.start_epoch + 1) * self.steps
+        return elapsed / done * (total - done) if done else None
+
+    def __call__(self, event: dict) -> None:
+        try:
+            self._handle(event)
+        except Exception:  # noqa: BLE001 - a registry hiccup must not kill the training; it is logged
+            self.failures += 1
+            log.exception("could not record %s event of model %s", event.get("type"), self.model_id)
+
+    def _handle(self, event: dict) -> None:
+        kind, now = event.get("type"), store.utc_now()
+        update = lambda **f: store.update_model(self.model_id, db=self.conn, **f)  # noqa: E731
+        if kind == "start":
+            self.start_epoch, self.total_epochs = event["start_epoch"], event["total_epochs"]
+            self.steps = max(1, event["steps_per_epoch"])
+            update(total_epochs=self.total_epochs, batches=self.steps, current_epoch=self.start_epoch, batch=0,
+                   heartbeat_at=now)
+        elif kind == "batch":
+            if time.monotonic() - self._last_write < 0.25 and event["step"] != event["steps"]:
+                return
+            self._last_write = time.monotonic()
+            update(current_epoch=event["epoch"], batch=event["step"], batches=event["steps"],
+                   eta_s=self.eta(event["epoch"], event["step"]), heartbeat_at=now)
+        elif kind == "epoch_end":
+            self.epochs_done += 1
+            store.log_epoch(self.model_id, event["epoch"], event["train_loss"], event["val_loss"], event["val_dice"],
+                            event["lr"], event["seconds"], db=self.conn)
+            fields = dict(epochs_run=event["epoch"], current_epoch=event["epoch"], best_epoch=event["best_epoch"],
+                          best_metric=event["best_metric"], epochs_since_best=event["epochs_since_best"],
+                          patience=event["patience"], eta_s=self.eta(event["epoch"] + 1, 0), heartbeat_at=now)
+            if event.get("is_best"):
+                fields["best_val_dice"] = event["val_dice"]
+            update(**fields)
+        elif kind == "checkpoint":
+            store.add_checkpoint(self.model_id, event["epoch"], event["path"], event["kind"], event["metric"],
+                                 db=self.conn)
+        elif kind == "calibration":
+            update(recommended_postprocess=event["recommended"])
+
+
+def _error_text(exc: BaseException) -> str:
+    """A user-facing sentence for an exception (our ValueErrors already are sentences)."""
+    if isinstance(exc, ValueError) or type(exc).__name__ == "WorkerShutdown":
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (the traceback is in the worker log)"
+
+
+@huey.task()
+def train_model_task(model_id: str, config: dict, resume_from: str | None = None) -> None:
+    """Train one model (waits, without holding a worker thread, until a training slot is free)."""
+    with _STATE_LOCK:
+        _ACTIVE_RUNS.add(model_id)  # before the claim, so the stale check never sees it ownerless
+    try:
+        claimed = store.claim_training_slot(model_id, max_trainings(), WAITER_FRESH_S, store.this_worker_id())
+    except store.UnknownModelError:
+        claimed = None
+    if not claimed:
+        with _STATE_LOCK:
+            _ACTIVE_RUNS.discard(model_id)
+        if claimed is False:
+            raise RetryTask(delay=WAIT_RETRY_S)
+        log.info("training task of %s skipped: the run is no longer queued", model_id)
+        return
+    try:
+        _run_training(model_id, config, resume_from)
+    finally:
+        with _STATE_LOCK:
+            _ACTIVE_RUNS.discard(model_id)
+
+
+def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
+    conn = store.connect()
+    stopper, progress = _StopWatch(model_id, conn), _Progress(model_id, conn)
+    try:
+        from engine.train import TrainingConfig, train
+
+        row = store.get_model(model_id, db=conn)
+        cfg = TrainingConfig.from_dict(config)
+        result = train(cfg, row["dataset"], paths.checkpoints_dir(model_id), on_event=progress,
+                       should_stop=stopper, resume_from=resume_from)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
+        log.exception("training of %s failed", model_id)
+        store.update_model(model_id, db=conn, only_if_status=("running", "stopping"), status="failed",
+                           finished_at=store.utc_now(), error=_error_text(exc), eta_s=None)
+        conn.close()
+        return
+    fields: dict[str, Any] = dict(finished_at=store.utc_now(), epochs_run=result.epochs_run, eta_s=None,
+                                  best_epoch=result.best_epoch or None, best_metric=result.best_metric)
+    if result.recommended_postprocess:
+        fields["recommended_postprocess"] = result.recommended_postprocess
+    for ckpt, kind in ((result.best_checkpoint, "best"), (result.last_checkpoint, "last")):
+        if ckpt is not None and kind == "best":  # the event already wrote it; this covers a lost write
+            store.add_checkpoint(model_id, result.best_epoch, ckpt, kind, result.best_metric, db=conn)
+    if stopper.reason == "shutdown":
+        fields.update(status="failed", error=(
+            f"the worker was shut down during training after {result.epochs_run} epoch(s); last.pt was kept, "
+            "start the run again with resume to continue"))
+    elif result.stop_reason == "user_stop":
+        has_best = result.best_checkpoint is not None
+        fields.update(status="completed" if has_best else "failed", stop_reason="user_stop",
+                      error=None if has_best else "stopped by the user before the first epoch finished")
+    else:
+        fields.update(status="completed", stop_reason=result.stop_reason, error=None)
+    store.update_model(model_id, db=conn, only_if_status=("running", "stopping"), **fields)
+    conn.close()
+
+
+@huey.task(priority=100)
+def stop_training_task(model_id: str) -> str:
+    """``stop_training`` through the queue (jumps ahead of other tasks; ``stop_training`` itself never waits)."""
+    return stop_training(model_id)
+
+
+# --------------------------------------------------------------------------- batch inference
+
+@huey.task()
+def run_inference_task(job_id: str) -> None:
+    """Predict every image of the job's folder or zip; outputs go to ``inference/<job_id>/``."""
+    from engine.batch_inference import run_job
+
+    row = store.get_inference_job(job_id)
+    if row["status"] != "queued":
+        log.info("inference job %s skipped: it is %s", job_id, row["status"])
+        return
+    with _STATE_LOCK:
+        _ACTIVE_JOBS.add(job_id)
+    try:
+        store.update_inference_job(job_id, status="running", started_at=store.utc_now(),
+                                   heartbeat_at=store.utc_now(), worker=store.this_worker_id())
+        run_job(job_id, should_stop=_shutting_down)
+    except Exception as exc:  # noqa: BLE001 - recorded on the job's row
+        log.exception("inference job %s failed", job_id)
+        store.update_inference_job(job_id, status="failed", finished_at=store.utc_now(), error=_error_text(exc))
+    finally:
+        with _STATE_LOCK:
+            _ACTIVE_JOBS.discard(job_id)
+
+
+# --------------------------------------------------------------------------- liveness and recovery
+
+def _worker_gone(worker: str | None) -> bool:
+    """True when ``worker`` (``host:pid:token``) is a process on this machine that no longer runs."""
+    if not worker:
+        return True
+    host, _, rest = worker.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine: only the heartbeat's age can tell
+    if int(pid_text) == os.getpid():
+        return worker != store.this_worker_id()  # same pid, other token: this process was re-executed
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_stale_runs(at_startup: bool = False) -> list[str]:
+    """Mark abandoned runs and inference jobs ``failed``; returns their ids."""
+    limit, me, failed = stale_after_s(), store.this_worker_id(), []
+    with _STATE_LOCK:
+        mine = set(_ACTIVE_RUNS) | set(_ACTIVE_JOBS)
+    conn = store.connect()
+    try:
+        candidates = [("model", r) for r in store.list_models(status=("running", "stopping"), db=conn)]
+        candidates += [("job", r) for r in store.list_inference_jobs(db=conn) if r["status"] == "running"]
+        for kind, row in candidates:
+            if row["worker"] == me and row["id"] in mine:
+                continue
+            age = store.age_seconds(row["heartbeat_at"])
+            if not ((at_startup and _worker_gone(row["worker"])) or age is None or age > limit):
+                continue
+            beat = row["heartbeat_at"] or "never"
+            if kind == "model":
+                changed = store.update_model(
+                    row["id"], db=conn, only_if_status=("running", "stopping"), status="failed", eta_s=None,
+                    finished_at=store.utc_now(),
+                    error=f"the worker stopped while training (last heartbeat {beat}); the checkpoints saved "
+                          "until then were kept")
+            else:
+                store.update_inference_job(row["id"], db=conn, status="failed", finished_at=store.utc_now(),
+                                           error=f"the worker stopped while this job ran (last heartbeat {beat}); "
+                                                 "submit it again")
+                changed = True
+            if changed:
+                failed.append(row["id"])
+                log.warning("%s %s marked failed: last heartbeat %s", kind, row["id"], beat)
+    finally:
+        conn.close()
+    return failed
+
+
+def remove_temp_files(max_age_s: float = TEMP_MAX_AGE_S) -> list[Path]:
+    """Delete leftovers of interrupted atomic writes and extractions (``.name.*`` entries) in the data home."""
+    home, removed = paths.data_home(), []
+    cutoff = time.time() - max_age_s
+    places = [home / "models", home / "inference", home / "datasets", home / "uploads"]
+    candidates = [p for place in places if place.is_dir() for p in place.glob(".*")]
+    candidates += list((home / "models").glob("*/checkpoints/.*.tmp")) + list((home / "inference").glob("*/.*"))
+    candidates += list((home / "inference").glob("*/*/.*.tmp"))
+    for path in candidates:
+        try:
+            if path.lstat().st_mtime > cutoff:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+@huey.periodic_task(crontab(minute="*"))
+def check_stale_runs() -> list[str]:
+    """Every minute: fail runs whose heartbeat is too old, remove old temporary files."""
+    failed = recover_stale_runs(at_startup=False)
+    remove_temp_files()
+    return failed
+
+
+def _beat_forever() -> None:
+    conn = None
+    while True:
+        try:
+            conn = conn or store.connect()
+            store.beat_worker(db=conn)
+            now = store.utc_now()
+            with _STATE_LOCK:
+                runs, jobs = list(_ACTIVE_RUNS), list(_ACTIVE_JOBS)
+            for model_id in runs:
+                conn.execute("UPDATE models SET heartbeat_at = ? WHERE id = ? AND status IN ('running', 'stopping')",
+                             [now, model_id])
+            for job_id in jobs:
+                conn.execute("UPDATE inference_jobs SET heartbeat_at = ? WHERE id = ?", [now, job_id])
+            conn.commit()
+        except Exception:  # noqa: BLE001 - keep beating; a locked moment passes
+            log.exception("heartbeat failed")
+            if conn is not None:
+                conn.close()
+            conn = None
+        time.sleep(BEAT_S)
+
+
+@huey.on_startup()
+def worker_started() -> None:
+    """Once per worker process: recover what a killed worker left, then start the heartbeat thread."""
+    global _started_pid, _consumer_stop_flag
+    with _STATE_LOCK:
+        if _started_pid == os.getpid():
+            return
+        _started_pid = os.getpid()
+    _consumer_stop_flag = _find_consumer_stop_flag()
+    store.beat_worker()
+    failed = recover_stale_runs(at_startup=True)
+    # Runs still queued keep their place in line: their tasks are in queue.db and ask again shortly.
+    conn = store.connect()
+    try:
+        with conn.atomic():
+            conn.execute("UPDATE models SET heartbeat_at = ? WHERE status = 'queued' AND task_id IS NOT NULL",
+                         [store.utc_now()])
+    finally:
+        conn.close()
+    removed = remove_temp_files(max_age_s=60.0)
+    log.info("worker %s started: %d abandoned run(s) failed, %d temporary file(s) removed",
+             store.this_worker_id(), len(failed), len(removed))
+    threading.Thread(target=_beat_forever, name="ml-manager-heartbeat", daemon=True).start()
+
+
+# --------------------------------------------------------------------------- Python API
+
+def _training_config(config: Any) -> dict:
+    """A validated TrainingConfig dict from a dict or a TrainingConfig (ValueError names the bad option)."""
+    from engine.train import TrainingConfig
+
+    if isinstance(config, TrainingConfig):
+        return config.to_dict()
+    return TrainingConfig.from_dict(config if config is not None else {}).to_dict()
+
+
+def start_training(model_id: str, training_config: Any, resume: bool = False) -> str:
+    """Queue the training of an existing model row and return the Huey task id.
+
+    Allowed for a model never started, or for a ``failed`` one (``resume=True`` continues from its
+    ``last.pt``). Anything else raises ValueError and changes nothing.
+    """
+    config = _training_config(training_config)
+    q = _queue()
+    conn = store.connect()
+    try:
+        with store.immediate(conn):
+            row = store.get_model(model_id, db=conn)
+            fresh = row["status"] == "queued" and not row["task_id"]
+            if not fresh and row["status"] != "failed":
+                what = {"queued": "is already queued", "running": "is running", "stopping": "is stopping",
+                        "completed": "has already completed; create a new model to train again"}[row["status"]]
+                raise ValueError(f"Model {model_id!r} {what}.")
+            resume_from = None
+            if resume:
+                last = paths.checkpoints_dir(model_id) / "last.pt"
+                if not last.exists():
+                    raise ValueError(f"Model {model_id!r} has no last.pt to resume from; start it without resume.")
+                resume_from = str(last)
+            task = train_model_task.s(model_id, config, resume_from)
+            now = store.utc_now()
+            store.update_model(model_id, db=conn, status="queued", task_id=task.id, config=config, queued_at=now,
+                               heartbeat_at=now, error=None, stop_reason=None, finished_at=None, started_at=None,
+                               current_epoch=None, batch=None, eta_s=None, total_epochs=config["epochs"],
+                               patience=config["early_stopping_patience"],
+                               monitor=config["early_stopping_monitor"])
+            q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
+    finally:
+        conn.close()
+    return task.id
+
+
+def submit_training(name: str, dataset: str | os.PathLike, config: Any) -> str:
+    """Create a model row for ``dataset`` and queue its training; returns the new model id."""
+    from engine.data import load_dataset
+
+    config = _training_config(config)
+    folder = Path(dataset).expanduser()
+    load_dataset(folder)  # DatasetError (a ValueError) with a sentence when the folder is unusable
+    model_id = store.create_model(name, config, str(folder.resolve()))
+    try:
+        start_training(model_id, config)
+    except BaseException:
+        store.update_model(model_id, status="failed", error="could not be queued")
+        store.delete_model(model_id)
+        raise
+    return model_id
+
+
+def stop_training(model_id: str) -> str:
+    """Stop a run: ``"stopping"`` for a running one (it ends within a second), ``"cancelled"`` for a
+    queued one (revoked, never starts). A finished run raises ValueError and changes nothing."""
+    outcome = store.request_stop(model_id)
+    if outcome == "cancelled":
+        task_id = store.get_model(model_id)["task_id"]
+        if task_id:
+            _queue().revoke_by_id(task_id)
+    return outcome
+
+
+def training_status(model_id: str) -> dict:
+    """Everything a page or script shows about a run, as plain JSON-ready values."""
+    conn = store.connect()
+    try:
+        row = store.get_model(model_id, db=conn)
+        latest = conn.execute("SELECT epoch, train_loss, val_loss, val_dice, lr, seconds FROM epochs "
+                              "WHERE model_id = ? ORDER BY epoch DESC LIMIT 1", [model_id]).fetchone()
+    finally:
+        conn.close()
+    total, epoch = row["total_epochs"], row["current_epoch"]
+    done = row["epochs_run"] or 0
+    progress = None
+    if total:
+        inside = (row["batch"] or 0) / row["batches"] if row["batches"] and row["status"] in ("running", "stopping") else 0
+        progress = 1.0 if row["status"] == "completed" else min(1.0, (done + (inside if epoch and epoch > done else 0)) / total)
+    keys = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+    return {
+        "model_id": row["id"], "name": row["name"], "status": row["status"], "stop_reason": row["stop_reason"],
+        "error": row["error"], "epoch": epoch, "total_epochs": total, "epochs_run": done,
+        "batch": row["batch"], "batches": row["batches"], "progress": progress,
+        "latest": dict(zip(keys, latest)) if latest else None,
+        "best": {"epoch": row["best_epoch"], "metric": row["best_metric"], "monitor": row["monitor"],
+                 "val_dice": row["best_val_dice"]},
+        "epochs_since_best": row["epochs_since_best"], "patience": row["patience"],
+        "eta_s": row["eta_s"] if row["status"] in ("running", "stopping") else None,
+        "heartbeat_at": row["heartbeat_at"], "heartbeat_age_s": store.age_seconds(row["heartbeat_at"]),
+        "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
+        "dataset": row["dataset"], "task_id": row["task_id"],
+    }
+
+
+def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.PathLike, postprocess: dict | None,
+                    model_id: str | None = None) -> str:
+    """Queue a batch inference over a folder of images or a .zip; returns the job id.
+
+    ``checkpoint_path`` is a ``.pt`` file or ``"baseline"`` (the classical vesselness filter).
+    """
+    from engine.batch_inference import check_inputs
+
+    checkpoint, source, settings = check_inputs(checkpoint_path, input_path, postprocess)
+    if model_id is not None:
+        store.get_model(model_id)
+    q = _queue()
+    job_id = store.create_inference_job(checkpoint, source, settings, model_id=model_id)
+    task = run_inference_task.s(job_id)
+    store.update_inference_job(job_id, task_id=task.id)
+    try:
+        q.enqueue(task)
+    except Exception as exc:
+        store.update_inference_job(job_id, status="failed", error=f"could not be queued: {exc}")
+        raise
+    return job_id
+
+
+def inference_status(job_id: str) -> dict:
+    """A batch inference job's state, counts and output files."""
+    row = store.get_inference_job(job_id)
+    out = Path(row["output_dir"])
+    results = out / "results.zip"
+    return {
+        "job_id": row["id"], "status": row["status"], "progress": row["progress"], "n_total": row["n_total"],
+        "n_done": row["n_done"], "n_failed": row["n_failed"], "error": row["error"], "model_id": row["model_id"],
+        "checkpoint_path": row["checkpoint_path"], "input_path": row["input_path"],
+        "postprocess": json.loads(row["postprocess"] or "{}"), "output_dir": str(out),
+        "stats_csv": str(out / "stats.csv") if (out / "stats.csv").exists() else None,
+        "results_zip": str(results) if results.exists() else None,
+        "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
+        "heartbeat_at": row["heartbeat_at"],
+    }

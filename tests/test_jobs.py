@@ -1,0 +1,376 @@
+"""The queue with a real ``huey_consumer`` process on a temporary data home, real SQLite and real training.
+
+Each test that needs a worker starts ``huey_consumer engine.jobs.huey -k thread -w 2`` in a context
+manager (as huey's own tests/base.py does) with ML_MANAGER_HOME set before it starts, and stops it
+with SIGINT. Trainings are tiny (64×64 synthetic images, 4 base channels, a few steps per epoch).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import jobs
+from engine.cli import main as cli_main
+from engine.data import make_synthetic_dataset
+from storage import db as store
+from storage import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"base_channels": 4, "depth": 2, "patch_size": 32, "batch_size": 2, "steps_per_epoch": 3, "epochs": 3,
+        "num_threads": 1, "val_fraction": 0.25, "early_stopping_patience": 0, "calibrate_postprocess": False}
+LONG = {**TINY, "epochs": 10_000}  # runs until stopped
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def status_of(model_id: str) -> str:
+    return store.get_model(model_id)["status"]
+
+
+class Worker:
+    """A real consumer process on ``home``; ``with Worker(home):`` starts it and stops it with SIGINT."""
+
+    def __init__(self, home: Path, workers: int = 2):
+        self.home, self.workers, self.proc = home, workers, None
+        self.log = home / "logs" / "worker.log"
+
+    def start(self) -> "Worker":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "ML_MANAGER_HOME": str(self.home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        consumer = Path(sys.executable).with_name("huey_consumer")
+        command = ([str(consumer)] if consumer.exists() else
+                   [sys.executable, "-c", "from huey.bin.huey_consumer import consumer_main; consumer_main()"])
+        since = time.time()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(command + ["engine.jobs.huey", "-k", "thread", "-w", str(self.workers),
+                                                    "-m", "0.5"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        wait_for(lambda: self._beat_since(since), 60, 0.1, "the worker's first heartbeat")
+        return self
+
+    def _beat_since(self, since: float) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        beat = store.worker_heartbeat()
+        return beat is not None and beat.timestamp() >= since - 0.5
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> "Worker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "synth", n_images=4, size=64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory):
+    """One data home and one worker for the tests that do not kill it."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ML_MANAGER_HOME", str(home))
+        with Worker(home) as worker:
+            yield worker
+
+
+@pytest.fixture
+def worker(shared_home, monkeypatch):
+    monkeypatch.setenv("ML_MANAGER_HOME", str(shared_home.home))
+    assert shared_home.proc.poll() is None, "the shared worker died"
+    return shared_home
+
+
+def load_checkpoint(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- with a running worker
+
+def test_training_completes_with_checkpoint_rows_matching_files(worker, dataset):
+    model_id = jobs.submit_training("complete", dataset, {**TINY, "calibrate_postprocess": True})
+    wait_for(lambda: status_of(model_id) in ("completed", "failed"), 120, what="the training to end")
+    status, row = jobs.training_status(model_id), store.get_model(model_id)
+    files = sorted(p.name for p in paths.checkpoints_dir(model_id).glob("*.pt"))
+    listed = store.model_checkpoints(model_id)
+    conn = store.connect()
+    rows = conn.execute("SELECT count(*) FROM checkpoints WHERE model_id = ?", [model_id]).fetchone()[0]
+    conn.close()
+    assert (status["status"], status["stop_reason"], status["epochs_run"], status["progress"],
+            [m["epoch"] for m in store.model_metrics(model_id)], files, sorted(c["name"] for c in listed), rows,
+            all(load_checkpoint(c["path"])["epoch"] == c["epoch"] for c in listed),
+            json.loads(row["recommended_postprocess"])["threshold"] > 0) == (
+        "completed", "max_epochs", 3, 1.0, [1, 2, 3], ["best.pt", "last.pt"], ["best.pt", "last.pt"], 2, True, True)
+
+
+def test_reader_polling_status_while_the_worker_writes_sees_no_error(worker, dataset):
+    model_id = jobs.submit_training("polled", dataset, {**TINY, "epochs": 4})
+    errors, reads = [], 0
+    while True:
+        try:
+            current = jobs.training_status(model_id)
+            store.model_metrics(model_id)
+            reads += 1
+        except Exception as exc:  # noqa: BLE001 - any failure counts
+            errors.append(repr(exc))
+            current = {"status": "?"}
+        if current["status"] in ("completed", "failed"):
+            break
+        assert reads + len(errors) < 100_000, "the training never ended"
+    assert (current["status"], errors, reads > 20) == ("completed", [], True)
+
+
+def test_stop_ends_the_run_within_two_seconds_as_user_stop(worker, dataset):
+    model_id = jobs.submit_training("stopped", dataset, LONG)
+    wait_for(lambda: (store.get_model(model_id)["epochs_run"] or 0) >= 1, 120, what="a first epoch")
+    asked = time.monotonic()
+    assert jobs.stop_training(model_id) == "stopping"
+    wait_for(lambda: status_of(model_id) not in ("running", "stopping"), 10, 0.02, "the run to end")
+    took = time.monotonic() - asked
+    status = jobs.training_status(model_id)
+    last = load_checkpoint(paths.checkpoints_dir(model_id) / "last.pt")
+    assert (status["status"], status["stop_reason"], took < 2.0, last["epoch"] >= 1) == (
+        "completed", "user_stop", True, True), took
+
+
+def test_trainings_run_one_after_another_while_inference_finishes(worker, dataset, tiny_checkpoint):
+    first = jobs.submit_training("first", dataset, LONG)
+    second = jobs.submit_training("second", dataset, TINY)
+    third = jobs.submit_training("third", dataset, TINY)
+    wait_for(lambda: status_of(first) == "running", 60, what="the first training to start")
+    job = jobs.start_inference(tiny_checkpoint, dataset / "images", {"min_component_size": 0})
+    seen_waiting = set()
+
+    def inference_done():
+        seen_waiting.update(m for m in (second, third) if status_of(m) == "queued")
+        assert status_of(second) == "queued", "the second training started while the first was running"
+        return jobs.inference_status(job)["status"] in ("completed", "failed")
+
+    wait_for(inference_done, 60, 0.1, "the inference job")
+    assert jobs.stop_training(third) == "cancelled"  # still waiting: revoked, never starts
+    jobs.stop_training(first)
+    wait_for(lambda: status_of(second) in ("completed", "failed"), 120, what="the second training")
+    time.sleep(1.5)  # the revoked task would have been picked up by now
+    a, b, c = (store.get_model(m) for m in (first, second, third))
+    inf = jobs.inference_status(job)
+    assert (inf["status"], inf["n_done"], inf["finished_at"] < a["finished_at"], seen_waiting,
+            a["status"], b["status"], b["started_at"] >= a["finished_at"],
+            c["status"], c["stop_reason"], c["started_at"]) == (
+        "completed", 4, True, {second, third}, "completed", "completed", True, "failed", "user_stop", None)
+
+
+def test_inference_writes_maps_masks_stats_and_zip(worker, dataset, tiny_checkpoint, tmp_path):
+    import zipfile
+
+    bundle = tmp_path / "images.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        for image in sorted((dataset / "images").glob("*.png"))[:2]:
+            zf.write(image, f"batch/{image.name}")
+        zf.writestr("batch/broken.png", b"not an image")
+    job = jobs.start_inference(tiny_checkpoint, bundle, {"threshold": 0.5})
+    wait_for(lambda: jobs.inference_status(job)["status"] in ("completed", "failed"), 60, what="the job")
+    status = jobs.inference_status(job)
+    out = Path(status["output_dir"])
+    lines = (out / "stats.csv").read_text().splitlines()
+    names = sorted(zipfile.ZipFile(status["results_zip"]).namelist())
+    assert (status["status"], status["n_total"], status["n_failed"], len(lines), "error" in lines[0],
+            sorted(p.name for p in (out / "masks").glob("*.png")), len(names)) == (
+        "completed", 3, 1, 4, True, ["synth_001.png", "synth_002.png"], 5)
+
+
+def test_cli_submit_status_stop(worker, dataset, capsys):
+    assert cli_main(["submit", "--data", str(dataset), "--set", "epochs=2", "--set", "base_channels=4",
+                     "--set", "depth=2", "--set", "patch_size=32", "--set", "steps_per_epoch=2",
+                     "--set", "num_threads=1", "--set", "calibrate_postprocess=false", "--name", "cli"]) == 0
+    model_id = capsys.readouterr().out.strip()
+    wait_for(lambda: status_of(model_id) in ("completed", "failed"), 120, what="the CLI training")
+    assert cli_main(["status", model_id, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    code = cli_main(["stop", model_id])
+    err = capsys.readouterr().err
+    assert (shown["model_id"], shown["status"], shown["total_epochs"], code, "already finished" in err) == (
+        model_id, "completed", 2, 2, True)
+
+
+# --------------------------------------------------------------------------- workers that die or are stopped
+
+def test_kill_9_during_training_then_restart_recovers(tmp_path, monkeypatch, dataset):
+    home = tmp_path / "home"
+    monkeypatch.setenv("ML_MANAGER_HOME", str(home))
+    first = Worker(home).start()
+    model_id = jobs.submit_training("killed", dataset, LONG)
+    wait_for(lambda: (store.get_model(model_id)["epochs_run"] or 0) >= 1, 120, what="a first epoch")
+    time.sleep(0.3)  # in the middle of the next epoch's batches
+    first.kill()
+    assert status_of(model_id) == "running"  # nobody has noticed yet
+    with Worker(home):
+        wait_for(lambda: status_of(model_id) == "failed", 30, what="the restarted worker to fail the run")
+        error = store.get_model(model_id)["error"]
+        loaded = [load_checkpoint(c["path"])["epoch"] for c in store.model_checkpoints(model_id)]
+        checks = [sqlite3.connect(p).execute("PRAGMA integrity_check").fetchone()[0]
+                  for p in (paths.db_path(), paths.queue_path())]
+        again = jobs.submit_training("after", dataset, {**TINY, "epochs": 1})
+        wait_for(lambda: status_of(again) in ("completed", "failed"), 120, what="a new training")
+        assert ("the worker stopped while training (last heartbeat" in error, len(loaded) >= 2,
+                min(loaded) >= 1, checks, status_of(again)) == (True, True, True, ["ok", "ok"], "completed")
+
+
+def test_sigint_stops_the_worker_gracefully_and_the_run_is_not_left_running(tmp_path, monkeypatch, dataset):
+    home = tmp_path / "home"
+    monkeypatch.setenv("ML_MANAGER_HOME", str(home))
+    worker = Worker(home).start()
+    model_id = jobs.submit_training("interrupted", dataset, LONG)
+    wait_for(lambda: (store.get_model(model_id)["batch"] or 0) >= 1, 120, what="the first batches")
+    asked = time.monotonic()
+    code = worker.stop(timeout=30)
+    took = time.monotonic() - asked
+    row = store.get_model(model_id)
+    assert (code, took < 10, row["status"], "shut down" in row["error"],
+            (paths.checkpoints_dir(model_id) / "last.pt").exists()) == (0, True, "failed", True, True)
+
+
+# --------------------------------------------------------------------------- without a worker
+
+def _snapshot():
+    q = jobs._queue()
+    return (store.list_models(), store.list_inference_jobs(), q.pending_count(), q.scheduled_count())
+
+
+@pytest.fixture
+def finished_model(home):
+    model_id = store.create_model("done", TINY, "/nowhere")
+    store.update_model(model_id, status="completed", stop_reason="max_epochs")
+    return model_id
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d, m: jobs.start_training("no-such-model", TINY), "no model with id"),
+    (lambda d, m: jobs.submit_training("bad", d, {**TINY, "epochs": 0}), "epochs must be"),
+    (lambda d, m: jobs.submit_training("bad", d, {**TINY, "colour": "red"}), "Unknown training option"),
+    (lambda d, m: jobs.submit_training("bad", d.parent / "missing", TINY), "does not exist"),
+    (lambda d, m: jobs.submit_training("", d, TINY), "needs a name"),
+    (lambda d, m: jobs.stop_training(m), "already finished"),
+    (lambda d, m: jobs.stop_training("no-such-model"), "no model with id"),
+    (lambda d, m: jobs.start_training(m, TINY), "already completed"),
+    (lambda d, m: jobs.start_training(m, {**TINY, "loss_function": "magic"}), "loss_function"),
+    (lambda d, m: jobs.training_status("no-such-model"), "no model with id"),
+    (lambda d, m: jobs.inference_status("no-such-job"), "no inference job"),
+    (lambda d, m: jobs.start_inference(d / "missing.pt", d / "images", {}), "No checkpoint file"),
+    (lambda d, m: jobs.start_inference("baseline", d / "nothing-here", {}), "neither a folder nor a .zip"),
+    (lambda d, m: jobs.start_inference("baseline", d / "images", {"threshold": 3}), "threshold"),
+], ids=["start-unknown", "bad-epochs", "unknown-key", "missing-data", "no-name", "stop-finished", "stop-unknown",
+        "restart-completed", "bad-config-on-start", "status-unknown", "job-unknown", "no-checkpoint", "no-input",
+        "bad-postprocess"])
+def test_bad_calls_raise_a_sentence_and_change_nothing(home, dataset, finished_model, call, message):
+    before = _snapshot()
+    with pytest.raises(ValueError, match=message):
+        call(dataset, finished_model)
+    assert _snapshot() == before
+
+
+def test_a_queued_training_stops_without_starting(home, dataset):
+    model_id = jobs.submit_training("waiting", dataset, TINY)
+    task_id = store.get_model(model_id)["task_id"]
+    outcome = jobs.stop_training(model_id)
+    row = store.get_model(model_id)
+    assert (outcome, row["status"], row["stop_reason"], row["error"], jobs._queue().is_revoked(task_id)) == (
+        "cancelled", "failed", "user_stop", "stopped by the user before it started", True)
+
+
+def test_a_failed_run_can_be_resumed_from_last_pt(home, dataset, tiny_checkpoint):
+    import shutil
+
+    model_id = store.create_model("resumable", TINY, str(dataset))
+    store.update_model(model_id, status="failed", error="the worker was shut down")
+    shutil.copy(tiny_checkpoint, paths.checkpoints_dir(model_id) / "last.pt")
+    task_id = jobs.start_training(model_id, {**TINY, "epochs": 5}, resume=True)
+    row = store.get_model(model_id)
+    assert (row["status"], row["task_id"], row["error"], row["total_epochs"], jobs._queue().pending_count()) == (
+        "queued", task_id, None, 5, 1)
+
+
+# --------------------------------------------------------------------------- recovery, in-process
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("worker_of, heartbeat_age, at_startup, fails", [
+    ("dead", 3, True, True),        # the process that ran it is gone: failed at start-up at once
+    ("dead", 3, False, False),      # the minute check waits for the heartbeat to go stale
+    ("alive", 3, True, False),      # another live worker on this machine still runs it
+    ("alive", 600, False, True),    # alive but silent for ten minutes: failed
+    (None, None, False, True),      # never reported at all
+])
+def test_recover_stale_runs(home, worker_of, heartbeat_age, at_startup, fails):
+    import socket
+    from datetime import datetime, timedelta, timezone
+
+    model_id = store.create_model("stale?", TINY, "/nowhere")
+    pid = {"dead": _dead_pid(), "alive": os.getppid(), None: None}[worker_of]
+    beat = None if heartbeat_age is None else (
+        datetime.now(timezone.utc) - timedelta(seconds=heartbeat_age)).isoformat(timespec="milliseconds")
+    store.update_model(model_id, status="running", heartbeat_at=beat,
+                       worker=None if pid is None else f"{socket.gethostname()}:{pid}:abc")
+    failed = jobs.recover_stale_runs(at_startup=at_startup)
+    row = store.get_model(model_id)
+    assert (model_id in failed, row["status"], (row["error"] or "").startswith("the worker stopped while training")) == (
+        fails, "failed" if fails else "running", fails)
+
+
+def test_remove_temp_files_keeps_fresh_and_real_files(home):
+    folder = paths.checkpoints_dir("m1")
+    old, fresh, real = folder / ".last.pt.123.tmp", folder / ".best.pt.456.tmp", folder / "best.pt"
+    for path in (old, fresh, real):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(real, (time.time() - 7200, time.time() - 7200))
+    removed = jobs.remove_temp_files(max_age_s=3600)
+    assert (removed, fresh.exists(), real.exists()) == ([old], True, True)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, dataset) -> Path:
+    """A real checkpoint trained in-process (one short epoch)."""
+    from engine.train import TrainingConfig, train
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ckpt")
+    result = train(TrainingConfig.from_dict({**TINY, "epochs": 1}), dataset, out)
+    return result.best_checkpoint
