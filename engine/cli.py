@@ -39,9 +39,9 @@ def _read_json(path: str, what: str) -> dict:
 class ProgressBar:
     """One text line per epoch: ``epoch 3/60 [#######.....] 28/40 loss 0.4123``, then a summary line."""
 
-    def __init__(self, stream=sys.stdout, width: int = 24):
-        self.stream, self.width = stream, width
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream=None, width: int = 24):
+        self.stream, self.width = stream or sys.stdout, width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def __call__(self, event: dict) -> None:
         kind = event["type"]
