@@ -415,6 +415,16 @@ def worker_started() -> None:
     log.info("worker %s started: %d abandoned run(s) failed, %d temporary file(s) removed",
              store.this_worker_id(), len(failed), len(removed))
     threading.Thread(target=_beat_forever, name="ml-manager-heartbeat", daemon=True).start()
+    threading.Thread(target=_warm_up, name="ml-manager-warm-up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    """Import torch and the trainer in the background, so the first training starts seconds sooner."""
+    try:
+        import engine.infer  # noqa: F401
+        import engine.train  # noqa: F401
+    except Exception:  # noqa: BLE001 - the training task will report the same error properly
+        log.exception("warming up the engine failed")
 
 
 # --------------------------------------------------------------------------- Python API
@@ -532,7 +542,7 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
     from engine.batch_inference import check_inputs
 
     checkpoint, source, settings = check_inputs(checkpoint_path, input_path, postprocess)
-    if model_id is not None:
+    if model_id is not None and model_id != store.BASELINE:
         store.get_model(model_id)
     q = _queue()
     job_id = store.create_inference_job(checkpoint, source, settings, model_id=model_id)

@@ -1,0 +1,146 @@
+"""How much the queue costs: start and stop latency, and training throughput through the worker vs direct.
+
+    .venv/bin/python benchmarks/queue.py [--repeats 2] [--epochs 3] [--steps 20] [--max-delay 0.5]
+
+Runs a real ``huey_consumer engine.jobs.huey -k thread -w 2`` on a temporary data home with a synthetic
+data set and prints one table:
+
+* start → first batch: from ``start_training`` returning to the first batch recorded in the registry
+  (cold = the worker's first training, which includes importing torch; warm = a later one);
+* stop → end: from ``stop_training`` to the run's row leaving ``running``/``stopping``;
+* throughput: training patches per second (per-epoch wall time, validation included) through the queue
+  vs calling ``engine.train.train`` in this process with the same config; target ratio ≥ 0.95.
+
+The worker polls the queue at most every ``--max-delay`` seconds when idle (huey's default is 10 s,
+which would dominate the start latency; ``make run`` should pass ``-m``).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named queue.py and Python puts its folder first on sys.path when it runs as a script,
+# which would shadow the standard library's ``queue`` (torch imports it): drop that entry first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(interval)
+    raise TimeoutError("the benchmark waited too long; is the worker running? see its log")
+
+
+def start_worker(home: Path, max_delay: float) -> subprocess.Popen:
+    from storage import db as store
+
+    log = open(home / "worker.log", "ab")
+    consumer = Path(sys.executable).with_name("huey_consumer")
+    env = {**os.environ, "ML_MANAGER_HOME": str(home)}
+    proc = subprocess.Popen([str(consumer), "engine.jobs.huey", "-k", "thread", "-w", "2", "-m", str(max_delay)],
+                            cwd=ROOT, env=env, stdout=log, stderr=log)
+    wait_for(lambda: store.worker_heartbeat() is not None, 60, 0.1)
+    return proc
+
+
+def queued_run(config: dict, dataset: Path, stop_after_first_epoch: bool = False) -> dict:
+    from engine import jobs
+    from storage import db as store
+
+    model_id = store.create_model("bench", config, str(dataset))
+    t0 = time.monotonic()
+    jobs.start_training(model_id, config)
+    first_batch = wait_for(lambda: (store.get_model(model_id)["batch"] or 0) >= 1, 120) - t0
+    result = {"first_batch_s": first_batch}
+    if stop_after_first_epoch:
+        wait_for(lambda: (store.get_model(model_id)["epochs_run"] or 0) >= 1, 300, 0.05)
+        time.sleep(0.3)
+        t1 = time.monotonic()
+        jobs.stop_training(model_id)
+        result["stop_s"] = wait_for(lambda: store.get_model(model_id)["status"] not in ("running", "stopping"),
+                                    60) - t1
+    else:
+        wait_for(lambda: store.get_model(model_id)["status"] in ("completed", "failed"), 900, 0.1)
+        row = store.get_model(model_id)
+        if row["status"] != "completed":
+            raise RuntimeError(f"the queued training failed: {row['error']}")
+        epochs = store.model_metrics(model_id)
+        result["patches_per_s"] = [config["steps_per_epoch"] * config["batch_size"] / e["seconds"] for e in epochs]
+    return result
+
+
+def direct_run(config: dict, dataset: Path, out: Path) -> list[float]:
+    from engine.train import TrainingConfig, train
+
+    rates = []
+    train(TrainingConfig.from_dict(config), dataset, out,
+          on_event=lambda e: rates.append(e["patches_per_s"]) if e["type"] == "epoch_end" else None)
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2, help="trainings per mode (default 2)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="steps per epoch (default 20)")
+    parser.add_argument("--max-delay", type=float, default=0.5, help="worker's idle polling limit, s (default 0.5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in both modes (default 1)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="mlm-bench-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        os.environ["ML_MANAGER_HOME"] = str(home)
+        from engine.data import make_synthetic_dataset
+
+        dataset = make_synthetic_dataset(Path(tmp) / "synth", n_images=6, size=128, seed=0)
+        config = {"base_channels": 8, "depth": 3, "patch_size": 64, "batch_size": 8, "epochs": args.epochs,
+                  "steps_per_epoch": args.steps, "num_threads": args.threads, "early_stopping_patience": 0,
+                  "calibrate_postprocess": False, "device": "cpu"}
+        worker = start_worker(home, args.max_delay)
+        try:
+            cold = queued_run(config, dataset)
+            warm, direct, queued, stops = [], [], [], []
+            for i in range(args.repeats):
+                direct += direct_run(config, dataset, Path(tmp) / f"direct{i}")
+                run = queued_run(config, dataset)
+                warm.append(run["first_batch_s"])
+                queued += run["patches_per_s"]
+            for _ in range(args.repeats):
+                stops.append(queued_run({**config, "epochs": 1000}, dataset, stop_after_first_epoch=True)["stop_s"])
+            queued += cold["patches_per_s"]
+        finally:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(60)
+
+    q_rate, d_rate = statistics.median(queued), statistics.median(direct)
+    rows = [
+        ("start → first batch, cold (s)", f"{cold['first_batch_s']:.2f}", "", ""),
+        ("start → first batch, warm (s)", f"{statistics.median(warm):.2f}", "", ""),
+        ("stop → run ended (s)", f"{statistics.median(stops):.2f}", "", "target < 2 s"),
+        ("training throughput (patches/s)", f"{q_rate:.1f}", f"{d_rate:.1f}",
+         f"{q_rate / d_rate:.3f} (target ≥ 0.95)"),
+    ]
+    print(f"{'measure':<34} {'queue':>8} {'direct':>8}  ratio queue/direct")
+    for name, queue_value, direct_value, ratio in rows:
+        print(f"{name:<34} {queue_value:>8} {direct_value:>8}  {ratio}")
+    print(f"({args.repeats} repeats, {args.epochs} epochs × {args.steps} steps of batch 8 at 64×64, "
+          f"{args.threads} torch thread(s), worker idle polling ≤ {args.max_delay} s; medians over epochs / runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
