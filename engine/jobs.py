@@ -315,7 +315,7 @@ def recover_stale_runs(at_startup: bool = False) -> list[str]:
     conn = store.connect()
     try:
         candidates = [("model", r) for r in store.list_models(status=("running", "stopping"), db=conn)]
-        candidates += [("job", r) for r in store.list_inference_jobs(db=conn) if r["status"] == "running"]
+        candidates += [("job", r) for r in store.list_inference_jobs(status="running", db=conn)]
         for kind, row in candidates:
             if row["worker"] == me and row["id"] in mine:
                 continue

@@ -405,12 +405,15 @@ def update_inference_job(job_id: str, db: Database | None = None, **fields: Any)
             _write(db, f"UPDATE inference_jobs SET {sets} WHERE id = ?", [*fields.values(), job_id])
 
 
-def list_inference_jobs(model_id: str | None = None, limit: int | None = None,
-                        db: Database | None = None) -> list[dict]:
-    """Inference jobs, newest first; only one model's with ``model_id``."""
-    sql, params = "SELECT * FROM inference_jobs", []
+def list_inference_jobs(model_id: str | None = None, limit: int | None = None, db: Database | None = None,
+                        status: str | None = None) -> list[dict]:
+    """Inference jobs, newest first; only one model's with ``model_id``, only one status with ``status``."""
+    where, params = [], []
     if model_id is not None:
-        sql, params = sql + " WHERE model_id = ?", [model_id]
+        where, params = ["model_id = ?"], [model_id]
+    if status is not None:
+        where, params = where + ["status = ?"], params + [status]
+    sql = "SELECT * FROM inference_jobs" + (" WHERE " + " AND ".join(where) if where else "")
     sql += " ORDER BY created_at DESC, id DESC"
     if limit:
         sql, params = sql + " LIMIT ?", params + [int(limit)]

@@ -354,6 +354,18 @@ def test_recover_stale_runs(home, worker_of, heartbeat_age, at_startup, fails):
         fails, "failed" if fails else "running", fails)
 
 
+def test_an_inference_job_of_a_dead_worker_is_failed_at_start_up(home):
+    import socket
+
+    job = store.create_inference_job("baseline", "/nowhere", {})
+    store.update_inference_job(job, status="running", heartbeat_at=store.utc_now(),
+                               worker=f"{socket.gethostname()}:{_dead_pid()}:abc")
+    failed = jobs.recover_stale_runs(at_startup=True)
+    row = store.get_inference_job(job)
+    assert (failed, row["status"], row["error"].startswith("the worker stopped while this job ran")) == (
+        [job], "failed", True)
+
+
 def test_remove_temp_files_keeps_fresh_and_real_files(home):
     folder = paths.checkpoints_dir("m1")
     old, fresh, real = folder / ".last.pt.123.tmp", folder / ".best.pt.456.tmp", folder / "best.pt"

@@ -271,8 +271,9 @@ def test_inference_job_lifecycle(database, model_id):
     store.update_inference_job(job, status="running", n_total=4, n_done=2, progress=0.5, db=database)
     row = store.get_inference_job(job, db=database)
     assert (row["status"], row["progress"], json.loads(row["postprocess"]), row["output_dir"],
-            [j["id"] for j in store.list_inference_jobs(model_id=model_id, db=database)]) == (
-        "running", 0.5, {"threshold": 0.5}, str(paths.data_home() / "inference" / job), [job])
+            [j["id"] for j in store.list_inference_jobs(model_id=model_id, db=database)],
+            store.list_inference_jobs(status="completed", db=database)) == (
+        "running", 0.5, {"threshold": 0.5}, str(paths.data_home() / "inference" / job), [job], [])
 
 
 @pytest.mark.parametrize("call, error", [
