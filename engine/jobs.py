@@ -42,6 +42,7 @@ from typing import Any
 from huey import SqliteHuey, crontab
 from huey.exceptions import RetryTask
 
+from engine.batch_inference import WorkerShutdown
 from storage import db as store
 from storage import paths
 
@@ -190,7 +191,7 @@ class _Progress:
 
 def _error_text(exc: BaseException) -> str:
     """A user-facing sentence for an exception (our ValueErrors already are sentences)."""
-    if isinstance(exc, ValueError) or type(exc).__name__ == "WorkerShutdown":
+    if isinstance(exc, (ValueError, WorkerShutdown)):
         return str(exc)
     return f"{type(exc).__name__}: {exc} (the traceback is in the worker log)"
 
@@ -220,27 +221,32 @@ def train_model_task(model_id: str, config: dict, resume_from: str | None = None
 
 def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
     conn = store.connect()
+    try:
+        _train_and_record(model_id, config, resume_from, conn)
+    finally:
+        conn.close()
+
+
+def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn) -> None:
     stopper, progress = _StopWatch(model_id, conn), _Progress(model_id, conn)
+    finish = lambda **f: store.update_model(model_id, db=conn, only_if_status=("running", "stopping"),  # noqa: E731
+                                            finished_at=store.utc_now(), eta_s=None, **f)
     try:
         from engine.train import TrainingConfig, train
 
         row = store.get_model(model_id, db=conn)
-        cfg = TrainingConfig.from_dict(config)
-        result = train(cfg, row["dataset"], paths.checkpoints_dir(model_id), on_event=progress,
-                       should_stop=stopper, resume_from=resume_from)
+        result = train(TrainingConfig.from_dict(config), row["dataset"], paths.checkpoints_dir(model_id),
+                       on_event=progress, should_stop=stopper, resume_from=resume_from)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
         log.exception("training of %s failed", model_id)
-        store.update_model(model_id, db=conn, only_if_status=("running", "stopping"), status="failed",
-                           finished_at=store.utc_now(), error=_error_text(exc), eta_s=None)
-        conn.close()
+        finish(status="failed", error=_error_text(exc))
         return
-    fields: dict[str, Any] = dict(finished_at=store.utc_now(), epochs_run=result.epochs_run, eta_s=None,
-                                  best_epoch=result.best_epoch or None, best_metric=result.best_metric)
+    if result.best_checkpoint is not None:  # the checkpoint event wrote this row already; this covers a lost write
+        store.add_checkpoint(model_id, result.best_epoch, result.best_checkpoint, "best", result.best_metric, db=conn)
+    fields: dict[str, Any] = dict(epochs_run=result.epochs_run, best_epoch=result.best_epoch or None,
+                                  best_metric=result.best_metric)
     if result.recommended_postprocess:
         fields["recommended_postprocess"] = result.recommended_postprocess
-    for ckpt, kind in ((result.best_checkpoint, "best"), (result.last_checkpoint, "last")):
-        if ckpt is not None and kind == "best":  # the event already wrote it; this covers a lost write
-            store.add_checkpoint(model_id, result.best_epoch, ckpt, kind, result.best_metric, db=conn)
     if stopper.reason == "shutdown":
         fields.update(status="failed", error=(
             f"the worker was shut down during training after {result.epochs_run} epoch(s); last.pt was kept, "
@@ -251,8 +257,7 @@ def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
                       error=None if has_best else "stopped by the user before the first epoch finished")
     else:
         fields.update(status="completed", stop_reason=result.stop_reason, error=None)
-    store.update_model(model_id, db=conn, only_if_status=("running", "stopping"), **fields)
-    conn.close()
+    finish(**fields)
 
 
 @huey.task(priority=100)
