@@ -1,0 +1,96 @@
+"""A model-free baseline: multi-scale Frangi vesselness as a probability-like map.
+
+``vesselness_map(image_rgb, fov=None)`` works on the green channel (where retinal vessels
+have the most contrast), equalised with CLAHE, then:
+
+1. pixels near or outside the FOV edge are set to the median inside it, so the bright/dark
+   rim of the fundus disc is not mistaken for a vessel;
+2. ``skimage.filters.frangi`` with ``black_ridges=True`` (vessels are dark on a bright retina)
+   at sigmas 2, 3 and 4 pixels;
+3. the response ``v`` is squashed monotonically to ``v / (v + s)`` with ``s`` its 85th
+   percentile inside the FOV, so about the top 15 % of FOV pixels (the vessel fraction of a
+   DRIVE image is ~12 %) lie above 0.5, and nothing saturates (rank order, hence ROC AUC, is
+   kept exactly); outside the FOV the map is 0.
+
+Without ``fov`` the FOV is estimated from the image (``estimate_fov``: the bright disc of a
+fundus photograph, or the whole image when there is no dark surround).
+
+Tuning on the 20 DRIVE training images (pooled over FOV pixels, first manual annotation):
+sigmas (1, 2, 3) gave Dice 0.61 / AUC 0.86 at their best threshold; (2, 3, 4) gave Dice
+0.717 at threshold 0.6 and AUC 0.919. About 0.3-0.4 s per 565x584 image on one core.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+BASELINE_NAME = "Classical vesselness (Frangi)"
+SIGMAS = (2.0, 3.0, 4.0)  # vessel half-widths probed, in pixels (DRIVE vessels are 1-10 px wide)
+CLAHE_CLIP = 2.0  # CLAHE contrast limit on 8x8 tiles
+RIM_EROSION = 7  # pixels of the FOV rim replaced by the median before filtering
+SCALE_PERCENTILE = 85.0  # the response at this FOV percentile maps to 0.5
+FOV_LEVEL = 20  # estimate_fov: a pixel is inside when its red channel exceeds this (0-255)
+
+
+def _check_image(image_rgb: Any) -> np.ndarray:
+    image = np.asarray(image_rgb)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"vesselness_map needs an RGB image of shape (H, W, 3); got shape {image.shape}: "
+            "read the file with engine.imageio.read_image."
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"vesselness_map needs uint8 RGB pixels; got dtype {image.dtype}: use read_image.")
+    if min(image.shape[:2]) < 16:
+        raise ValueError(f"the image is {image.shape[1]}x{image.shape[0]}; it must be at least 16x16 pixels.")
+    return image
+
+
+def estimate_fov(image_rgb: np.ndarray) -> np.ndarray:
+    """uint8 {0,1} field of view of a fundus photograph: its largest bright region (red channel
+    above FOV_LEVEL, opened to drop noise). The whole image when that covers under 10 %."""
+    image = _check_image(image_rgb)
+    inside = (image[..., 0] > FOV_LEVEL).astype(np.uint8)
+    inside = cv2.morphologyEx(inside, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(inside, connectivity=8)
+    if n > 1:
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        inside = (labels == largest).astype(np.uint8)
+    if inside.mean() < 0.10:
+        return np.ones(image.shape[:2], np.uint8)
+    return inside
+
+
+def vesselness_map(image_rgb: Any, fov: Any = None) -> np.ndarray:
+    """float32 (H, W) map in [0, 1], high on vessels; 0 outside the FOV. See the module docstring."""
+    from skimage.filters import frangi  # imported here: skimage's import costs ~0.3 s
+
+    image = _check_image(image_rgb)
+    if fov is None:
+        inside = estimate_fov(image)
+    else:
+        inside = np.asarray(fov)
+        if inside.shape != image.shape[:2]:
+            raise ValueError(
+                f"fov is {inside.shape[-1]}x{inside.shape[0]} (width x height) but the image is "
+                f"{image.shape[1]}x{image.shape[0]}: use the FOV mask that belongs to this image."
+            )
+        inside = (inside != 0).astype(np.uint8)
+    if not inside.any():
+        raise ValueError("the FOV mask is empty (no pixel inside): pass the image's real FOV mask, or none.")
+    core = cv2.erode(inside, np.ones((RIM_EROSION, RIM_EROSION), np.uint8)).astype(bool)
+    if not core.any():  # a FOV thinner than the rim erosion: use it as it is
+        core = inside.astype(bool)
+
+    green = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=(8, 8)).apply(np.ascontiguousarray(image[..., 1]))
+    enhanced = green.astype(np.float32) / 255.0
+    enhanced[~core] = np.median(enhanced[core])
+    response = frangi(enhanced, sigmas=SIGMAS, black_ridges=True).astype(np.float32)
+    response[~core] = 0.0
+    scale = float(np.percentile(response[core], SCALE_PERCENTILE))
+    if not np.isfinite(scale) or scale <= 0.0:
+        scale = float(response.max()) or 1.0  # a flat image: nearly no response anywhere
+    prob = response / (response + np.float32(scale))
+    return np.nan_to_num(prob, nan=0.0).astype(np.float32)
