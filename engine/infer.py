@@ -107,6 +107,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise CheckpointError(f"{name}: the weights do not fit the model its config describes; the file is damaged.") from None
     device = torch.device(device)
     model.to(device).eval()
+    if device.type == "cpu":  # channels-last convolutions are faster on CPUs (oneDNN)
+        model.to(memory_format=torch.channels_last)
     return LoadedModel(model, config, int(ckpt.get("epoch", 0)), dict(ckpt.get("metrics") or {}),
                        ckpt.get("recommended_postprocess"), Path(path), device, ckpt.get("calibration"))
 
