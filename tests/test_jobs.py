@@ -223,6 +223,14 @@ def test_inference_writes_maps_masks_stats_and_zip(worker, dataset, tiny_checkpo
         "completed", 3, 1, 4, True, ["synth_001.png", "synth_002.png"], 5)
 
 
+def test_baseline_inference_runs_without_a_checkpoint(worker, dataset):
+    job = jobs.start_inference("baseline", dataset / "images", {"min_component_size": 10}, model_id="baseline")
+    wait_for(lambda: jobs.inference_status(job)["status"] in ("completed", "failed"), 60, what="the baseline job")
+    status = jobs.inference_status(job)
+    assert (status["status"], status["n_done"], status["n_failed"], status["model_id"]) == (
+        "completed", 4, 0, "baseline")
+
+
 def test_cli_submit_status_stop(worker, dataset, capsys):
     assert cli_main(["submit", "--data", str(dataset), "--set", "epochs=2", "--set", "base_channels=4",
                      "--set", "depth=2", "--set", "patch_size=32", "--set", "steps_per_epoch=2",
