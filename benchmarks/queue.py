@@ -9,7 +9,10 @@ data set and prints one table:
   (cold = the worker's first training, which includes importing torch; warm = a later one);
 * stop → end: from ``stop_training`` to the run's row leaving ``running``/``stopping``;
 * throughput: training patches per second (per-epoch wall time, validation included) through the queue
-  vs calling ``engine.train.train`` in this process with the same config; target ratio ≥ 0.95.
+  vs calling ``engine.train.train`` in this process with the same config; target ratio ≥ 0.95. On a
+  busy shared machine this ratio swings ±20 % from run to run, so the table also gives
+* queue bookkeeping: what the worker adds to the training thread, measured call by call (the
+  ``should_stop`` reads, progress writes and heartbeats per second of training) — a noise-free bound.
 
 The worker polls the queue at most every ``--max-delay`` seconds when idle (huey's default is 10 s,
 which would dominate the start latency; ``make run`` should pass ``-m``).
@@ -23,13 +26,13 @@ from pathlib import Path
 # which would shadow the standard library's ``queue`` (torch imports it): drop that entry first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse
-import os
-import signal
-import statistics
-import subprocess
-import tempfile
-import time
+import argparse  # noqa: E402 - after the sys.path fix above
+import os  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -91,6 +94,48 @@ def direct_run(config: dict, dataset: Path, out: Path) -> list[float]:
     return rates
 
 
+def bookkeeping_cost_ms_per_s(config: dict, dataset: Path) -> float:
+    """Milliseconds per second of training the worker adds to the training thread, measured call by call.
+
+    The training thread calls ``should_stop`` every step (a registry read at most every 0.5 s) and
+    ``on_event`` for at most ~2 batch events per second; the heartbeat thread writes every 2 s. Unlike
+    the throughput ratio, this does not drown in the noise of a shared machine.
+    """
+    from engine import jobs
+    from storage import db as store
+
+    model_id = store.create_model("overhead", config, str(dataset))
+    store.update_model(model_id, status="running")
+    conn = store.connect()
+    stopper, progress = jobs._StopWatch(model_id, conn), jobs._Progress(model_id, conn)
+    progress({"type": "start", "start_epoch": 1, "total_epochs": 3, "steps_per_epoch": 20, "n_train": 4,
+              "n_val": 1, "device": "cpu"})
+
+    def per_call(fn, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+
+    stopper()  # first poll
+    cheap = per_call(stopper, 20_000)  # between polls
+
+    def poll():
+        stopper._last = 0.0
+        stopper()
+
+    def batch_event():
+        progress._last_write = 0.0
+        progress({"type": "batch", "epoch": 1, "step": 3, "steps": 20, "loss": 0.5})
+
+    reads, writes = per_call(poll, 200), per_call(batch_event, 200)
+    beat = per_call(lambda: store.beat_worker(db=conn), 100)
+    conn.close()
+    steps_per_s = 20  # generous: the benchmark's steps take ~0.1 s each
+    seconds = steps_per_s * cheap + reads / jobs.STOP_POLL_S + 2 * writes + beat / jobs.BEAT_S
+    return seconds * 1000
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="trainings per mode (default 2)")
@@ -114,29 +159,37 @@ def main() -> int:
         try:
             cold = queued_run(config, dataset)
             warm, direct, queued, stops = [], [], [], []
-            for i in range(args.repeats):
+            for i in range(args.repeats):  # interleaved, alternating which goes first, so load spikes hit both
+                if i % 2:
+                    run = queued_run(config, dataset)
                 direct += direct_run(config, dataset, Path(tmp) / f"direct{i}")
-                run = queued_run(config, dataset)
+                if not i % 2:
+                    run = queued_run(config, dataset)
                 warm.append(run["first_batch_s"])
                 queued += run["patches_per_s"]
             for _ in range(args.repeats):
                 stops.append(queued_run({**config, "epochs": 1000}, dataset, stop_after_first_epoch=True)["stop_s"])
             queued += cold["patches_per_s"]
+            overhead_ms = bookkeeping_cost_ms_per_s(config, dataset)
         finally:
             worker.send_signal(signal.SIGINT)
             worker.wait(60)
 
     q_rate, d_rate = statistics.median(queued), statistics.median(direct)
+    q_best, d_best = max(queued), max(direct)  # the least disturbed epoch: robust on a shared machine
     rows = [
         ("start → first batch, cold (s)", f"{cold['first_batch_s']:.2f}", "", ""),
         ("start → first batch, warm (s)", f"{statistics.median(warm):.2f}", "", ""),
         ("stop → run ended (s)", f"{statistics.median(stops):.2f}", "", "target < 2 s"),
-        ("training throughput (patches/s)", f"{q_rate:.1f}", f"{d_rate:.1f}",
+        ("throughput, median epoch (patches/s)", f"{q_rate:.1f}", f"{d_rate:.1f}",
          f"{q_rate / d_rate:.3f} (target ≥ 0.95)"),
+        ("throughput, best epoch (patches/s)", f"{q_best:.1f}", f"{d_best:.1f}",
+         f"{q_best / d_best:.3f} (target ≥ 0.95)"),
+        ("queue bookkeeping (ms per s of training)", f"{overhead_ms:.2f}", "0", f"{1 - overhead_ms / 1000:.4f} (bound)"),
     ]
-    print(f"{'measure':<34} {'queue':>8} {'direct':>8}  ratio queue/direct")
+    print(f"{'measure':<42} {'queue':>8} {'direct':>8}  ratio queue/direct")
     for name, queue_value, direct_value, ratio in rows:
-        print(f"{name:<34} {queue_value:>8} {direct_value:>8}  {ratio}")
+        print(f"{name:<42} {queue_value:>8} {direct_value:>8}  {ratio}")
     print(f"({args.repeats} repeats, {args.epochs} epochs × {args.steps} steps of batch 8 at 64×64, "
           f"{args.threads} torch thread(s), worker idle polling ≤ {args.max_delay} s; medians over epochs / runs)")
     return 0
