@@ -31,7 +31,7 @@ STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")
 @dataclass(frozen=True)
 class TrainingConfig:
     # --- model
-    base_channels: int = 16  # channels of the first U-Net level; doubles at each level
+    base_channels: int = 8  # channels of the first level (doubles per level); 8 trains ~2× faster than 16 on CPU
     depth: int = 3  # down-sampling steps; 3 sees 8× context, enough for retinal vessels
     dropout_rate: float = 0.1  # Dropout2d at the bottleneck
     # --- preprocessing (saved with the model, applied again at inference)
@@ -47,12 +47,12 @@ class TrainingConfig:
     tversky_beta: float = 0.7  # Tversky weight of false negatives (> alpha favours thin vessels)
     # --- optimisation
     optimizer: str = "adamw"  # AdamW, the only optimiser offered
-    learning_rate: float = 2e-3  # peak learning rate
+    learning_rate: float = 3e-3  # peak learning rate (AdamW, cosine decay)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     batch_size: int = 16  # patches per step
     patch_size: int = 64  # side of the square training patches, in pixels
     epochs: int = 60  # maximum number of epochs
-    steps_per_epoch: int = 40  # optimiser steps (batches) per epoch
+    steps_per_epoch: int = 100  # optimiser steps (batches) per epoch; validation runs after each epoch
     val_fraction: float = 0.2  # share of the images held out for validation (seeded split)
     augment: bool = True  # flips, 90° rotations, brightness/contrast/gamma jitter
     # --- learning-rate schedule
