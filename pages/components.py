@@ -398,10 +398,12 @@ def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, file_stem):
         result = enhanced_post_processing(prob_map, config=config, fov=fov)
         st.session_state[f"{key}__kept"] = int(result.mask.sum())  # read by tests and the latency benchmark
         big, small = st.columns([2, 1])
+        # output_format="PNG": Streamlit passes our PNG bytes through instead of re-encoding them as JPEG
         big.image(overlay_png(image_rgb, digests["image"], result.mask, result.removed), width="stretch",
-                  caption="Mask on the image: green is kept, magenta was removed by the filters")
-        small.image(_layers(digests["image"], image_rgb)[3], width="stretch", caption="Image")
-        small.image(heatmap_png(digests["prob"], prob_map), width="stretch", caption="Probability map")
+                  output_format="PNG", caption="Mask on the image: green is kept, magenta was removed by the filters")
+        small.image(_layers(digests["image"], image_rgb)[3], width="stretch", output_format="PNG", caption="Image")
+        small.image(heatmap_png(digests["prob"], prob_map), width="stretch", output_format="PNG",
+                    caption="Probability map")
         _show_stats(result)
         if truth is not None:
             _show_metrics(result, prob_map, truth, fov, digests)

@@ -7,13 +7,13 @@ from pages.components import WORKER_FRESH_S, age_text, forget_queries, query, ru
 def worker_panel() -> None:
     age = worker_age()
     if age is not None and age <= WORKER_FRESH_S:
-        st.success(f"The worker is running (last heartbeat {age_text(age)} ago).", icon="✅")
+        st.success(f"The worker is running (last heartbeat {age_text(age)} ago).", icon=":material/check_circle:")
         return
     when = "has never run on this data home" if age is None else f"last reported {age_text(age)} ago"
     st.warning(
         f"The worker is not running (it {when}): queued training and batch inference wait for it. "
         "Start it with `make worker` in a terminal (`make run` starts it with the dashboard), or here.",
-        icon="⚠️",
+        icon=":material/warning:",
     )
     if st.button("Start the worker", key="overview_start_worker"):
         pid = start_worker()

@@ -106,23 +106,14 @@ def main() -> None:
     with st.form("train_form"):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
         training_form(defaults)
-        busy = st.session_state.get("train_busy", False)
-        st.form_submit_button("Submitting…" if busy else "Start training", type="primary", key="train_start",
-                              disabled=busy or not usable, on_click=_mark_busy)
-    if busy:  # the button above went out disabled; submit before any other element, then redraw
-        try:
-            submit_callback(defaults)
-        finally:
-            st.session_state["train_busy"] = False
-        st.rerun()
+        # The run is queued inside the button's callback, which Streamlit runs to the end before it
+        # redraws anything; a second click with the same settings within 15 s is recognised and ignored.
+        st.form_submit_button("Start training", type="primary", key="train_start", disabled=not usable,
+                              on_click=submit_callback, args=(defaults,))
     message = st.session_state.get("train_message")
     if message:
         getattr(st, message[0])(message[1])
     monitor()
-
-
-def _mark_busy() -> None:
-    st.session_state["train_busy"] = True
 
 
 run_page(main, "showing the Train page")

@@ -1,0 +1,143 @@
+"""End to end in a real headless chromium: the worker and `streamlit run app.py` on a free port,
+a tiny model trained from the Train page, its curve, its inference page, an upload and a slider.
+
+Screenshots of every page go to docs/screenshots/ (shown in the README).
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.data import synthetic_sample
+from engine.imageio import encode_png
+from tests.browser_helpers import ROOT, chromium_path, dashboard, open_expander, set_number, slider_input, wait_idle, worker
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+SHOTS = ROOT / "docs" / "screenshots"
+DRIVE_IMAGE = ROOT.parent / "shared" / "data" / "drive" / "training" / "images" / "21_training.tif"
+
+if chromium_path() is None:
+    pytest.skip("no chromium found (install the Debian package 'chromium'; .ci/run does when CI=true)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+TINY_FORM = {  # expander -> {label: value}: a model that trains in seconds on two CPU cores
+    "Basics": {"Epochs": 3, "Batch size": 4, "Patch size": 32, "Steps per epoch": 4},
+    "Advanced": {"Base channels": 4, "Depth": 2, "Num threads": 1},
+}
+
+
+def shot(page, name: str, focus=None) -> None:
+    """Screenshot of the viewport (Streamlit scrolls inside its own container), ``focus`` scrolled into view."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    if focus is not None:
+        focus.scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def metric_value(page, label: str) -> int | None:
+    """The integer shown by the st.metric with this label (None while it is missing)."""
+    for text in page.locator("[data-testid='stMetric']").all_inner_texts():
+        if text.startswith(label):
+            digits = re.sub(r"[^0-9]", "", text[len(label):])
+            return int(digits) if digits else None
+    return None
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except TypeError:  # a metric not drawn yet
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("the page did not reach the expected state in time")
+        time.sleep(0.2)
+
+
+def overlay_src(page) -> str:
+    img = page.locator("[data-testid='stImage'] img").first
+    return img.get_attribute("src")
+
+
+@pytest.mark.timeout(600)
+def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
+    image_path = tmp_path / "fundus.png"
+    image_path.write_bytes(encode_png(synthetic_sample(128, np.random.default_rng(3))[0]))
+    with worker(home), dashboard(home) as url, sync_api.sync_playwright() as p:
+        from tests.browser_helpers import launch
+
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+
+        page.goto(f"{url}/")
+        page.get_by_text("The worker is running").wait_for(timeout=60_000)
+        shot(page, "overview_empty")
+
+        # Train: generate the synthetic set, shrink the model, start.
+        page.goto(f"{url}/train")
+        page.get_by_text("Generate a synthetic data set").click()
+        wait_idle(page)
+        set_number(page, "Images", 6)
+        set_number(page, "Size (px)", 64)
+        wait_idle(page)
+        page.get_by_role("button", name="Generate the synthetic data set").click()
+        page.get_by_text("Image / mask pairs").wait_for()
+        page.get_by_label("Model name").fill("browser-tiny")
+        for group, values in TINY_FORM.items():
+            open_expander(page, group)
+            for label, value in values.items():
+                set_number(page, label, value)
+        page.get_by_role("button", name="Start training").click()
+        queued = page.get_by_text(re.compile(r"Queued model \S+")).first
+        queued.wait_for()
+        model_id = re.search(r"Queued model (\S+?):", queued.inner_text()).group(1)
+
+        # The live monitor: the curve appears, then the run completes.
+        page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
+        shot(page, "train_monitor", page.locator(".js-plotly-plot").first)
+        page.get_by_text(re.compile(r"browser-tiny · completed")).wait_for(timeout=300_000)
+
+        page.goto(f"{url}/models?model={model_id}")
+        page.locator(".js-plotly-plot").first.wait_for()
+        shot(page, "models", page.get_by_text("Details of"))
+
+        # Its inference page: upload, then move the threshold slider and see the mask change.
+        page.goto(f"{url}/model_inference?model={model_id}")
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(image_path))
+        page.get_by_text("Mask on the image").wait_for()
+        wait_idle(page)
+        thumb = slider_input(page, "Threshold")
+        shown = {}
+        for key, done in (("End", lambda kept, gone: kept == gone == 0), ("Home", lambda kept, gone: kept + gone > 0)):
+            thumb.focus()
+            thumb.press(key)  # End: threshold 1, no pixel passes; Home: threshold 0, every pixel passes
+            wait_until(lambda: done(metric_value(page, "Vessel pixels kept"), metric_value(page, "Pixels removed by filters")))
+            wait_idle(page)
+            shown[key] = overlay_src(page)
+        assert shown["End"] != shown["Home"]  # another mask image is displayed
+        shot(page, "model_inference")
+
+        # The remaining pages, for the README.
+        page.goto(f"{url}/inference")
+        page.get_by_text("Batch inference").wait_for()
+        shot(page, "inference")
+        page.goto(f"{url}/postprocess")
+        upload = DRIVE_IMAGE if DRIVE_IMAGE.exists() else image_path
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(upload))
+        page.get_by_text("Mask on the image").wait_for()
+        wait_idle(page)
+        shot(page, "postprocess")
+        page.goto(f"{url}/")
+        page.locator("[data-testid='stDataFrame']").first.wait_for()  # the models table (a canvas grid)
+        page.wait_for_timeout(1000)
+        shot(page, "overview")
+        assert not page.get_by_text("Traceback").count()
+        browser.close()
