@@ -12,7 +12,10 @@ thread (``cv2.setNumThreads(1)``) so that the comparison with single-threaded Sc
 The reference is written the way one would write it with scikit-image: ``threshold_otsu``,
 ``apply_hysteresis_threshold``-style labelling with ``ndi.label``, ``binary_opening`` /
 ``binary_closing`` with the very same footprint array, ``ndi.label`` + ``regionprops``
-(area, intensity_mean, inertia_tensor_eigvals) in a loop, and ``remove_small_holes``.
+(area, intensity_mean, inertia_tensor_eigvals) in a loop, and hole filling with
+``ndi.binary_fill_holes`` (background connectivity complementary to the foreground's), then
+``ndi.label`` of the filled-in holes and a size filter: only enclosed holes smaller than
+``fill_holes_below`` are filled, never background touching the image border.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
-from skimage.morphology import binary_closing, binary_opening, remove_small_holes
+from skimage.morphology import binary_closing, binary_opening
 
 # binary_opening/closing are deprecated in scikit-image 0.26 (removal in 0.28); their
 # replacements opening/closing are grey-level operators with other border rules.
@@ -94,8 +97,12 @@ def reference_post_processing(prob: np.ndarray, cfg: PostProcessConfig, fov: np.
         kept.append(region.label)
     mask = np.isin(labels, kept)
     if cfg.fill_holes_below > 0:
-        mask = remove_small_holes(mask, max_size=cfg.fill_holes_below - 1,
-                                  connectivity=1 if cfg.connectivity == 8 else 2)
+        background = _structure(12 - cfg.connectivity)
+        holes = ndi.binary_fill_holes(mask, structure=background) & ~mask
+        hole_labels, n = ndi.label(holes, structure=background)
+        small = np.bincount(hole_labels.ravel(), minlength=n + 1) < cfg.fill_holes_below
+        small[0] = False
+        mask = mask | small[hole_labels]
     if fov is not None:
         mask &= fov > 0
     return mask.astype(np.uint8)

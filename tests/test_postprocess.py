@@ -76,6 +76,20 @@ def _ring(hole: int):
     return p
 
 
+def _notch_at_border():
+    p = blank()
+    p[0:5, 10:15] = 0.9
+    p[0:4, 11:14] = 0.0  # a 12-px background notch that opens onto row 0
+    return p
+
+
+def _corner_cut_off():
+    p = blank()
+    p[0:6, 5] = 0.9
+    p[5, 0:6] = 0.9  # a 25-px background corner enclosed by a vessel and two image edges
+    return p
+
+
 STEP_CASES = [
     # (name, map, options, pixels that must be 1, pixels that must be 0)
     ("size filter drops a 9-px blob", _blobs_small_and_large(), dict(min_component_size=20),
@@ -95,6 +109,10 @@ STEP_CASES = [
     ("hole filling fills a 9-px hole", _ring(3), dict(fill_holes_below=10), [(23, 23)], []),
     ("hole filling leaves a hole of exactly the limit", _ring(3), dict(fill_holes_below=9), [], [(23, 23)]),
     ("hole filling leaves a large hole", _ring(10), dict(fill_holes_below=50), [], [(26, 26)]),
+    ("hole filling leaves a small notch open to the image border", _notch_at_border(),
+     dict(fill_holes_below=50), [(4, 12)], [(0, 12), (2, 12)]),
+    ("hole filling leaves a corner that a vessel cuts off", _corner_cut_off(), dict(fill_holes_below=50),
+     [(5, 3)], [(0, 0), (2, 2)]),
 ]
 
 
@@ -107,6 +125,24 @@ def test_each_step(name, prob, options, on, off):
 def test_closing_makes_one_component():
     result = run(_gap_line(), apply_closing=True, kernel_shape="rect")
     assert (result.stats["components_before"], result.stats["pixels_added"]["closing"]) == (1, 3)
+
+
+@pytest.mark.parametrize("connectivity, filled", [(8, 1), (4, 0)])
+def test_hole_behind_a_diagonal_gap_follows_connectivity(connectivity, filled):
+    p = blank()
+    p[20:25, 20:25] = 0.9
+    p[21:24, 21:24] = 0.0  # 9-px hole inside a 1-px wall ...
+    p[20, 20] = 0.0  # ... whose corner is open only diagonally: a leak for 8-connected background only
+    assert run(p, fill_holes_below=10, connectivity=connectivity).mask[22, 22] == filled
+
+
+@pytest.mark.parametrize("below, filled, components_after", [(10, 8, 1), (8, 0, 2)])
+def test_filling_the_hole_around_an_island_joins_them(below, filled, components_after):
+    p = _ring(3)
+    p[23, 23] = 0.9  # a 1-px island in the middle of the 9-px hole, which keeps 8 background pixels
+    stats = run(p, fill_holes_below=below).stats
+    assert (stats["pixels_added"]["holes"], stats["components_before"], stats["components_after"]) == (
+        filled, 2, components_after)
 
 
 def _branches():
@@ -202,6 +238,53 @@ def test_removed_is_disjoint_from_mask_and_within_thresholded(seed, options):
     assert np.array_equal(result.removed, thresholded & (1 - result.mask))
     if options.get("apply_closing", True) is False:  # no closing, no hole filling: mask ⊆ thresholded
         assert not (result.mask & (1 - thresholded)).any()
+
+
+def target_rings_map(seed: int, size: int = 96) -> np.ndarray:
+    """Noisy concentric rings around a central dot: small ring-shaped holes around islands, so
+    filling them joins components."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    prob = np.zeros((size, size), np.float32)
+    for cy, cx in rng.uniform(8, size - 8, (6, 2)):
+        r = np.hypot(yy - cy, xx - cx)
+        prob = np.maximum(prob, np.where(r < 14, 0.5 + 0.5 * np.cos(2 * np.pi * r / rng.uniform(4, 7)), 0))
+    return np.clip(prob + rng.normal(0, 0.1, prob.shape), 0, 1).astype(np.float32)
+
+
+HOLE_CASES = [  # (map maker, options)
+    (smooth_random_map, dict(threshold=0.5, min_component_size=0, confidence_threshold=0.0, apply_opening=False,
+                             fill_holes_below=40)),
+    (smooth_random_map, dict(threshold=0.4, min_component_size=0, confidence_threshold=0.0, connectivity=4,
+                             apply_opening=False, fill_holes_below=60)),
+    (smooth_random_map, dict(threshold_mode="otsu", shape_filter=True, min_component_size=0, fill_holes_below=100)),
+    (target_rings_map, dict(threshold=0.5, min_component_size=0, confidence_threshold=0.0, apply_opening=False,
+                            apply_closing=False, fill_holes_below=60)),
+    (target_rings_map, dict(threshold=0.5, min_component_size=0, confidence_threshold=0.0, apply_opening=False,
+                            connectivity=4, fill_holes_below=60)),
+    (target_rings_map, dict(threshold=0.5, min_component_size=3, fill_holes_below=60)),
+]
+
+
+@pytest.mark.filterwarnings("ignore:.*binary_(opening|closing).*deprecated:FutureWarning")
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("use_fov", [False, True])
+@pytest.mark.parametrize("make_map, options", HOLE_CASES)
+def test_matches_the_scipy_reference_and_counts_components_exactly(seed, use_fov, make_map, options):
+    """Same mask as benchmarks/postprocess.py's SciPy reference (enclosed holes only), and
+    components_after equal to a fresh labelling even where filled holes join an island to its ring."""
+    import cv2
+
+    from benchmarks.postprocess import reference_post_processing
+
+    prob = make_map(seed, size=96)
+    fov = np.zeros(prob.shape, np.uint8)
+    cv2.circle(fov, (48, 48), 40, 1, -1)
+    config = PostProcessConfig(**options)
+    result = enhanced_post_processing(prob, config=config, fov=fov if use_fov else None)
+    expected = reference_post_processing(prob, config, fov if use_fov else None)
+    components = cv2.connectedComponents(result.mask, connectivity=config.connectivity)[0] - 1
+    assert (np.array_equal(result.mask, expected), result.stats["components_after"]) == (True, components)
 
 
 def test_stats_are_json_ready_and_consistent():
