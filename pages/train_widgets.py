@@ -11,7 +11,7 @@ import streamlit as st
 
 from engine import train as train_engine
 from engine.train import TrainingConfig
-from pages.components import age_text, curves_figure, forget_queries, logger, overlay_png, query
+from pages.components import age_text, curves_figure, forget_queries, logger, overlay_bytes, query
 from storage import paths
 
 # Field -> (group, help). Fields not listed go to "Advanced". Help carries the seed's advice.
@@ -98,7 +98,7 @@ def dataset_summary(path: str) -> tuple[dict, bytes | None]:
     ds = load_dataset(path)
     image, mask, _ = ds.raw(0)
     digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-    return ds.summary(), overlay_png(image, digest, mask, np.zeros_like(mask))
+    return ds.summary(), overlay_bytes(image, digest, mask, np.zeros_like(mask))
 
 
 def generate_synthetic(n_images: int, size: int, seed: int) -> str:

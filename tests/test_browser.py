@@ -39,13 +39,13 @@ def shot(page, name: str, focus=None) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
-def metric_value(page, label: str) -> int | None:
-    """The integer shown by the st.metric with this label (None while it is missing)."""
-    for text in page.locator("[data-testid='stMetric']").all_inner_texts():
-        if text.startswith(label):
-            digits = re.sub(r"[^0-9]", "", text[len(label):])
-            return int(digits) if digits else None
-    return None
+def stat_value(page, label: str) -> int | None:
+    """The count the tuner shows after ``label:`` in its statistics line (None while not drawn)."""
+    line = page.locator("[data-testid='stMarkdown']", has_text="Vessel pixels kept").first
+    if not line.count():
+        return None
+    found = re.search(re.escape(label) + r":\s*([\d,]+)", line.inner_text())
+    return int(found.group(1).replace(",", "")) if found else None
 
 
 def wait_until(condition, timeout: float = 60) -> None:
@@ -119,7 +119,7 @@ def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
         for key, done in (("End", lambda kept, gone: kept == gone == 0), ("Home", lambda kept, gone: kept + gone > 0)):
             thumb.focus()
             thumb.press(key)  # End: threshold 1, no pixel passes; Home: threshold 0, every pixel passes
-            wait_until(lambda: done(metric_value(page, "Vessel pixels kept"), metric_value(page, "Pixels removed by filters")))
+            wait_until(lambda: done(stat_value(page, "Vessel pixels kept"), stat_value(page, "Pixels removed by filters")))
             wait_idle(page)
             shown[key] = overlay_src(page)
         assert shown["End"] != shown["Home"]  # another mask image is displayed
