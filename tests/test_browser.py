@@ -114,6 +114,7 @@ def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
         page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(image_path))
         page.get_by_text("Mask on the image").wait_for()
         wait_idle(page)
+        shot(page, "model_inference")
         thumb = slider_input(page, "Threshold")
         shown = {}
         for key, done in (("End", lambda kept, gone: kept == gone == 0), ("Home", lambda kept, gone: kept + gone > 0)):
@@ -123,7 +124,6 @@ def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
             wait_idle(page)
             shown[key] = overlay_src(page)
         assert shown["End"] != shown["Home"]  # another mask image is displayed
-        shot(page, "model_inference")
 
         # The remaining pages, for the README.
         page.goto(f"{url}/inference")
