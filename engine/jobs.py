@@ -1,6 +1,8 @@
 """The background worker: a Huey queue on SQLite that trains models and runs batch inference.
 
-Start it with ``huey_consumer engine.jobs.huey -k thread -w 2`` (``make run`` does). The queue file is
+Start it with ``huey_consumer engine.jobs.huey -k thread -w 2 -m 0.5`` (``make run`` does). Use at least two
+worker threads, so a batch inference never waits behind a training, and ``-m 0.5`` (longest idle
+poll, seconds): with huey's default of 10 s a job queued after a quiet spell waits up to 10 s. The queue file is
 ``paths.queue_path()`` of the ``ML_MANAGER_HOME`` the process had when it imported this module; the
 Python API below re-points the queue when the data home changes in-process (tests, scripts).
 
