@@ -1,6 +1,6 @@
 """The background worker: a Huey queue on SQLite that trains models and runs batch inference.
 
-Start it with ``huey_consumer engine.jobs.huey -k thread -w 2 -m 0.5`` (``make run`` does). Use at least two
+Start it with ``huey_consumer engine.jobs.huey -k thread -w 2 -m 0.5`` (``make run`` starts it). Use at least two
 worker threads, so a batch inference never waits behind a training, and ``-m 0.5`` (longest idle
 poll, seconds): with huey's default of 10 s a job queued after a quiet spell waits up to 10 s. The queue file is
 ``paths.queue_path()`` of the ``ML_MANAGER_HOME`` the process had when it imported this module; the
