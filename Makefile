@@ -30,7 +30,7 @@ run: $(STAMP_RUN)
 	@mkdir -p "$(ML_MANAGER_HOME)/logs"
 	@echo "ML Manager data home: $(ML_MANAGER_HOME)"
 	@echo "Worker log: $(ML_MANAGER_HOME)/logs/worker.log"
-	@$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -C -q \
+	@$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -m 0.5 -C -q \
 		>>"$(ML_MANAGER_HOME)/logs/worker.log" 2>&1 & worker=$$!; \
 	trap 'kill -INT $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT)
@@ -38,7 +38,7 @@ run: $(STAMP_RUN)
 ## worker: only the background worker (training and batch inference)
 worker: $(STAMP_RUN)
 	@mkdir -p "$(ML_MANAGER_HOME)/logs"
-	$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -C
+	$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -m 0.5 -C
 
 ## dashboard: only the dashboard
 dashboard: $(STAMP_RUN)
