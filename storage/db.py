@@ -87,14 +87,45 @@ _WORKER_ID: tuple[int, str] | None = None
 def connect(path: str | os.PathLike | None = None) -> Database:
     """Open (creating and migrating if needed) the registry, in WAL mode with a busy timeout."""
     path = Path(path) if path is not None else paths.db_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    db = Database(conn, execute_plugins=False)
-    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    db.enable_wal()
-    db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: only a power cut can lose the last commit
-    migrate(db)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise paths.not_writable(path.parent, exc) from None
+    conn = None
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        db = Database(conn, execute_plugins=False)
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: only a power cut can lose the last commit
+        migrate(db)
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        raise _storage_error(exc, path) or exc
     return db
+
+
+# SQLite's words for a file or folder it may not write, or a file that is not a database.
+_READ_ONLY = ("readonly", "read-only", "unable to open", "permission denied")
+
+
+def _storage_error(exc: sqlite3.DatabaseError, path: Path | None = None) -> paths.StorageError | None:
+    """A sentence for a database that cannot be written or read; None for other errors (locks, bugs)."""
+    path = path or paths.db_path()
+    text = str(exc).lower()
+    if any(words in text for words in _READ_ONLY):
+        return paths.StorageError(
+            f"The database {path} cannot be written ({exc}): make the file and its folder writable "
+            f"(for example chmod u+w), or set {paths.HOME_ENV} to a folder you can write to. Nothing was changed."
+        )
+    if "not a database" in text or "malformed" in text:
+        return paths.StorageError(
+            f"{path} is not a usable database ({exc}): move it aside (a new one is made) or restore it from a backup."
+        )
+    if "database or disk is full" in text:
+        return paths.StorageError(f"The disk that holds {path} is full: free some space and try again.")
+    return None
 
 
 def migrate(db: Database) -> None:
@@ -108,9 +139,15 @@ def migrate(db: Database) -> None:
 @contextlib.contextmanager
 def immediate(db: Database) -> Iterator[Database]:
     """A transaction that takes the write lock at once (``BEGIN IMMEDIATE``): read-then-write safely."""
-    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.DatabaseError as exc:
+        raise _storage_error(exc) or exc
     try:
         yield db
+    except sqlite3.DatabaseError as exc:
+        db.rollback()
+        raise _storage_error(exc) or exc
     except BaseException:
         db.rollback()
         raise
@@ -120,14 +157,15 @@ def immediate(db: Database) -> Iterator[Database]:
 
 @contextlib.contextmanager
 def _use(db: Database | None) -> Iterator[Database]:
-    if db is not None:
-        yield db
-        return
-    own = connect()
+    """``db``, or a connection of our own closed afterwards; read-only files give a StorageError sentence."""
+    own = connect() if db is None else None
     try:
-        yield own
+        yield db if db is not None else own
+    except sqlite3.DatabaseError as exc:
+        raise _storage_error(exc) or exc
     finally:
-        own.close()
+        if own is not None:
+            own.close()
 
 
 def _write(db: Database, sql: str, params: list | tuple = ()) -> int:

@@ -20,16 +20,36 @@ HOME_ENV = "ML_MANAGER_HOME"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+class StorageError(ValueError):
+    """The data home or its database cannot be used; the message says what to change."""
+
+
+def not_writable(path: str | os.PathLike, exc: BaseException | None = None) -> StorageError:
+    """The sentence for a data home (or a file in it) that cannot be written."""
+    why = f" ({exc.strerror or exc})" if isinstance(exc, OSError) else ""
+    return StorageError(
+        f"The data home {Path(path)} cannot be written{why}: make it writable (for example chmod u+w), "
+        f"or set {HOME_ENV} to a folder you can write to."
+    )
+
+
 def data_home() -> Path:
     """The data home, created if missing. Read from the environment on every call."""
     home = Path(os.environ.get(HOME_ENV) or "data").expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise not_writable(home, exc) from None
     return home
 
 
 def _subdir(*parts: str) -> Path:
-    path = data_home().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    home = data_home()
+    path = home.joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise not_writable(home, exc) from None
     return path
 
 
