@@ -9,6 +9,7 @@ leaves nothing half-written behind.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -168,9 +169,30 @@ def safe_extract_zip(
 
 
 def unpack_dataset_zip(source: ZipSource, name: str) -> Path:
-    """Unpack an uploaded data set into ``datasets_dir()/<name>`` and return that folder."""
-    folder = paths.datasets_dir() / dataset_name(name)
-    return safe_extract_zip(source, folder)
+    """Unpack an uploaded data set into ``datasets_dir()/<name>-<content hash>`` and return that folder.
+
+    The folder's name is generated: the upload's name reduced to letters, digits, '-' and '_', then
+    the first 8 hex digits of the archive's SHA-256. The same archive uploaded again gives the folder
+    it already unpacked; another archive under the same name gets a folder of its own.
+    """
+    data = _read_source(source)
+    folder = paths.datasets_dir() / f"{dataset_name(name)}-{hashlib.sha256(data).hexdigest()[:8]}"
+    if folder.is_dir():  # extraction renames a finished folder into place, so one that exists is whole
+        return folder
+    return safe_extract_zip(data, folder)
+
+
+def _read_source(source: ZipSource) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return Path(source).read_bytes()
+        except FileNotFoundError:
+            raise ArchiveError(f"No such zip file: {source}.") from None
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return source.read()
 
 
 def zip_folder(folder: str | os.PathLike, out_path: str | os.PathLike) -> Path:

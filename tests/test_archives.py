@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import stat
 import zipfile
 
@@ -53,7 +54,7 @@ def test_total_size_limit_is_enforced(home):
 def test_single_top_folder_is_flattened_and_junk_skipped(home):
     data = _zip({"drive/images/1.png": b"i", "drive/masks/1.png": b"m", "__MACOSX/drive/._1.png": b"j"})
     folder = archives.unpack_dataset_zip(data, "My DRIVE set.zip")
-    assert folder == home / "datasets" / "My_DRIVE_set"
+    assert folder.parent == home / "datasets" and re.fullmatch(r"My_DRIVE_set-[0-9a-f]{8}", folder.name)
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
         "images/1.png",
         "masks/1.png",
@@ -61,9 +62,13 @@ def test_single_top_folder_is_flattened_and_junk_skipped(home):
 
 
 def test_existing_data_set_is_not_overwritten(home):
-    archives.unpack_dataset_zip(_zip({"images/1.png": b"i"}), "set")
+    upload = _zip({"images/1.png": b"i", "masks/1.png": b"m"})
+    first = archives.unpack_dataset_zip(upload, "set")
+    second = archives.unpack_dataset_zip(_zip({"images/2.png": b"i", "masks/2.png": b"m"}), "set")  # other content
+    assert first != second and (first / "images" / "1.png").is_file() and not (first / "images" / "2.png").exists()
+    assert archives.unpack_dataset_zip(upload, "set") == first  # the same upload again
     with pytest.raises(archives.ArchiveError, match="exists already"):
-        archives.unpack_dataset_zip(_zip({"images/2.png": b"i"}), "set")
+        archives.safe_extract_zip(_zip({"images/3.png": b"i"}), first)
 
 
 def test_zip_folder_round_trips(home, tmp_path):
