@@ -122,6 +122,10 @@ class Dataset:
         image = read_image(s.image_path)
         mask = read_mask(s.mask_path)
         fov = read_mask(s.fov_path) if s.fov_path else np.ones(mask.shape, np.uint8)
+        if not fov.any():
+            raise DatasetError(f"The field-of-view mask {s.fov_path.name} in {s.fov_path.parent} is all zero, so "
+                               f"{s.image_path.name} would have no pixel to learn from or score: replace it with the "
+                               "mask made for this image, or remove the fov/ folder to use whole images.")
         return image, mask, fov
 
     def arrays(self, i: int, channel: str = "green", clahe: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,11 +139,23 @@ class Dataset:
 
 
 def _resolve_root(path: Path) -> Path:
+    """The folder that holds images/: ``path`` itself, its ``training/`` (DRIVE's download), or the one
+    subfolder (up to two levels down) that holds it, as zips made of a whole folder often nest."""
     if not path.is_dir():
         raise DatasetError(f"The data set folder {path} does not exist: check the path.")
     if not (path / "images").is_dir() and (path / "training" / "images").is_dir():
         return path / "training"  # the DRIVE download's top folder
-    return path
+    root = path
+    for _ in range(2):
+        if (root / "images").is_dir():
+            break
+        subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+        if len(subfolders) != 1:
+            break
+        root = subfolders[0]
+        if not (root / "images").is_dir() and (root / "training" / "images").is_dir():
+            root = root / "training"
+    return root if (root / "images").is_dir() else path
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -159,6 +175,10 @@ def load_dataset(path: str | Path) -> Dataset:
     images, masks = _by_id(root / "images"), _by_id(mask_dir)
     fovs = _by_id(fov_dir) if fov_dir.is_dir() else None
     if not images:
+        nested = sorted(p.name + "/" for p in (root / "images").iterdir() if p.is_dir() and not p.name.startswith("."))
+        if nested:
+            raise DatasetError(f"{root / 'images'} holds no images directly, only the folder(s) {', '.join(nested[:5])}: "
+                               "put the photographs straight into images/ (and their masks into masks/).")
         raise DatasetError(f"{root / 'images'} holds no images ({', '.join(EXTENSIONS)}): the data set is empty.")
     problems = []
     for what, folder, table in (("vessel mask", mask_dir, masks), ("field-of-view mask", fov_dir, fovs)):
@@ -246,6 +266,25 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def check_patch_size(sizes: "Dataset | list[tuple[int, int]]", patch_size: int) -> None:
+    """Refuse a training patch larger than the smallest image (it would be mostly padding).
+
+    ``sizes``: a :class:`Dataset` (its headers are read) or (height, width) pairs.
+    """
+    if isinstance(sizes, Dataset):
+        found = [(_header_size(s.image_path)[::-1], s.image_path.name) for s in sizes.pairs]
+    else:
+        found = [(tuple(int(v) for v in hw), None) for hw in sizes]
+    if not found:
+        return
+    (h, w), name = min(found, key=lambda item: min(item[0]))
+    if patch_size > min(h, w):
+        which = f" ({name}, {w}×{h} pixels)" if name else f" ({w}×{h} pixels)"
+        fit = max(16, min(h, w) // 16 * 16)
+        raise DatasetError(f"patch_size {patch_size} is larger than the smallest image{which}: "
+                           f"set patch_size to {fit} or less, or use larger images.")
+
+
 class PatchSampler:
     """Random training patches with flips, 90° rotations and brightness/contrast/gamma jitter.
 
@@ -255,6 +294,7 @@ class PatchSampler:
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], fovs: list[np.ndarray],
                  stats: list[tuple[np.ndarray, np.ndarray]], patch_size: int, augment: bool = True):
+        check_patch_size([img.shape[-2:] for img in images], patch_size)
         self.images, self.masks, self.stats = images, masks, stats
         self.patch, self.augment = patch_size, augment
         self.centres = [np.argwhere(f > 0) if f.any() else np.argwhere(np.ones_like(f)) for f in fovs]

@@ -166,11 +166,11 @@ def test_patch_sampler_keeps_image_and_mask_aligned():
     assert np.array_equal(x, x2)
 
 
-def test_patch_larger_than_image_is_padded():
+def test_patch_larger_than_image_is_refused():  # issue 6: a sentence before training starts, not padding
     img = np.random.default_rng(0).random((1, 20, 20)).astype(np.float32)
     stats = (np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32))
-    sampler = PatchSampler([img], [np.zeros((20, 20), np.uint8)], [np.ones((20, 20), np.uint8)], [stats], 32)
-    assert sampler.sample(2, np.random.default_rng(0))[0].shape == (2, 1, 32, 32)
+    with pytest.raises(DatasetError, match="patch_size 32 is larger than the smallest image .20×20"):
+        PatchSampler([img], [np.zeros((20, 20), np.uint8)], [np.ones((20, 20), np.uint8)], [stats], 32)
 
 
 def test_synthetic_dataset_is_realistic_and_seeded(tmp_path):
