@@ -68,9 +68,16 @@ def user_errors(doing: str):
     except Exception:
         logger.exception("unexpected error while %s", doing)
         st.error(
-            f"Something unexpected went wrong while {doing}. The details were written to "
-            f"{paths.logs_dir() / 'dashboard.log'}; try again, and report it if it happens again."
+            f"Something unexpected went wrong while {doing}. The details were written to the dashboard's log "
+            f"({_log_path()}); try again, and report it if it happens again."
         )
+
+
+def _log_path() -> str:
+    try:
+        return str(paths.logs_dir() / "dashboard.log")
+    except ValueError:  # the data home cannot be written: the log goes to the terminal instead
+        return "the terminal that runs the dashboard"
 
 
 def _in_apptest() -> bool:
@@ -99,8 +106,8 @@ def _leave_legacy_multipage_mode() -> None:
 def run_page(main: Callable[[], None], doing: str) -> None:
     """Run a page's ``main`` with logging configured and errors shown as sentences."""
     _leave_legacy_multipage_mode()
-    configure_logging()
     with user_errors(doing):
+        configure_logging()  # a data home that cannot be written is reported here, as a sentence
         main()
 
 
@@ -171,13 +178,20 @@ def upload_image(label: str, *, key: str, kind: str = "image", help: str | None 
 
 
 def matching_mask(image: Upload, mask: Upload | None, what: str) -> np.ndarray | None:
-    """The mask's array when its size matches the image; otherwise an error sentence and None."""
+    """The mask's array when its size matches the image; otherwise an error sentence and None.
+
+    A field-of-view mask with no pixel set would hide the whole image, so it is refused too.
+    """
     if mask is None:
         return None
     try:
         check_same_size(image.array, mask.array, what)
     except ValueError as exc:
         st.error(f"{exc} It is ignored until then.")
+        return None
+    if "field-of-view" in what and not mask.array.any():
+        st.error(f"The {what} {mask.name} is all zero (no field of view), which would hide the whole image: "
+                 "upload the mask made for this image. It is ignored until then.")
         return None
     return mask.array
 
@@ -191,6 +205,20 @@ def load_checkpoint(path: str, mtime: float):
     from engine.infer import load_model  # torch loads only on pages that need it
 
     return load_model(path)
+
+
+def dashboard_checkpoint(path: str) -> str:
+    """``path`` when the dashboard may load it: the baseline, or a ``.pt`` file inside the data home's
+    models folder. Anything else (a path typed or pasted from elsewhere) is refused with a sentence:
+    checkpoints are pickles, and only this program's own run folders are trusted to hold them."""
+    if path == BASELINE_SOURCE:
+        return path
+    models = paths.models_dir()
+    if not paths.is_inside(path, models):
+        raise ValueError(f"{path} is outside the data home's models folder ({models}): the dashboard loads only "
+                         "checkpoints of models trained here. Copy a checkpoint into a run folder, or use the "
+                         "command line (python -m engine predict --checkpoint …).")
+    return str(Path(path).resolve())
 
 
 def checkpoint_mtime(path: str) -> float:
@@ -215,6 +243,7 @@ def _probability_map(source: str, mtime: float, digest: str, _image: np.ndarray)
 
 def probability_map(source: str, image: Upload) -> np.ndarray:
     """The probability map of ``image`` under a checkpoint path (or BASELINE_SOURCE), computed once."""
+    source = dashboard_checkpoint(source)
     return _probability_map(source, checkpoint_mtime(source), image.digest, image.array)
 
 
