@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
 
 HOME_ENV = "ML_MANAGER_HOME"
@@ -65,7 +66,30 @@ def db_path() -> Path:
 
 
 def queue_path() -> Path:
-    return data_home() / "queue.db"
+    """Huey's queue file; the data home is checked to be writable first (SQLite would only say
+    "unable to open database file", from inside Huey)."""
+    home = data_home()
+    check_writable(home)
+    return home / "queue.db"
+
+
+_WRITABLE: set[str] = set()  # folders found writable in this process (checked once each)
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """``folder`` if a file can be created in it, else StorageError; a success is remembered."""
+    folder = Path(folder)
+    if str(folder) in _WRITABLE:
+        return folder
+    probe = folder / f".write-test.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise not_writable(folder, exc) from None
+    _WRITABLE.add(str(folder))
+    return folder
 
 
 def models_dir() -> Path:
