@@ -300,6 +300,17 @@ def dashboard_model_page(model_id: str, ctx: Ctx) -> Seen:
     return seen
 
 
+def dashboard_save_preset(model_id: str, ctx: Ctx) -> Seen:
+    """The Model inference page: tune on an upload, then 'Save preset' (a database write)."""
+    at = AppTest.from_file(str(ROOT / "pages" / "model_inference.py"), default_timeout=APP_TIMEOUT)
+    at.query_params["model"] = model_id
+    at.run()
+    at.file_uploader(key="mi_images").set_value(("fundus.png", FUNDUS, "image/png")).run()
+    at.text_input(key="mi_preset_name").set_value("thin vessels")
+    at.button(key="mi_preset_save").click()
+    return _app(at.run())
+
+
 def _typed_checkpoint_page():  # an AppTest script: a text field whose path goes to the pages' shared loader
     import streamlit as st
 
@@ -548,6 +559,8 @@ ROWS: list[Row] = [
         lock="home"),
     Row("db-read-only-api", api, lambda ctx: lambda: store.create_model("new", {}, "x"),
         r"The database .*ml_manager\.db cannot be written .*Nothing was changed", lock="db"),
+    Row("db-read-only-dashboard-preset", dashboard_save_preset, lambda ctx: ctx.model_id,
+        r"The database .*ml_manager\.db cannot be written", lock="db"),
     Row("db-read-only-cli-submit", cli_process, lambda ctx: ["submit", "--data", str(ctx.dataset), "--set", "epochs=1"],
         r"error: The database .* cannot be written", lock="db"),
 ]
