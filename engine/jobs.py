@@ -166,8 +166,15 @@ class _Progress:
         if kind == "start":
             self.start_epoch, self.total_epochs = event["start_epoch"], event["total_epochs"]
             self.steps = max(1, event["steps_per_epoch"])
+            resumed = {}
+            if self.start_epoch > 1:  # a continued run: its curve goes on from the checkpoint's epoch
+                with self.conn.atomic():  # rows of an epoch whose checkpoint a crash lost are run again
+                    self.conn.execute("DELETE FROM epochs WHERE model_id = ? AND epoch >= ?",
+                                      [self.model_id, self.start_epoch])
+                resumed = dict(epochs_run=self.start_epoch - 1, best_epoch=event.get("best_epoch") or None,
+                               best_metric=event.get("best_metric"), epochs_since_best=event.get("epochs_since_best"))
             update(total_epochs=self.total_epochs, batches=self.steps, current_epoch=self.start_epoch, batch=0,
-                   heartbeat_at=now)
+                   heartbeat_at=now, **resumed)
         elif kind == "batch":
             if time.monotonic() - self._last_write < 0.25 and event["step"] != event["steps"]:
                 return
@@ -251,8 +258,8 @@ def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn
         fields["recommended_postprocess"] = result.recommended_postprocess
     if stopper.reason == "shutdown":
         fields.update(status="failed", error=(
-            f"the worker was shut down during training after {result.epochs_run} epoch(s); last.pt was kept, "
-            "start the run again with resume to continue"))
+            f"the worker was shut down during training after {result.epochs_run} epoch(s); last.pt was kept: "
+            "Continue training (or start_training with resume=True) carries on from it"))
     elif result.stop_reason == "user_stop":
         has_best = result.best_checkpoint is not None
         fields.update(status="completed" if has_best else "failed", stop_reason="user_stop",
@@ -335,7 +342,7 @@ def recover_stale_runs(at_startup: bool = False) -> list[str]:
                     row["id"], db=conn, only_if_status=("running", "stopping"), status="failed", eta_s=None,
                     finished_at=store.utc_now(),
                     error=f"the worker stopped while training (last heartbeat {beat}); the checkpoints saved "
-                          "until then were kept")
+                          "until then were kept, and Continue training carries on from last.pt")
             else:
                 store.update_inference_job(row["id"], db=conn, status="failed", finished_at=store.utc_now(),
                                            error=f"the worker stopped while this job ran (last heartbeat {beat}); "
@@ -344,6 +351,9 @@ def recover_stale_runs(at_startup: bool = False) -> list[str]:
             if changed:
                 failed.append(row["id"])
                 log.warning("%s %s marked failed: last heartbeat %s", kind, row["id"], beat)
+                if kind == "model":  # its writer is gone: a half-written checkpoint is of no use to anyone
+                    for tmp in paths.checkpoints_dir(row["id"]).glob(".*.tmp"):
+                        tmp.unlink(missing_ok=True)
     finally:
         conn.close()
     return failed
@@ -445,29 +455,41 @@ def _training_config(config: Any) -> dict:
     return TrainingConfig.from_dict(config if config is not None else {}).to_dict()
 
 
+def _check_startable(row: dict, resume: bool) -> None:
+    if (row["status"] == "queued" and not row["task_id"]) or row["status"] in (
+            ("failed", "completed") if resume else ("failed",)):
+        return
+    what = {"queued": "is already queued", "running": "is running", "stopping": "is stopping",
+            "completed": "has already completed; continue it with resume=True (the Continue training button) "
+                         "or create a new model to train again"}[row["status"]]
+    raise ValueError(f"Model {row['id']!r} {what}.")
+
+
 def start_training(model_id: str, training_config: Any, resume: bool = False) -> str:
     """Queue the training of an existing model row and return the Huey task id.
 
-    Allowed for a model never started, or for a ``failed`` one (``resume=True`` continues from its
-    ``last.pt``). Anything else raises ValueError and changes nothing.
+    Allowed for a model never started, for a ``failed`` one, and with ``resume=True`` for a ``completed``
+    one: ``resume=True`` continues from its ``last.pt`` (epochs, optimiser, schedule, early stopping and
+    the curves carry on; ``engine.train.check_resume`` says what to change when nothing is left to run).
+    Anything else raises ValueError and changes nothing.
     """
     config = _training_config(training_config)
+    _check_startable(store.get_model(model_id), resume)
+    resume_from = None
+    if resume:  # read the file before taking the registry's write lock
+        from engine.train import TrainingConfig, check_resume
+
+        last = paths.checkpoints_dir(model_id) / "last.pt"
+        if not last.exists():
+            raise ValueError(f"Model {model_id!r} has no last.pt to continue from (no epoch was saved): "
+                             "start it again without resume.")
+        check_resume(last, TrainingConfig.from_dict(config))
+        resume_from = str(last)
     q = _queue()
     conn = store.connect()
     try:
         with store.immediate(conn):
-            row = store.get_model(model_id, db=conn)
-            fresh = row["status"] == "queued" and not row["task_id"]
-            if not fresh and row["status"] != "failed":
-                what = {"queued": "is already queued", "running": "is running", "stopping": "is stopping",
-                        "completed": "has already completed; create a new model to train again"}[row["status"]]
-                raise ValueError(f"Model {model_id!r} {what}.")
-            resume_from = None
-            if resume:
-                last = paths.checkpoints_dir(model_id) / "last.pt"
-                if not last.exists():
-                    raise ValueError(f"Model {model_id!r} has no last.pt to resume from; start it without resume.")
-                resume_from = str(last)
+            _check_startable(store.get_model(model_id, db=conn), resume)
             task = train_model_task.s(model_id, config, resume_from)
             now = store.utc_now()
             store.update_model(model_id, db=conn, status="queued", task_id=task.id, config=config, queued_at=now,

@@ -291,6 +291,39 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def check_resume(checkpoint: str | Path, config: TrainingConfig) -> dict[str, Any]:
+    """The checkpoint dict when ``config`` can continue it; otherwise TrainingError saying what to change.
+
+    Refused: an unreadable file (CheckpointError), other architecture or preprocessing settings, no epoch
+    left (``epochs`` not above the saved epoch), an early stop that would trigger again at once (patience
+    not above the epochs already waited), a time budget already spent.
+    """
+    from engine.infer import load_checkpoint_dict
+
+    ckpt = load_checkpoint_dict(checkpoint)
+    missing = [k for k in ("state_dict", "optimizer", "early_stopping", "epoch", "config") if k not in ckpt]
+    if missing:
+        raise TrainingError(f"{Path(checkpoint).name} lacks {', '.join(missing)}, so training cannot continue "
+                            "from it: continue from a last.pt written by this program.")
+    changed = [k for k in ARCHITECTURE_KEYS if ckpt["config"].get(k) != getattr(config, k)]
+    if changed:
+        raise TrainingError(f"Cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
+                            "keep those settings as they were.")
+    done, waited = int(ckpt["epoch"]), int(ckpt["early_stopping"].get("wait", 0))
+    if done >= config.epochs:
+        raise TrainingError(f"The checkpoint already ran {done} epoch(s) and epochs is {config.epochs}: "
+                            f"raise epochs above {done} to continue.")
+    if config.early_stopping_patience and waited >= config.early_stopping_patience:
+        raise TrainingError(f"The run already went {waited} epoch(s) without improvement, which reaches "
+                            f"early_stopping_patience {config.early_stopping_patience}: raise the patience "
+                            f"above {waited} to continue.")
+    spent = float(ckpt.get("elapsed_seconds", 0.0)) / 60
+    if config.max_minutes and spent >= config.max_minutes:
+        raise TrainingError(f"The run already used its time budget ({spent:.1f} of max_minutes "
+                            f"{config.max_minutes:g}): raise max_minutes or set it to 0 to continue.")
+    return ckpt
+
+
 def _dice_counts(prob: np.ndarray, mask: np.ndarray, fov: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int]:
     inside = fov.astype(bool)
     pred, true = (prob >= threshold)[inside], mask.astype(bool)[inside]
@@ -310,7 +343,7 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
           on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
           resume_from: str | Path | None = None) -> TrainResult:
     """Train a U-Net; writes best.pt / last.pt (and epoch_XXX.pt) to ``out_dir``. See docs/ARCHITECTURE.md."""
-    from engine.infer import ARCH, FORMAT_VERSION, StopRequested, build_model, load_checkpoint_dict, sliding_window_logits
+    from engine.infer import ARCH, FORMAT_VERSION, StopRequested, build_model, sliding_window_logits
 
     if not isinstance(config, TrainingConfig):
         raise TypeError("config must be a TrainingConfig (use TrainingConfig.from_dict for a dict).")
@@ -347,12 +380,7 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
     history: list[dict] = []
     start_epoch, elapsed_before, global_step = 1, 0.0, 0
     if resume_from is not None:
-        ckpt = load_checkpoint_dict(resume_from)
-        saved = ckpt["config"]
-        changed = [k for k in ARCHITECTURE_KEYS if saved.get(k) != getattr(c, k)]
-        if changed:
-            raise TrainingError(f"Cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
-                                "keep those settings as they were.")
+        ckpt = check_resume(resume_from, c)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         for group in optimizer.param_groups:  # a resumed run may change the learning rate settings
@@ -379,10 +407,9 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
         return elapsed_before + time.monotonic() - t_start
 
     best_path, last_path = out / "best.pt", out / "last.pt"
-    if start_epoch > c.epochs:
-        raise TrainingError(f"The checkpoint already ran {start_epoch - 1} epochs: raise epochs above that to continue.")
     emit({"type": "start", "start_epoch": start_epoch, "total_epochs": c.epochs, "steps_per_epoch": c.steps_per_epoch,
-          "n_train": len(train_idx), "n_val": len(val_idx), "device": str(device)})
+          "n_train": len(train_idx), "n_val": len(val_idx), "device": str(device),
+          "best_epoch": stopper.best_epoch, "best_metric": stopper.best, "epochs_since_best": stopper.wait})
     stop_reason, epoch_done = "max_epochs", start_epoch - 1
     if c.max_minutes and elapsed() >= c.max_minutes * 60:
         stop_reason = "time_limit"

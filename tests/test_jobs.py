@@ -1,14 +1,13 @@
 """The queue with a real ``huey_consumer`` process on a temporary data home, real SQLite and real training.
 
 Each test that needs a worker starts ``huey_consumer engine.jobs.huey -k thread -w 2`` in a context
-manager (as huey's own tests/base.py does) with ML_MANAGER_HOME set before it starts, and stops it
-with SIGINT. Trainings are tiny (64×64 synthetic images, 4 base channels, a few steps per epoch).
+manager (``tests.worker_helpers.Worker``, as huey's own tests/base.py does) with ML_MANAGER_HOME set
+before it starts, and stops it with SIGINT. Trainings are tiny (64×64 synthetic images, 4 base channels, a few steps per epoch).
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,74 +22,13 @@ from engine.cli import main as cli_main
 from engine.data import make_synthetic_dataset
 from storage import db as store
 from storage import paths
+from tests.worker_helpers import Worker, load_checkpoint, status_of, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {"base_channels": 4, "depth": 2, "patch_size": 32, "batch_size": 2, "steps_per_epoch": 3, "epochs": 3,
         "num_threads": 1, "val_fraction": 0.25, "early_stopping_patience": 0, "calibrate_postprocess": False}
 LONG = {**TINY, "epochs": 10_000}  # runs until stopped
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def status_of(model_id: str) -> str:
-    return store.get_model(model_id)["status"]
-
-
-class Worker:
-    """A real consumer process on ``home``; ``with Worker(home):`` starts it and stops it with SIGINT."""
-
-    def __init__(self, home: Path, workers: int = 2):
-        self.home, self.workers, self.proc = home, workers, None
-        self.log = home / "logs" / "worker.log"
-
-    def start(self) -> "Worker":
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ML_MANAGER_HOME": str(self.home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        consumer = Path(sys.executable).with_name("huey_consumer")
-        command = ([str(consumer)] if consumer.exists() else
-                   [sys.executable, "-c", "from huey.bin.huey_consumer import consumer_main; consumer_main()"])
-        since = time.time()
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(command + ["engine.jobs.huey", "-k", "thread", "-w", str(self.workers),
-                                                    "-m", "0.5"], cwd=ROOT, env=env, stdout=log, stderr=log)
-        wait_for(lambda: self._beat_since(since), 60, 0.1, "the worker's first heartbeat")
-        return self
-
-    def _beat_since(self, since: float) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-        beat = store.worker_heartbeat()
-        return beat is not None and beat.timestamp() >= since - 0.5
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(timeout)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def __enter__(self) -> "Worker":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.stop()
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +51,6 @@ def worker(shared_home, monkeypatch):
     monkeypatch.setenv("ML_MANAGER_HOME", str(shared_home.home))
     assert shared_home.proc.poll() is None, "the shared worker died"
     return shared_home
-
-
-def load_checkpoint(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --------------------------------------------------------------------------- with a running worker
