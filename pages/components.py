@@ -394,10 +394,12 @@ def _show_stats(result: PostProcessResult) -> None:
     kept, removed = int(result.mask.sum()), int(result.removed.sum())
     parts = []
     for name, value in (result.stats or {}).items():
-        if isinstance(value, dict):
-            parts += [f"{name} {k}: {_fmt(v)}" for k, v in value.items()]
+        if name == "timings_ms":  # per-step timings are for benchmarks; users see only the total
+            parts.append(f"computed in {_fmt((value or {}).get('total', 0.0))} ms")
+        elif isinstance(value, dict):
+            parts += [f"{name.replace('_', ' ')} by {k}: {_fmt(v)}" for k, v in value.items()]
         else:
-            parts.append(f"{name}: {_fmt(value)}")
+            parts.append(f"{name.replace('_', ' ')}: {_fmt(value)}")
     st.markdown(
         f"**Vessel pixels kept:** {kept:,} · **Pixels removed by filters:** {removed:,} · "
         f"**Share of image:** {100 * kept / result.mask.size:.2f} %"
@@ -626,7 +628,9 @@ def curves_figure(runs: list[tuple[str, list[dict], int | None]], smoothing: flo
                                      name=f"{label}: best epoch {best_epoch}" if several else f"best epoch {best_epoch}"),
                           row=1, col=2)
             fig.add_vline(x=best_epoch, line=dict(color="gold", width=1, dash="dash"), row=1, col=2)
-    fig.update_yaxes(type="log", row=1, col=3)
-    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)  # Dice lives in [0, 1]; a free axis exaggerates noise
+    fig.update_yaxes(type="log", dtick=1, row=1, col=3)  # labels at powers of ten only
+    longest = max((len(rows) for _, rows, _ in runs), default=0)
+    fig.update_xaxes(title_text="epoch", dtick=1 if longest <= 10 else None, rangemode="tozero")
     fig.update_layout(height=330, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     return fig
