@@ -1,4 +1,6 @@
 """ML Manager dashboard: navigation only. Each page lives in pages/; shared widgets in pages/components.py."""
+import threading
+
 import streamlit as st
 
 from pages.components import configure_logging
@@ -6,9 +8,28 @@ from pages.components import configure_logging
 st.set_page_config(page_title="ML Manager", page_icon=":material/visibility:", layout="wide")
 configure_logging()
 
+
+@st.cache_resource(show_spinner=False)
+def warm_up_imports() -> threading.Thread:
+    """Import torch and the engine once per server, in the background, while the Overview draws.
+
+    On a cold start the first visit to the Train page otherwise shows a blank page for 5-10 s
+    (importing torch); a new user reads the Overview first, and by then the import is done.
+    """
+    def work() -> None:
+        import engine.infer  # noqa: F401  (imports torch)
+        import engine.jobs  # noqa: F401
+        import engine.train  # noqa: F401
+
+    thread = threading.Thread(target=work, name="warm-up-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+overview = st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True)
 pg = st.navigation(
     [
-        st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+        overview,
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/models.py", title="Models", icon=":material/table_view:"),
         st.Page("pages/model_inference.py", title="Model inference", icon=":material/search_insights:", url_path="model_inference"),
@@ -16,4 +37,10 @@ pg = st.navigation(
         st.Page("pages/postprocess.py", title="Post-processing", icon=":material/tune:", url_path="postprocess"),
     ]
 )
+warm_up = warm_up_imports()
+if pg.url_path != overview.url_path:
+    # Other pages import the engine themselves; two threads importing the same modules at once
+    # can deadlock on import locks, so they wait for the warm-up (instant once it has finished).
+    with st.spinner("Loading the engine (first visit after start-up)…", show_time=True):
+        warm_up.join()
 pg.run()
