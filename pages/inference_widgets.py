@@ -51,7 +51,8 @@ def workspace(source: str, *, key: str, defaults: PostProcessConfig | None) -> N
     images = upload_images("Fundus images", key=f"{key}_images", multiple=True,
                            help="PNG, JPEG, TIFF, GIF, PPM or BMP; several at once.")
     if not images:
-        st.info("Upload one or more fundus photographs to see the model's vessel map.")
+        st.info("Upload one or more fundus photographs to see the model's vessel map (the images of a synthetic "
+                f"data set are in `{paths.datasets_dir()}/synthetic_…/images/`).")
         return
     names = [u.name for u in images]
     index = st.selectbox("Image to tune on", range(len(images)), format_func=names.__getitem__,

@@ -10,6 +10,7 @@ from pages.components import (
     run_page,
     upload_image,
 )
+from storage import paths
 
 
 def main() -> None:
@@ -29,7 +30,9 @@ def main() -> None:
         fov_up = upload_image("Field-of-view mask (optional)", key="pp_fov", kind="mask",
                               help="Pixels outside the field of view are cleared and left out of the metrics.")
     if image is None:
-        st.info("Upload a fundus photograph to start; DRIVE's images/*.tif work as they are.")
+        st.info("Upload a fundus photograph to start; DRIVE's images/*.tif work as they are. No photograph at hand? "
+                "Generate a synthetic data set on the Train page and upload one of its images, from "
+                f"`{paths.datasets_dir()}/synthetic_…/images/`.")
         return
     truth = matching_mask(image, truth_up, "ground-truth mask")
     fov = matching_mask(image, fov_up, "field-of-view mask")
