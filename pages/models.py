@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.components import age_text, curves_figure, forget_queries, query, run_duration, run_page
+from pages.train_widgets import continue_controls
 
 ACTIVE = ("queued", "running", "stopping")
 
@@ -91,6 +92,7 @@ def detail(model: dict) -> None:
             st.caption("Not calibrated (yet).")
     st.markdown("**Checkpoints**")
     checkpoints(model)
+    continue_controls(model, "models_continue")
     delete_controls(model)
 
 

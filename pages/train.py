@@ -9,7 +9,9 @@ from pages.train_widgets import (
     dataset_summary,
     generate_synthetic,
     registered_datasets,
+    release_start_button,
     run_monitor,
+    start_button_held,
     submit_callback,
     training_form,
 )
@@ -90,6 +92,7 @@ def monitor() -> None:
     watch = st.session_state.get("train_watch")
     if watch and all(m["id"] != watch for m in rows):
         rows += [m for m in query("list_models") if m["id"] == watch]  # keeps showing its final status
+    release_start_button()
     if not rows:
         st.caption("No active run.")
     for row in rows:
@@ -107,9 +110,14 @@ def main() -> None:
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
         training_form(defaults)
         # The run is queued inside the button's callback, which Streamlit runs to the end before it
-        # redraws anything; a second click with the same settings within 15 s is recognised and ignored.
-        st.form_submit_button("Start training", type="primary", key="train_start", disabled=not usable,
-                              on_click=submit_callback, args=(defaults,))
+        # redraws anything (a script body can be interrupted by the next click); the button is then drawn
+        # disabled for a few seconds, and a second click that arrived before that redraw is recognised
+        # (same settings within 15 s) and ignored.
+        held = start_button_held()
+        st.form_submit_button("Start training", type="primary", key="train_start", disabled=not usable or held,
+                              on_click=submit_callback, args=(defaults,),
+                              help="Disabled for a few seconds after a run was queued, so a double click "
+                                   "does not queue it twice.")
     message = st.session_state.get("train_message")
     if message:
         getattr(st, message[0])(message[1])

@@ -143,8 +143,109 @@ def submit_callback(defaults: TrainingConfig) -> None:
                                        "logs/dashboard.log.")
         return
     s["train_last_submit"] = (payload, time.monotonic())
+    s["train_submitted_at"] = time.monotonic()  # draws the Start button disabled for SUBMIT_HOLD_S
     s["train_watch"] = model_id
     s["train_message"] = ("success", f"Queued model {model_id}: it starts as soon as the worker has a free slot.")
+    forget_queries()
+
+
+SUBMIT_HOLD_S = 3.0  # the Start button stays disabled this long after a run was queued
+
+
+def start_button_held() -> bool:
+    """True while the Start button is shown disabled after a submission; clears the hold once it expired."""
+    at = st.session_state.get("train_submitted_at")
+    if at is not None and time.monotonic() - at >= SUBMIT_HOLD_S:
+        st.session_state.pop("train_submitted_at", None)
+        return False
+    return at is not None
+
+
+def release_start_button() -> None:
+    """Called by the monitor (which re-runs every 2 s): redraw the page once the hold has expired."""
+    at = st.session_state.get("train_submitted_at")
+    if at is not None and time.monotonic() - at >= SUBMIT_HOLD_S:
+        st.session_state.pop("train_submitted_at", None)
+        st.rerun(scope="app")
+
+
+# --------------------------------------------------------------------------------------------
+# Continuing a stopped or failed run from its last.pt
+# --------------------------------------------------------------------------------------------
+@st.cache_data(ttl=60, show_spinner=False, max_entries=64)
+def resume_point(path: str, mtime: float) -> dict:
+    """What last.pt holds for continuing: its epoch, epochs without improvement, minutes trained."""
+    from engine.infer import load_checkpoint_dict
+
+    ckpt = load_checkpoint_dict(path)  # CheckpointError (a ValueError) with a sentence; not cached
+    stopper = ckpt.get("early_stopping") or {}
+    return {"epoch": int(ckpt.get("epoch") or 0), "wait": int(stopper.get("wait") or 0),
+            "minutes": float(ckpt.get("elapsed_seconds") or 0.0) / 60}
+
+
+def continue_controls(row: dict, key: str) -> None:
+    """"Continue training" for a stopped or failed run: queues it with resume=True from its last.pt."""
+    mid, s = row["id"], st.session_state
+    message = s.get(f"{key}_msg_{mid}")
+    if message:  # a success is shown once; an error stays until the next click
+        getattr(st, message[0])(message[1])
+        if message[0] == "success":
+            s.pop(f"{key}_msg_{mid}")
+    if row["status"] not in ("completed", "failed"):
+        return
+    last = paths.checkpoints_dir(mid) / "last.pt"
+    if not last.is_file():
+        if row["status"] == "failed":
+            st.caption("No last.pt was saved (no epoch finished), so this run cannot be continued: start a new one.")
+        return
+    try:
+        point = resume_point(str(last), last.stat().st_mtime)
+    except ValueError as exc:
+        st.warning(f"This run cannot be continued: {exc}")
+        return
+    config = json.loads(row["config"])
+    saved, patience, budget = point["epoch"], config.get("early_stopping_patience", 0), config.get("max_minutes", 0)
+    fields = {"epochs": max(saved + 1, config["epochs"] if config["epochs"] > saved else 2 * saved)}
+    if patience and point["wait"] >= patience:
+        fields["early_stopping_patience"] = point["wait"] + patience
+    if budget and point["minutes"] >= budget:
+        fields["max_minutes"] = round(point["minutes"] + budget, 1)
+    with st.form(f"{key}_form_{mid}", border=False):
+        st.markdown(f"**Continue training** from last.pt (epoch {saved}): the curves, the optimiser, the schedule "
+                    "and early stopping carry on.")
+        cols = st.columns(3)
+        cols[0].number_input("Train until epoch", min_value=saved + 1, max_value=100_000, step=1,
+                             value=fields["epochs"], key=f"{key}_epochs_{mid}",
+                             help="Raise it to train longer than the original limit; with the cosine schedule "
+                                  "the learning rate follows the new length from here.")
+        if "early_stopping_patience" in fields:
+            cols[1].number_input("Early-stopping patience", min_value=point["wait"] + 1, max_value=100_000, step=1,
+                                 value=fields["early_stopping_patience"], key=f"{key}_early_stopping_patience_{mid}",
+                                 help=f"It stopped after {point['wait']} epochs without improvement; allow more.")
+        if "max_minutes" in fields:
+            cols[2].number_input("Time budget (minutes)", min_value=0.0, value=fields["max_minutes"],
+                                 key=f"{key}_max_minutes_{mid}", help="Its time budget is spent; 0 = no budget.")
+        st.form_submit_button("Continue training", key=f"{key}_go_{mid}", on_click=_continue,
+                              args=(mid, config, key, fields))
+
+
+def _continue(model_id: str, config: dict, key: str, fields: dict) -> None:
+    from engine.jobs import start_training
+
+    s = st.session_state
+    updates = {name: type(default)(s.get(f"{key}_{name}_{model_id}", default)) for name, default in fields.items()}
+    try:
+        start_training(model_id, {**config, **updates}, resume=True)
+    except ValueError as exc:
+        s[f"{key}_msg_{model_id}"] = ("error", str(exc))
+    except Exception:
+        logger.exception("could not continue model %s", model_id)
+        s[f"{key}_msg_{model_id}"] = ("error", "The run could not be queued because of an unexpected error; "
+                                               "details are in logs/dashboard.log.")
+    else:
+        s[f"{key}_msg_{model_id}"] = ("success", f"Queued: it continues up to epoch {updates['epochs']} as soon as "
+                                                 "the worker has a free slot (watch it on the Train page).")
+        s["train_watch"] = model_id
     forget_queries()
 
 
@@ -158,6 +259,7 @@ def _stop(model_id: str) -> None:
         st.session_state[f"train_stop_msg_{model_id}"] = stop_training(model_id)
     except ValueError as exc:
         st.session_state[f"train_stop_msg_{model_id}"] = str(exc)
+    st.session_state["train_watch"] = model_id  # keep showing it once it stopped, with Continue training
     forget_queries()
 
 
@@ -187,3 +289,5 @@ def run_monitor(row: dict, smoothing: float) -> None:
         st.button("Stop", key=f"train_stop_{mid}", on_click=_stop, args=(mid,))
     elif status == "stopping":
         st.button("stopping…", key=f"train_stop_{mid}", disabled=True)
+    elif status == "failed" or row.get("stop_reason") in ("user_stop", "time_limit"):
+        continue_controls(row, "train_continue")
