@@ -61,6 +61,9 @@ def live() -> None:
                                                  f"ETA {age_text(m.get('eta_s'))}")
     if not models:
         st.info("No models yet: train one on the Train page, or tune post-processing on any image right away.")
+        st.page_link("pages/train.py", label="Train a first model (no data needed: generate a synthetic set)",
+                     icon=":material/model_training:")
+        st.page_link("pages/postprocess.py", label="Tune post-processing on an image", icon=":material/tune:")
         return
     model_table(models)
 
