@@ -1,4 +1,5 @@
 """ML Manager dashboard: navigation only. Each page lives in pages/; shared widgets in pages/components.py."""
+import logging
 import threading
 
 import streamlit as st
@@ -17,9 +18,12 @@ def warm_up_imports() -> threading.Thread:
     (importing torch); a new user reads the Overview first, and by then the import is done.
     """
     def work() -> None:
-        import engine.infer  # noqa: F401  (imports torch)
-        import engine.jobs  # noqa: F401
-        import engine.train  # noqa: F401
+        try:
+            import engine.infer  # noqa: F401  (imports torch)
+            import engine.jobs  # noqa: F401
+            import engine.train  # noqa: F401
+        except Exception:  # the page that needs the module imports it again and shows the error as a sentence
+            logging.getLogger("ml_manager.dashboard").exception("warming up the engine imports failed")
 
     thread = threading.Thread(target=work, name="warm-up-imports", daemon=True)
     thread.start()
