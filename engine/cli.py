@@ -73,7 +73,14 @@ class ProgressBar:
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.train import TrainingConfig, parse_set_option, train
 
-    config = TrainingConfig.from_dict(_read_json(args.config, "config")) if args.config else TrainingConfig()
+    if args.config:
+        config = TrainingConfig.from_dict(_read_json(args.config, "config"))
+    elif args.resume:  # continuing: the checkpoint's own settings, changed only by --set
+        from engine.infer import load_checkpoint_dict
+
+        config = TrainingConfig.from_dict(load_checkpoint_dict(args.resume).get("config") or {})
+    else:
+        config = TrainingConfig()
     updates = dict(parse_set_option(item) for item in args.set or [])
     if args.max_minutes is not None:
         if not args.max_minutes > 0:
@@ -97,9 +104,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                        resume_from=args.resume)
     finally:
         signal.signal(signal.SIGINT, previous)
-    if result.best_checkpoint is None:
+    if result.best_checkpoint is None and not result.epochs_run:
         print(f"no epoch finished; last checkpoint: {result.last_checkpoint}")
         return 1
+    if result.best_checkpoint is None:  # continued into another folder without beating the checkpoint's best
+        print(f"no epoch beat the best of the checkpoint it continued; last checkpoint: {result.last_checkpoint}")
+        return 0
     print(f"best checkpoint: {result.best_checkpoint}")
     return 0
 
@@ -231,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with training options")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes")
-    p.add_argument("--resume", help="continue from this last.pt")
+    p.add_argument("--resume", metavar="CKPT", help="continue from this last.pt with its own settings (change them "
+                   "with --set, e.g. --set epochs=80 to train longer)")
     p.set_defaults(func=cmd_train)
 
     for name, helptext in (("predict", "write probability and mask PNGs"), ("evaluate", "print metrics as JSON")):

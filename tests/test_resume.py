@@ -112,6 +112,16 @@ def test_cli_resume_with_no_epoch_left_is_one_sentence(two_then_four, synth, tmp
     assert (code, err.startswith("error: The checkpoint already ran 4 epoch(s)"), "Traceback" in err) == (2, True, False)
 
 
+def test_cli_resume_takes_the_checkpoints_own_settings(two_then_four, synth, tmp_path, capsys):
+    last = tmp_path / "last.pt"
+    shutil.copy(two_then_four[3].last_checkpoint, last)
+    code = cli_main(["train", "--data", str(synth), "--out", str(tmp_path), "--resume", str(last), "--set", "epochs=5"])
+    out = capsys.readouterr().out
+    history = [h["epoch"] for h in load_checkpoint(last)["history"]]
+    assert (code, "epochs 5-5" in out, history, load_checkpoint(last)["config"]["base_channels"]) == (
+        0, True, [1, 2, 3, 4, 5], 4)
+
+
 def test_training_error_is_a_value_error():
     assert issubclass(TrainingError, ValueError)
 
