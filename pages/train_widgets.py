@@ -44,7 +44,24 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "plateau_factor": ("Early stopping and LR", "plateau: multiply the LR by this when stuck."),
     "plateau_patience": ("Early stopping and LR", "plateau: epochs without improvement before lowering the LR."),
     "max_minutes": ("Early stopping and LR", "Wall-clock budget in minutes; 0 = none."),
+    "base_channels": ("Advanced", "Channels of the first U-Net level (doubling per level); 8 is fast on a CPU, "
+                                  "16 a little more accurate and about twice as slow."),
+    "depth": ("Advanced", "Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
+    "channel": ("Advanced", "Input channel: green has the best vessel contrast in fundus photographs."),
+    "clahe": ("Advanced", "Contrast-limited adaptive histogram equalisation before the network; saved with the "
+                          "model and applied again at inference."),
+    "normalization": ("Advanced", "zscore: per image inside the field of view; unit: divide by 255."),
+    "optimizer": ("Advanced", "AdamW, the only optimiser offered."),
+    "device": ("Advanced", "auto picks a CUDA GPU, then Apple MPS, then the CPU."),
+    "num_threads": ("Advanced", "Torch CPU threads; 0 leaves torch's default (all cores)."),
+    "checkpoint_every": ("Advanced", "Also keep epoch_XXX.pt every this many epochs; 0 keeps only best.pt and "
+                                     "last.pt."),
+    "calibrate_postprocess": ("Advanced", "At the end, search the post-processing settings that give the best "
+                                          "Dice on the validation images; the inference pages open with them."),
 }
+LABELS = {"lr_schedule": "LR schedule", "min_learning_rate": "Minimum learning rate", "clahe": "CLAHE",
+          "calibrate_postprocess": "Calibrate post-processing", "early_stopping_monitor": "Early-stopping monitor",
+          "early_stopping_patience": "Early-stopping patience"}
 
 
 def _choices(field: str) -> tuple | None:
@@ -54,7 +71,7 @@ def _choices(field: str) -> tuple | None:
 def _widget(field: dataclasses.Field, default):
     key = f"train_cfg_{field.name}"
     group_help = FIELD_HELP.get(field.name, ("Advanced", None))[1]
-    label = field.name.replace("_", " ").capitalize()
+    label = LABELS.get(field.name) or field.name.replace("_", " ").capitalize()
     if isinstance(default, bool):
         return st.toggle(label, value=default, key=key, help=group_help)
     options = _choices(field.name)
