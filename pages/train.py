@@ -23,7 +23,9 @@ SOURCES = ["Registered data set", "Folder path", "Upload a zip", "Generate a syn
 
 def choose_dataset() -> str | None:
     s = st.session_state
-    source = st.radio("Data set", SOURCES, key="train_source", horizontal=True)
+    # A new data home has no data set: open on the synthetic generator, the one choice that needs no data.
+    source = st.radio("Data set", SOURCES, key="train_source", horizontal=True,
+                      index=0 if registered_datasets() else SOURCES.index("Generate a synthetic data set"))
     if source == "Registered data set":
         names = registered_datasets()
         if not names:
@@ -46,6 +48,9 @@ def choose_dataset() -> str | None:
     b.number_input("Size (px)", 32, 1024, 96, step=32, key="train_synth_size")
     c.number_input("Seed", 0, 10_000, 0, key="train_synth_seed")
     st.button("Generate the synthetic data set", key="train_synth_go", on_click=_synthesize)
+    st.caption("Synthetic fundus-like images with known vessels, to try the whole product without data. "
+               "The default form is sized for real data and runs for tens of minutes on a CPU; for a first "
+               "try set Epochs 5 and Steps per epoch 20 (a few minutes).")
     return None
 
 
