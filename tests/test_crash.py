@@ -8,7 +8,8 @@ worker: the test freezes it with SIGSTOP when the traces say it is in the phase,
 nothing can move, and only then sends SIGKILL (otherwise SIGCONT and aim again):
 
 * batch: the run's row shows a batch of the current epoch below the last one (the last batch is
-  always recorded at once), and that epoch has no metrics row yet;
+  always recorded at once) and that epoch has no metrics row yet, or the epoch is over and saved
+  down to its last checkpoint row (so the next epoch's batches run);
 * validation: the last batch of the epoch is recorded, its metrics row is not, and no checkpoint
   is being written;
 * checkpoint write: a temporary file of an atomic write (``.best.pt.<pid>.tmp`` …) is in the run's
@@ -69,14 +70,21 @@ class Probe:
     def temp_files(self) -> list[str]:
         return sorted(e.name for e in os.scandir(self.folder) if e.name.endswith(".tmp"))
 
+    def saved(self, epoch: int) -> bool:
+        """The epoch's last bookkeeping step (its epoch_XXX.pt row) is done."""
+        return self.conn.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND kind = 'epoch' AND epoch = ?",
+                                 [self.model_id, epoch]).fetchone() is not None
+
     def phase(self) -> str | None:
         """The phase the traces show now (None: between phases or not running)."""
         if self.temp_files():
             return "checkpoint"
         r = self.row()
-        if r["status"] != "running" or not r["epoch"] or not r["batches"] or self.logged(r["epoch"]):
+        if r["status"] != "running" or not r["epoch"] or not r["batches"]:
             return None
-        if 1 <= (r["batch"] or 0) < r["batches"]:
+        if self.logged(r["epoch"]):  # the epoch is over: once fully saved, the next one's batches run
+            return "batch" if self.saved(r["epoch"]) else None
+        if 1 <= (r["batch"] or 0) < r["batches"]:  # progress rows are throttled, but the last batch is always written
             return "batch"
         return "validation" if r["batch"] == r["batches"] else None
 
