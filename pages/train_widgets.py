@@ -251,10 +251,12 @@ def _continue(model_id: str, config: dict, key: str, fields: dict) -> None:
 
     s = st.session_state
     updates = {name: type(default)(s.get(f"{key}_{name}_{model_id}", default)) for name, default in fields.items()}
+    recent = time.monotonic() - s.get(f"{key}_queued_{model_id}", -1e9) < 15
     try:
         start_training(model_id, {**config, **updates}, resume=True)
-    except ValueError as exc:
-        s[f"{key}_msg_{model_id}"] = ("error", str(exc))
+    except ValueError as exc:  # a second click of a double click finds the run queued already
+        s[f"{key}_msg_{model_id}"] = ("info", "It was queued a moment ago; it was not queued twice.") if recent \
+            else ("error", str(exc))
     except Exception:
         logger.exception("could not continue model %s", model_id)
         s[f"{key}_msg_{model_id}"] = ("error", "The run could not be queued because of an unexpected error; "
@@ -262,7 +264,7 @@ def _continue(model_id: str, config: dict, key: str, fields: dict) -> None:
     else:
         s[f"{key}_msg_{model_id}"] = ("success", f"Queued: it continues up to epoch {updates['epochs']} as soon as "
                                                  "the worker has a free slot (watch it on the Train page).")
-        s["train_watch"] = model_id
+        s["train_watch"], s[f"{key}_queued_{model_id}"] = model_id, time.monotonic()
     forget_queries()
 
 

@@ -193,13 +193,14 @@ def open_app(page: str, query: dict | None = None, state: dict | None = None) ->
 
 def test_models_page_continue_button_queues_the_run_with_raised_epochs(home, synth, two_then_four):
     model_id = stopped_model(synth, Path(two_then_four[3].last_checkpoint), "max_epochs")
-    at = open_app("pages/models.py", {"model": model_id})
+    at, other_tab = (open_app("pages/models.py", {"model": model_id}) for _ in range(2))
     at.number_input(key=f"models_continue_epochs_{model_id}").set_value(6)
     at.button(key=f"models_continue_go_{model_id}").click().run()
+    other_tab.button(key=f"models_continue_go_{model_id}").click().run()  # a second tab still shows the button
     row = store.get_model(model_id)
     assert (not at.exception, row["status"], json.loads(row["config"])["epochs"], row["total_epochs"],
-            jobs._queue().pending_count(), any("continues up to epoch 6" in s.value for s in at.success)) == (
-        True, "queued", 6, 6, 1, True)
+            jobs._queue().pending_count(), any("continues up to epoch 6" in s.value for s in at.success),
+            any("is already queued" in e.value for e in other_tab.error)) == (True, "queued", 6, 6, 1, True, True)
 
 
 def test_train_monitor_offers_continue_for_a_stopped_run(home, synth, two_then_four):
