@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -283,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted.", file=sys.stderr)
         return 130
+    except sqlite3.Error as exc:  # storage turns known cases into sentences; this is the backstop
+        print(f"error: the run registry could not be used ({exc}); nothing was changed.", file=sys.stderr)
+        return EXIT_USER_ERROR
     except (ValueError, OSError) as exc:  # DatasetError, CheckpointError, ImageReadError, config errors, CliError
         message = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):

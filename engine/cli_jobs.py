@@ -35,26 +35,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_stop)
 
 
-def _read_config(path: str | None) -> dict:
-    if not path:
-        return {}
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"The config file {file} does not exist.")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"The config file {file} is not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"The config file {file} must hold a JSON object of training options.")
-    return data
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
+    from engine.cli import _read_json  # shared with `train --config`; imported late: cli imports this module
     from engine.jobs import submit_training
     from engine.train import TrainingConfig, parse_set_option
 
-    config = TrainingConfig.from_dict(_read_config(args.config))
+    config = TrainingConfig.from_dict(_read_json(args.config, "config") if args.config else {})
     config = config.with_updates(**dict(parse_set_option(item) for item in args.set or []))
     data = Path(args.data)
     if not data.is_dir():

@@ -505,11 +505,13 @@ def start_training(model_id: str, training_config: Any, resume: bool = False) ->
 
 def submit_training(name: str, dataset: str | os.PathLike, config: Any) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id."""
-    from engine.data import load_dataset
+    from engine.data import check_patch_size, load_dataset
 
     config = _training_config(config)
     folder = Path(dataset).expanduser()
-    load_dataset(folder)  # DatasetError (a ValueError) with a sentence when the folder is unusable
+    # DatasetError (a ValueError) with a sentence when the folder is unusable or the patch cannot fit,
+    # before anything is queued: the user hears it now, not minutes later from the worker.
+    check_patch_size(load_dataset(folder), int(config["patch_size"]))
     model_id = store.create_model(name, config, str(folder.resolve()))
     try:
         start_training(model_id, config)

@@ -236,6 +236,7 @@ def finished_model(home):
     (lambda d, m: jobs.submit_training("bad", d, {**TINY, "colour": "red"}), "Unknown training option"),
     (lambda d, m: jobs.submit_training("bad", d.parent / "missing", TINY), "does not exist"),
     (lambda d, m: jobs.submit_training("", d, TINY), "needs a name"),
+    (lambda d, m: jobs.submit_training("big", d, {**TINY, "patch_size": 512}), "patch_size 512 is larger"),
     (lambda d, m: jobs.stop_training(m), "already finished"),
     (lambda d, m: jobs.stop_training("no-such-model"), "no model with id"),
     (lambda d, m: jobs.start_training(m, TINY), "already completed"),
@@ -245,7 +246,7 @@ def finished_model(home):
     (lambda d, m: jobs.start_inference(d / "missing.pt", d / "images", {}), "No checkpoint file"),
     (lambda d, m: jobs.start_inference("baseline", d / "nothing-here", {}), "neither a folder nor a .zip"),
     (lambda d, m: jobs.start_inference("baseline", d / "images", {"threshold": 3}), "threshold"),
-], ids=["start-unknown", "bad-epochs", "unknown-key", "missing-data", "no-name", "stop-finished", "stop-unknown",
+], ids=["start-unknown", "bad-epochs", "unknown-key", "missing-data", "no-name", "patch-too-big", "stop-finished", "stop-unknown",
         "restart-completed", "bad-config-on-start", "status-unknown", "job-unknown", "no-checkpoint", "no-input",
         "bad-postprocess"])
 def test_bad_calls_raise_a_sentence_and_change_nothing(home, dataset, finished_model, call, message):
