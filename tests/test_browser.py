@@ -40,8 +40,14 @@ def shot(page, name: str, focus=None) -> None:
     from PIL import Image
 
     SHOTS.mkdir(parents=True, exist_ok=True)
-    if focus is not None:
-        focus.scroll_into_view_if_needed()
+    for attempt in range(3 if focus is not None else 0):  # a live fragment may redraw the element meanwhile
+        try:
+            focus.scroll_into_view_if_needed(timeout=10_000)
+            break
+        except sync_api.Error:
+            if attempt == 2:
+                raise
+            page.wait_for_timeout(500)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path))
     with Image.open(path) as img:
@@ -141,9 +147,16 @@ def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
         assert shown["End"] != shown["Home"]  # another mask image is displayed
 
         # The remaining pages, for the README.
+        # Inference: a batch job over the synthetic images, run by the worker, its results as a zip.
         page.goto(f"{url}/inference")
-        page.get_by_text("Batch inference").wait_for()
-        shot(page, "inference")
+        page.get_by_label("Folder with images").fill(str(home / "datasets" / "synthetic_6x64_seed0" / "images"))
+        page.get_by_label("Folder with images").press("Enter")
+        wait_idle(page)
+        page.get_by_role("button", name="Run on all images").click()
+        results = page.get_by_role("button", name="Download results (zip)")
+        results.wait_for(timeout=120_000)
+        wait_idle(page)
+        shot(page, "inference", results)
         page.goto(f"{url}/postprocess")
         upload = DRIVE_IMAGE if DRIVE_IMAGE.exists() else image_path
         page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(upload))
