@@ -11,7 +11,7 @@ PORT   ?= 8501
 WORKERS ?= 2
 export ML_MANAGER_HOME ?= $(CURDIR)/data
 
-.PHONY: run test worker dashboard bench clean-venv
+.PHONY: run test worker dashboard bench bench-train clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,11 +48,15 @@ dashboard: $(STAMP_RUN)
 test: $(STAMP_DEV)
 	$(PY) -m pytest
 
-## bench: every benchmark (slow; prints tables)
+## bench: the quick benchmarks (a few minutes; each prints its table)
 bench: $(STAMP_DEV)
 	$(PY) benchmarks/postprocess.py
 	$(PY) benchmarks/queue.py
 	$(PY) benchmarks/ui_latency.py
+
+## bench-train: train the default config on DRIVE for 10 minutes and score it on unseen images
+bench-train: $(STAMP_DEV)
+	$(PY) benchmarks/train_drive.py --minutes 10
 
 clean-venv:
 	rm -rf $(VENV)
