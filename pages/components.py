@@ -533,6 +533,19 @@ def forget_queries() -> None:
     _query.clear()
 
 
+STOP_REASONS = {
+    "max_epochs": "reached its last epoch",
+    "early_stopping": "early stopping (no better validation score for `patience` epochs)",
+    "user_stop": "stopped by the user",
+    "time_limit": "its time budget ran out",
+}
+
+
+def stop_reason_text(reason: str | None) -> str:
+    """The stop reason in words, for people; the code stays in storage and the CLI's JSON."""
+    return STOP_REASONS.get(reason or "", reason or "")
+
+
 def age_text(seconds: float | None) -> str:
     if seconds is None:
         return "—"

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.components import age_text, curves_figure, forget_queries, query, run_duration, run_page
+from pages.components import (age_text, curves_figure, forget_queries, query, run_duration, run_page,
+                              stop_reason_text)
 from pages.train_widgets import continue_controls
 
 ACTIVE = ("queued", "running", "stopping")
@@ -14,7 +15,7 @@ ACTIVE = ("queued", "running", "stopping")
 
 def table(models: list[dict]) -> None:
     rows = [{"id": m["id"], "name": m["name"], "status": m["status"], "best val Dice": m.get("best_val_dice"),
-             "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run"), "stop reason": m.get("stop_reason"),
+             "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run"), "stop reason": stop_reason_text(m.get("stop_reason")),
              "duration (s)": run_duration(m), "created": m["created_at"][:19].replace("T", " ")} for m in models]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="models_table",
                  column_config={"best val Dice": st.column_config.NumberColumn(format="%.3f"),
@@ -69,7 +70,7 @@ def _delete(mid: str) -> None:
 def detail(model: dict) -> None:
     mid = model["id"]
     st.subheader(f"{model['name']} · {model['status']}")
-    reason = model.get("stop_reason") or ("—" if model["status"] in ACTIVE else "")
+    reason = stop_reason_text(model.get("stop_reason")) or ("—" if model["status"] in ACTIVE else "")
     st.write(f"Ended because: **{reason or model.get('error') or 'unknown'}** · duration "
              f"{age_text(run_duration(model))} · data set `{model.get('dataset')}`")
     st.link_button("Open its inference page", f"/model_inference?model={mid}")

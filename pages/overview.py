@@ -1,7 +1,8 @@
 """Overview: is the worker alive, what is running and queued, and every model with links to its pages."""
 import streamlit as st
 
-from pages.components import WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker, worker_age
+from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
+                              stop_reason_text, worker_age)
 
 
 def worker_panel() -> None:
@@ -29,7 +30,7 @@ def model_table(models: list[dict]) -> None:
             "best epoch": m.get("best_epoch"),
             "epochs": f"{m.get('epochs_run') or m.get('current_epoch') or 0} / {m.get('total_epochs') or '?'}",
             "duration": age_text(run_duration(m)),
-            "stop reason": m.get("stop_reason") or (m.get("error") or "")[:60],
+            "stop reason": stop_reason_text(m.get("stop_reason")) or (m.get("error") or "")[:60],
             "details": f"/models?model={m['id']}",
             "inference": f"/model_inference?model={m['id']}",
         }

@@ -11,7 +11,7 @@ import streamlit as st
 
 from engine import train as train_engine
 from engine.train import TrainingConfig
-from pages.components import age_text, curves_figure, forget_queries, logger, overlay_bytes, query
+from pages.components import age_text, curves_figure, forget_queries, logger, overlay_bytes, query, stop_reason_text
 from storage import paths
 
 # Field -> (group, help). Fields not listed go to "Advanced". Help carries the seed's advice.
@@ -286,7 +286,7 @@ def run_monitor(row: dict, smoothing: float) -> None:
     """Progress, ETA, curves and the Stop button of one run."""
     mid, status = row["id"], row["status"]
     epoch, total = row.get("current_epoch") or 0, row.get("total_epochs") or 1
-    st.subheader(f"{row['name']} · {status}" + (f" ({row['stop_reason']})" if row.get("stop_reason") else ""))
+    st.subheader(f"{row['name']} · {status}" + (f" ({stop_reason_text(row['stop_reason'])})" if row.get("stop_reason") else ""))
     if status in ("running", "stopping"):
         inside = (row.get("batch") or 0) / row["batches"] if row.get("batches") else 0
         done = (row.get("epochs_run") or 0) + (inside if epoch > (row.get("epochs_run") or 0) else 0)

@@ -249,9 +249,14 @@ def test_stop_button_asks_the_run_to_stop(home):
 # --------------------------------------------------------------------------- models page
 def test_models_page_lists_runs_and_shows_details(home):
     done = add_model("finished", "completed", epochs=3)
+    from storage import db
+
+    db.update_model(done, stop_reason="early_stopping")
     at = open_page("pages/models.py", query={"model": done})
     table = at.dataframe[0].value
     assert list(table["name"]) == ["finished"]
+    assert list(table["stop reason"]) == ["early stopping (no better validation score for `patience` epochs)"]
+    assert any("Ended because: **early stopping" in m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) == 1
     assert any(b.proto.label == "Export metrics (CSV)" for b in at.get("download_button"))
 
