@@ -11,7 +11,7 @@ PORT   ?= 8501
 WORKERS ?= 2
 export ML_MANAGER_HOME ?= $(CURDIR)/data
 
-.PHONY: run test worker dashboard bench bench-train clean-venv
+.PHONY: run test worker dashboard bench bench-train screenshots clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ dashboard: $(STAMP_RUN)
 ## test: the whole suite (unit, real worker, AppTest, headless browser)
 test: $(STAMP_DEV)
 	$(PY) -m pytest
+
+## screenshots: re-take the README's screenshots (docs/screenshots/) with the end-to-end browser test
+screenshots: $(STAMP_DEV)
+	ML_MANAGER_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest tests/test_browser.py
 
 ## bench: the quick benchmarks (a few minutes; each prints its table)
 bench: $(STAMP_DEV)

@@ -1,11 +1,14 @@
 """End to end in a real headless chromium: the worker and `streamlit run app.py` on a free port,
 a tiny model trained from the Train page, its curve, its inference page, an upload and a slider.
 
-Screenshots of every page go to docs/screenshots/ (shown in the README).
+Screenshots of every page go to $ML_MANAGER_SCREENSHOTS when set (`make screenshots` sets it to
+docs/screenshots/, the README's pictures), else to a temporary folder: `make test` leaves the tree clean.
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from engine.imageio import encode_png
 from tests.browser_helpers import ROOT, chromium_path, dashboard, open_expander, set_number, slider_input, wait_idle, worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("ML_MANAGER_SCREENSHOTS") or Path(tempfile.gettempdir()) / "ml_manager_screenshots")
 DRIVE_IMAGE = ROOT.parent / "shared" / "data" / "drive" / "training" / "images" / "21_training.tif"
 
 if chromium_path() is None:
