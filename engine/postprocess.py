@@ -565,21 +565,18 @@ def enhanced_post_processing(
 
     mask, count = thresholded, n_thresholded
     shape_id = KERNEL_SHAPES[cfg.kernel_shape]
-    start = time.perf_counter()
-    if cfg.apply_opening and cfg.opening_kernel > 1:
-        kernel = cv2.getStructuringElement(shape_id, (cfg.opening_kernel, cfg.opening_kernel))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-        new = int(cv2.countNonZero(mask))
-        removed_px["opening"], count = count - new, new
-    timings["opening"] = _ms(start)
-
-    start = time.perf_counter()
-    if cfg.apply_closing and cfg.closing_kernel > 1:
-        kernel = cv2.getStructuringElement(shape_id, (cfg.closing_kernel, cfg.closing_kernel))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-        new = int(cv2.countNonZero(mask))
-        added_px["closing"], count = new - count, new
-    timings["closing"] = _ms(start)
+    for step, op, on, size in (("opening", cv2.MORPH_OPEN, cfg.apply_opening, cfg.opening_kernel),
+                               ("closing", cv2.MORPH_CLOSE, cfg.apply_closing, cfg.closing_kernel)):
+        start = time.perf_counter()
+        if on and size > 1:
+            mask = cv2.morphologyEx(mask, op, cv2.getStructuringElement(shape_id, (size, size)))
+            new = int(cv2.countNonZero(mask))
+            if op == cv2.MORPH_OPEN:
+                removed_px[step] = count - new
+            else:
+                added_px[step] = new - count
+            count = new
+        timings[step] = _ms(start)
 
     mask, labels, keep = _filter_components(mask, prob, cfg, stats, removed_px, timings)
     components_after = int(np.count_nonzero(keep))
