@@ -78,6 +78,17 @@ MAX_KERNEL = 31  # larger kernels erase vessels on any fundus image we know of
 PIXEL_VARIANCE = 1.0 / 12.0  # variance of a coordinate spread uniformly over one pixel
 
 
+def _refuse_unknown_options(names) -> None:
+    """ValueError naming every key that is not a PostProcessConfig field, and the valid ones."""
+    known = {f.name for f in dataclasses.fields(PostProcessConfig)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown post-processing option(s) {', '.join(map(repr, unknown))}: "
+            f"valid options are {', '.join(sorted(known))}."
+        )
+
+
 @dataclass(frozen=True)
 class PostProcessConfig:
     """Every post-processing option; validated on creation, stored as JSON via to_dict()."""
@@ -138,13 +149,7 @@ class PostProcessConfig:
             raise ValueError(
                 f"post-processing settings must be a JSON object (a dict); got {type(data).__name__}."
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown post-processing option(s) {', '.join(map(repr, unknown))}: "
-                f"valid options are {', '.join(sorted(known))}."
-            )
+        _refuse_unknown_options(data)
         return cls(**dict(data))
 
 
@@ -529,13 +534,7 @@ def enhanced_post_processing(
             f"config must be a PostProcessConfig; got {type(config).__name__} "
             "(use PostProcessConfig.from_dict(...) for a dict)."
         )
-    known = {f.name for f in dataclasses.fields(PostProcessConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown post-processing option(s) {', '.join(map(repr, unknown))}: "
-            f"valid options are {', '.join(sorted(known))}."
-        )
+    _refuse_unknown_options(options)
     overrides = dict(options)
     named = {"threshold": threshold, "min_component_size": min_component_size,
              "confidence_threshold": confidence_threshold}
