@@ -13,7 +13,13 @@ def pick_model(models: list[dict]) -> str | None:
     if wanted and wanted not in ids:
         st.error(f"There is no model with id {wanted!r}: it may have been deleted. Choose one below.")
     label = {m["id"]: f"{m['name']} ({m['status']}, {m['id']})" for m in models}
-    pick = st.selectbox("Model", ids, index=ids.index(wanted) if wanted in ids else None, format_func=label.get,
+    if wanted in ids:
+        index = ids.index(wanted)
+    elif wanted:
+        index = None
+    else:  # opened from the sidebar: the newest completed model (models come newest first), else the newest
+        index = next((i for i, m in enumerate(models) if m["status"] == "completed"), 0)
+    pick = st.selectbox("Model", ids, index=index, format_func=label.get,
                         key=f"mi_model_{wanted}", placeholder="Choose a model")
     if pick and pick != wanted:
         st.query_params["model"] = pick

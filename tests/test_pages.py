@@ -333,3 +333,16 @@ def test_global_page_runs_the_baseline_on_an_upload(home):
     at.file_uploader(key="inf_images").set_value(("fundus.png", fundus_png(96)[0], "image/png")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert len(at.image) == 3
+
+
+def test_model_page_from_the_sidebar_preselects_the_newest_completed_model(home, tiny_checkpoint):
+    import time
+
+    older = add_model("older", "completed", tiny_checkpoint, epochs=1)
+    time.sleep(0.01)
+    newest_done = add_model("newest-done", "completed", tiny_checkpoint, epochs=1)
+    time.sleep(0.01)
+    add_model("still-queued", "queued")
+    at = open_page("pages/model_inference.py")
+    assert at.selectbox(key="mi_model_None").value == newest_done != older
+    assert any(s.label == "Checkpoint" for s in at.selectbox)
