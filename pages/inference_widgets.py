@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 import zipfile
 
@@ -128,10 +129,17 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
     jobs = query("list_inference_jobs", model_id, 5)
     if not jobs:
         return
+    from engine.vesselness import BASELINE_NAME
+
+    names = {m["id"]: m["name"] for m in query("list_models")} | {"baseline": BASELINE_NAME}
     for row in jobs:
         job = inference_status(row["id"])
+        source = names.get(job["model_id"], job["model_id"] or "a checkpoint")
+        if job["model_id"] != "baseline":
+            source += f" ({os.path.basename(job['checkpoint_path'])})"
         with st.container(border=True):
-            st.write(f"Job `{job['job_id']}` · **{job['status']}** · {job['n_done'] or 0} / {job['n_total'] or '?'} "
+            st.write(f"Job `{job['job_id']}` · {source} on `{os.path.basename(job['input_path'])}` · "
+                     f"**{job['status']}** · {job['n_done'] or 0} / {job['n_total'] or '?'} "
                      f"images" + (f", {job['n_failed']} failed" if job["n_failed"] else ""))
             if job["status"] in ("queued", "running"):
                 st.progress(float(job["progress"] or 0.0))

@@ -346,3 +346,16 @@ def test_model_page_from_the_sidebar_preselects_the_newest_completed_model(home,
     at = open_page("pages/model_inference.py")
     assert at.selectbox(key="mi_model_None").value == newest_done != older
     assert any(s.label == "Checkpoint" for s in at.selectbox)
+
+
+def test_batch_jobs_name_their_model_checkpoint_and_input(home, tiny_checkpoint):
+    from storage import db, paths
+
+    model_id = add_model("vessels-v2", "completed", tiny_checkpoint, epochs=1)
+    ckpt = paths.checkpoints_dir(model_id) / "best.pt"
+    db.create_inference_job(str(ckpt), "/data/clinic/batch7", {}, model_id=model_id)
+    db.create_inference_job("baseline", "/data/clinic/batch8.zip", {}, model_id="baseline")
+    at = open_page("pages/inference.py")
+    lines = [m.value for m in at.markdown if m.value.startswith("Job ")]
+    assert any("vessels-v2 (best.pt) on `batch7`" in line for line in lines), lines
+    assert any("Classical vesselness (Frangi) on `batch8.zip`" in line for line in lines), lines
