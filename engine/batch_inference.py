@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import time
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -90,16 +89,6 @@ def load_predictor(checkpoint: str) -> Callable[[np.ndarray], np.ndarray]:
     return lambda image: predict(loaded, image)
 
 
-def _zip_results(out: Path) -> Path:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for sub in ("prob", "masks"):
-            for path in sorted((out / sub).glob("*.png")):
-                zf.write(path, f"{sub}/{path.name}")
-        zf.write(out / "stats.csv", "stats.csv")
-    return paths.atomic_write_bytes(out / "results.zip", buf.getvalue())
-
-
 def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
     from engine.postprocess import enhanced_post_processing
 
@@ -153,7 +142,7 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
     writer.writeheader()
     writer.writerows(stats)
     paths.atomic_write_bytes(out / "stats.csv", buf.getvalue().encode())
-    _zip_results(out)
+    archives.zip_folder(out, out / "results.zip", include=("prob", "masks", "stats.csv"))
     error = None
     if failed:
         error = f"{failed} of {len(files)} image(s) could not be processed; see the error column of stats.csv"

@@ -195,12 +195,21 @@ def _read_source(source: ZipSource) -> bytes:
     return source.read()
 
 
-def zip_folder(folder: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Zip every file under ``folder`` (paths relative to it) into ``out_path``, atomically."""
+def zip_folder(folder: str | os.PathLike, out_path: str | os.PathLike,
+               include: tuple[str, ...] | None = None) -> Path:
+    """Zip every file under ``folder`` (paths relative to it) into ``out_path``, atomically.
+
+    ``include``: only these top-level entries of ``folder`` (files or folders); default everything.
+    Hidden files (in-flight ``.name.tmp`` writes) and ``out_path`` itself are never included.
+    """
     folder, out_path = Path(folder), Path(out_path)
+    roots = [folder / name for name in include] if include is not None else [folder]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.resolve() != out_path.resolve():
-                zf.write(path, path.relative_to(folder).as_posix())
+        for root in roots:
+            for path in sorted([root] if root.is_file() else root.rglob("*")):
+                rel = path.relative_to(folder)
+                if (path.is_file() and path.resolve() != out_path.resolve()
+                        and not any(part.startswith(".") for part in rel.parts)):
+                    zf.write(path, rel.as_posix())
     return paths.atomic_write_bytes(out_path, buf.getvalue())

@@ -76,5 +76,10 @@ def test_zip_folder_round_trips(home, tmp_path):
     (src / "sub").mkdir(parents=True)
     (src / "a.png").write_bytes(b"a")
     (src / "sub" / "b.png").write_bytes(b"b")
+    (src / "sub" / ".b.png.123.tmp").write_bytes(b"half")
+    (src / "input").mkdir()
+    (src / "input" / "c.png").write_bytes(b"c")
     out = archives.zip_folder(src, tmp_path / "out.zip")
-    assert sorted(zipfile.ZipFile(out).namelist()) == ["a.png", "sub/b.png"]
+    assert sorted(zipfile.ZipFile(out).namelist()) == ["a.png", "input/c.png", "sub/b.png"]
+    only = archives.zip_folder(src, src / "results.zip", include=("sub", "a.png"))
+    assert sorted(zipfile.ZipFile(only).namelist()) == ["a.png", "sub/b.png"]
