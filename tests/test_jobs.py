@@ -127,6 +127,10 @@ def test_trainings_run_one_after_another_while_inference_finishes(worker, datase
 
     wait_for(inference_done, 60, 0.1, "the inference job")
     assert jobs.stop_training(third) == "cancelled"  # still waiting: revoked, never starts
+    # A user stop ends 'completed' only once a best checkpoint exists: on an idle machine the inference
+    # job can finish before the first epoch does, so wait for that epoch rather than race it.
+    wait_for(lambda: (store.get_model(first)["epochs_run"] or 0) >= 1, 120, what="the first epoch of the first run")
+    assert status_of(second) == "queued"
     jobs.stop_training(first)
     wait_for(lambda: status_of(second) in ("completed", "failed"), 120, what="the second training")
     time.sleep(1.5)  # the revoked task would have been picked up by now
