@@ -176,6 +176,54 @@ def test_hysteresis_follows_connectivity(connectivity, kept):
                connectivity=connectivity).mask[11, 11] == kept
 
 
+def _scipy_hysteresis(prob, low, high, connectivity):
+    from scipy import ndimage as ndi
+
+    structure = ndi.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels, n = ndi.label(prob >= np.float32(low), structure=structure)
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[labels[prob >= np.float32(high)]] = True
+    seeded[0] = False
+    return seeded[labels].astype(np.uint8)
+
+
+def _dots(seed: int, size: int = 160) -> np.ndarray:
+    """1,600 separate seeded specks in weak noise: too many fills, so labelling takes over."""
+    rng = np.random.default_rng(seed)
+    p = (rng.random((size, size)) * 0.5).astype(np.float32)
+    p[::4, ::4] = 0.95
+    return p
+
+
+def _count_regions(mask, connectivity):
+    from scipy import ndimage as ndi
+
+    return ndi.label(mask, structure=ndi.generate_binary_structure(2, 1 if connectivity == 4 else 2))[1]
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("make, seed, low, high", [(smooth_random_map, s, 0.45, 0.8) for s in range(6)]
+                         + [(_dots, s, 0.45, 0.9) for s in range(2)])
+@pytest.mark.parametrize("max_seeds", [1000, 0])  # 0: every map goes through the labelling path
+def test_hysteresis_equals_scipy_labelling(make, seed, low, high, connectivity, max_seeds, monkeypatch):
+    from engine import postprocess
+
+    monkeypatch.setattr(postprocess, "FILL_MAX_SEEDS", max_seeds)
+    labelled = []
+    monkeypatch.setattr(postprocess, "_hysteresis_by_labels",
+                        lambda *a, f=postprocess._hysteresis_by_labels: labelled.append(1) or f(*a))
+    prob = make(seed)
+    mask, regions = postprocess.hysteresis_mask(prob, low, high, connectivity)
+    expected = _scipy_hysteresis(prob, low, high, connectivity)
+    assert mask.dtype == np.uint8 and mask.flags.c_contiguous
+    assert np.array_equal(mask, expected)
+    assert regions == _count_regions(expected, connectivity)
+    if make is _dots:  # the path taken is the one the docstring promises
+        assert labelled, "1,600 separate seeded specks should be labelled, not filled one by one"
+    elif max_seeds:
+        assert not labelled
+
+
 def test_fov_zeroes_everything_outside_it():
     prob = np.full((64, 64), 0.9, dtype=np.float32)
     yy, xx = np.mgrid[:64, :64]
