@@ -437,13 +437,27 @@ def _filter_components(mask, prob, cfg, stats, removed, timings):
     return out, labels, keep
 
 
-def label_components(image: np.ndarray, connectivity: int) -> tuple[int, np.ndarray]:
+def label_components(image: np.ndarray, connectivity: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
     """``cv2.connectedComponents`` (count including label 0, int32 labels) with the algorithm
     that measured fastest here: SAUF for 4-connectivity (about 1.5x faster than the default
-    Spaghetti4C on vessel masks and hole images at 2048x2048), the default for 8."""
+    Spaghetti4C on vessel masks and hole images at 2048x2048), the default for 8.
+    ``out``: an int32 array of the image's shape to write the labels into."""
     algorithm = cv2.CCL_SAUF if connectivity == 4 else cv2.CCL_DEFAULT
-    n, labels = cv2.connectedComponentsWithAlgorithm(image, connectivity, cv2.CV_32S, algorithm)
+    n, labels = cv2.connectedComponentsWithAlgorithm(image, connectivity, cv2.CV_32S, algorithm, labels=out)
     return n, labels
+
+
+def count_components(mask: np.ndarray, connectivity: int, scratch: np.ndarray | None = None) -> int:
+    """Number of components of a {0, 1} mask. Only its bounding box is labelled, into the memory of
+    ``scratch`` (a C-contiguous int32 array at least that large, whose contents are lost) when given:
+    a fresh 16 MB label image costs ~4,000 page faults at 2048x2048."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0:
+        return 0
+    out = None
+    if scratch is not None and scratch.dtype == np.int32 and scratch.flags.c_contiguous and scratch.size >= w * h:
+        out = scratch.reshape(-1)[: w * h].reshape(h, w)
+    return int(label_components(mask[y:y + h, x:x + w], connectivity, out)[0] - 1)
 
 
 def small_hole_pixels(mask: np.ndarray, below: int, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -647,7 +661,7 @@ def enhanced_post_processing(
         new = int(cv2.countNonZero(mask))
         removed_px["fov"], count = count - new, new
         if removed_px["fov"] > 0:  # the FOV edge can split or delete components: count again
-            components_after = int(label_components(mask, cfg.connectivity)[0] - 1)
+            components_after = count_components(mask, cfg.connectivity, scratch=labels)
     removed = cv2.subtract(thresholded, mask)  # thresholded and not in the final mask
     timings["fov"] = _ms(start)
 

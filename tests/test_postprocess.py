@@ -469,3 +469,20 @@ def test_other_numeric_dtypes_are_accepted(dtype):
     prob = np.zeros((32, 32), dtype=dtype)
     prob[5:20, 10:13] = 1
     assert enhanced_post_processing(prob, **BARE).mask[10, 11] == 1
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("scratch_shape", [None, (64, 64), (4, 4)])  # (4, 4): too small, so not used
+def test_count_components_labels_only_the_bounding_box(connectivity, scratch_shape):
+    import cv2
+
+    from engine.postprocess import count_components
+
+    mask = (smooth_random_map(7) > 0.6).astype(np.uint8)
+    mask[:10] = 0
+    mask[:, -6:] = 0
+    scratch = None if scratch_shape is None else np.full(scratch_shape, -1, np.int32)
+    expected = cv2.connectedComponents(mask, connectivity=connectivity)[0] - 1
+    assert expected > 3
+    assert count_components(mask, connectivity, scratch) == expected
+    assert count_components(np.zeros((8, 8), np.uint8), connectivity, scratch) == 0
