@@ -41,6 +41,8 @@ lut[labels] over the whole image             ~14 ms
 hole search: flood fill of the outside       8-10 ms   (on the foreground's bounding box)
              + labelling the holes image     7-9 ms
 Otsu levels: cv2.convertScaleAbs / np.rint   2 / 22 ms
+hysteresis, labelling the weak mask          30-45 ms  (~150,000 weak noise specks)
+hysteresis, flood fill from the seeds        15-22 ms
 =========================================  ========
 
 So the component filters label once with ``cv2.connectedComponents`` (no stats), take the
@@ -49,11 +51,13 @@ first and second moments) with ``np.bincount`` over foreground pixels only; pixe
 removed by writing zeros at the indices of dropped labels, never by a full-image lookup. Hole
 filling works on the foreground's bounding box: one flood fill from a 1-pixel frame marks the
 outside, the background left over is the holes (sparse), and only the holes image is labelled;
-the pixels of small holes are set through their indices.
+the pixels of small holes are set through their indices. Hysteresis flood-fills the weak mask from
+the seeds (see ``hysteresis_mask``) instead of labelling it.
 ``components_after`` is derived rather than relabelled: it is the number of kept components,
 minus the joins made by filled holes (a hole between a ring and an island inside it touches both;
 found from the labels around the few filled-hole pixels). Only when the FOV removed pixels (its
-edge can split or delete components) is the final mask labelled again (~7-10 ms at 2048x2048).
+edge can split or delete components) is the final mask labelled again, on its bounding box and in
+the filter's label memory (~6 ms at 2048x2048).
 ``benchmarks/postprocess.py`` compares the whole pipeline with a plain scikit-image/SciPy
 implementation of the same steps (identical masks; see its output for the measured ratios).
 
