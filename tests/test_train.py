@@ -235,3 +235,62 @@ def test_too_small_dataset_is_refused(tmp_path):
     make_synthetic_dataset(tmp_path / "one", n_images=1, size=64)
     with pytest.raises(ValueError, match="at least 2"):
         train(TrainingConfig(**TINY), tmp_path / "one", tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- weight average, precision
+
+def test_weight_average_warms_up_then_follows_slowly():
+    from engine.train import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    average = WeightAverage(model, decay=0.99)
+    start = average.module[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.add_(2.0)
+        model[1].num_batches_tracked.add_(5)
+    average.update(step=0)  # warm-up: decay min(0.99, 1/10) = 0.1, so 90 % of the new weights
+    assert torch.allclose(average.module[0].weight, start + 0.9)
+    assert torch.allclose(average.module[1].running_mean, torch.full((2,), 1.8))
+    assert int(average.module[1].num_batches_tracked) == 5  # counters are copied, not averaged
+    before = average.module[0].weight.clone()
+    average.update(step=10_000)  # decay 0.99: 1 % of the remaining gap
+    assert torch.allclose(average.module[0].weight, before + 0.01 * (model[0].weight - before))
+    assert not any(p.requires_grad for p in average.module.parameters())
+
+
+@pytest.mark.parametrize("name, expected", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_precision_is_resolved_as_asked(name, expected):
+    from engine.train import resolve_precision
+
+    assert resolve_precision(name, torch.device("cpu")) == expected
+
+
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
+    from engine.train import native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpoint_predicts_with_the_average_and_resumes_the_trained_weights(synth, tmp_path, precision):
+    config = TrainingConfig(**{**TINY, "epochs": 2, "precision": precision, "calibrate_postprocess": False})
+    first = train(config, synth, tmp_path)
+    ckpt = torch.load(first.last_checkpoint, weights_only=True)
+    averaged, trained = ckpt["state_dict"], ckpt["train_state_dict"]
+    assert set(averaged) == set(trained)
+    assert not all(torch.equal(averaged[k], trained[k]) for k in averaged)  # the average lags the weights
+    events: list[dict] = []
+    second = train(config.with_updates(epochs=3), synth, tmp_path, on_event=events.append,
+                   resume_from=first.last_checkpoint)
+    assert events[0]["start_epoch"] == 3 and second.epochs_run == 3
+    assert events[0]["precision"] == precision
+
+
+@pytest.mark.slow
+def test_without_the_average_the_checkpoint_holds_the_trained_weights(synth, tmp_path):
+    result = train(TrainingConfig(**{**TINY, "epochs": 1, "ema_decay": 0.0, "calibrate_postprocess": False}),
+                   synth, tmp_path)
+    assert torch.load(result.last_checkpoint, weights_only=True)["train_state_dict"] is None
