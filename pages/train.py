@@ -45,7 +45,7 @@ def choose_dataset() -> str | None:
         return None
     a, b, c = st.columns(3)
     a.number_input("Images", 2, 200, 8, key="train_synth_n")
-    b.number_input("Size (px)", 32, 1024, 96, step=32, key="train_synth_size")
+    b.number_input("Size (px)", 32, 1024, 256, step=32, key="train_synth_size")  # fits the default 128 px patches
     c.number_input("Seed", 0, 10_000, 0, key="train_synth_seed")
     st.button("Generate the synthetic data set", key="train_synth_go", on_click=_synthesize)
     st.caption("Synthetic fundus-like images with known vessels, to try the whole product without data. "

@@ -561,7 +561,8 @@ ROWS: list[Row] = [
         r"The database .*ml_manager\.db cannot be written .*Nothing was changed", lock="db"),
     Row("db-read-only-dashboard-preset", dashboard_save_preset, lambda ctx: ctx.model_id,
         r"The database .*ml_manager\.db cannot be written", lock="db"),
-    Row("db-read-only-cli-submit", cli_process, lambda ctx: ["submit", "--data", str(ctx.dataset), "--set", "epochs=1"],
+    Row("db-read-only-cli-submit", cli_process, lambda ctx: ["submit", "--data", str(ctx.dataset), "--set", "epochs=1",
+                                               "--set", "patch_size=32"],
         r"error: The database .* cannot be written", lock="db"),
 ]
 
@@ -569,7 +570,7 @@ ROWS: list[Row] = [
 ZERO_MEANS_SOMETHING = {  # zero is a real setting here ("off", "none", "no weight"), so it is accepted
     "dropout_rate", "dice_weight", "focal_alpha", "focal_gamma", "tversky_alpha", "tversky_beta", "weight_decay",
     "min_learning_rate", "plateau_patience", "early_stopping_patience", "min_delta", "max_minutes", "seed",
-    "num_threads", "checkpoint_every",
+    "num_threads", "checkpoint_every", "ema_decay",
 }
 NUMERIC = [f for f in dataclasses.fields(TrainingConfig) if f.type in ("int", "float")]
 for f in NUMERIC:

@@ -183,7 +183,7 @@ def test_train_form_queues_a_real_run_on_a_generated_synthetic_set(home):
     at = open_page("pages/train.py")
     at.radio(key="train_source").set_value("Generate a synthetic data set").run()
     at.number_input(key="train_synth_n").set_value(4)
-    at.number_input(key="train_synth_size").set_value(64)
+    at.number_input(key="train_synth_size").set_value(128)  # the default patches are 128 px
     at.button(key="train_synth_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.radio(key="train_source").value == "Registered data set"

@@ -226,6 +226,7 @@ def test_a_corrupt_last_pt_gets_a_sentence_instead_of_the_button(home, synth):
 def test_start_button_is_disabled_after_a_submission_and_a_double_click_queues_once(home, synth):
     shutil.copytree(synth, paths.datasets_dir() / "synth")
     at = open_app("pages/train.py")
+    at.number_input(key="train_cfg_patch_size").set_value(32)  # the synthetic images are smaller than 128 px
     at.text_input(key="train_name").input("held")
     at.button(key="train_start").click().run()
     held = at.button(key="train_start").disabled
