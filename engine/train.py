@@ -135,7 +135,8 @@ _RANGES = {
     "tversky_alpha": (0.0, 1.0, False), "tversky_beta": (0.0, 1.0, False),
     "learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "batch_size": (1, 1024, False),
     "patch_size": (16, 1024, False), "epochs": (1, 100_000, False), "steps_per_epoch": (1, 1_000_000, False),
-    "val_fraction": (0.0, 0.9, True), "ema_decay": (0.0, 0.99999, False), "min_learning_rate": (0.0, 1.0, False), "plateau_factor": (0.0, 0.99, True),
+    "val_fraction": (0.0, 0.9, True), "ema_decay": (0.0, 0.99999, False), "min_learning_rate": (0.0, 1.0, False),
+    "plateau_factor": (0.0, 0.99, True),
     "plateau_patience": (0, 1000, False), "early_stopping_patience": (0, 100_000, False),
     "min_delta": (0.0, 1.0, False), "max_minutes": (0.0, 10_080.0, False), "seed": (0, 2**31 - 1, False),
     "num_threads": (0, 256, False), "checkpoint_every": (0, 100_000, False),
@@ -259,8 +260,8 @@ class WeightAverage:
     """Exponential moving average of a model's weights and BatchNorm statistics (Polyak averaging).
 
     Patch-trained U-Nets with small batches swing by a few Dice points from one epoch to the next
-    (see benchmarks/train_drive.py); the average follows the trend without the swings, so the
-    checkpoint chosen by validation is the better model rather than the luckier epoch. The decay is
+    (see benchmarks/train_drive.py); the average follows the trend without the swings, so
+    validation and early stopping judge the trend rather than the luck of one epoch. The decay is
     warmed up as in timm's ModelEma, ``min(decay, (1 + step) / (10 + step))``, so the first steps'
     random weights fade at once.
     """
@@ -281,12 +282,6 @@ class WeightAverage:
         decay = min(self.decay, (1 + step) / (10 + step))
         torch._foreach_lerp_([a for a, _ in self._floats], [b for _, b in self._floats], 1.0 - decay)
         for a, b in self._others:
-            a.copy_(b)
-
-    @torch.no_grad()
-    def reset(self) -> None:
-        """Start the average at the model's current weights."""
-        for a, b in self._floats + self._others:
             a.copy_(b)
 
 
@@ -456,14 +451,11 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
         start_epoch = int(ckpt["epoch"]) + 1
         elapsed_before = float(ckpt.get("elapsed_seconds", 0.0))
         global_step = int(ckpt["epoch"]) * c.steps_per_epoch
+    # the average starts from what predicts ("state_dict", loaded above); a run saved with an average
+    # kept the optimiser's own weights apart, and the optimiser continues from those
     average = WeightAverage(model, c.ema_decay) if c.ema_decay > 0 else None
-    if resume_from is not None:
-        # a run saved with an average keeps the trained weights apart; "state_dict" is what predicts
-        trained = ckpt.get("train_state_dict")
-        if trained is not None:
-            model.load_state_dict(trained)
-        if average is not None and trained is not None:
-            average.module.load_state_dict(ckpt["state_dict"])
+    if resume_from is not None and ckpt.get("train_state_dict") is not None:
+        model.load_state_dict(ckpt["train_state_dict"])
     evaluated = average.module if average is not None else model
 
     def payload(epoch: int, metrics: dict) -> dict[str, Any]:
