@@ -96,20 +96,18 @@ def main() -> int:
     result = train(config, train_set, out, on_event=on_event)
     train_s = time.monotonic() - t0
     loaded = load_model(result.best_checkpoint)
+    images, masks, fovs = zip(*(test_set.raw(i) for i in range(len(test_set))))
     t1 = time.monotonic()
-    probs, masks, fovs = [], [], []
-    for i in range(len(test_set)):
-        image, mask, fov = test_set.raw(i)
-        probs.append(predict(loaded, image, fov=fov))
-        masks.append(mask)
-        fovs.append(fov)
+    probs = [predict(loaded, image, fov=fov) for image, fov in zip(images, fovs)]
     predict_s = (time.monotonic() - t1) / len(test_set)
     raw = pooled_metrics(list(zip(probs, masks, fovs)), threshold=0.5)
-    tta_probs = [predict(loaded, test_set.raw(i)[0], tta=True, fov=fovs[i]) for i in range(len(test_set))]
-    tta = pooled_metrics(list(zip(tta_probs, masks, fovs)), threshold=0.5)
-    last = load_model(result.last_checkpoint)  # the final weights, for researchers who pick checkpoints
-    last_probs = [predict(last, test_set.raw(i)[0], fov=fovs[i]) for i in range(len(test_set))]
-    last_dice = pooled_metrics(list(zip(last_probs, masks, fovs)), threshold=0.5)["dice"]
+
+    def dice_at_half(model, tta: bool = False) -> float:
+        test_probs = [predict(model, image, tta=tta, fov=fov) for image, fov in zip(images, fovs)]
+        return pooled_metrics(list(zip(test_probs, masks, fovs)), threshold=0.5)["dice"]
+
+    tta_dice = dice_at_half(loaded, tta=True)
+    last_dice = dice_at_half(load_model(result.last_checkpoint))  # the final weights, for those who pick checkpoints
     pp = PostProcessConfig.from_dict(result.recommended_postprocess) if result.recommended_postprocess else None
     post = pooled_metrics([(enhanced_post_processing(p, config=pp, fov=f).mask, m, f)
                            for p, m, f in zip(probs, masks, fovs)]) if pp else None
@@ -118,7 +116,8 @@ def main() -> int:
         "budget_minutes": args.minutes, "threads": args.threads, "train_seconds": train_s,
         "stop_reason": result.stop_reason, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
         "best_val_dice": result.best_metric, "test_ids": sorted(test_ids), "test_dice_raw": raw["dice"],
-        "test_auc": raw["roc_auc"], "test_dice_tta": tta["dice"], "test_dice_last_checkpoint": last_dice, "test_dice_postprocessed": post["dice"] if post else None,
+        "test_auc": raw["roc_auc"], "test_dice_tta": tta_dice, "test_dice_last_checkpoint": last_dice,
+        "test_dice_postprocessed": post["dice"] if post else None,
         "recommended_postprocess": result.recommended_postprocess, "calibration": result.calibration,
         "baseline": base, "predict_seconds_per_image": predict_s, "config": config.to_dict(),
         "history": [{k: h[k] for k in ("epoch", "elapsed", "seconds", "patches_per_s", "train_loss", "val_loss",
@@ -130,7 +129,7 @@ def main() -> int:
           f"(including calibration); best epoch {result.best_epoch}, val Dice {result.best_metric:.4f}")
     print(f"unseen test images, pooled FOV pixels: Dice {raw['dice']:.4f} at 0.5, AUC {raw['roc_auc']:.4f}"
           + (f"; Dice {post['dice']:.4f} with the recommended post-processing" if post else "")
-          + f"; Dice {tta['dice']:.4f} at 0.5 averaging 4 flips (--tta)")
+          + f"; Dice {tta_dice:.4f} at 0.5 averaging 4 flips (--tta)")
     print(f"last.pt (epoch {result.epochs_run}) on the same images: Dice {last_dice:.4f} at 0.5")
     if base:
         print(f"{base['name']} on the same images: Dice {base['dice']:.4f} (threshold {base['threshold']}); "
