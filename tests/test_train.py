@@ -6,12 +6,14 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from engine.data import make_synthetic_dataset
 from engine.postprocess import PostProcessConfig
-from engine.train import EarlyStopping, TrainingConfig, TrainingError, parse_set_option, train
+from engine.train import (CALIBRATION_MIN_GAIN, EarlyStopping, TrainingConfig, TrainingError, calibrate_postprocess,
+                          parse_set_option, train)
 
 torch.set_num_threads(1)
 
@@ -298,8 +300,6 @@ def test_without_the_average_the_checkpoint_holds_the_trained_weights(synth, tmp
 
 def _speckled(n_specks: int) -> tuple[list, list, list]:
     """One 200×200 validation image: a true vessel band plus ``n_specks`` isolated false-positive pixels."""
-    import numpy as np
-
     mask = np.zeros((200, 200), np.uint8)
     mask[95:105, :] = 1
     prob = mask.astype(np.float32) * 0.9
@@ -310,8 +310,6 @@ def _speckled(n_specks: int) -> tuple[list, list, list]:
 
 
 def test_calibration_keeps_a_step_only_for_a_real_gain():
-    from engine.train import CALIBRATION_MIN_GAIN, calibrate_postprocess
-
     # 400 specks: removing small components lifts Dice from ~0.9 to 1.0, far above the margin.
     rec, cal = calibrate_postprocess(*_speckled(400))
     assert rec["min_component_size"] > 0 and cal["dice_after"] == pytest.approx(1.0)
