@@ -51,7 +51,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "depth": ("Advanced", "Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
     "channel": ("Advanced", "Input channel: green has the best vessel contrast in fundus photographs; rgb "
                             "gives the model all three and scored ~0.004 Dice higher on unseen DRIVE images "
-                            "in 3 runs (README)."),
+                            "in 4 runs (README)."),
     "clahe": ("Advanced", "Contrast-limited adaptive histogram equalisation before the network; saved with the "
                           "model and applied again at inference."),
     "normalization": ("Advanced", "zscore: per image inside the field of view; unit: divide by 255."),
