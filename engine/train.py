@@ -621,17 +621,15 @@ def calibrate_postprocess(probs: list[np.ndarray], masks: list[np.ndarray], fovs
         preds = [enhanced_post_processing(p, config=cfg, fov=f).mask for p, f in zip(probs, fovs)]
         return pooled_dice(preds, masks, fovs)
 
-    def raw(t: float) -> float:
-        return pooled_dice([p >= t for p in probs], masks, fovs)
-
     current = {"threshold": 0.5, "threshold_mode": "fixed", "apply_opening": False, "apply_closing": False,
                "min_component_size": 0, "confidence_threshold": 0.0, "shape_filter": False, "fill_holes_below": 0,
                "from_logits": False}
-    before = best = raw(0.5)
+    raw = {t: pooled_dice([p >= t for p in probs], masks, fovs) for t in THRESHOLDS}  # THRESHOLDS holds 0.5
+    before = best = raw[0.5]
     steps = []
-    t_best = max(THRESHOLDS, key=raw)
-    if raw(t_best) >= best + min_gain:
-        current["threshold"], best = t_best, raw(t_best)
+    t_best = max(raw, key=raw.get)
+    if raw[t_best] >= best + min_gain:
+        current["threshold"], best = t_best, raw[t_best]
         steps.append(f"threshold {t_best}")
     for key, candidates in (("min_component_size", MIN_SIZES[1:]), ("confidence_threshold", CONFIDENCES),
                             ("apply_opening", (True,)), ("apply_closing", (True,))):
