@@ -7,7 +7,12 @@ pixel of the 4 images pooled as the papers count: Dice of best.pt at a plain 0.5
 calibrated post-processing and with flip test-time augmentation; Dice of last.pt; and the classical
 vesselness baseline (threshold chosen on the 16 training images) for comparison.
 
-    .venv/bin/python benchmarks/train_drive.py [--minutes 10] [--threads 2] [--set key=value ...]
+``--folds 5`` cross-validates instead: five models, each trained for the budget with 4 consecutive
+images held out (21-24, 25-28, ..., 37-40), so every one of the 20 images is scored by a model that
+never saw it; the Dice pools the FOV pixels of all 20 (as the papers pool their 20 test images) and
+a table shows each fold. The last fold is the single split above.
+
+    .venv/bin/python benchmarks/train_drive.py [--minutes 10] [--threads 2] [--folds K] [--set key=value ...]
 
 Prints validation Dice against time, seconds per epoch and patches/s; writes a JSON summary and the
 checkpoints to benchmarks/out/ (git-ignored).
@@ -36,31 +41,137 @@ from engine.train import TrainingConfig, parse_set_option, train  # noqa: E402
 DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"
 
 
-def baseline(train_set: Dataset, test_set: Dataset) -> dict | None:
-    """Vesselness (Frangi) Dice on the test images; its threshold is the best one on the training images."""
+def baseline_maps(ds: Dataset) -> list[tuple]:
+    """(vesselness map, mask, fov) per image, or [] when the vesselness module is missing."""
     try:
-        from engine.vesselness import BASELINE_NAME, vesselness_map
+        from engine.vesselness import vesselness_map
     except ImportError:
-        return None
-    def maps(ds):
-        out = []
-        for i in range(len(ds)):
-            image, mask, fov = ds.raw(i)
-            out.append((vesselness_map(image, fov), mask, fov))
-        return out
-    train_maps = maps(train_set)
+        return []
+    out = []
+    for i in range(len(ds)):
+        image, mask, fov = ds.raw(i)
+        out.append((vesselness_map(image, fov), mask, fov))
+    return out
+
+
+def baseline_threshold(train_maps: list[tuple]) -> float:
+    """The vesselness threshold with the best pooled Dice on the training images."""
     thresholds = np.round(np.arange(0.02, 0.8, 0.02), 2)
-    best_t = max(thresholds, key=lambda t: pooled_metrics([(v >= t, m, f) for v, m, f in train_maps])["dice"])
-    test = pooled_metrics([(v >= best_t, m, f) for v, m, f in maps(test_set)])
-    return {"name": BASELINE_NAME, "threshold": float(best_t), "dice": test["dice"]}
+    return float(max(thresholds, key=lambda t: pooled_metrics([(v >= t, m, f) for v, m, f in train_maps])["dice"]))
+
+
+def print_epoch(e: dict) -> None:
+    if e["type"] == "epoch_end":
+        print(f"{e['epoch']:5d} {e['elapsed']:9.1f} {e['seconds']:7.1f} {e['patches_per_s']:9.1f} "
+              f"{e['train_loss']:10.4f} {e['val_loss']:8.4f} {e['val_dice']:8.4f} {e['lr']:8.1e}"
+              + (" *" if e["is_best"] else ""), flush=True)
+    elif e["type"] == "calibration":
+        print(f"calibration on validation images: Dice {e['dice_before']:.4f} -> {e['dice_after']:.4f}", flush=True)
+
+
+def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Path) -> dict:
+    """Train on the images outside ``test_ids`` and score the test images; returns the summary and the maps."""
+    train_set = Dataset(full.root, full.layout, [s for s in full.pairs if s.id not in test_ids])
+    test_set = Dataset(full.root, full.layout, [s for s in full.pairs if s.id in test_ids])
+    print(f"DRIVE: {len(train_set)} images for training (incl. validation), {len(test_set)} unseen test images "
+          f"({', '.join(sorted(test_ids))}); budget {config.max_minutes:g} min, {config.num_threads} threads")
+    print(f"{'epoch':>5} {'elapsed s':>9} {'epoch s':>7} {'patches/s':>9} {'train loss':>10} {'val loss':>8} "
+          f"{'val dice':>8} {'lr':>8}")
+    t0 = time.monotonic()
+    result = train(config, train_set, out, on_event=print_epoch)
+    train_s = time.monotonic() - t0
+    loaded = load_model(result.best_checkpoint)
+    images, masks, fovs = zip(*(test_set.raw(i) for i in range(len(test_set))))
+    t1 = time.monotonic()
+    probs = [predict(loaded, image, fov=fov) for image, fov in zip(images, fovs)]
+    predict_s = (time.monotonic() - t1) / len(test_set)
+    tta = [predict(loaded, image, tta=True, fov=fov) for image, fov in zip(images, fovs)]
+    last_model = load_model(result.last_checkpoint)  # the final weights, for those who pick checkpoints
+    last = [predict(last_model, image, fov=fov) for image, fov in zip(images, fovs)]
+    pp = PostProcessConfig.from_dict(result.recommended_postprocess) if result.recommended_postprocess else None
+    post = [enhanced_post_processing(p, config=pp, fov=f).mask for p, f in zip(probs, fovs)] if pp else None
+    maps = {"raw": list(zip(probs, masks, fovs)), "tta": list(zip(tta, masks, fovs)),
+            "last": list(zip(last, masks, fovs)), "post": list(zip(post, masks, fovs)) if post else None}
+    base_train = baseline_maps(train_set)
+    if base_train:
+        threshold = baseline_threshold(base_train)
+        maps["baseline"] = [(v >= threshold, m, f) for v, m, f in baseline_maps(test_set)]
+    raw = pooled_metrics(maps["raw"], threshold=0.5)
+    summary = {
+        "budget_minutes": config.max_minutes, "threads": config.num_threads, "train_seconds": train_s,
+        "stop_reason": result.stop_reason, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+        "best_val_dice": result.best_metric, "test_ids": sorted(test_ids), "test_dice_raw": raw["dice"],
+        "test_auc": raw["roc_auc"], "test_dice_tta": pooled_metrics(maps["tta"])["dice"],
+        "test_dice_last_checkpoint": pooled_metrics(maps["last"])["dice"],
+        "test_dice_postprocessed": pooled_metrics(maps["post"])["dice"] if post else None,
+        "recommended_postprocess": result.recommended_postprocess, "calibration": result.calibration,
+        "baseline": {"name": "Classical vesselness (Frangi)", "threshold": threshold,
+                     "dice": pooled_metrics(maps["baseline"])["dice"]} if base_train else None,
+        "predict_seconds_per_image": predict_s, "config": config.to_dict(),
+        "history": [{k: h[k] for k in ("epoch", "elapsed", "seconds", "patches_per_s", "train_loss", "val_loss",
+                                        "val_dice", "lr")} for h in result.history],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print()
+    print(f"stopped: {result.stop_reason} after {result.epochs_run} epochs, {train_s / 60:.1f} min "
+          f"(including calibration); best epoch {result.best_epoch}, val Dice {result.best_metric:.4f}")
+    print(f"unseen test images, pooled FOV pixels: Dice {raw['dice']:.4f} at 0.5, AUC {raw['roc_auc']:.4f}"
+          + (f"; Dice {summary['test_dice_postprocessed']:.4f} with the recommended post-processing" if post else "")
+          + f"; Dice {summary['test_dice_tta']:.4f} at 0.5 averaging 4 flips (--tta)")
+    print(f"last.pt (epoch {result.epochs_run}) on the same images: Dice {summary['test_dice_last_checkpoint']:.4f} "
+          "at 0.5")
+    if base_train:
+        base = summary["baseline"]
+        print(f"{base['name']} on the same images: Dice {base['dice']:.4f} (threshold {base['threshold']}); "
+              f"U-Net / baseline = {raw['dice'] / base['dice']:.2f}")
+    print(f"prediction: {predict_s:.2f} s per image; summary: {out / 'summary.json'}", flush=True)
+    return {"summary": summary, "maps": maps}
+
+
+COLUMNS = (("best.pt", "raw"), ("+ post-proc.", "post"), ("+ flip TTA", "tta"), ("last.pt", "last"),
+           ("Frangi", "baseline"))
+
+
+def cross_validate(config: TrainingConfig, full: Dataset, folds: int, out: Path) -> dict:
+    """Train ``folds`` models on consecutive held-out groups; pool every image's Dice from the model that never saw it."""
+    ids = sorted((s.id for s in full.pairs), key=lambda i: (len(i), i))
+    groups = [list(g) for g in np.array_split(ids, folds)]
+    runs = []
+    for k, group in enumerate(groups, start=1):
+        print(f"\n=== fold {k}/{folds}: test images {', '.join(group)}", flush=True)
+        runs.append(run_split(config, full, set(group), out / f"fold{k}"))
+    pooled = {key: pooled_metrics([item for r in runs for item in r["maps"][key]])["dice"]
+              for _, key in COLUMNS if all(r["maps"].get(key) for r in runs)}
+    print(f"\n{folds}-fold cross-validation, {config.max_minutes:g} min per model, {config.num_threads} threads. "
+          "Dice over the FOV pixels of each fold's unseen images\n"
+          "(best.pt, flip TTA and last.pt at 0.5; post-proc.: best.pt with its calibrated settings):")
+    header = f"{'fold':>4} {'test images':>12} {'epochs':>6} {'val dice':>8} " + " ".join(
+        f"{name:>12}" for name, key in COLUMNS if key in pooled)
+    print(header)
+    for k, (group, r) in enumerate(zip(groups, runs), start=1):
+        s = r["summary"]
+        cells = [pooled_metrics(r["maps"][key])["dice"] for _, key in COLUMNS if key in pooled]
+        print(f"{k:4d} {group[0] + '-' + group[-1]:>12} {s['epochs']:6d} {s['best_val_dice']:8.4f} "
+              + " ".join(f"{c:12.4f}" for c in cells))
+    print(f"{'all':>4} {str(len(ids)) + ' images':>12} {'':>6} {'':>8} "
+          + " ".join(f"{pooled[key]:12.4f}" for _, key in COLUMNS if key in pooled))
+    if "baseline" in pooled:
+        print(f"U-Net (best.pt) / Frangi baseline = {pooled['raw'] / pooled['baseline']:.2f}")
+    summary = {"folds": folds, "budget_minutes": config.max_minutes, "threads": config.num_threads,
+               "pooled_dice": pooled, "fold_summaries": [r["summary"] for r in runs], "config": config.to_dict()}
+    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"summary: {out / 'cv_summary.json'}")
+    return summary
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DRIVE), help="DRIVE training folder")
-    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget (per model)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--test-ids", default="37,38,39,40", help="images kept out of training")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="cross-validate over this many folds of consecutive images instead (ignores --test-ids)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the default config")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/out/drive_<time>)")
     args = parser.parse_args()
@@ -70,71 +181,19 @@ def main() -> int:
         print(f"DRIVE not found at {data}: pass --data.", file=sys.stderr)
         return 2
     full = load_dataset(data)
-    test_ids = set(args.test_ids.split(","))
-    train_set = Dataset(full.root, full.layout, [s for s in full.pairs if s.id not in test_ids])
-    test_set = Dataset(full.root, full.layout, [s for s in full.pairs if s.id in test_ids])
+    if args.folds and not 2 <= args.folds <= len(full) // 2:
+        print(f"--folds must be between 2 and {len(full) // 2} for {len(full)} images.", file=sys.stderr)
+        return 2
     config = TrainingConfig().with_updates(max_minutes=args.minutes, num_threads=args.threads,
                                            **dict(parse_set_option(s) for s in args.set))
     out = Path(args.out or ROOT / "benchmarks" / "out" / time.strftime("drive_%Y%m%d_%H%M%S"))
     torch.set_num_threads(args.threads)
-    print(f"DRIVE: {len(train_set)} images for training (incl. validation), {len(test_set)} unseen test images "
-          f"({', '.join(sorted(test_ids))}); budget {args.minutes:g} min, {args.threads} threads")
     print("config:", json.dumps({k: v for k, v in config.to_dict().items() if v != getattr(TrainingConfig(), k)}
                                 or "defaults"), "| defaults:", json.dumps(TrainingConfig().to_dict()))
-    print(f"{'epoch':>5} {'elapsed s':>9} {'epoch s':>7} {'patches/s':>9} {'train loss':>10} {'val loss':>8} "
-          f"{'val dice':>8} {'lr':>8}")
-
-    def on_event(e: dict) -> None:
-        if e["type"] == "epoch_end":
-            print(f"{e['epoch']:5d} {e['elapsed']:9.1f} {e['seconds']:7.1f} {e['patches_per_s']:9.1f} "
-                  f"{e['train_loss']:10.4f} {e['val_loss']:8.4f} {e['val_dice']:8.4f} {e['lr']:8.1e}"
-                  + (" *" if e["is_best"] else ""), flush=True)
-        elif e["type"] == "calibration":
-            print(f"calibration on validation images: Dice {e['dice_before']:.4f} -> {e['dice_after']:.4f}", flush=True)
-
-    t0 = time.monotonic()
-    result = train(config, train_set, out, on_event=on_event)
-    train_s = time.monotonic() - t0
-    loaded = load_model(result.best_checkpoint)
-    images, masks, fovs = zip(*(test_set.raw(i) for i in range(len(test_set))))
-    t1 = time.monotonic()
-    probs = [predict(loaded, image, fov=fov) for image, fov in zip(images, fovs)]
-    predict_s = (time.monotonic() - t1) / len(test_set)
-    raw = pooled_metrics(list(zip(probs, masks, fovs)), threshold=0.5)
-
-    def dice_at_half(model, tta: bool = False) -> float:
-        test_probs = [predict(model, image, tta=tta, fov=fov) for image, fov in zip(images, fovs)]
-        return pooled_metrics(list(zip(test_probs, masks, fovs)), threshold=0.5)["dice"]
-
-    tta_dice = dice_at_half(loaded, tta=True)
-    last_dice = dice_at_half(load_model(result.last_checkpoint))  # the final weights, for those who pick checkpoints
-    pp = PostProcessConfig.from_dict(result.recommended_postprocess) if result.recommended_postprocess else None
-    post = pooled_metrics([(enhanced_post_processing(p, config=pp, fov=f).mask, m, f)
-                           for p, m, f in zip(probs, masks, fovs)]) if pp else None
-    base = baseline(train_set, test_set)
-    summary = {
-        "budget_minutes": args.minutes, "threads": args.threads, "train_seconds": train_s,
-        "stop_reason": result.stop_reason, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
-        "best_val_dice": result.best_metric, "test_ids": sorted(test_ids), "test_dice_raw": raw["dice"],
-        "test_auc": raw["roc_auc"], "test_dice_tta": tta_dice, "test_dice_last_checkpoint": last_dice,
-        "test_dice_postprocessed": post["dice"] if post else None,
-        "recommended_postprocess": result.recommended_postprocess, "calibration": result.calibration,
-        "baseline": base, "predict_seconds_per_image": predict_s, "config": config.to_dict(),
-        "history": [{k: h[k] for k in ("epoch", "elapsed", "seconds", "patches_per_s", "train_loss", "val_loss",
-                                        "val_dice", "lr")} for h in result.history],
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print()
-    print(f"stopped: {result.stop_reason} after {result.epochs_run} epochs, {train_s / 60:.1f} min "
-          f"(including calibration); best epoch {result.best_epoch}, val Dice {result.best_metric:.4f}")
-    print(f"unseen test images, pooled FOV pixels: Dice {raw['dice']:.4f} at 0.5, AUC {raw['roc_auc']:.4f}"
-          + (f"; Dice {post['dice']:.4f} with the recommended post-processing" if post else "")
-          + f"; Dice {tta_dice:.4f} at 0.5 averaging 4 flips (--tta)")
-    print(f"last.pt (epoch {result.epochs_run}) on the same images: Dice {last_dice:.4f} at 0.5")
-    if base:
-        print(f"{base['name']} on the same images: Dice {base['dice']:.4f} (threshold {base['threshold']}); "
-              f"U-Net / baseline = {raw['dice'] / base['dice']:.2f}")
-    print(f"prediction: {predict_s:.2f} s per image; summary: {out / 'summary.json'}")
+    if args.folds:
+        cross_validate(config, full, args.folds, out)
+    else:
+        run_split(config, full, set(args.test_ids.split(",")), out)
     return 0
 
 
