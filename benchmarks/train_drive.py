@@ -37,16 +37,13 @@ from engine.infer import load_model, predict  # noqa: E402
 from engine.metrics import pooled_metrics  # noqa: E402
 from engine.postprocess import PostProcessConfig, enhanced_post_processing  # noqa: E402
 from engine.train import TrainingConfig, parse_set_option, train  # noqa: E402
+from engine.vesselness import BASELINE_NAME, vesselness_map  # noqa: E402
 
 DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"
 
 
 def baseline_maps(ds: Dataset) -> list[tuple]:
-    """(vesselness map, mask, fov) per image, or [] when the vesselness module is missing."""
-    try:
-        from engine.vesselness import vesselness_map
-    except ImportError:
-        return []
+    """(vesselness map, mask, fov) per image."""
     out = []
     for i in range(len(ds)):
         image, mask, fov = ds.raw(i)
@@ -92,21 +89,18 @@ def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Pa
     post = [enhanced_post_processing(p, config=pp, fov=f).mask for p, f in zip(probs, fovs)] if pp else None
     maps = {"raw": list(zip(probs, masks, fovs)), "tta": list(zip(tta, masks, fovs)),
             "last": list(zip(last, masks, fovs)), "post": list(zip(post, masks, fovs)) if post else None}
-    base_train = baseline_maps(train_set)
-    if base_train:
-        threshold = baseline_threshold(base_train)
-        maps["baseline"] = [(v >= threshold, m, f) for v, m, f in baseline_maps(test_set)]
+    threshold = baseline_threshold(baseline_maps(train_set))
+    maps["baseline"] = [(v >= threshold, m, f) for v, m, f in baseline_maps(test_set)]
     raw = pooled_metrics(maps["raw"], threshold=0.5)
+    dice = {key: (raw if key == "raw" else pooled_metrics(items))["dice"] for key, items in maps.items() if items}
     summary = {
         "budget_minutes": config.max_minutes, "threads": config.num_threads, "train_seconds": train_s,
         "stop_reason": result.stop_reason, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
         "best_val_dice": result.best_metric, "test_ids": sorted(test_ids), "test_dice_raw": raw["dice"],
-        "test_auc": raw["roc_auc"], "test_dice_tta": pooled_metrics(maps["tta"])["dice"],
-        "test_dice_last_checkpoint": pooled_metrics(maps["last"])["dice"],
-        "test_dice_postprocessed": pooled_metrics(maps["post"])["dice"] if post else None,
+        "test_auc": raw["roc_auc"], "test_dice_tta": dice["tta"], "test_dice_last_checkpoint": dice["last"],
+        "test_dice_postprocessed": dice.get("post"),
         "recommended_postprocess": result.recommended_postprocess, "calibration": result.calibration,
-        "baseline": {"name": "Classical vesselness (Frangi)", "threshold": threshold,
-                     "dice": pooled_metrics(maps["baseline"])["dice"]} if base_train else None,
+        "baseline": {"name": BASELINE_NAME, "threshold": threshold, "dice": dice["baseline"]},
         "predict_seconds_per_image": predict_s, "config": config.to_dict(),
         "history": [{k: h[k] for k in ("epoch", "elapsed", "seconds", "patches_per_s", "train_loss", "val_loss",
                                         "val_dice", "lr")} for h in result.history],
@@ -120,12 +114,10 @@ def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Pa
           + f"; Dice {summary['test_dice_tta']:.4f} at 0.5 averaging 4 flips (--tta)")
     print(f"last.pt (epoch {result.epochs_run}) on the same images: Dice {summary['test_dice_last_checkpoint']:.4f} "
           "at 0.5")
-    if base_train:
-        base = summary["baseline"]
-        print(f"{base['name']} on the same images: Dice {base['dice']:.4f} (threshold {base['threshold']}); "
-              f"U-Net / baseline = {raw['dice'] / base['dice']:.2f}")
+    print(f"{BASELINE_NAME} on the same images: Dice {dice['baseline']:.4f} (threshold {threshold}); "
+          f"U-Net / baseline = {raw['dice'] / dice['baseline']:.2f}")
     print(f"prediction: {predict_s:.2f} s per image; summary: {out / 'summary.json'}", flush=True)
-    return {"summary": summary, "maps": maps}
+    return {"summary": summary, "maps": maps, "dice": dice}
 
 
 COLUMNS = (("best.pt", "raw"), ("+ post-proc.", "post"), ("+ flip TTA", "tta"), ("last.pt", "last"),
@@ -133,7 +125,7 @@ COLUMNS = (("best.pt", "raw"), ("+ post-proc.", "post"), ("+ flip TTA", "tta"), 
 
 
 def cross_validate(config: TrainingConfig, full: Dataset, folds: int, out: Path) -> dict:
-    """Train ``folds`` models on consecutive held-out groups; pool every image's Dice from the model that never saw it."""
+    """Train ``folds`` models on consecutive held-out groups; score each image with the model that never saw it."""
     ids = sorted((s.id for s in full.pairs), key=lambda i: (len(i), i))
     groups = [list(g) for g in np.array_split(ids, folds)]
     runs = []
@@ -150,13 +142,12 @@ def cross_validate(config: TrainingConfig, full: Dataset, folds: int, out: Path)
     print(header)
     for k, (group, r) in enumerate(zip(groups, runs), start=1):
         s = r["summary"]
-        cells = [pooled_metrics(r["maps"][key])["dice"] for _, key in COLUMNS if key in pooled]
+        cells = [r["dice"][key] for _, key in COLUMNS if key in pooled]
         print(f"{k:4d} {group[0] + '-' + group[-1]:>12} {s['epochs']:6d} {s['best_val_dice']:8.4f} "
               + " ".join(f"{c:12.4f}" for c in cells))
     print(f"{'all':>4} {str(len(ids)) + ' images':>12} {'':>6} {'':>8} "
           + " ".join(f"{pooled[key]:12.4f}" for _, key in COLUMNS if key in pooled))
-    if "baseline" in pooled:
-        print(f"U-Net (best.pt) / Frangi baseline = {pooled['raw'] / pooled['baseline']:.2f}")
+    print(f"U-Net (best.pt) / Frangi baseline = {pooled['raw'] / pooled['baseline']:.2f}")
     summary = {"folds": folds, "budget_minutes": config.max_minutes, "threads": config.num_threads,
                "pooled_dice": pooled, "fold_summaries": [r["summary"] for r in runs], "config": config.to_dict()}
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
