@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.calibration import CALIBRATION_MIN_GAIN, calibrate_postprocess
 from engine.data import make_synthetic_dataset
 from engine.postprocess import PostProcessConfig
-from engine.train import (CALIBRATION_MIN_GAIN, EarlyStopping, TrainingConfig, TrainingError, calibrate_postprocess,
-                          parse_set_option, train)
+from engine.train import EarlyStopping, TrainingConfig, TrainingError, parse_set_option, train
 
 torch.set_num_threads(1)
 
