@@ -40,7 +40,8 @@ warnings.filterwarnings("ignore", message=".*binary_(opening|closing).*deprecate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.postprocess import KERNEL_SHAPES, PIXEL_VARIANCE, PostProcessConfig, enhanced_post_processing  # noqa: E402
+from engine.connectivity import PIXEL_VARIANCE  # noqa: E402
+from engine.postprocess import KERNEL_SHAPES, PostProcessConfig, enhanced_post_processing  # noqa: E402
 
 DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"
 

@@ -206,14 +206,13 @@ def _count_regions(mask, connectivity):
                          + [(_dots, s, 0.45, 0.9) for s in range(2)])
 @pytest.mark.parametrize("max_seeds", [1000, 0])  # 0: every map goes through the labelling path
 def test_hysteresis_equals_scipy_labelling(make, seed, low, high, connectivity, max_seeds, monkeypatch):
-    from engine import postprocess
+    from engine import connectivity as cc
 
-    monkeypatch.setattr(postprocess, "FILL_MAX_SEEDS", max_seeds)
+    monkeypatch.setattr(cc, "FILL_MAX_SEEDS", max_seeds)
     labelled = []
-    monkeypatch.setattr(postprocess, "_hysteresis_by_labels",
-                        lambda *a, f=postprocess._hysteresis_by_labels: labelled.append(1) or f(*a))
+    monkeypatch.setattr(cc, "_hysteresis_by_labels", lambda *a, f=cc._hysteresis_by_labels: labelled.append(1) or f(*a))
     prob = make(seed)
-    mask, regions = postprocess.hysteresis_mask(prob, low, high, connectivity)
+    mask, regions = cc.hysteresis_mask(prob, low, high, connectivity)
     expected = _scipy_hysteresis(prob, low, high, connectivity)
     assert mask.dtype == np.uint8 and mask.flags.c_contiguous
     assert np.array_equal(mask, expected)
@@ -476,7 +475,7 @@ def test_other_numeric_dtypes_are_accepted(dtype):
 def test_count_components_labels_only_the_bounding_box(connectivity, scratch_shape):
     import cv2
 
-    from engine.postprocess import count_components
+    from engine.connectivity import count_components
 
     mask = (smooth_random_map(7) > 0.6).astype(np.uint8)
     mask[:10] = 0
