@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.components import (age_text, curves_figure, forget_queries, query, run_duration, run_page,
-                              stop_reason_text)
+from pages.charts import curves_figure
+from pages.components import age_text, forget_queries, query, run_duration, run_page, stop_reason_text
 from pages.train_widgets import continue_controls
 
 ACTIVE = ("queued", "running", "stopping")

@@ -11,7 +11,8 @@ import streamlit as st
 
 from engine import train as train_engine
 from engine.train import TrainingConfig
-from pages.components import age_text, curves_figure, forget_queries, logger, overlay_bytes, query, stop_reason_text
+from pages.charts import curves_figure
+from pages.components import age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text
 from storage import paths
 
 # Field -> (group, help). Fields not listed go to "Advanced". Help carries the seed's advice.

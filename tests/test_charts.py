@@ -1,0 +1,52 @@
+"""The training-curve figure and its smoothing (pages.charts): pure functions, no Streamlit."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pages.charts import curves_figure, smooth
+
+
+@pytest.mark.parametrize("values, weight, expected", [
+    ([1.0, 2.0, 3.0], 0.0, [1.0, 2.0, 3.0]),  # no smoothing: unchanged
+    ([5.0, 5.0, 5.0], 0.9, [5.0, 5.0, 5.0]),  # bias-corrected: a constant stays that constant from the start
+    ([None, 2.0, None, 2.0], 0.6, [None, 2.0, None, 2.0]),  # gaps stay gaps and do not count as values
+    ([], 0.5, []),
+])
+def test_smooth_cases(values, weight, expected):
+    assert smooth(values, weight) == pytest.approx(expected)
+
+
+def test_smooth_damps_a_spike_and_follows_a_step():
+    noisy = [1.0] * 5 + [10.0] + [1.0] * 5
+    out = smooth(noisy, 0.8)
+    assert max(out) < 4.0  # a single spike is damped to under a third
+    step = smooth([0.0] * 10 + [1.0] * 40, 0.8)
+    assert 0.99 < step[-1] <= 1.0 and all(a <= b for a, b in zip(step[10:], step[11:]))
+
+
+def _rows(n: int, dice_peak: int) -> list[dict]:
+    return [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_dice": 0.8 - 0.01 * abs(e - dice_peak),
+             "lr": 1e-3 * 0.9 ** e} for e in range(1, n + 1)]
+
+
+def test_one_run_has_its_four_series_and_marks_the_best_epoch():
+    fig = curves_figure([("run a", _rows(12, 7), 7)])
+    names = [t.name for t in fig.data]
+    assert names[:4] == ["train loss", "val loss", "val Dice", "LR"]
+    star = next(t for t in fig.data if t.name == "best epoch 7")
+    assert list(star.x) == [7] and math.isclose(star.y[0], 0.8)
+    assert fig.layout.yaxis3.type == "log" and tuple(fig.layout.yaxis2.range) == (0, 1.02)
+
+
+def test_overlaid_runs_are_named_by_run_and_smoothing_adds_faint_raw_curves():
+    runs = [("a", _rows(5, 3), 3), ("b", _rows(8, 2), None)]
+    plain = curves_figure(runs)
+    assert {t.name for t in plain.data} >= {"a: val Dice", "b: val Dice", "a: best epoch 3"}
+    assert not any(t.name == "b: best epoch None" for t in plain.data)
+    smoothed = curves_figure(runs, smoothing=0.6)
+    faint = [t for t in smoothed.data if t.opacity == 0.25]
+    assert len(faint) == 2 * 3  # train loss, val loss and Dice per run; the LR is never smoothed
+    solid_dice = next(t for t in smoothed.data if t.name == "a: val Dice")
+    assert list(solid_dice.y) == pytest.approx(smooth([r["val_dice"] for r in runs[0][1]], 0.6))
