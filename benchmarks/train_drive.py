@@ -32,6 +32,7 @@ sys.path[0] = str(ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from engine.calibration import pooled_dice  # noqa: E402
 from engine.data import Dataset, load_dataset  # noqa: E402
 from engine.infer import load_model, predict  # noqa: E402
 from engine.metrics import pooled_metrics  # noqa: E402
@@ -42,19 +43,22 @@ from engine.vesselness import BASELINE_NAME, vesselness_map  # noqa: E402
 DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"
 
 
-def baseline_maps(ds: Dataset) -> list[tuple]:
-    """(vesselness map, mask, fov) per image."""
-    out = []
-    for i in range(len(ds)):
-        image, mask, fov = ds.raw(i)
-        out.append((vesselness_map(image, fov), mask, fov))
-    return out
+def baseline_maps(ds: Dataset, cache: dict[str, tuple]) -> list[tuple]:
+    """(vesselness map, mask, fov) per image. ``cache`` (by image id) is shared by the folds of a
+    cross-validation, so each image's map (~0.65 s) is computed once, not once per fold."""
+    for i, sample in enumerate(ds.pairs):
+        if sample.id not in cache:
+            image, mask, fov = ds.raw(i)
+            cache[sample.id] = (vesselness_map(image, fov), mask, fov)
+    return [cache[sample.id] for sample in ds.pairs]
 
 
 def baseline_threshold(train_maps: list[tuple]) -> float:
-    """The vesselness threshold with the best pooled Dice on the training images."""
+    """The vesselness threshold with the best pooled Dice on the training images (Dice only: the full
+    ``pooled_metrics`` also skeletonises every image for clDice, 13x the time over 39 thresholds)."""
     thresholds = np.round(np.arange(0.02, 0.8, 0.02), 2)
-    return float(max(thresholds, key=lambda t: pooled_metrics([(v >= t, m, f) for v, m, f in train_maps])["dice"]))
+    maps, masks, fovs = zip(*train_maps)
+    return float(max(thresholds, key=lambda t: pooled_dice([v >= t for v in maps], masks, fovs)))
 
 
 def print_epoch(e: dict) -> None:
@@ -66,7 +70,8 @@ def print_epoch(e: dict) -> None:
         print(f"calibration on validation images: Dice {e['dice_before']:.4f} -> {e['dice_after']:.4f}", flush=True)
 
 
-def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Path) -> dict:
+def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Path,
+              baseline_cache: dict[str, tuple]) -> dict:
     """Train on the images outside ``test_ids`` and score the test images; returns the summary and the maps."""
     train_set = Dataset(full.root, full.layout, [s for s in full.pairs if s.id not in test_ids])
     test_set = Dataset(full.root, full.layout, [s for s in full.pairs if s.id in test_ids])
@@ -89,8 +94,8 @@ def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Pa
     post = [enhanced_post_processing(p, config=pp, fov=f).mask for p, f in zip(probs, fovs)] if pp else None
     maps = {"raw": list(zip(probs, masks, fovs)), "tta": list(zip(tta, masks, fovs)),
             "last": list(zip(last, masks, fovs)), "post": list(zip(post, masks, fovs)) if post else None}
-    threshold = baseline_threshold(baseline_maps(train_set))
-    maps["baseline"] = [(v >= threshold, m, f) for v, m, f in baseline_maps(test_set)]
+    threshold = baseline_threshold(baseline_maps(train_set, baseline_cache))
+    maps["baseline"] = [(v >= threshold, m, f) for v, m, f in baseline_maps(test_set, baseline_cache)]
     raw = pooled_metrics(maps["raw"], threshold=0.5)
     dice = {key: (raw if key == "raw" else pooled_metrics(items))["dice"] for key, items in maps.items() if items}
     summary = {
@@ -128,10 +133,10 @@ def cross_validate(config: TrainingConfig, full: Dataset, folds: int, out: Path)
     """Train ``folds`` models on consecutive held-out groups; score each image with the model that never saw it."""
     ids = sorted((s.id for s in full.pairs), key=lambda i: (len(i), i))
     groups = [list(g) for g in np.array_split(ids, folds)]
-    runs = []
+    runs, baseline_cache = [], {}
     for k, group in enumerate(groups, start=1):
         print(f"\n=== fold {k}/{folds}: test images {', '.join(group)}", flush=True)
-        runs.append(run_split(config, full, set(group), out / f"fold{k}"))
+        runs.append(run_split(config, full, set(group), out / f"fold{k}", baseline_cache))
     pooled = {key: pooled_metrics([item for r in runs for item in r["maps"][key]])["dice"]
               for _, key in COLUMNS if all(r["maps"].get(key) for r in runs)}
     print(f"\n{folds}-fold cross-validation, {config.max_minutes:g} min per model, {config.num_threads} threads. "
@@ -184,7 +189,7 @@ def main() -> int:
     if args.folds:
         cross_validate(config, full, args.folds, out)
     else:
-        run_split(config, full, set(args.test_ids.split(",")), out)
+        run_split(config, full, set(args.test_ids.split(",")), out, {})
     return 0
 
 
