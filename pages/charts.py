@@ -5,6 +5,7 @@ directly and the Train and Models pages draw the same figure.
 """
 from __future__ import annotations
 
+
 def smooth(values: list[float | None], weight: float) -> list[float | None]:
     """Exponential moving average (TensorBoard-style, bias-corrected); gaps stay gaps."""
     out, avg, n = [], 0.0, 0
