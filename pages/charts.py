@@ -54,7 +54,7 @@ def curves_figure(runs: list[tuple[str, list[dict], int | None]], smoothing: flo
                           row=1, col=2)
             fig.add_vline(x=best_epoch, line=dict(color="gold", width=1, dash="dash"), row=1, col=2)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)  # Dice lives in [0, 1]; a free axis exaggerates noise
-    fig.update_yaxes(type="log", dtick=1, row=1, col=3)  # labels at powers of ten only
+    fig.update_yaxes(type="log", dtick=1, exponentformat="e", row=1, col=3)  # 1e-04 at powers of ten, not SI "100µ"
     longest = max((len(rows) for _, rows, _ in runs), default=0)
     fig.update_xaxes(title_text="epoch", dtick=1 if longest <= 10 else None, rangemode="tozero")
     fig.update_layout(height=330, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
