@@ -92,12 +92,29 @@ class Probe:
         self.conn.close()
 
 
+def freeze(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and return once every one of its threads is stopped. kill() only queues the
+    signal: a thread running on another core goes on for a moment (long enough to finish renaming a
+    checkpoint), so the phase must not be read before /proc shows them all in state T."""
+    os.kill(pid, signal.SIGSTOP)
+    tasks, deadline = Path(f"/proc/{pid}/task"), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:  # the state is the first field after the ")" that closes the thread's name
+            states = {(t / "stat").read_text().rpartition(")")[2].split()[0] for t in tasks.iterdir()}
+        except (FileNotFoundError, ProcessLookupError):  # a thread ended while listed: look again
+            continue
+        if states <= {"T", "t", "Z", "X"}:  # stopped, or a thread that has already ended
+            return
+        time.sleep(0.0002)
+    raise AssertionError(f"the worker (pid {pid}) did not stop within {timeout} s of SIGSTOP")
+
+
 def kill_in(worker: Worker, probe: Probe, phase: str, timeout: float = 60.0) -> None:
     """SIGKILL the worker at a moment it is verifiably (while frozen by SIGSTOP) in ``phase``."""
     pid, deadline = worker.proc.pid, time.monotonic() + timeout
     while time.monotonic() < deadline:
         if probe.phase() == phase:
-            os.kill(pid, signal.SIGSTOP)
+            freeze(pid)
             if probe.phase() == phase:  # nothing moves now: this is where it dies
                 os.kill(pid, signal.SIGKILL)
                 worker.proc.wait(10)
