@@ -286,17 +286,24 @@ def check_patch_size(sizes: "Dataset | list[tuple[int, int]]", patch_size: int) 
 
 
 class PatchSampler:
-    """Random training patches with flips, 90° rotations and brightness/contrast/gamma jitter.
+    """Random training patches with flips, rotations, zoom and brightness/contrast/gamma jitter.
 
     ``images`` are (C,H,W) float in [0,1] (before normalisation), with masks, FOVs and per-image
-    normalisation stats. Patch centres are drawn inside the FOV.
+    normalisation stats. Patch centres are drawn inside the FOV. With ``augment``, a patch is rotated
+    by any angle (``any_angle``; else by a multiple of 90°) and zoomed by a factor drawn log-uniformly
+    from [1/``max_zoom``, ``max_zoom``] in one affine warp, the mask warped alike and thresholded at 0.5
+    so it stays binary; without zoom or free rotation it is a plain crop.
     """
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], fovs: list[np.ndarray],
-                 stats: list[tuple[np.ndarray, np.ndarray]], patch_size: int, augment: bool = True):
+                 stats: list[tuple[np.ndarray, np.ndarray]], patch_size: int, augment: bool = True,
+                 max_zoom: float = 1.0, any_angle: bool = False):
         check_patch_size([img.shape[-2:] for img in images], patch_size)
+        if max_zoom < 1.0:
+            raise ValueError(f"max_zoom must be at least 1 (1 = no zoom), not {max_zoom}.")
         self.images, self.masks, self.stats = images, masks, stats
         self.patch, self.augment = patch_size, augment
+        self.max_zoom, self.any_angle = max_zoom, any_angle
         self.centres = [np.argwhere(f > 0) if f.any() else np.argwhere(np.ones_like(f)) for f in fovs]
 
     def _crop(self, a: np.ndarray, y: int, x: int) -> np.ndarray:
@@ -307,25 +314,45 @@ class PatchSampler:
             a = np.pad(a, pad, mode="reflect" if min(h, w) > p // 2 else "edge")
         return a[..., y:y + p, x:x + p]
 
+    def _warp(self, img: np.ndarray, msk: np.ndarray, cy: int, cx: int, angle: float,
+              zoom: float) -> tuple[np.ndarray, np.ndarray]:
+        """The patch centred on (cy, cx), rotated by ``angle`` degrees and zoomed; reflected at the image's edge."""
+        p = self.patch
+        m = cv2.getRotationMatrix2D((float(cx), float(cy)), angle, zoom)
+        m[:, 2] += (p / 2 - cx, p / 2 - cy)
+
+        def warp(a: np.ndarray) -> np.ndarray:
+            return cv2.warpAffine(np.ascontiguousarray(a, np.float32), m, (p, p), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT_101)
+        return np.stack([warp(c) for c in img]), (warp(msk) > 0.5)[None].astype(np.float32)
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         p = self.patch
+        geometric = self.augment and (self.max_zoom > 1.0 or self.any_angle)
         xs, ys = [], []
         for _ in range(batch_size):
             i = int(rng.integers(len(self.images)))
             img, msk = self.images[i], self.masks[i]
             h, w = img.shape[-2:]
             cy, cx = self.centres[i][rng.integers(len(self.centres[i]))]
-            y = int(np.clip(cy - p // 2, 0, max(0, h - p)))
-            x = int(np.clip(cx - p // 2, 0, max(0, w - p)))
-            xi, yi = self._crop(img, y, x).copy(), self._crop(msk, y, x)[None].astype(np.float32)
+            if geometric:
+                zoom = math.exp(rng.uniform(math.log(1 / self.max_zoom), math.log(self.max_zoom))) \
+                    if self.max_zoom > 1.0 else 1.0
+                angle = rng.uniform(0, 360) if self.any_angle else 0.0
+                xi, yi = self._warp(img, msk, cy, cx, angle, zoom)
+            else:
+                y = int(np.clip(cy - p // 2, 0, max(0, h - p)))
+                x = int(np.clip(cx - p // 2, 0, max(0, w - p)))
+                xi, yi = self._crop(img, y, x).copy(), self._crop(msk, y, x)[None].astype(np.float32)
             if self.augment:
                 gamma = math.exp(rng.uniform(-0.25, 0.25))
                 contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(-0.08, 0.08)
                 xi = np.clip(xi, 0, 1) ** gamma
                 mid = xi.mean()
                 xi = (xi - mid) * contrast + mid + brightness
-                k = int(rng.integers(4))
-                xi, yi = np.rot90(xi, k, (1, 2)), np.rot90(yi, k, (1, 2))
+                if not self.any_angle:
+                    k = int(rng.integers(4))
+                    xi, yi = np.rot90(xi, k, (1, 2)), np.rot90(yi, k, (1, 2))
                 if rng.random() < 0.5:
                     xi, yi = xi[:, :, ::-1], yi[:, :, ::-1]
             mean, std = self.stats[i]

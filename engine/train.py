@@ -56,7 +56,9 @@ class TrainingConfig:
     epochs: int = 60  # maximum number of epochs
     steps_per_epoch: int = 250  # optimiser steps (batches) per epoch (~30 s on 2 CPU cores); validation runs after each
     val_fraction: float = 0.2  # share of the images held out for validation (seeded split)
-    augment: bool = True  # flips, 90° rotations, brightness/contrast/gamma jitter
+    augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
+    max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off (no gain on DRIVE)
+    any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps (no gain on DRIVE)
     ema_decay: float = 0.998  # validate and save an exponential moving average of the weights (~500 steps); 0 = off
     # --- learning-rate schedule
     lr_schedule: str = "cosine"  # 'cosine' (to min_learning_rate by the last epoch), 'plateau' or 'none'
@@ -136,7 +138,8 @@ _RANGES = {
     "tversky_alpha": (0.0, 1.0, False), "tversky_beta": (0.0, 1.0, False),
     "learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "batch_size": (1, 1024, False),
     "patch_size": (16, 1024, False), "epochs": (1, 100_000, False), "steps_per_epoch": (1, 1_000_000, False),
-    "val_fraction": (0.0, 0.9, True), "ema_decay": (0.0, 0.99999, False), "min_learning_rate": (0.0, 1.0, False),
+    "val_fraction": (0.0, 0.9, True), "ema_decay": (0.0, 0.99999, False), "max_zoom": (1.0, 2.0, False),
+    "min_learning_rate": (0.0, 1.0, False),
     "plateau_factor": (0.0, 0.99, True),
     "plateau_patience": (0, 1000, False), "early_stopping_patience": (0, 100_000, False),
     "min_delta": (0.0, 1.0, False), "max_minutes": (0.0, 10_080.0, False), "seed": (0, 2**31 - 1, False),
@@ -409,7 +412,8 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
     prepared = {i: ds.arrays(i, c.channel, c.clahe) for i in train_idx + val_idx}
     stats = {i: normalization_stats(prepared[i][0], prepared[i][2], c.normalization) for i in prepared}
     sampler = PatchSampler([prepared[i][0] for i in train_idx], [prepared[i][1] for i in train_idx],
-                           [prepared[i][2] for i in train_idx], [stats[i] for i in train_idx], c.patch_size, c.augment)
+                           [prepared[i][2] for i in train_idx], [stats[i] for i in train_idx], c.patch_size, c.augment,
+                           c.max_zoom, c.any_angle)
     val_x = [torch.from_numpy((prepared[i][0] - stats[i][0]) / stats[i][1]).to(device) for i in val_idx]
     val_y = [torch.from_numpy(prepared[i][1].astype(np.float32)).to(device) for i in val_idx]
     val_masks = [prepared[i][1] for i in val_idx]

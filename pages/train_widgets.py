@@ -37,7 +37,13 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "dropout_rate": ("Regularisation", "Dropout at the bottleneck; 0.1–0.3 reduces over-fitting."),
     "ema_decay": ("Regularisation", "Validate and save a moving average of the weights: steadier curves and a "
                                     "better chosen checkpoint. 0.998 averages about the last 500 steps; 0 turns it off."),
-    "augment": ("Regularisation", "Flips, rotations and brightness/contrast jitter: keep on for small data sets."),
+    "augment": ("Regularisation", "Flips, rotations, zoom and brightness/contrast jitter: keep on for small data "
+                                  "sets."),
+    "max_zoom": ("Regularisation", "With augmentation on, zoom patches by a random factor between 1/max_zoom and "
+                                   "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. On "
+                                   "DRIVE, one camera, it gained nothing (README)."),
+    "any_angle": ("Regularisation", "With augmentation on, rotate patches by any angle instead of only by multiples "
+                                    "of 90°. On DRIVE it gained nothing (README)."),
     "early_stopping_monitor": ("Early stopping and LR", "val_dice (higher is better) or val_loss (lower is better)."),
     "early_stopping_patience": ("Early stopping and LR", "Epochs without improvement before stopping; 10–20 is a "
                                                          "good range. 0 never stops early."),
@@ -67,6 +73,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
                                           "Dice on the validation images; the inference pages open with them."),
 }
 LABELS = {"ema_decay": "Weight-average decay", "lr_schedule": "LR schedule", "min_learning_rate": "Minimum learning rate", "clahe": "CLAHE",
+          "max_zoom": "Maximum zoom", "any_angle": "Rotate by any angle",
           "calibrate_postprocess": "Calibrate post-processing", "early_stopping_monitor": "Early-stopping monitor",
           "early_stopping_patience": "Early-stopping patience"}
 

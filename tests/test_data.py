@@ -150,13 +150,17 @@ def test_split_is_seeded_and_disjoint(n, fraction, n_val):
     assert split_indices(n, fraction, seed=3) == (train, val)
 
 
-def test_patch_sampler_keeps_image_and_mask_aligned():
+UNIT_STATS = (np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32))
+
+
+@pytest.mark.parametrize("max_zoom, any_angle", [(1.0, False), (1.25, True), (2.0, False), (1.0, True)])
+def test_patch_sampler_keeps_image_and_mask_aligned(max_zoom, any_angle):
     mask = np.zeros((50, 70), np.uint8)
     mask[20:24, :] = 1
     mask[:, 30:33] = 1
     image = mask[None].astype(np.float32) * 0.8 + 0.1  # vessels bright, so alignment is checkable
-    stats = (np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32))
-    sampler = PatchSampler([image], [mask], [np.ones_like(mask)], [stats], patch_size=32, augment=True)
+    sampler = PatchSampler([image], [mask], [np.ones_like(mask)], [UNIT_STATS], patch_size=32, augment=True,
+                           max_zoom=max_zoom, any_angle=any_angle)
     x, y = sampler.sample(16, np.random.default_rng(0))
     assert x.shape == (16, 1, 32, 32) and y.shape == (16, 1, 32, 32) and set(np.unique(y)) <= {0.0, 1.0}
     for xi, yi in zip(x, y):
@@ -164,6 +168,53 @@ def test_patch_sampler_keeps_image_and_mask_aligned():
             assert xi[yi == 1].min() > xi[yi == 0].max()  # monotone jitter keeps vessels brighter
     x2, _ = sampler.sample(16, np.random.default_rng(0))
     assert np.array_equal(x, x2)
+
+
+def _stripes(period: int = 12, width: int = 4, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros((size, size), np.uint8)
+    for x in range(0, size, period):
+        mask[:, x:x + width] = 1
+    return mask[None].astype(np.float32) * 0.8 + 0.1, mask
+
+
+def test_patch_sampler_rotates_by_any_angle_only_when_asked():
+    image, mask = _stripes()
+
+    def oblique(any_angle: bool) -> int:  # patches whose stripes are neither vertical nor horizontal
+        sampler = PatchSampler([image], [mask], [np.ones_like(mask)], [UNIT_STATS], 32, any_angle=any_angle)
+        _, y = sampler.sample(32, np.random.default_rng(1))
+        return sum(not ((m == m[:1]).all() or (m == m[:, :1]).all()) for m in y[:, 0])
+
+    assert oblique(False) == 0
+    assert oblique(True) >= 24
+
+
+def _inner_runs(line: np.ndarray) -> list[int]:
+    """Lengths of the runs of 1s that do not touch either end of ``line``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], line, [0]])))
+    return [int(e - s) for s, e in zip(edges[::2], edges[1::2]) if s > 0 and e < line.size]
+
+
+def test_patch_sampler_zoom_changes_vessel_width_within_its_range():
+    image, mask = _stripes(period=16, width=8, size=192)
+    centre = np.zeros_like(mask)
+    centre[80:112, 80:112] = 1  # far enough from the edges that no patch reaches a reflected stripe
+
+    def widths(max_zoom: float) -> list[int]:  # widths of the stripes crossing the middle of each patch
+        sampler = PatchSampler([image], [mask], [centre], [UNIT_STATS], 48, max_zoom=max_zoom)
+        _, y = sampler.sample(40, np.random.default_rng(2))
+        return [w for m in y[:, 0] for w in _inner_runs(m[24] if (m == m[:1]).all() else m[:, 24])]
+
+    assert set(widths(1.0)) == {8}
+    zoomed = widths(2.0)
+    assert min(zoomed) <= 6 and max(zoomed) >= 11  # narrower and wider than the 8 px drawn
+    assert 3 <= min(zoomed) and max(zoomed) <= 17  # but no more than 2x either way (±1 px of interpolation)
+
+
+def test_patch_sampler_refuses_a_zoom_below_one():
+    image, mask = _stripes()
+    with pytest.raises(ValueError, match="max_zoom must be at least 1"):
+        PatchSampler([image], [mask], [np.ones_like(mask)], [UNIT_STATS], 32, max_zoom=0.5)
 
 
 def test_patch_larger_than_image_is_refused():  # issue 6: a sentence before training starts, not padding

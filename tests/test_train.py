@@ -173,6 +173,9 @@ def test_same_seed_same_result(synth, tmp_path):
     wa = torch.load(a.last_checkpoint, weights_only=True)["state_dict"]
     wb = torch.load(b.last_checkpoint, weights_only=True)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    warped = train(config.with_updates(max_zoom=1.5, any_angle=True), synth, tmp_path / "c")  # zoom, free rotation
+    assert [h["train_loss"] for h in warped.history] != [h["train_loss"] for h in a.history]  # they reach the sampler
+    assert torch.load(warped.last_checkpoint, weights_only=True)["config"]["max_zoom"] == 1.5
 
 
 @pytest.mark.slow
