@@ -333,7 +333,6 @@ class PatchSampler:
         for _ in range(batch_size):
             i = int(rng.integers(len(self.images)))
             img, msk = self.images[i], self.masks[i]
-            h, w = img.shape[-2:]
             cy, cx = self.centres[i][rng.integers(len(self.centres[i]))]
             if geometric:
                 zoom = math.exp(rng.uniform(math.log(1 / self.max_zoom), math.log(self.max_zoom))) \
@@ -341,6 +340,7 @@ class PatchSampler:
                 angle = rng.uniform(0, 360) if self.any_angle else 0.0
                 xi, yi = self._warp(img, msk, cy, cx, angle, zoom)
             else:
+                h, w = img.shape[-2:]
                 y = int(np.clip(cy - p // 2, 0, max(0, h - p)))
                 x = int(np.clip(cx - p // 2, 0, max(0, w - p)))
                 xi, yi = self._crop(img, y, x).copy(), self._crop(msk, y, x)[None].astype(np.float32)
