@@ -6,6 +6,11 @@ Uploaded zips come from users: a member may try to escape its folder (``../x``, 
 the bytes it really inflates (headers can lie), and extracts into a temporary folder next to the
 destination that is renamed into place only when everything succeeded, so a failed upload
 leaves nothing half-written behind.
+
+Limits: an archive inflates to at most ``ML_MANAGER_MAX_EXTRACT_MB`` megabytes (default
+``DEFAULT_MAX_EXTRACT_MB``), at most ``MAX_RATIO`` times its compressed size (and the compressed sizes
+its headers declare must fit in the file's real size), and never leaves
+less than ``MIN_FREE_BYTES`` free on the disk it is unpacked to (checked before and while it is written).
 """
 from __future__ import annotations
 
@@ -17,15 +22,19 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Union
 
 from storage import paths
 
-MAX_TOTAL_BYTES = 4 * 1024**3  # inflated size of one archive
+MAX_EXTRACT_ENV = "ML_MANAGER_MAX_EXTRACT_MB"
+DEFAULT_MAX_EXTRACT_MB = 2048  # inflated size of one archive: room for a large fundus data set
 MAX_MEMBERS = 50_000
 MAX_RATIO = 250  # inflated / compressed, per member and overall (zip bombs reach 1000+)
+MIN_FREE_BYTES = 256 * 1024**2  # an extraction never leaves less free disk space than this
 _CHUNK = 1 << 20
+_DISK_CHECK_EVERY = 64 * _CHUNK  # re-read the free disk space after this many bytes written
 _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -45,6 +54,59 @@ def dataset_name(text: str) -> str:
     if not name:
         raise ArchiveError(f"{text!r} does not give a usable data set name: use letters, digits, '-' or '_'.")
     return name
+
+
+def max_extract_bytes() -> int:
+    """The most bytes one archive may inflate to: ``ML_MANAGER_MAX_EXTRACT_MB`` megabytes (read on every call).
+
+    Raises:
+        ArchiveError: the setting is not a positive number.
+    """
+    text = os.environ.get(MAX_EXTRACT_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_EXTRACT_MB * 1024**2
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = float("nan")
+    if not 0 < megabytes < float("inf"):
+        raise ArchiveError(f"{MAX_EXTRACT_ENV} must be a positive number of megabytes (for example "
+                           f"{DEFAULT_MAX_EXTRACT_MB}), not {text!r}: correct or unset it.")
+    return int(megabytes * 1024**2)
+
+
+def _size_text(n: float) -> str:
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GB"
+    return f"{n / 1024**2:.0f} MB" if n >= 1024**2 else f"{n / 1024:.0f} kB"
+
+
+def _source_size(source: ZipSource) -> int | None:
+    """The archive's real size in bytes (None when it cannot be told without reading it all)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return len(source)
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return os.stat(source).st_size
+        except OSError:
+            return None
+    try:
+        here = source.tell()
+        end = source.seek(0, io.SEEK_END)
+        source.seek(here)
+        return end
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_free_space(folder: Path, need: int, min_free: int) -> None:
+    """Refuse when writing ``need`` more bytes under ``folder`` would leave less than ``min_free`` free."""
+    free = shutil.disk_usage(folder).free
+    if free - need < min_free:
+        raise ArchiveError(
+            f"Not enough free disk space to unpack the archive: {_size_text(free)} free, it needs "
+            f"{_size_text(need)} more and {_size_text(min_free)} must stay free. Free some space and try again."
+        )
 
 
 def _open_zip(source: ZipSource) -> zipfile.ZipFile:
@@ -79,11 +141,28 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
 def check_zip(
     source: ZipSource,
     *,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_total_bytes: int | None = None,
     max_members: int = MAX_MEMBERS,
     max_ratio: float = MAX_RATIO,
 ) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
-    """The members to extract, after checking names, count, declared sizes and ratios."""
+    """The members to extract, after checking names, count, declared sizes and ratios.
+
+    Args:
+        source: the archive (a path, its bytes, or a binary file object).
+        max_total_bytes: the most it may inflate to; default :func:`max_extract_bytes`.
+        max_members: the most entries it may hold.
+        max_ratio: the most a member, or the whole archive, may inflate relative to its compressed
+            size (the compressed sizes the headers declare must fit in the archive's real size).
+
+    Returns:
+        ``(info, relative path)`` of every member to extract (junk such as ``__MACOSX/`` left out).
+
+    Raises:
+        ArchiveError: with a sentence for every refusal.
+    """
+    if max_total_bytes is None:
+        max_total_bytes = max_extract_bytes()
+    real_size = _source_size(source)
     with _open_zip(source) as zf:
         infos = zf.infolist()
     if len(infos) > max_members:
@@ -105,8 +184,14 @@ def check_zip(
         members.append((info, rel))
     if total > max_total_bytes:
         raise ArchiveError(
-            f"The archive would inflate to {total / 1e9:.1f} GB; the limit is {max_total_bytes / 1e9:.1f} GB."
+            f"The archive would inflate to {_size_text(total)}; the limit is {_size_text(max_total_bytes)} "
+            f"(set {MAX_EXTRACT_ENV} to raise it)."
         )
+    # Members that overlap, or headers that overstate their compressed size, claim more compressed
+    # bytes than the file holds: the ratio check below would then be measured against a fiction.
+    if real_size is not None and packed > real_size:
+        raise ArchiveError("The archive's headers claim more compressed data than the file holds (it is damaged or "
+                           "crafted to look smaller than it inflates); it was refused.")
     if total > 1_000_000 and total > max_ratio * max(packed, 1):
         raise ArchiveError("The archive inflates far more than real images do, which looks like a zip bomb; it was refused.")
     if not any(not info.is_dir() for info, _ in members):
@@ -118,24 +203,40 @@ def safe_extract_zip(
     source: ZipSource,
     dest: str | os.PathLike,
     *,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_total_bytes: int | None = None,
     max_members: int = MAX_MEMBERS,
     max_ratio: float = MAX_RATIO,
+    min_free_bytes: int = MIN_FREE_BYTES,
 ) -> Path:
     """Extract ``source`` into the new folder ``dest`` (refused if it exists) and return it.
 
     A single top-level folder in the archive (``drive/images/...``) is flattened so that
     ``dest`` holds its contents directly.
+
+    Args:
+        source, max_total_bytes, max_members, max_ratio: as for :func:`check_zip`; the bytes really
+            inflated are counted too and stop the extraction at ``max_total_bytes``.
+        dest: the folder to create.
+        min_free_bytes: free disk space that must remain, checked before and while writing.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ArchiveError: with a sentence; nothing is left behind (the partial folder is removed).
     """
     dest = Path(dest)
     if dest.exists():
         raise ArchiveError(f"{dest.name} exists already: choose another name or delete the old one first.")
+    if max_total_bytes is None:
+        max_total_bytes = max_extract_bytes()
     members = check_zip(source, max_total_bytes=max_total_bytes, max_members=max_members, max_ratio=max_ratio)
     tops = {rel.parts[0] for _, rel in members}
     strip = len(tops) == 1 and all(len(rel.parts) > 1 or info.is_dir() for info, rel in members)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(dest.parent, sum(info.file_size for info, _ in members), min_free_bytes)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    written = 0
+    written, next_disk_check = 0, _DISK_CHECK_EVERY
     try:
         with _open_zip(source) as zf:
             for info, rel in members:
@@ -154,17 +255,24 @@ def safe_extract_zip(
                         written += len(chunk)
                         if written > max_total_bytes:
                             raise ArchiveError(
-                                f"The archive inflates past {max_total_bytes / 1e9:.1f} GB "
-                                "(more than its headers declare); it was refused."
+                                f"The archive inflates past {_size_text(max_total_bytes)} (more than its headers "
+                                f"declare); it was refused. The limit is set by {MAX_EXTRACT_ENV}."
                             )
+                        if written >= next_disk_check:  # another program may be filling the disk meanwhile
+                            _check_free_space(tmp, len(chunk), min_free_bytes)
+                            next_disk_check += _DISK_CHECK_EVERY
                         out.write(chunk)
         os.replace(tmp, dest)
     except ArchiveError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, zlib.error) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ArchiveError(f"The archive could not be unpacked ({exc}); create it again with a zip tool.") from None
+        detail = str(exc) or ("it ends before its data does" if isinstance(exc, EOFError) else type(exc).__name__)
+        raise ArchiveError(f"The archive could not be unpacked ({detail}); create it again with a zip tool.") from None
+    except BaseException:  # e.g. KeyboardInterrupt: still leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dest
 
 

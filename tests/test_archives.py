@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 import stat
 import zipfile
 
@@ -46,8 +48,8 @@ def test_bad_archives_are_refused_with_a_sentence_and_leave_nothing(home, data, 
 
 def test_total_size_limit_is_enforced(home):
     data = _zip({"a.bin": b"ab" * 5000, "b.bin": b"cd" * 5000})
-    with pytest.raises(archives.ArchiveError, match="GB"):
-        archives.safe_extract_zip(data, home / "x", max_total_bytes=15_000)
+    with pytest.raises(archives.ArchiveError, match="would inflate to 20 kB; the limit is 15 kB"):
+        archives.safe_extract_zip(data, home / "x", max_total_bytes=15 * 1024)
     assert not (home / "x").exists()
 
 
@@ -83,3 +85,66 @@ def test_zip_folder_round_trips(home, tmp_path):
     assert sorted(zipfile.ZipFile(out).namelist()) == ["a.png", "input/c.png", "sub/b.png"]
     only = archives.zip_folder(src, src / "results.zip", include=("sub", "a.png"))
     assert sorted(zipfile.ZipFile(only).namelist()) == ["a.png", "sub/b.png"]
+
+
+def _patch_sizes(data: bytes, *, compress_size: int | None = None, file_size: int | None = None) -> bytes:
+    """The zip ``data`` (one member) with its local and central headers rewritten to declare other sizes."""
+    raw = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 18), (b"PK\x01\x02", 20)):  # compressed size, then size
+        at = raw.index(signature)
+        if compress_size is not None:
+            raw[at + offset:at + offset + 4] = compress_size.to_bytes(4, "little")
+        if file_size is not None:
+            raw[at + offset + 4:at + offset + 8] = file_size.to_bytes(4, "little")
+    return bytes(raw)
+
+
+def _leftovers(home) -> list[str]:
+    return sorted(p.name for p in (home / "datasets").iterdir())
+
+
+def test_headers_that_overstate_the_compressed_size_are_refused(home):
+    # 30 MB of zeros deflate to ~30 kB (a 1000-fold bomb); the headers claim 3 MB compressed, so the
+    # declared ratio (10) looks like an ordinary image's. Scaled down from 2 MB -> 2 GB claiming 100 MB.
+    honest = _zip({"images/big.png": b"\0" * 30_000_000})
+    crafted = _patch_sizes(honest, compress_size=3_000_000)
+    assert zipfile.ZipFile(io.BytesIO(crafted)).infolist()[0].compress_size == 3_000_000  # the lie is read back
+    with pytest.raises(archives.ArchiveError, match="headers claim more compressed data than the file holds"):
+        archives.unpack_dataset_zip(crafted, "upload.zip")
+    assert _leftovers(home) == []
+
+
+def test_a_member_larger_than_its_header_says_is_refused_and_leaves_nothing(home):
+    data = _patch_sizes(_zip({"images/a.png": bytes(range(256)) * 8192}), file_size=1024)  # 2 MB declared as 1 kB
+    with pytest.raises(archives.ArchiveError, match="could not be unpacked"):
+        archives.unpack_dataset_zip(data, "upload.zip")
+    assert _leftovers(home) == []
+
+
+def test_the_extraction_limit_is_a_setting(home, monkeypatch):
+    monkeypatch.setenv(archives.MAX_EXTRACT_ENV, "1")
+    data = _zip({"images/a.png": os.urandom(2 * 1024**2)})  # incompressible: no ratio check applies
+    with pytest.raises(archives.ArchiveError, match=f"limit is 1 MB \\(set {archives.MAX_EXTRACT_ENV} to raise it\\)"):
+        archives.unpack_dataset_zip(data, "upload.zip")
+    assert _leftovers(home) == []
+
+
+def test_an_archive_within_the_set_limit_is_unpacked(home, monkeypatch):
+    monkeypatch.setenv(archives.MAX_EXTRACT_ENV, "1")
+    folder = archives.unpack_dataset_zip(_zip({"images/a.png": os.urandom(512 * 1024), "masks/a.png": b"m"}),
+                                         "upload.zip")
+    assert (folder / "images" / "a.png").stat().st_size == 512 * 1024
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "nan", "inf"])
+def test_a_bad_extraction_limit_setting_is_a_sentence(home, monkeypatch, value):
+    monkeypatch.setenv(archives.MAX_EXTRACT_ENV, value)
+    with pytest.raises(archives.ArchiveError, match=f"{archives.MAX_EXTRACT_ENV} must be a positive number"):
+        archives.unpack_dataset_zip(_zip({"images/a.png": b"i"}), "upload.zip")
+
+
+def test_too_little_free_disk_space_is_refused_before_writing(home, tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(archives.ArchiveError, match="Not enough free disk space"):
+        archives.safe_extract_zip(_zip({"images/a.png": b"i"}), tmp_path / "out" / "set", min_free_bytes=free + 10**12)
+    assert list((tmp_path / "out").iterdir()) == []
