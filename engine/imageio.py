@@ -2,12 +2,15 @@
 
 Every image enters the program here, converted once to RGB ``uint8`` (H, W, 3); every mask
 to ``uint8`` {0, 1} (H, W). Anything unreadable raises :class:`ImageReadError` (a
-``ValueError``) whose message says what was wrong and what to do.
+``ValueError``) whose message says what was wrong and what to do. A gzip-compressed file
+(``im0001.ppm.gz``) is inflated first, wherever an image or mask is read.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import os
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -18,6 +21,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; DRIVE is 565 x 584
 MIN_SIDE = 16  # smaller images carry no usable vessels
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".bmp")
+# A gzip-compressed image (``im0001.ppm.gz``) is inflated at most to this many bytes: enough for an
+# uncompressed image of MAX_PIXELS pixels with four 8-bit channels, and a stop for gzip bombs.
+MAX_GZIP_BYTES = 4 * MAX_PIXELS
+_GZIP_MAGIC = b"\x1f\x8b"
 
 # Never decode a truncated file silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -42,16 +49,15 @@ def _label(source: Source, name: str | None) -> str:
 def _open(source: Source, name: str | None) -> tuple[Image.Image, str]:
     label = _label(source, name)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageReadError(f"{label}: no such file ({path}).")
-        data = path.read_bytes()
+        data = _read_file(Path(source), label)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
         if hasattr(source, "seek"):
             source.seek(0)
         data = source.read()
+    if data[:2] == _GZIP_MAGIC:  # recognised by content, so a renamed .gz is read as well
+        data = _gunzip(data, label)
     if not data:
         raise ImageReadError(f"{label} is empty (0 bytes): upload the image file itself.")
     try:
@@ -83,6 +89,41 @@ def _open(source: Source, name: str | None) -> tuple[Image.Image, str]:
     return img, label
 
 
+def _read_file(path: Path, label: str) -> bytes:
+    """The bytes of the regular file ``path``; ImageReadError for folders, devices, pipes and unreadable files."""
+    # A FIFO or a device would block or stream forever: read only regular files.
+    if path.is_dir():
+        raise ImageReadError(f"{label} is a folder, not an image file ({path}): choose the image inside it.")
+    if not path.is_file():
+        if os.path.lexists(path):
+            raise ImageReadError(f"{label} is not a regular file ({path}): copy the image into a normal file first.")
+        raise ImageReadError(f"{label}: no such file ({path}).")
+    try:
+        return path.read_bytes()
+    except PermissionError:
+        raise ImageReadError(
+            f"{label} cannot be read: permission denied ({path}). Make it readable (for example chmod u+r) "
+            "or copy it somewhere you can read."
+        ) from None
+    except OSError as exc:
+        raise ImageReadError(f"{label} cannot be read ({exc.strerror or exc}): copy it again and retry.") from None
+
+
+def _gunzip(data: bytes, label: str) -> bytes:
+    """Inflate gzip ``data``, stopping past MAX_GZIP_BYTES (a gzip bomb) with an ImageReadError."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            out = stream.read(MAX_GZIP_BYTES + 1)
+    except (OSError, EOFError, zlib.error):  # BadGzipFile is an OSError; a cut file ends in EOFError
+        raise ImageReadError(f"{label} is a damaged gzip file: compress the image again.") from None
+    if len(out) > MAX_GZIP_BYTES:
+        raise ImageReadError(
+            f"{label} inflates to more than {MAX_GZIP_BYTES / 1e6:.0f} MB, more than any image this program "
+            "reads: check the file, or downscale the image first."
+        )
+    return out
+
+
 def _too_large(label: str, w: int | None = None, h: int | None = None) -> str:
     size = f" ({w}×{h} pixels)" if w else ""
     return (
@@ -92,32 +133,69 @@ def _too_large(label: str, w: int | None = None, h: int | None = None) -> str:
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale 16-bit / float / bool data to uint8 0..255."""
+    """Scale 16-bit / 32-bit / float / bool data to uint8 0..255.
+
+    Float data in [0, 1] is scaled by 255, data in [0, 255] is kept, larger values are scaled by
+    their bit depth (12- or 16-bit data) or, past 16 bits, by their maximum. Non-finite float pixels
+    are mapped, not refused: NaN (a "no data" pixel) becomes 0, +inf 255 and -inf 0; the scale comes
+    from the finite pixels alone.
+    """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
+    positive_inf = np.isposinf(arr) if arr.dtype.kind == "f" else None
     arr = arr.astype(np.float64)
-    top = float(np.nanmax(arr)) if arr.size else 0.0
-    if top <= 1.0 and arr.dtype.kind == "f":
+    finite = np.isfinite(arr)
+    values = arr[finite]
+    top = float(values.max()) if values.size else 0.0
+    if top <= 1.0 and positive_inf is not None:
         scale = 255.0
     elif top <= 255:
         scale = 1.0
-    else:  # 16-bit (or 12-bit stored in 16): use the data's bit depth
+    elif top <= 65535:  # 16-bit (or 12-bit stored in 16): use the data's bit depth
         scale = 255.0 / (2 ** int(np.ceil(np.log2(top + 1))) - 1)
-    return np.clip(np.nan_to_num(arr) * scale + 0.5, 0, 255).astype(np.uint8)
+    else:  # 32-bit or float data beyond 16 bits: its own maximum is white
+        scale = 255.0 / top
+    out = np.clip(np.where(finite, arr, 0.0) * scale + 0.5, 0, 255).astype(np.uint8)
+    if positive_inf is not None:
+        out[positive_inf] = 255
+    return out
+
+
+def _check_finite(arr: np.ndarray, label: str) -> None:
+    """Refuse float pixel data that holds no finite value at all (all NaN or infinite)."""
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).any():
+        raise ImageReadError(
+            f"{label} holds no usable pixel values (every pixel is NaN or infinite): export the image again."
+        )
 
 
 def read_image(source: Source, name: str | None = None) -> np.ndarray:
     """Read a photograph as RGB uint8 (H, W, 3).
 
     Gray images are replicated to three channels, RGBA loses its alpha channel, CMYK and
-    palette images are converted, 16-bit images are scaled to 8 bits.
+    palette images are converted, 16-bit, 32-bit and float images are scaled to 8 bits. In float
+    images a NaN pixel becomes black, +inf white and -inf black.
+
+    Args:
+        source: a path, the file's bytes, or a binary file object; gzip-compressed or not.
+        name: the file name to use in messages (default: the path's name).
+
+    Returns:
+        uint8 (H, W, 3).
+
+    Raises:
+        ImageReadError: a missing, unreadable (permissions, a folder, a pipe), empty, damaged, too
+            large or too small file, an animation, a damaged or oversized gzip file, or a float image
+            without a single finite pixel.
     """
     img, label = _open(source, name)
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        gray = _to_uint8(np.asarray(img))
+        raw = np.asarray(img)
+        _check_finite(raw, label)
+        gray = _to_uint8(raw)
         return np.repeat(gray[:, :, None], 3, axis=2).copy()
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA").convert("RGB")
@@ -134,6 +212,7 @@ def read_mask(source: Source, name: str | None = None) -> np.ndarray:
 
     Accepted: {0, 255}, {0, 1}, boolean / 1-bit, and colour masks (any channel set).
     A mask with other values is binarised at half its maximum; :func:`read_mask_with_note` says how.
+    Sources and errors are those of :func:`read_image`; NaN pixels of a float mask are background.
     """
     arr = _mask_array(source, name)[0]
     return arr
@@ -154,6 +233,9 @@ def _mask_array(source: Source, name: str | None) -> tuple[np.ndarray, str | Non
         arr = np.asarray(img)
         if arr.ndim == 3:
             arr = arr.max(axis=2)
+        _check_finite(arr, label)
+        if arr.dtype.kind == "f":  # NaN is "no data" (background), +inf foreground, as read_image maps them
+            arr = _to_uint8(arr)
     values = np.unique(arr)
     top = float(values.max()) if values.size else 0.0
     if top == 0:
