@@ -1,16 +1,27 @@
 """Data sets of fundus images with vessel masks: finding, pairing, preprocessing, sampling, synthesising.
 
-Two folder layouts are understood:
+Public data sets are read in the layout they are downloaded in (:data:`LAYOUTS` names them):
 
-- DRIVE: ``images/``, ``1st_manual/`` (vessels), ``mask/`` (field of view); ``2nd_manual/`` is ignored.
-- generic: ``images/``, ``masks/`` (vessels), optional ``fov/``.
+- DRIVE: ``images/``, ``1st_manual/`` (vessels), ``mask/`` (field of view); ``2nd_manual/`` is not used.
+  A folder holding ``training/`` (the download's top folder) is read as its ``training/`` half.
+- STARE: ``stare-images/`` (``im0001.ppm``) and ``labels-ah/`` (``im0001.ah.ppm``) or ``labels-vk/``
+  (``im0001.vk.ppm``); Hoover's ``labels-ah/`` is used when both are there. Photographs without a
+  label (the full set has 400) are left out. No field-of-view masks.
+- CHASE_DB1: one folder of ``Image_01L.jpg`` with ``Image_01L_1stHO.png`` (first observer, used) and
+  ``Image_01L_2ndHO.png``. No field-of-view masks.
+- HRF: ``images/`` (``01_dr.JPG``), ``manual1/`` (``01_dr.tif``), ``mask/`` (``01_dr_mask.tif``).
+- images/ + masks/: ``images/``, ``masks/`` (vessels), optional ``fov/``.
 
-Files are paired by their shared identifier, after stripping annotation suffixes used by public data
-sets (``21_training.tif`` ↔ ``21_manual1.gif`` ↔ ``21_training_mask.gif``; ``name.png`` ↔ ``name_mask.png``,
-``name_1stHO.png``, ``name.ah.ppm``). Every image is read through :mod:`engine.imageio`.
+Any file may also be gzip-compressed (``im0001.ppm.gz``). Folder names are matched regardless of case;
+the layout may also sit one or two folders down (a zip of a whole folder). Files are paired by their
+shared identifier, after stripping annotation suffixes used by public data sets (``21_training.tif`` ↔
+``21_manual1.gif`` ↔ ``21_training_mask.gif``; ``name.png`` ↔ ``name_mask.png``, ``name_1stHO.png``,
+``name.ah.ppm``). Where a layout has no field-of-view masks, :class:`Sample` has ``fov_path=None``.
+Every image is read through :mod:`engine.imageio`.
 """
 from __future__ import annotations
 
+import gzip
 import math
 import re
 import threading
@@ -33,6 +44,11 @@ _SUFFIX = re.compile(
     r"\d(?:st|nd|rd|th)_?ho|ah|vk)$",
     re.IGNORECASE,
 )
+_COMPRESSED = ".gz"  # STARE is distributed as name.ppm.gz; engine.imageio decompresses it
+LAYOUTS = ("DRIVE", "STARE", "CHASE_DB1", "HRF", "images/ + masks/")  # the names Dataset.layout takes
+_LOOKED_FOR = ("DRIVE (images/, 1st_manual/, mask/), STARE (stare-images/ with labels-ah/ or labels-vk/), "
+               "CHASE_DB1 (Image_01L.jpg beside Image_01L_1stHO.png in one folder), HRF (images/, manual1/, "
+               "mask/) or images/ + masks/ (optionally fov/)")
 
 
 class DatasetError(ValueError):
@@ -48,11 +64,16 @@ class Sample:
 
 
 def identifier(filename: str) -> str:
-    """The identifier shared by an image and its annotations: the stem without annotation suffixes."""
-    stem = Path(filename).name
-    while Path(stem).suffix.lower() in EXTENSIONS:
-        stem = stem[: -len(Path(stem).suffix)]
-    key = stem
+    """The identifier shared by an image and its annotations.
+
+    Args:
+        filename: a file name or path, e.g. ``21_training.tif``, ``im0001.ah.ppm.gz``, ``Image_01L_1stHO.png``.
+
+    Returns:
+        The name without its image extension(s) (and ``.gz``) and without annotation suffixes:
+        ``21``, ``im0001``, ``Image_01L``.
+    """
+    key = _without_extensions(Path(filename).name)
     while True:
         shorter = _SUFFIX.sub("", key)
         if shorter == key or not shorter:
@@ -61,9 +82,25 @@ def identifier(filename: str) -> str:
     return key
 
 
+def _without_extensions(name: str) -> str:
+    """``im0001.ah.ppm.gz`` -> ``im0001.ah``: the name without its image extension(s) and ``.gz``."""
+    while Path(name).suffix.lower() in EXTENSIONS or Path(name).suffix.lower() == _COMPRESSED:
+        name = name[: -len(Path(name).suffix)]
+    return name
+
+
+def _is_image_name(name: str) -> bool:
+    """True for ``x.png``, ``x.JPG``, ``x.ppm.gz``; False for hidden files (macOS ``._x.png``) and others."""
+    if name.startswith("."):
+        return False
+    path = Path(name)
+    if path.suffix.lower() == _COMPRESSED:
+        path = Path(path.stem)
+    return path.suffix.lower() in EXTENSIONS
+
+
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS
-                  and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p.name))
 
 
 def _names(paths: list[Path], limit: int = 5) -> str:
@@ -71,9 +108,14 @@ def _names(paths: list[Path], limit: int = 5) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def _by_id(folder: Path) -> dict[str, Path]:
+def _by_id(folder: Path, files: list[Path] | None = None) -> dict[str, Path]:
+    """Lower-cased identifier -> file, for the images in ``folder`` (or the given ``files`` of it).
+
+    Raises:
+        DatasetError: two files share an identifier.
+    """
     found: dict[str, Path] = {}
-    for path in _image_files(folder):
+    for path in _image_files(folder) if files is None else files:
         key = identifier(path.name).lower()
         if key in found:
             raise DatasetError(
@@ -85,7 +127,11 @@ def _by_id(folder: Path) -> dict[str, Path]:
 
 
 def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels; ``.gz`` files too."""
     try:
+        if path.suffix.lower() == _COMPRESSED:
+            with gzip.open(path) as raw, Image.open(raw) as img:
+                return img.size
         with Image.open(path) as img:
             return img.size
     except Exception:
@@ -98,10 +144,16 @@ class Dataset:
     ``arrays(i, channel, clahe)`` decodes and preprocesses sample ``i`` once and caches the result.
     """
 
-    def __init__(self, root: Path, layout: str, pairs: list[Sample]):
+    def __init__(self, root: Path, layout: str, pairs: list[Sample], annotation: str = "",
+                 notes: list[str] | tuple[str, ...] = ()):
+        """Args: the folder read, its layout (one of :data:`LAYOUTS`), the samples, which vessel
+        annotation they use (e.g. ``labels-ah/ (Adam Hoover), labels-vk/ not used``) and sentences
+        about files that were left out."""
         self.root = root
         self.layout = layout
         self.pairs = pairs
+        self.annotation = annotation
+        self.notes = list(notes)
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
 
@@ -109,11 +161,18 @@ class Dataset:
         return len(self.pairs)
 
     def summary(self) -> dict[str, Any]:
+        """What was found, for the Train page and the command line.
+
+        Returns:
+            ``path``, ``layout``, ``annotation`` (the vessel annotation used), ``n_images``, ``with_fov``
+            (samples with a field-of-view mask; the others have it estimated), ``sizes`` (``"WxH"``),
+            ``ids`` and ``notes`` (sentences about files left out).
+        """
         sizes = sorted({_header_size(s.image_path) for s in self.pairs})
         return {
-            "path": str(self.root), "layout": self.layout, "n_images": len(self.pairs),
+            "path": str(self.root), "layout": self.layout, "annotation": self.annotation, "n_images": len(self.pairs),
             "with_fov": sum(s.fov_path is not None for s in self.pairs),
-            "sizes": [f"{w}x{h}" for w, h in sizes], "ids": [s.id for s in self.pairs],
+            "sizes": [f"{w}x{h}" for w, h in sizes], "ids": [s.id for s in self.pairs], "notes": list(self.notes),
         }
 
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,50 +197,153 @@ class Dataset:
             return self._cache[key]
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a recognised data set keeps its files."""
+
+    name: str  # one of LAYOUTS
+    image_dir: Path
+    mask_dir: Path
+    fov_dir: Path | None  # None: the layout has no field-of-view masks
+    annotation: str  # which vessel annotation is used, as the summary says it
+    observer: int | None = None  # CHASE_DB1: images and *_<n>HO annotations share one folder; n used
+    skip_unlabelled: bool = False  # STARE: the full set has 400 photographs, only 20 of them labelled
+
+
+# CHASE_DB1's annotation files: Image_01L_1stHO.png (observer 1), Image_01L_2ndHO.png (observer 2).
+_OBSERVER_SUFFIX = re.compile(r"[._\-](\d)(?:st|nd|rd|th)_?ho$", re.IGNORECASE)
+
+
+def _observer(name: str) -> int | None:
+    """The observer number of a ``*_1stHO`` / ``*_2ndHO`` annotation file name, else None."""
+    match = _OBSERVER_SUFFIX.search(_without_extensions(name))
+    return int(match.group(1)) if match else None
+
+
+def _observer_files(n: int) -> str:
+    """``*_1stHO``, ``*_2ndHO``, …: how the summary names one observer's annotation files."""
+    return f"*_{ {1: '1st', 2: '2nd', 3: '3rd'}.get(n, f'{n}th')}HO"
+
+
+def _child_dirs(folder: Path) -> dict[str, Path]:
+    """Lower-cased name -> subfolder of ``folder``, leaving out hidden folders and macOS zip debris."""
+    try:
+        return {p.name.lower(): p for p in sorted(folder.iterdir())
+                if p.is_dir() and not p.name.startswith((".", "__MACOSX"))}
+    except OSError:
+        return {}
+
+
+def _recognise(folder: Path) -> _Layout | None:
+    """The layout whose folders (or, for CHASE_DB1, files) ``folder`` holds, or None."""
+    dirs = _child_dirs(folder)
+    images = dirs.get("images")
+    if images is not None:
+        if "1st_manual" in dirs:
+            unused = f", {dirs['2nd_manual'].name}/ not used" if "2nd_manual" in dirs else ""
+            return _Layout("DRIVE", images, dirs["1st_manual"], dirs.get("mask"),
+                           f"{dirs['1st_manual'].name}/ (first observer){unused}")
+        if "manual1" in dirs:
+            return _Layout("HRF", images, dirs["manual1"], dirs.get("mask"), f"{dirs['manual1'].name}/")
+        if "masks" in dirs:
+            return _Layout("images/ + masks/", images, dirs["masks"], dirs.get("fov"), f"{dirs['masks'].name}/")
+    stare = dirs.get("stare-images")
+    if stare is not None and ("labels-ah" in dirs or "labels-vk" in dirs):
+        if "labels-ah" in dirs:
+            unused = f", {dirs['labels-vk'].name}/ not used" if "labels-vk" in dirs else ""
+            return _Layout("STARE", stare, dirs["labels-ah"], None,
+                           f"{dirs['labels-ah'].name}/ (Adam Hoover){unused}", skip_unlabelled=True)
+        return _Layout("STARE", stare, dirs["labels-vk"], None, f"{dirs['labels-vk'].name}/ (Valentina Kouznetsova)",
+                       skip_unlabelled=True)
+    try:
+        observers = {_observer(p.name) for p in folder.iterdir() if p.is_file() and _is_image_name(p.name)}
+    except OSError:
+        return None
+    observers.discard(None)
+    if not observers:
+        return None
+    used = min(observers)  # the first observer's, as papers report CHASE_DB1
+    others = "".join(f", {_observer_files(n)} not used" for n in sorted(observers - {used}))
+    return _Layout("CHASE_DB1", folder, folder, None, f"{_observer_files(used)} (observer {used}){others}",
+                   observer=used)
+
+
 def _resolve_root(path: Path) -> Path:
-    """The folder that holds images/: ``path`` itself, its ``training/`` (DRIVE's download), or the one
-    subfolder (up to two levels down) that holds it, as zips made of a whole folder often nest."""
+    """The folder that holds a recognised layout: ``path`` itself or the one folder up to two levels below
+    it that does, as zips made of a whole folder nest; of DRIVE's ``training/`` and ``test/``, ``training/``.
+
+    Returns ``path`` itself when nothing is recognised (:func:`load_dataset` then says what it looked for).
+
+    Raises:
+        DatasetError: ``path`` is not a folder, or several folders at the same depth below it hold a data set.
+    """
     if not path.is_dir():
         raise DatasetError(f"The data set folder {path} does not exist: check the path.")
-    if not (path / "images").is_dir() and (path / "training" / "images").is_dir():
-        return path / "training"  # the DRIVE download's top folder
-    root = path
-    for _ in range(2):
-        if (root / "images").is_dir():
-            break
-        subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
-        if len(subfolders) != 1:
-            break
-        root = subfolders[0]
-        if not (root / "images").is_dir() and (root / "training" / "images").is_dir():
-            root = root / "training"
-    return root if (root / "images").is_dir() else path
+    level = [path]
+    for depth in range(3):
+        found = [folder for folder in level if _recognise(folder) is not None]
+        training = [folder for folder in found if folder.name.lower() == "training"]
+        if len(found) == 1 or len(training) == 1:
+            return (training or found)[0]  # the DRIVE download's top folder holds training/ and test/
+        if found:
+            shown = ", ".join(str(f.relative_to(path)) + "/" for f in found[:5])
+            raise DatasetError(f"{path} holds several data sets ({shown}{' and more' if len(found) > 5 else ''}): "
+                               "choose one of these folders.")
+        if depth < 2:
+            level = [sub for folder in level for sub in _child_dirs(folder).values()]
+    return path
 
 
 def load_dataset(path: str | Path) -> Dataset:
-    """Find the image / mask / FOV triples in ``path`` (DRIVE or generic layout) and check them."""
+    """Find the image / vessel-mask / FOV triples of a data set folder and check that they pair.
+
+    Args:
+        path: a folder in one of the :data:`LAYOUTS` (see the module docstring), or a folder up to two
+            levels above one.
+
+    Returns:
+        A :class:`Dataset` whose ``pairs`` are sorted by identifier; ``fov_path`` is None where the layout
+        has no field-of-view masks.
+
+    Raises:
+        DatasetError: the folder is missing or in no known layout, its files do not pair, a file's header
+            cannot be read, or a mask's size differs from its image's.
+    """
     root = _resolve_root(Path(path).expanduser())
-    if not (root / "images").is_dir():
-        raise DatasetError(
-            f"{root} has no images/ folder: put the photographs in images/ and the vessel masks in masks/ "
-            "(optionally the field-of-view masks in fov/), or use the DRIVE layout (images/, 1st_manual/, mask/)."
-        )
-    if (root / "1st_manual").is_dir():
-        layout, mask_dir, fov_dir = "drive", root / "1st_manual", root / "mask"
-    elif (root / "masks").is_dir():
-        layout, mask_dir, fov_dir = "generic", root / "masks", root / "fov"
+    layout = _recognise(root)
+    if layout is None:
+        if "images" in _child_dirs(root):
+            raise DatasetError(f"{root} has images/ but no folder of vessel masks beside it: put the vessel masks "
+                               f"in masks/ (optionally the field-of-view masks in fov/), or use one of the layouts "
+                               f"this program reads: {_LOOKED_FOR}.")
+        raise DatasetError(f"{root} holds no data set in a layout this program reads (in it or up to two folders "
+                           f"down). It looks for {_LOOKED_FOR}: arrange the files in one of these layouts, or "
+                           "choose the folder that holds them.")
+    if layout.observer is None:
+        images, masks = _by_id(layout.image_dir), _by_id(layout.mask_dir)
     else:
-        raise DatasetError(f"{root} has images/ but no masks/ (or DRIVE's 1st_manual/) folder with the vessel masks.")
-    images, masks = _by_id(root / "images"), _by_id(mask_dir)
-    fovs = _by_id(fov_dir) if fov_dir.is_dir() else None
+        files = _image_files(layout.image_dir)
+        images = _by_id(layout.image_dir, [p for p in files if _observer(p.name) is None])
+        masks = _by_id(layout.mask_dir, [p for p in files if _observer(p.name) == layout.observer])
+    fovs = _by_id(layout.fov_dir) if layout.fov_dir is not None else None
+    image_dir, mask_dir = layout.image_dir, layout.mask_dir
     if not images:
-        nested = sorted(p.name + "/" for p in (root / "images").iterdir() if p.is_dir() and not p.name.startswith("."))
+        nested = sorted(p.name + "/" for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
         if nested:
-            raise DatasetError(f"{root / 'images'} holds no images directly, only the folder(s) {', '.join(nested[:5])}: "
-                               "put the photographs straight into images/ (and their masks into masks/).")
-        raise DatasetError(f"{root / 'images'} holds no images ({', '.join(EXTENSIONS)}): the data set is empty.")
+            raise DatasetError(f"{image_dir} holds no images directly, only the folder(s) {', '.join(nested[:5])}: "
+                               f"put the photographs straight into {image_dir.name}/ (and their masks into "
+                               f"{mask_dir.name}/).")
+        raise DatasetError(f"{image_dir} holds no images ({', '.join(EXTENSIONS)}): the data set is empty.")
+    notes = []
+    unlabelled = [k for k in images if k not in masks]
+    if layout.skip_unlabelled and unlabelled and len(unlabelled) < len(images):
+        images = {k: v for k, v in images.items() if k in masks}
+        one = len(unlabelled) == 1
+        notes.append(f"{len(unlabelled)} photograph{'' if one else 's'} in {image_dir.name}/ "
+                     f"{'has' if one else 'have'} no vessel labels in {mask_dir.name}/ and "
+                     f"{'is' if one else 'are'} left out.")
     problems = []
-    for what, folder, table in (("vessel mask", mask_dir, masks), ("field-of-view mask", fov_dir, fovs)):
+    for what, folder, table in (("vessel mask", mask_dir, masks), ("field-of-view mask", layout.fov_dir, fovs)):
         if table is None:
             continue
         missing = [images[k] for k in images if k not in table]
@@ -189,7 +351,7 @@ def load_dataset(path: str | Path) -> Dataset:
         if missing:
             problems.append(f"no {what} in {folder.name}/ for {_names(missing)}")
         if orphans:
-            problems.append(f"no image in images/ for {_names(orphans)} in {folder.name}/")
+            problems.append(f"no image in {image_dir.name}/ for {_names(orphans)} in {folder.name}/")
     if problems:
         raise DatasetError("Unpaired files: " + "; ".join(problems) + ". Add or rename the files so that they pair.")
     pairs = [Sample(identifier(images[k].name), images[k], masks[k], fovs[k] if fovs is not None else None)
@@ -203,7 +365,7 @@ def load_dataset(path: str | Path) -> Dataset:
                 mismatched.append(f"{other.name} is {w}×{h} but {s.image_path.name} is {size[0]}×{size[1]}")
     if mismatched:
         raise DatasetError("Size mismatch: " + "; ".join(mismatched[:5]) + ". Use the masks made for these images.")
-    return Dataset(root, layout, pairs)
+    return Dataset(root, layout.name, pairs, annotation=layout.annotation, notes=notes)
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -34,11 +34,12 @@ def choose_dataset() -> str | None:
         picked = st.selectbox("Registered data sets", names, key="train_registered")
         return str(paths.datasets_dir() / picked)
     if source == "Folder path":
-        folder = st.text_input("Folder (images/ + masks/ [+ fov/], or DRIVE's images/, 1st_manual/, mask/)",
+        folder = st.text_input("Folder (DRIVE, STARE, CHASE_DB1 or HRF as downloaded, or images/ + masks/ [+ fov/])",
                                key="train_folder", placeholder="../shared/data/drive/training")
         return folder.strip() or None
     if source == "Upload a zip":
-        up = st.file_uploader("Zip of images/ and masks/ (optionally fov/)", type=["zip"], key="train_zip")
+        up = st.file_uploader("Zip of a DRIVE, STARE, CHASE_DB1 or HRF download, or of images/ and masks/ "
+                              "(optionally fov/)", type=["zip"], key="train_zip")
         st.button("Unpack into the data home", key="train_unpack", disabled=up is None, on_click=_unpack)
         if s.get("train_unpack_error"):
             st.error(s["train_unpack_error"])
@@ -82,8 +83,12 @@ def show_summary(path: str) -> bool:
     a, b = st.columns([2, 1])
     with a:
         st.metric("Image / mask pairs", summary["n_images"])
-        st.write(f"Layout: **{summary['layout']}** · sizes: {', '.join(summary['sizes'])} · "
-                 f"with FOV mask: {summary['with_fov']} · folder: `{summary['path']}`")
+        annotation = summary["annotation"].replace("*", r"\*").replace("_", r"\_")  # CHASE_DB1's *_1stHO
+        estimated = " (the others' is estimated)" if summary["with_fov"] < summary["n_images"] else ""
+        st.write(f"Layout: **{summary['layout']}** · vessels from {annotation} · sizes: {', '.join(summary['sizes'])}"
+                 f" · with FOV mask: {summary['with_fov']}{estimated} · folder: `{summary['path']}`")
+        for note in summary["notes"]:
+            st.caption(note)
     b.image(sample, caption=f"{summary['ids'][0]} with its vessel mask (green)", width="stretch")
     return True
 

@@ -44,7 +44,7 @@ def test_drive_layout_pairs_the_three_files(tmp_path):
         _save(tmp_path / "mask" / f"{i}_training_mask.gif", np.full((40, 48), 255, np.uint8), "P")
         _save(tmp_path / "2nd_manual" / f"{i}_manual2.gif", _mask(), "P")  # ignored
     ds = load_dataset(tmp_path)
-    assert (ds.layout, [s.id for s in ds.pairs]) == ("drive", ["21", "22"])
+    assert (ds.layout, [s.id for s in ds.pairs]) == ("DRIVE", ["21", "22"])
     assert ds.pairs[0].mask_path.name == "21_manual1.gif" and ds.pairs[0].fov_path.name == "21_training_mask.gif"
 
 
@@ -117,7 +117,7 @@ def test_missing_folder_is_a_sentence(tmp_path):
 
 def test_real_drive_folder(drive_dir):
     ds = load_dataset(drive_dir)
-    assert ds.layout == "drive" and len(ds) == 20 and all(s.fov_path for s in ds.pairs)
+    assert ds.layout == "DRIVE" and len(ds) == 20 and all(s.fov_path for s in ds.pairs)
     assert load_dataset(drive_dir.parent).root == ds.root  # the download's top folder works too
 
 
@@ -228,7 +228,7 @@ def test_synthetic_dataset_is_realistic_and_seeded(tmp_path):
     make_synthetic_dataset(tmp_path / "a", n_images=3, size=96, seed=5)
     make_synthetic_dataset(tmp_path / "b", n_images=3, size=96, seed=5)
     ds = load_dataset(tmp_path / "a")
-    assert ds.layout == "generic" and len(ds) == 3 and all(s.fov_path for s in ds.pairs)
+    assert ds.layout == "images/ + masks/" and len(ds) == 3 and all(s.fov_path for s in ds.pairs)
     image, mask, fov = ds.raw(0)
     assert fov[0, 0] == 0 and fov[48, 48] == 1 and image[0, 0].max() == 0
     assert 0.02 < mask[fov > 0].mean() < 0.3 and not mask[fov == 0].any()
