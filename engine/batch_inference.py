@@ -10,8 +10,10 @@ Outputs, all written atomically into ``inference/<job_id>/``::
     results.zip         prob/, masks/ and stats.csv together, for download
 
 An image that cannot be read is listed in stats.csv with its error and counted in ``n_failed``; the
-other images are still processed. A zip is unpacked with ``storage.archives.safe_extract_zip``
-(no escaping paths, links, or zip bombs) into ``inference/<job_id>/input/``.
+other images are still processed. A job cancelled while it runs (``storage.db.request_cancel``) stops
+before its next image; stats.csv and results.zip then hold the images done until then. A zip is
+unpacked with ``storage.archives.safe_extract_zip`` (no escaping paths, links, or zip bombs) into
+``inference/<job_id>/input/``.
 """
 from __future__ import annotations
 
@@ -125,10 +127,13 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
     pp_config = PostProcessConfig.from_dict(json.loads(row["postprocess"] or "{}"))
     predictor = load_predictor(row["checkpoint_path"])
     store.update_inference_job(job_id, n_total=len(files), n_done=0, n_failed=0, progress=0.0)
-    stats, failed = [], 0
+    stats, failed, cancelled = [], 0, False
     for i, (file, name) in enumerate(zip(files, _output_names(files, root)), start=1):
         if should_stop():
             raise WorkerShutdown(f"the worker was shut down after {i - 1} of {len(files)} images; submit the job again")
+        if store.inference_cancelled(job_id):  # storage.db.request_cancel: stop here, keep what is written
+            cancelled = True
+            break
         try:
             record = _one_image(file, name, out, predictor, pp_config)
         except (ImageReadError, ValueError) as exc:
@@ -143,6 +148,10 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
     writer.writerows(stats)
     paths.atomic_write_bytes(out / "stats.csv", buf.getvalue().encode())
     archives.zip_folder(out, out / "results.zip", include=("prob", "masks", "stats.csv"))
+    if cancelled:  # the status already says cancelled; record when it ended and what was kept
+        store.update_inference_job(job_id, finished_at=store.utc_now(), error=(
+            f"cancelled by the user after {len(stats)} of {len(files)} image(s); their results were kept"))
+        return
     error = None
     if failed:
         error = f"{failed} of {len(files)} image(s) could not be processed; see the error column of stats.csv"

@@ -1,9 +1,10 @@
-"""Queue commands of ``python -m engine``: ``submit``, ``status`` and ``stop`` (the worker must be running
-for queued trainings to start: ``make worker`` or ``make run``).
+"""Queue commands of ``python -m engine``: ``submit``, ``status``, ``stop`` and ``cancel`` (the worker must be
+running for queued trainings to start: ``make worker`` or ``make run``).
 
     python -m engine submit --data DIR [--config cfg.json] [--set key=value …] [--name NAME]
     python -m engine status [MODEL_ID] [--json]
     python -m engine stop MODEL_ID
+    python -m engine cancel JOB_ID
 
 Errors are ValueErrors with a sentence; ``engine.cli.main`` prints them and exits with status 2.
 """
@@ -33,6 +34,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("stop", help="stop a running or queued training")
     p.add_argument("model_id", metavar="MODEL_ID")
     p.set_defaults(func=cmd_stop)
+
+    p = subparsers.add_parser("cancel", help="cancel a queued or running batch inference job")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.set_defaults(func=cmd_cancel)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -96,4 +101,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(f"{args.model_id}: removed from the queue before it started")
     else:
         print(f"{args.model_id}: stopping (it saves last.pt and ends within a few seconds)")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from engine.jobs import cancel_inference
+
+    if cancel_inference(args.job_id) == "cancelled":
+        print(f"{args.job_id}: removed from the queue before it started")
+    else:
+        print(f"{args.job_id}: cancelling (it stops before its next image; the results so far are kept)")
     return 0

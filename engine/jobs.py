@@ -462,7 +462,7 @@ def _check_startable(row: dict, resume: bool) -> None:
     what = {"queued": "is already queued", "running": "is running", "stopping": "is stopping",
             "completed": "has already completed; continue it with resume=True (the Continue training button) "
                          "or create a new model to train again"}[row["status"]]
-    raise ValueError(f"Model {row['id']!r} {what}.")
+    raise store.WrongStateError(f"Model {row['id']!r} {what}.")
 
 
 def start_training(model_id: str, training_config: Any, resume: bool = False) -> str:
@@ -481,8 +481,8 @@ def start_training(model_id: str, training_config: Any, resume: bool = False) ->
 
         last = paths.checkpoints_dir(model_id) / "last.pt"
         if not last.exists():
-            raise ValueError(f"Model {model_id!r} has no last.pt to continue from (no epoch was saved): "
-                             "start it again without resume.")
+            raise store.WrongStateError(f"Model {model_id!r} has no last.pt to continue from (no epoch was "
+                                        "saved): start it again without resume.")
         check_resume(last, TrainingConfig.from_dict(config))
         resume_from = str(last)
     q = _queue()
@@ -585,6 +585,20 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
         store.update_inference_job(job_id, status="failed", error=f"could not be queued: {exc}")
         raise
     return job_id
+
+
+def cancel_inference(job_id: str) -> str:
+    """Cancel a batch job: ``"cancelled"`` when queued (revoked, never starts), ``"cancelling"`` when running
+    (it stops before its next image, keeping what it wrote). Unknown or finished jobs raise ValueError."""
+    outcome = store.request_cancel(job_id)
+    if outcome == "cancelled" and (task_id := store.get_inference_job(job_id)["task_id"]):
+        _queue().revoke_by_id(task_id)
+    return outcome
+
+
+def queue_length() -> int:
+    """How many tasks wait in the worker's queue (trainings waiting for a slot are retried, so they count)."""
+    return _queue().pending_count()
 
 
 def inference_status(job_id: str) -> dict:

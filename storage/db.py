@@ -33,7 +33,7 @@ STATUSES = ("queued", "running", "stopping", "completed", "failed")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
 STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")  # time_limit: max_minutes ran out
 CHECKPOINT_KINDS = ("best", "last", "epoch")
-JOB_STATUSES = ("queued", "running", "completed", "failed")
+JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline
 
 _JSON_FIELDS = {"config", "recommended_postprocess", "postprocess"}
@@ -45,6 +45,11 @@ class UnknownModelError(ValueError):
 
 class UnknownJobError(ValueError):
     """No inference job with the given id exists."""
+
+
+class WrongStateError(ValueError):
+    """The run or job is in a state that does not allow the request (starting a running model, stopping a
+    finished one); the message says which state and what to do instead."""
 
 
 # --------------------------------------------------------------------------- basics
@@ -315,7 +320,7 @@ def request_stop(model_id: str, db: Database | None = None) -> str:
         if row["status"] in ("running", "stopping"):
             db.execute("UPDATE models SET status = 'stopping' WHERE id = ?", [model_id])
             return "stopping"
-        raise ValueError(f"Model {model_id!r} has already finished ({row['status']}); there is nothing to stop.")
+        raise WrongStateError(f"Model {model_id!r} has already finished ({row['status']}); there is nothing to stop.")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -441,6 +446,34 @@ def update_inference_job(job_id: str, db: Database | None = None, **fields: Any)
             fields = _encode(fields)
             sets = ", ".join(f"[{k}] = ?" for k in fields)
             _write(db, f"UPDATE inference_jobs SET {sets} WHERE id = ?", [*fields.values(), job_id])
+
+
+def request_cancel(job_id: str, db: Database | None = None) -> str:
+    """Cancel a batch inference job: its status becomes ``cancelled`` at once.
+
+    Returns ``"cancelled"`` for a job that had not started (it never will; ``finished_at`` is set now) or
+    ``"cancelling"`` for a running one: the worker reads the status before each image, stops there, keeps
+    the images written so far and sets ``finished_at``. Raises UnknownJobError for an unknown id and
+    WrongStateError for a job that has already ended.
+    """
+    with _use(db) as db, immediate(db):
+        row = get_inference_job(job_id, db=db)
+        if row["status"] == "queued":
+            db.execute("UPDATE inference_jobs SET status = 'cancelled', finished_at = ?, "
+                       "error = 'cancelled by the user before it started' WHERE id = ?", [utc_now(), job_id])
+            return "cancelled"
+        if row["status"] == "running":
+            db.execute("UPDATE inference_jobs SET status = 'cancelled' WHERE id = ?", [job_id])
+            return "cancelling"
+        raise WrongStateError(f"Inference job {job_id!r} has already ended ({row['status']}); there is nothing "
+                              "to cancel.")
+
+
+def inference_cancelled(job_id: str, db: Database | None = None) -> bool:
+    """Whether the job has been cancelled (read by the worker before each image)."""
+    with _use(db) as db:
+        row = db.execute("SELECT status FROM inference_jobs WHERE id = ?", [job_id]).fetchone()
+    return row is not None and row[0] == "cancelled"
 
 
 def list_inference_jobs(model_id: str | None = None, limit: int | None = None, db: Database | None = None,
