@@ -25,7 +25,8 @@ $(STAMP_DEV): requirements.txt requirements-dev.txt | $(PY)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP_RUN) $@
 
-## run: start the worker and the dashboard on http://$(HOST):$(PORT); Ctrl-C stops both
+## run: start the worker and the dashboard (with the HTTP API under /api/v1/, token printed at start-up)
+##      on http://$(HOST):$(PORT); Ctrl-C stops both
 run: $(STAMP_RUN)
 	@mkdir -p "$(ML_MANAGER_HOME)/logs"
 	@echo "ML Manager data home: $(ML_MANAGER_HOME)"
@@ -33,16 +34,16 @@ run: $(STAMP_RUN)
 	@$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -m 0.5 -C -q \
 		>>"$(ML_MANAGER_HOME)/logs/worker.log" 2>&1 & worker=$$!; \
 	trap 'kill -INT $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
-	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT)
 
 ## worker: only the background worker (training and batch inference)
 worker: $(STAMP_RUN)
 	@mkdir -p "$(ML_MANAGER_HOME)/logs"
 	$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -m 0.5 -C
 
-## dashboard: only the dashboard
+## dashboard: only the dashboard and its HTTP API
 dashboard: $(STAMP_RUN)
-	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT)
 
 ## test: the whole suite (unit, real worker, AppTest, headless browser)
 test: $(STAMP_DEV)

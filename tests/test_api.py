@@ -1,0 +1,380 @@
+"""The HTTP API over real HTTP: `streamlit run server.py` (as `make run` starts it) on a free port with a
+temporary data home, a real worker (tests.worker_helpers.Worker), real trainings and batch inference.
+
+One server and one worker serve the whole module; the trainings are tiny (32-pixel patches of 64×64
+synthetic images, 4 base channels).
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.cli import main as cli_main
+from engine.data import make_synthetic_dataset
+from engine.imageio import encode_png
+from storage import db as store
+from tests.browser_helpers import free_port
+from tests.worker_helpers import ROOT, Worker, wait_for
+
+pytestmark = pytest.mark.slow
+
+TINY = {"base_channels": 4, "depth": 2, "patch_size": 32, "batch_size": 2, "steps_per_epoch": 3, "epochs": 3,
+        "num_threads": 1, "val_fraction": 0.25, "early_stopping_patience": 0, "calibrate_postprocess": True}
+LONG = {**TINY, "epochs": 10_000, "calibrate_postprocess": False}  # runs until stopped
+
+
+class Server:
+    """`streamlit run server.py` on a free port; ``call`` sends one request and returns (status, JSON)."""
+
+    def __init__(self, home: Path):
+        self.home, self.port = home, free_port()
+        self.log = home / "logs" / "server.log"
+        env = {**os.environ, "ML_MANAGER_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("streamlit")), "run", "server.py", "--server.port", str(self.port),
+                 "--server.address", "127.0.0.1", "--server.headless", "true",
+                 "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        self.token = wait_for(self._token, 60, 0.1, "the API token file")
+        wait_for(lambda: self._up(), 90, 0.2, "GET /api/v1/health to answer 200")
+
+    def _token(self) -> str | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the server exited:\n{self.log.read_text()[-3000:]}")
+        path = self.home / "api_token"
+        return path.read_text().strip() if path.exists() else None
+
+    def _up(self) -> bool:
+        try:
+            return self.call("GET", "/api/v1/health")[0] == 200
+        except OSError:
+            return False
+
+    def call(self, method: str, path: str, body=None, *, token: str | None = "", headers: dict | None = None,
+             raw: bytes | None = None) -> tuple[int, dict]:
+        """One request; ``token=None`` sends no Authorization header, ``raw`` sends bytes as they are."""
+        sent = {} if token is None else {"Authorization": f"Bearer {token or self.token}"}
+        if body is not None or raw is not None:
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=raw if raw is not None else (json.dumps(body) if body is not None else None),
+                         headers=sent)
+            response = conn.getresponse()
+            text = response.read().decode()
+        finally:
+            conn.close()
+        return response.status, json.loads(text)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """The server and a worker on one data home, which this module's process also uses."""
+    home = tmp_path_factory.mktemp("api_home")
+    (home / "logs").mkdir()
+    make_synthetic_dataset(home / "datasets" / "synth", n_images=4, size=64, seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ML_MANAGER_HOME", str(home))
+        mp.delenv("ML_MANAGER_API_FOLDERS", raising=False)
+        with Worker(home):
+            server = Server(home)
+            try:
+                yield server
+            finally:
+                server.stop()
+
+
+@pytest.fixture(scope="module")
+def trained(api) -> str:
+    """A model trained to the end through the API."""
+    status, body = api.call("POST", "/api/v1/training/start",
+                            {"name": "api-tiny", "dataset": "datasets/synth", "training_config": TINY})
+    assert status == 202, body
+    model_id = body["model_id"]
+    wait_for(lambda: api.call("GET", f"/api/v1/training/status/{model_id}")[1]["status"] in ("completed", "failed"),
+             120, 0.2, "the training to end")
+    return model_id
+
+
+def wait_job(api, job_id: str, timeout: float = 60) -> dict:
+    return wait_for(lambda: (s := api.call("GET", f"/api/v1/inference/status/{job_id}")[1])["status"]
+                    not in ("queued", "running") and s, timeout, 0.1, "the inference job to end")
+
+
+# --------------------------------------------------------------------------- who may call
+
+def test_token_file_is_private(api):
+    assert (api.home / "api_token").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("token, headers, expected", [
+    (None, {}, 401),                                                 # no token
+    ("not-the-token", {}, 401),                                      # wrong token
+    ("", {"Authorization": "Basic dXNlcjpwYXNz"}, 401),              # another scheme
+    ("", {"Origin": "http://evil.example"}, 403),                    # a foreign web page
+    ("", {"Origin": "http://127.0.0.1:1"}, 403),                     # another local port is another origin
+    ("", {"Sec-Fetch-Site": "cross-site"}, 403),                     # a browser's cross-site request
+    ("", {"Origin": "http://127.0.0.1:{port}"}, 200),                # the dashboard itself
+    ("", {"Origin": "http://localhost:{port}"}, 200),
+    ("", {}, 200),                                                   # a script with the token
+])
+def test_who_may_call(api, token, headers, expected):
+    headers = {k: v.format(port=api.port) for k, v in headers.items()}
+    assert api.call("GET", "/api/v1/health", token=token, headers=headers)[0] == expected
+
+
+def test_a_foreign_page_cannot_stop_a_training_even_with_the_token(api):
+    status, body = api.call("POST", "/api/v1/training/stop", {"model_id": "x"}, headers={"Origin": "http://evil.example"})
+    assert (status, "web page" in body["error"]) == (403, True)
+
+
+def test_missing_token_says_where_the_token_is(api):
+    assert str(api.home / "api_token") in api.call("GET", "/api/v1/models", token=None)[1]["error"]
+
+
+# --------------------------------------------------------------------------- malformed requests
+
+@pytest.mark.parametrize("path, raw, content_type, expected", [
+    ("/api/v1/training/stop", b'{"model_id": "x"}', "text/plain", 415),
+    ("/api/v1/training/stop", b'model_id=x', "application/x-www-form-urlencoded", 415),
+    ("/api/v1/training/stop", b'{"model_id": ', "application/json", 400),
+    ("/api/v1/training/stop", b'\xff\xfe', "application/json", 400),
+    ("/api/v1/training/stop", b'["x"]', "application/json", 400),
+    ("/api/v1/training/stop", b'{"model_id": 5}', "application/json", 400),
+    ("/api/v1/training/stop", b'{"model_id": "x", "force": true}', "application/json", 400),
+    ("/api/v1/training/stop", b'{}', "application/json", 400),
+    ("/api/v1/training/start", b'{"model_id": "x", "resume": "yes"}', "application/json", 400),
+    ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets/synth", "training_config": [1]}',
+     "application/json", 400),
+    ("/api/v1/training/start", b'{"name": "", "dataset": "datasets/synth"}', "application/json", 400),
+    ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets/synth", "training_config": {"epochs": "many"}}',
+     "application/json", 400),
+    ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets/synth", "training_config": {"no_such": 1}}',
+     "application/json", 400),
+    ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets"}', "application/json", 400),  # not a data set
+    ("/api/v1/inference/start", b'{"model_id": "baseline", "input": "datasets/synth/images", "postprocess": 3}',
+     "application/json", 400),
+    ("/api/v1/inference/start", b'{"model_id": "baseline", "input": "datasets/synth/images", '
+                                b'"postprocess": "recommended"}', "application/json", 400),
+    ("/api/v1/inference/start", b'{"model_id": "baseline", "input": "datasets/synth/images", '
+                                b'"postprocess": {"threshold": 7}}', "application/json", 400),
+    ("/api/v1/inference/start", b'{"input": "datasets/synth/images"}', "application/json", 400),
+    ("/api/v1/inference/start", b'{"model_id": "baseline", "checkpoint": "a.pt", "input": "datasets"}',
+     "application/json", 400),
+    ("/api/v1/inference/cancel", b'{"job_id": null}', "application/json", 400),
+])
+def test_malformed_requests_are_refused_with_a_sentence(api, path, raw, content_type, expected):
+    status, body = api.call("POST", path, raw=raw, headers={"Content-Type": content_type})
+    assert (status, isinstance(body.get("error"), str) and body["error"].endswith((".", ")"))) == (expected, True)
+
+
+@pytest.mark.parametrize("method, path, expected", [
+    ("GET", "/api/v1/training/status/no-such-model", 404),
+    ("GET", "/api/v1/models/no-such-model/checkpoints", 404),
+    ("GET", "/api/v1/inference/status/no-such-job", 404),
+    ("GET", "/api/v1/no/such/route", 404),
+    ("GET", "/api/v1/training/start", 405),
+    ("DELETE", "/api/v1/models", 405),
+    ("GET", "/api/v1/models?status=sleeping", 400),
+    ("GET", "/api/v1/training/status/no-such-model?history=maybe", 400),
+])
+def test_unknown_ids_routes_and_methods(api, method, path, expected):
+    assert api.call(method, path)[0] == expected
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/v1/training/start", {"model_id": "no-such-model"}),
+    ("/api/v1/training/stop", {"model_id": "no-such-model"}),
+    ("/api/v1/inference/cancel", {"job_id": "no-such-job"}),
+    ("/api/v1/inference/start", {"model_id": "no-such-model", "input": "datasets/synth/images"}),
+])
+def test_unknown_ids_in_bodies_are_404(api, path, body):
+    assert api.call("POST", path, body)[0] == 404
+
+
+def test_error_is_the_sentence_the_cli_prints(api, capsys):
+    cli_main(["stop", "no-such-model"])
+    printed = capsys.readouterr().err.strip()
+    assert "error: " + api.call("POST", "/api/v1/training/stop", {"model_id": "no-such-model"})[1]["error"] == printed
+
+
+# --------------------------------------------------------------------------- paths stay inside the allowed folders
+
+@pytest.fixture(scope="module")
+def outside(api, tmp_path_factory) -> Path:
+    """A real data set outside the data home, and a link to it from inside."""
+    folder = make_synthetic_dataset(tmp_path_factory.mktemp("elsewhere") / "synth", n_images=4, size=64, seed=2)
+    (api.home / "datasets" / "link_out").symlink_to(folder, target_is_directory=True)
+    return folder
+
+
+@pytest.mark.parametrize("dataset", ["../elsewhere/synth", "datasets/../../x", "/etc", "datasets/link_out", "{outside}"])
+def test_training_paths_outside_the_data_home_are_refused(api, outside, dataset):
+    status, body = api.call("POST", "/api/v1/training/start",
+                            {"name": "escape", "dataset": dataset.format(outside=outside), "training_config": TINY})
+    assert (status, "ML_MANAGER_API_FOLDERS" in body["error"]) == (403, True)
+
+
+@pytest.mark.parametrize("field, value", [("input", "../../etc"), ("input", "datasets/link_out/images"),
+                                          ("checkpoint", "/etc/passwd")])
+def test_inference_paths_outside_the_data_home_are_refused(api, outside, field, value):
+    body = {"input": "datasets/synth/images", "checkpoint": str(api.home / "x.pt"), field: value}
+    assert api.call("POST", "/api/v1/inference/start", body)[0] == 403
+
+
+def test_refused_paths_create_no_model(api, outside):
+    api.call("POST", "/api/v1/training/start", {"name": "escape", "dataset": str(outside)})
+    assert [m for m in store.list_models() if m["name"] == "escape"] == []
+
+
+# --------------------------------------------------------------------------- the routes, with a real worker
+
+def test_health_reports_the_worker(api):
+    status, body = api.call("GET", "/api/v1/health")
+    assert (status, body["dashboard"], body["worker"], body["worker_heartbeat_age_s"] < 30,
+            isinstance(body["queue_length"], int)) == (200, "up", "up", True, True)
+
+
+def test_training_runs_to_the_end(api, trained):
+    status = api.call("GET", f"/api/v1/training/status/{trained}")[1]
+    assert (status["status"], status["epochs_run"], status["progress"]) == ("completed", 3, 1.0)
+
+
+def test_status_has_the_cli_status_fields_and_history_on_request(api, trained, capsys):
+    cli_main(["status", trained, "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    plain = api.call("GET", f"/api/v1/training/status/{trained}")[1]
+    with_history = api.call("GET", f"/api/v1/training/status/{trained}?history=1")[1]
+    assert (sorted(plain), plain["best"], "history" in plain, [e["epoch"] for e in with_history["history"]]) == (
+        sorted(printed), printed["best"], False, [1, 2, 3])
+
+
+def test_models_and_checkpoints(api, trained):
+    models = api.call("GET", "/api/v1/models")[1]["models"]
+    own = api.call("GET", f"/api/v1/models/{trained}/checkpoints")[1]["checkpoints"]
+    every = api.call("GET", "/api/v1/checkpoints")[1]["checkpoints"]
+    listed = next(m for m in models if m["id"] == trained)
+    assert (listed["config"]["epochs"], [c["name"] for c in own],
+            {c["model_id"] for c in every} >= {trained}) == (3, ["best.pt", "last.pt"], True)
+
+
+@pytest.mark.parametrize("body", [{}, {"resume": False}])
+def test_starting_a_completed_model_again_is_a_conflict(api, trained, body):
+    status, answer = api.call("POST", "/api/v1/training/start", {"model_id": trained, **body})
+    assert (status, "has already completed" in answer["error"]) == (409, True)
+
+
+def test_stopping_a_finished_model_is_a_conflict(api, trained):
+    assert api.call("POST", "/api/v1/training/stop", {"model_id": trained})[0] == 409
+
+
+def test_running_training_conflicts_on_start_and_stops(api):
+    status, body = api.call("POST", "/api/v1/training/start",
+                            {"name": "long", "dataset": str(api.home / "datasets" / "synth"), "training_config": LONG})
+    model_id = body["model_id"]
+    wait_for(lambda: api.call("GET", f"/api/v1/training/status/{model_id}")[1]["epoch"], 60, 0.1, "the first batch")
+    again = api.call("POST", "/api/v1/training/start", {"model_id": model_id})
+    stop = api.call("POST", "/api/v1/training/stop", {"model_id": model_id})
+    wait_for(lambda: store.get_model(model_id)["status"] in ("completed", "failed"), 30, 0.1, "the run to end")
+    assert (status, again[0], stop, store.get_model(model_id)["stop_reason"]) == (
+        202, 409, (200, {"model_id": model_id, "outcome": "stopping"}), "user_stop")
+
+
+def test_a_completed_model_continues_with_resume(api):
+    model_id = api.call("POST", "/api/v1/training/start",
+                        {"name": "again", "dataset": "datasets/synth", "training_config": {**TINY, "epochs": 1}})[1]["model_id"]
+    wait_for(lambda: store.get_model(model_id)["status"] == "completed", 60, 0.1, "the first run")
+    status, body = api.call("POST", "/api/v1/training/start",
+                            {"model_id": model_id, "resume": True, "training_config": {**TINY, "epochs": 2}})
+    wait_for(lambda: store.get_model(model_id)["status"] == "completed", 60, 0.1, "the continued run")
+    assert (status, body["task_id"] == store.get_model(model_id)["task_id"],
+            [m["epoch"] for m in store.model_metrics(model_id)]) == (202, True, [1, 2])
+
+
+@pytest.mark.parametrize("body, expected", [
+    ({"which": "best", "postprocess": "recommended"}, "completed"),
+    ({"which": "last", "postprocess": {"threshold": 0.5, "min_component_size": 0}}, "completed"),
+    ({}, "completed"),
+])
+def test_inference_of_a_trained_model(api, trained, body, expected):
+    status, answer = api.call("POST", "/api/v1/inference/start",
+                              {"model_id": trained, "input": "datasets/synth/images", **body})
+    job = wait_job(api, answer["job_id"])
+    assert (status, job["status"], job["n_done"], Path(job["results_zip"]).is_file()) == (202, expected, 4, True)
+
+
+def test_inference_of_a_checkpoint_path_and_the_baseline(api, trained):
+    best = api.call("GET", f"/api/v1/models/{trained}/checkpoints")[1]["checkpoints"][0]["path"]
+    by_path = api.call("POST", "/api/v1/inference/start", {"checkpoint": best, "input": "datasets/synth/images"})[1]
+    baseline = api.call("POST", "/api/v1/inference/start", {"model_id": "baseline", "input": "datasets/synth/images"})[1]
+    assert (wait_job(api, by_path["job_id"])["status"], wait_job(api, baseline["job_id"])["status"]) == (
+        "completed", "completed")
+
+
+def test_inference_with_a_missing_checkpoint_is_a_conflict(api):
+    model_id = store.create_model("never-trained", TINY, str(api.home / "datasets" / "synth"))
+    assert api.call("POST", "/api/v1/inference/start", {"model_id": model_id, "input": "datasets/synth/images"})[0] == 409
+
+
+# --------------------------------------------------------------------------- cancelling batch inference
+
+@pytest.fixture(scope="module")
+def many_images(api) -> str:
+    """400 small images: a baseline job over them runs for several seconds."""
+    folder = api.home / "datasets" / "many"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        (folder / f"img_{i:03d}.png").write_bytes(encode_png(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    return "datasets/many"
+
+
+def test_cancel_a_running_job_ends_it_within_two_seconds_and_keeps_its_results(api, many_images):
+    job_id = api.call("POST", "/api/v1/inference/start", {"model_id": "baseline", "input": many_images})[1]["job_id"]
+    wait_for(lambda: store.get_inference_job(job_id)["n_done"] >= 2, 60, 0.02, "the job to process images")
+    answer = api.call("POST", "/api/v1/inference/cancel", {"job_id": job_id})
+    t0 = time.monotonic()
+    wait_for(lambda: store.get_inference_job(job_id)["finished_at"], 5, 0.02, "the job to end")
+    waited = time.monotonic() - t0
+    job = api.call("GET", f"/api/v1/inference/status/{job_id}")[1]
+    masks = len(list((api.home / "inference" / job_id / "masks").glob("*.png")))
+    assert (answer, job["status"], waited < 2.0, job["n_done"] < 400, masks == job["n_done"],
+            Path(job["results_zip"]).is_file()) == (
+        (200, {"job_id": job_id, "outcome": "cancelling"}), "cancelled", True, True, True, True)
+
+
+def test_cancel_a_queued_job_and_a_finished_one(api):
+    job_id = store.create_inference_job("baseline", str(api.home / "datasets" / "synth" / "images"), {})
+    first = api.call("POST", "/api/v1/inference/cancel", {"job_id": job_id})
+    second = api.call("POST", "/api/v1/inference/cancel", {"job_id": job_id})
+    assert (first[1]["outcome"], store.get_inference_job(job_id)["status"], second[0]) == ("cancelled", "cancelled", 409)
+
+
+def test_cli_cancel(api, many_images, capsys):
+    job_id = api.call("POST", "/api/v1/inference/start", {"model_id": "baseline", "input": many_images})[1]["job_id"]
+    wait_for(lambda: store.get_inference_job(job_id)["status"] == "running", 60, 0.02, "the job to start")
+    code = cli_main(["cancel", job_id])
+    wait_for(lambda: store.get_inference_job(job_id)["finished_at"], 5, 0.02, "the job to end")
+    again = cli_main(["cancel", job_id])
+    out = capsys.readouterr()
+    assert (code, "cancelling" in out.out, again, "already ended" in out.err,
+            store.get_inference_job(job_id)["status"]) == (0, True, 2, True, "cancelled")
