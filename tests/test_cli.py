@@ -99,7 +99,7 @@ def test_resume_from_the_command_line(trained, tmp_path, capsys):
     (["predict", "--checkpoint", "{tmp}/none.pt", "--input", "{data}/images", "--output", "{tmp}/p"],
      "No checkpoint file"),
     (["evaluate", "--checkpoint", "{tmp}/junk.pt", "--data", "{data}"], "not a readable checkpoint"),
-    (["evaluate", "--checkpoint", "{ckpt}", "--data", "{tmp}"], "no images/ folder"),
+    (["evaluate", "--checkpoint", "{ckpt}", "--data", "{tmp}"], "holds no data set in a layout"),
     (["synthesize", "--out", "{tmp}/s", "--n", "0"], "n_images must be"),
     (["train", "--data", "{data}"], "--out"),
 ])
