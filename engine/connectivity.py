@@ -1,16 +1,15 @@
 """Connected-component primitives behind ``engine.postprocess``: labelling, counting, hysteresis by
-flood fill, per-component elongation, and enclosed-hole search.
+flood fill, per-component width and vessel ratio, and enclosed-hole search.
 
 They work on uint8 {0, 1} masks and flat pixel indices, never on full-image lookups; the
-measurements that chose each approach are in ``engine.postprocess``'s docstring. Like it, this
-module imports neither torch nor streamlit.
+measurements that chose each approach are in ``benchmarks/postprocess.py``'s docstring. Like
+``engine.postprocess``, this module imports neither torch nor streamlit.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-PIXEL_VARIANCE = 1.0 / 12.0  # variance of a coordinate spread uniformly over one pixel
 FILL_ROUNDS = 8  # hysteresis: fills picked from the whole seed array before going one by one
 FILL_MAX_SEEDS = 1000  # seeds still unreached after those rounds above which labelling is cheaper
 
@@ -67,26 +66,55 @@ def _hysteresis_by_labels(weak: np.ndarray, seeds: np.ndarray, connectivity: int
     return out, int(np.count_nonzero(seeded))
 
 
-def elongation_per_label(labels_fg: np.ndarray, idx: np.ndarray, width: int, n: int) -> np.ndarray:
-    """sqrt(l1 / l2) of each label's coordinate covariance (+1/12), from foreground pixels only.
+def width_per_label(mask: np.ndarray, labels_fg: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    """Each component's width at its widest point, in pixels: ``2 * d_max - 1``, where ``d_max`` is the
+    largest taxicab (4-neighbour step) distance from one of its pixels to the nearest background pixel.
 
-    ``labels_fg[i]`` is the label of the pixel at flat index ``idx[i]``. Moments are centred in a
-    second pass (mean gathered back per pixel) so large coordinates lose no precision.
+    Args:
+        mask: uint8 {0, 1} (H, W), the components' pixels (pixels outside the image count as background).
+        labels_fg: int label of each foreground pixel, in the order of ``idx``.
+        idx: flat indices of the foreground pixels of ``mask``.
+        n: number of labels including the background label 0.
+
+    Returns:
+        float64 (n,): widths; 1 for a 1-pixel-wide line, ``2k + 1`` for a straight bar ``2k + 1`` pixels
+        wide, about the diameter for a disc; 0 for labels with no pixel (label 0).
+
+    The taxicab distance is exact in integers and, unlike a Euclidean one, cheap to compute; a pixel's
+    distance never depends on other components, because a 4-step path out of a component leaves it
+    through background first (components never touch along an edge). Only the foreground's bounding
+    box, with a 1-pixel background frame, is transformed.
     """
-    ys, xs = np.divmod(idx, width)
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0:
+        return np.zeros(n)
+    framed = cv2.copyMakeBorder(mask[y:y + h, x:x + w], 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    # each pixel's flat index in the framed box: row r, column c -> (r - y + 1) * (w + 2) + (c - x + 1)
+    at = idx + (idx // mask.shape[1]) * (w + 2 - mask.shape[1]) + ((1 - y) * (w + 2) + 1 - x)
+    widest = None
+    for depth in (cv2.CV_8U, cv2.CV_32F):  # uint8 is twice as fast, but stops at 255 (a blob ~500 px wide)
+        dist = cv2.distanceTransform(framed, cv2.DIST_L1, 3, dstType=depth)  # exact integers either way
+        d = dist.ravel()[at]
+        widest = np.zeros(n, dtype=d.dtype)
+        np.maximum.at(widest, labels_fg, d)
+        if depth != cv2.CV_8U or widest.max() < 255:
+            break
+    widest = widest.astype(np.float64)
+    return np.where(widest > 0, 2.0 * widest - 1.0, 0.0)
+
+
+def vessel_ratio_per_label(mask: np.ndarray, labels_fg: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    """How tube-like each component is: ``area / width**2``, with ``width`` from ``width_per_label``.
+
+    ``area / width`` is the length of a tube of that width with the component's area, so the ratio is
+    length over width: a straight bar scores its length over its width (a 1-pixel line of n pixels
+    scores n), bent and branching vessels score their total length over their widest width, a disc
+    about 0.8, an ellipse about 0.8 times its aspect ratio, a square or a dot about 1. Arguments as in
+    ``width_per_label``; returns float64 (n,), 0 for label 0.
+    """
+    width = width_per_label(mask, labels_fg, idx, n)
     area = np.bincount(labels_fg, minlength=n).astype(np.float64)
-    safe = np.maximum(area, 1.0)
-    mean_x = np.bincount(labels_fg, weights=xs, minlength=n) / safe
-    mean_y = np.bincount(labels_fg, weights=ys, minlength=n) / safe
-    dx = xs - mean_x[labels_fg]
-    dy = ys - mean_y[labels_fg]
-    vxx = np.bincount(labels_fg, weights=dx * dx, minlength=n) / safe + PIXEL_VARIANCE
-    vyy = np.bincount(labels_fg, weights=dy * dy, minlength=n) / safe + PIXEL_VARIANCE
-    vxy = np.bincount(labels_fg, weights=dx * dy, minlength=n) / safe
-    half_trace = (vxx + vyy) / 2.0
-    root = np.sqrt(((vxx - vyy) / 2.0) ** 2 + vxy ** 2)
-    major, minor = half_trace + root, np.maximum(half_trace - root, 1e-12)
-    return np.sqrt(major / minor)
+    return np.divide(area, width * width, out=np.zeros(n), where=width > 0)
 
 
 def label_components(image: np.ndarray, connectivity: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:

@@ -10,8 +10,8 @@
 3. closing (``closing_kernel``): fills small gaps and joins near fragments;
 4. component size filter: components smaller than ``min_component_size`` pixels go;
 5. confidence filter: components whose mean probability is below ``confidence_threshold`` go;
-6. vessel-shape filter (``shape_filter``): components smaller than ``shape_max_area`` whose
-   elongation is below ``min_elongation`` go (dots and blobs, not vessel segments);
+6. vessel-shape filter (``shape_filter``): components whose vessel ratio is below ``min_elongation``
+   go (dots, blobs and discs of any size, not vessel segments, arcs or branches);
 7. hole filling: a hole is a background region enclosed by vessel pixels on every side (it does
    not touch the image border); holes with fewer than ``fill_holes_below`` pixels become
    foreground. Background connectivity is the complement of ``connectivity`` (8 -> 4, 4 -> 8).
@@ -19,47 +19,21 @@
    ``skimage.morphology.remove_small_holes``, which fills small border regions too). Then the
    FOV mask zeroes everything outside it.
 
-Elongation is measured from second moments: with ``l1 >= l2`` the eigenvalues of a component's
-pixel-coordinate covariance, each plus 1/12 (the variance of a unit pixel square),
-``elongation = sqrt(l1 / l2)``. A single pixel or a square scores 1, a 1-pixel-wide straight
-line of length L scores L, a disc about 1.
+The vessel ratio judges how tube-like a component is: ``width = 2 * d_max - 1``, its width at the
+widest point, where ``d_max`` is the largest taxicab distance from one of its pixels to the background
+(pixels outside the image count as background); ``area / width`` is the length of a tube that wide
+with the same area, and ``vessel ratio = length / width = area / width**2``. A straight bar scores its
+length over its width (a 1-pixel line of n pixels scores n); arcs, tortuous segments and branching
+vessels score their total length over their widest width, so bending does not lower the score. A disc
+scores about 0.8, an ellipse about 0.8 times its aspect ratio, a square or dot about 1, whatever their
+size. A diagonal vessel scores up to half of an upright one of the same size (taxicab distances run
+along the axes). Rough blob outlines do not raise the score, since only the widest point counts; a
+short vessel that carries a wide lump can score low.
 
-Speed (it runs on every slider move). Measured at 2048x2048 on a vessel-like map (DRIVE mask
-resized, blurred, plus noise; ~6 % foreground, ~270 components), one core, a shared
-machine (so ranges):
-
-=========================================  ========
-threshold (``p >= t``)                       ~1 ms
-opening / closing 3x3 (cv2.morphologyEx)     ~1 ms each
-cv2.connectedComponents (labels only)        6-10 ms
-cv2.connectedComponentsWithStats             26-35 ms  (stats cost 3-4x the labelling)
-np.bincount over all 4M labels               ~22 ms
-np.flatnonzero(bool mask)                    ~1.5 ms   (on a uint8 array: ~9 ms)
-gather + bincount over the ~0.2M fg pixels   ~1 ms
-lut[labels] over the whole image             ~14 ms
-4-connected labelling: CCL_SAUF             ~1.5x faster than the default (Spaghetti4C)
-hole search: flood fill of the outside       8-10 ms   (on the foreground's bounding box)
-             + labelling the holes image     7-9 ms
-Otsu levels: cv2.convertScaleAbs / np.rint   2 / 22 ms
-hysteresis, labelling the weak mask          30-45 ms  (~150,000 weak noise specks)
-hysteresis, flood fill from the seeds        15-22 ms
-=========================================  ========
-
-So the component filters label once with ``cv2.connectedComponents`` (no stats), take the
-foreground pixel indices once, and do every per-component reduction (area, mean probability,
-first and second moments) with ``np.bincount`` over foreground pixels only; pixels are then
-removed by writing zeros at the indices of dropped labels, never by a full-image lookup. Hole
-filling works on the foreground's bounding box: one flood fill from a 1-pixel frame marks the
-outside, the background left over is the holes (sparse), and only the holes image is labelled;
-the pixels of small holes are set through their indices. Hysteresis flood-fills the weak mask from
-the seeds (see ``engine.connectivity.hysteresis_mask``) instead of labelling it.
-``components_after`` is derived rather than relabelled: it is the number of kept components,
-minus the joins made by filled holes (a hole between a ring and an island inside it touches both;
-found from the labels around the few filled-hole pixels). Only when the FOV removed pixels (its
-edge can split or delete components) is the final mask labelled again, on its bounding box and in
-the filter's label memory (~6 ms at 2048x2048).
-``benchmarks/postprocess.py`` compares the whole pipeline with a plain scikit-image/SciPy
-implementation of the same steps (identical masks; see its output for the measured ratios).
+Every step works on the whole image through a few OpenCV calls and ``np.bincount`` over foreground
+pixels only (one labelling, no per-component loop), so it stays fast enough to re-run on every
+slider move; ``benchmarks/postprocess.py`` compares it with a plain scikit-image/SciPy implementation
+of the same steps (identical masks) and records the measurements behind these choices.
 
 This module imports neither torch nor streamlit: a torch tensor is converted through its own
 ``detach().cpu().float().numpy()`` methods.
@@ -75,8 +49,8 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from engine.connectivity import (count_components, elongation_per_label, hysteresis_mask, label_components,
-                                 merges_through_holes, small_hole_pixels)
+from engine.connectivity import (count_components, hysteresis_mask, label_components, merges_through_holes,
+                                 small_hole_pixels, vessel_ratio_per_label)
 
 THRESHOLD_MODES = ("fixed", "otsu", "hysteresis")
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT}
@@ -84,9 +58,24 @@ MODEL_TYPES = ("segmentation",)
 MAX_KERNEL = 31  # larger kernels erase vessels on any fundus image we know of
 
 
+# Options of earlier versions that settings saved then may still carry: from_dict ignores them and
+# PostProcessConfig.notes_from_dict tells the user why.
+RETIRED_OPTIONS = {
+    "shape_max_area": "These settings were saved with an older vessel-shape filter: its size limit "
+                      "('shape_max_area') is no longer used, because the filter now judges every piece, "
+                      "whatever its size, by its length against its width ('min_elongation').",
+}
+
+
 def _refuse_unknown_options(names) -> None:
     """ValueError naming every key that is not a PostProcessConfig field, and the valid ones."""
     known = {f.name for f in dataclasses.fields(PostProcessConfig)}
+    retired = sorted(set(names) & set(RETIRED_OPTIONS))
+    if retired:
+        raise ValueError(
+            f"{', '.join(map(repr, retired))} is no longer an option: the vessel-shape filter judges every "
+            "component whatever its size; remove it (PostProcessConfig.from_dict ignores it in saved settings)."
+        )
     unknown = sorted(set(names) - known)
     if unknown:
         raise ValueError(
@@ -110,9 +99,8 @@ class PostProcessConfig:
     min_component_size: int = 50  # components with fewer pixels are removed; 0 = off
     connectivity: int = 8  # 4 or 8: which neighbours join a component
     confidence_threshold: float = 0.6  # components with lower mean probability go; 0 = off
-    shape_filter: bool = False  # remove compact (non-vessel-like) small components
-    min_elongation: float = 3.0  # shape filter: components less elongated than this go ...
-    shape_max_area: int = 300  # ... when they have fewer pixels than this
+    shape_filter: bool = False  # remove compact (non-vessel-like) components of any size
+    min_elongation: float = 3.0  # shape filter: components whose vessel ratio (length / width) is below this go
     fill_holes_below: int = 0  # fill enclosed holes (background not touching the image border)
     #                            with fewer pixels than this; border notches stay open; 0 = off
     from_logits: bool = False  # the input is logits: apply a sigmoid first
@@ -128,7 +116,7 @@ class PostProcessConfig:
             if value % 2 == 0:
                 raise ValueError(f"{name} must be odd so the kernel has a centre; got {value}: use {value + 1}.")
             self._set(name, value)
-        for name in ("min_component_size", "shape_max_area", "fill_holes_below"):
+        for name in ("min_component_size", "fill_holes_below"):
             self._set(name, _as_int(name, getattr(self, name), 0, 100_000_000))
         self._set("connectivity", _as_int("connectivity", self.connectivity, 4, 8))
         if self.connectivity not in (4, 8):
@@ -150,13 +138,39 @@ class PostProcessConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PostProcessConfig":
-        """Build from a dict (e.g. parsed JSON); missing keys take defaults, unknown keys are refused."""
+        """Build from a dict (e.g. parsed JSON); missing keys take defaults, unknown keys are refused.
+
+        Keys of earlier versions that are no longer used (``RETIRED_OPTIONS``, e.g. ``shape_max_area``
+        in presets and checkpoints saved before the shape filter judged components of every size) are
+        accepted and ignored; ``notes_from_dict`` says what that changes.
+
+        Raises:
+            ValueError: ``data`` is not a dict, has an unknown key, or a value out of range.
+        """
         if not isinstance(data, Mapping):
             raise ValueError(
                 f"post-processing settings must be a JSON object (a dict); got {type(data).__name__}."
             )
+        data = {k: v for k, v in data.items() if k not in RETIRED_OPTIONS}
         _refuse_unknown_options(data)
-        return cls(**dict(data))
+        return cls(**data)
+
+    @staticmethod
+    def notes_from_dict(data: Mapping[str, Any]) -> list[str]:
+        """Sentences for the user about settings ``from_dict`` loads differently than they were saved.
+
+        Returns one sentence per retired key in ``data`` (see ``RETIRED_OPTIONS``); an empty list for
+        current settings or anything that is not a dict.
+        """
+        if not isinstance(data, Mapping):
+            return []
+        notes = []
+        for key in sorted(set(data) & set(RETIRED_OPTIONS)):
+            note = RETIRED_OPTIONS[key]
+            if key == "shape_max_area" and data.get("shape_filter") is True:
+                note += " With the shape filter on, compare the kept vessels with what you saw before."
+            notes.append(note)
+        return notes
 
 
 @dataclass
@@ -350,12 +364,9 @@ def _filter_components(mask, prob, cfg, stats, removed, timings):
     timings["confidence_filter"] = _ms(start)
 
     start = time.perf_counter()
-    if cfg.shape_filter:
-        candidate = keep & (area < cfg.shape_max_area)
-        if candidate.any():
-            sel = candidate[lab]
-            elong = elongation_per_label(lab[sel], idx[sel], mask.shape[1], n)
-            drop("shape", candidate & (elong < cfg.min_elongation))
+    if cfg.shape_filter and keep.any():
+        # judged on the labelled mask: a component's ratio does not depend on the others (see connectivity)
+        drop("shape", vessel_ratio_per_label(mask, lab, idx, n) < cfg.min_elongation)
     timings["shape_filter"] = _ms(start)
 
     if keep[1:].all():

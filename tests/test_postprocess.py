@@ -44,7 +44,7 @@ def _blobs_small_and_large():
 def _line_and_blob():
     p = blank()
     p[10, 5:45] = 0.9  # 1x40 line: elongation 40
-    p[30:35, 20:28] = 0.9  # 5x8 blob, 40 px: elongation 1.6
+    p[30:35, 20:28] = 0.9  # 5x8 blob, 40 px, 5 px wide: vessel ratio 40 / 5**2 = 1.6
     return p
 
 
@@ -96,9 +96,9 @@ STEP_CASES = [
      [(32, 32)], [(6, 6)]),
     ("size filter off keeps it", _blobs_small_and_large(), dict(min_component_size=0), [(32, 32), (6, 6)], []),
     ("shape filter keeps a line, drops a blob of the same area", _line_and_blob(),
-     dict(shape_filter=True, min_elongation=3.0, shape_max_area=300), [(10, 5), (10, 44)], [(32, 24)]),
-    ("shape filter spares blobs above shape_max_area", _line_and_blob(),
-     dict(shape_filter=True, min_elongation=3.0, shape_max_area=40), [(10, 5), (32, 24)], []),
+     dict(shape_filter=True, min_elongation=3.0), [(10, 5), (10, 44)], [(32, 24)]),
+    ("shape filter keeps the blob at a lower minimum ratio", _line_and_blob(),
+     dict(shape_filter=True, min_elongation=1.5), [(10, 5), (32, 24)], []),  # 40 px / 5 px wide: 1.6
     ("opening removes 1-px specks", _specks_and_block(), dict(apply_opening=True, kernel_shape="rect"),
      [(30, 30), (36, 36)], [(3, 50), (20, 3), (40, 58), (60, 20)]),
     ("opening off keeps specks", _specks_and_block(), dict(), [(3, 50), (33, 33)], []),
@@ -400,7 +400,7 @@ def test_config_and_explicit_arguments(kwargs, expected_threshold):
 def test_config_round_trips_through_json():
     config = PostProcessConfig(threshold=0.55, threshold_mode="hysteresis", hysteresis_low=0.25,
                                opening_kernel=5, kernel_shape="cross", connectivity=4, shape_filter=True,
-                               min_elongation=2.5, shape_max_area=120, fill_holes_below=30, from_logits=True)
+                               min_elongation=2.5, fill_holes_below=30, from_logits=True)
     assert PostProcessConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
