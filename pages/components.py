@@ -365,10 +365,10 @@ def _controls(key: str) -> None:
     with st.expander("Shape and holes"):
         st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"))
         off = not s.get(_wkey(key, "shape_filter"))
-        _slider(key, "min_elongation", "Minimum elongation", 1.0, 20.0, 0.5,
-                "Pieces rounder than this (and smaller than the area below) are removed.", disabled=off)
-        _slider(key, "shape_max_area", "Shape filter: max area (px)", 0, 5000, 10,
-                "Larger pieces are always kept, whatever their shape.", disabled=off)
+        _slider(key, "min_elongation", "Minimum length / width", 1.0, 20.0, 0.5,
+                "Pieces shorter than this many times their width are removed, whatever their size: a disc "
+                "scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and branches score higher. "
+                "Start at 3.", disabled=off)
         _slider(key, "fill_holes_below", "Fill holes below (px)", 0, 500, 1, "0 switches hole filling off.")
         st.toggle("Input is logits", key=_wkey(key, "from_logits"), disabled=True,
                   help="The maps shown here are already probabilities in [0, 1]; from_logits is for scripts "
