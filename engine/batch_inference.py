@@ -139,6 +139,10 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
         except (ImageReadError, ValueError) as exc:
             failed += 1
             record = {"error": str(exc)}
+        except OSError as exc:  # one file the system refuses fails its own row, never the whole job
+            failed += 1
+            record = {"error": f"{file.name} could not be read or its results written ({exc.strerror or exc}): "
+                               "check the file's permissions and the free disk space, then run the job again."}
         stats.append({"image": str(file.relative_to(root)), **record})
         store.update_inference_job(job_id, n_done=i, n_failed=failed, progress=i / len(files),
                                    heartbeat_at=store.utc_now())

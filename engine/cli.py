@@ -162,6 +162,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = _postprocess_config(args, loaded)
     files = _input_images(Path(args.input))
     out = Path(args.output)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)  # the folder, or what would hold it
+    if existing is not None and not existing.is_dir():
+        raise CliError(f"--output must be a folder, but {existing} is a file: give a folder for the PNGs "
+                       "(it is created when missing).")
     for path in files:
         image = read_image(path)
         prob = predict(loaded, image, tta=args.tta)
@@ -291,5 +295,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             message = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
         return EXIT_USER_ERROR
+    except Exception as exc:  # a bug, not a user error: one line here, the traceback in the log
+        where = _log_traceback()
+        print(f"error: the command stopped on an unexpected {type(exc).__name__} ({' '.join(str(exc).split())}); "
+              f"this is a fault in the program{f', details are in {where}' if where else ''}.", file=sys.stderr)
+        return 1
+
+
+def _log_traceback() -> Path | None:
+    """Append the current exception's traceback to logs/cli.log in the data home; None when that fails."""
+    import traceback
+
+    try:
+        from storage.paths import logs_dir
+
+        log = logs_dir() / "cli.log"
+        with open(log, "a", encoding="utf-8", errors="backslashreplace") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} python -m engine {' '.join(sys.argv[1:])}\n")
+            out.write(traceback.format_exc())
+        return log
+    except Exception:  # never let the report of a fault raise a second one
+        return None

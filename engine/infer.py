@@ -52,7 +52,14 @@ def build_model(config: Any) -> UNet:
 
 
 def load_checkpoint_dict(path: str | Path) -> dict:
-    """The raw checkpoint dict, loaded with weights_only=True; CheckpointError for anything unusable."""
+    """The raw checkpoint dict, loaded with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: no file, an empty or damaged file, a pickle that carries code, a dict that is not
+            this program's (no weights and config, no or an unknown ``format_version``, another ``arch``),
+            or fields of the wrong type (``state_dict`` not tensors, ``config`` / ``metrics`` /
+            ``recommended_postprocess`` / ``calibration`` not dicts, ``epoch`` not a whole number ≥ 0).
+    """
     path = Path(path)
     name = path.name
     if not path.is_file():
@@ -80,18 +87,58 @@ def load_checkpoint_dict(path: str | Path) -> dict:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{name} is not a checkpoint of this program (no weights and config inside).")
-    if ckpt.get("arch") != ARCH:
-        raise CheckpointError(f"{name} holds a {ckpt.get('arch')!r} model; this program reads {ARCH!r} models only.")
     version = ckpt.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if "format_version" not in ckpt:
+        raise CheckpointError(f"{name} is not a checkpoint of this program (it records no checkpoint format): "
+                              "use a .pt file written by this program's training.")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{name} has an unknown checkpoint format ({version!r}): "
+                              "use a .pt file written by this program's training.")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{name} has checkpoint format {version!r}, newer than this program's ({FORMAT_VERSION}): update the program."
         )
+    if ckpt.get("arch") != ARCH:
+        raise CheckpointError(f"{name} holds a {ckpt.get('arch')!r} model; this program reads {ARCH!r} models only.")
+    _check_fields(ckpt, name)
     return ckpt
 
 
+def _check_fields(ckpt: dict, name: str) -> None:
+    """Refuse a checkpoint whose fields have the wrong types (an edited or foreign file), with a sentence."""
+    damaged = "the file is damaged or was edited: use a checkpoint written by this program's training."
+    for key in ("state_dict", "train_state_dict"):  # train_state_dict: None when the run kept no moving average
+        weights = ckpt.get(key)
+        if key == "train_state_dict" and weights is None:
+            continue
+        if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                    for k, v in weights.items()):
+            raise CheckpointError(f"{name}: its weights ({key}) are not a table of tensors; {damaged}")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{name}: its settings (config) are not a table of options; {damaged}")
+    epoch = ckpt.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{name}: its epoch is {epoch!r}, not a whole number of at least 0; {damaged}")
+    for key in ("metrics", "recommended_postprocess", "calibration"):
+        value = ckpt.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{name}: its {key} is a {type(value).__name__}, not a table; {damaged}")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint for inference (model in eval mode)."""
+    """Load a checkpoint for inference (model in eval mode).
+
+    Args:
+        path: a ``.pt`` file written by training.
+        device: where the model runs (``"cpu"``, ``"cuda"``, a ``torch.device``).
+
+    Returns:
+        The model with its config, epoch, metrics, recommended post-processing and calibration.
+
+    Raises:
+        CheckpointError: the file is missing, damaged, foreign, carries code, or its fields or
+            settings are not what this program writes (see :func:`load_checkpoint_dict`).
+    """
     from engine.train import TrainingConfig  # the config class lives with the trainer
 
     ckpt = load_checkpoint_dict(path)
@@ -99,17 +146,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     try:
         config = TrainingConfig.from_dict(ckpt["config"])
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{name} has settings this program does not accept ({exc})") from None
+        raise CheckpointError(f"{name} has settings this program does not accept ({exc}): it was written by "
+                              "another version of the program or edited; use a checkpoint from this version.") from None
     model = build_model(config)
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError, TypeError):
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError):
         raise CheckpointError(f"{name}: the weights do not fit the model its config describes; the file is damaged.") from None
     device = torch.device(device)
     model.to(device).eval()
     if device.type == "cpu":  # channels-last convolutions are faster on CPUs (oneDNN)
         model.to(memory_format=torch.channels_last)
-    return LoadedModel(model, config, int(ckpt.get("epoch", 0)), dict(ckpt.get("metrics") or {}),
+    return LoadedModel(model, config, ckpt.get("epoch", 0), dict(ckpt.get("metrics") or {}),
                        ckpt.get("recommended_postprocess"), Path(path), device, ckpt.get("calibration"))
 
 

@@ -504,14 +504,34 @@ def start_training(model_id: str, training_config: Any, resume: bool = False) ->
 
 
 def submit_training(name: str, dataset: str | os.PathLike, config: Any) -> str:
-    """Create a model row for ``dataset`` and queue its training; returns the new model id."""
-    from engine.data import check_patch_size, load_dataset
+    """Create a model row for ``dataset`` and queue its training; returns the new model id.
+
+    Raises:
+        DatasetError: the folder is unusable, holds fewer than 2 images (training holds one out for
+            validation), its path is not valid UTF-8 (the run registry stores text), or the patch does
+            not fit; nothing is created or queued.
+        ValueError: a bad config or name.
+    """
+    from engine.data import DatasetError, check_patch_size, load_dataset
 
     config = _training_config(config)
     folder = Path(dataset).expanduser()
-    # DatasetError (a ValueError) with a sentence when the folder is unusable or the patch cannot fit,
-    # before anything is queued: the user hears it now, not minutes later from the worker.
-    check_patch_size(load_dataset(folder), int(config["patch_size"]))
+    for what, text in (("data folder's path", str(folder.resolve())), ("model name", str(name))):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. a Latin-1 folder name read on a UTF-8 system: b"caf\xe9" -> 'caf\udce9'
+            try:  # show the undecodable bytes as escapes (\xe9), which any terminal prints
+                shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise DatasetError(f"The {what} {shown} is not valid UTF-8 text, which the run registry cannot store: "
+                               "rename it using letters, digits, '-' or '_'.") from None
+    # DatasetError (a ValueError) with a sentence when the folder is unusable, too small, or the patch
+    # cannot fit, before anything is queued: the user hears it now, not minutes later from the worker.
+    ds = load_dataset(folder)
+    if len(ds) < 2:  # the same refusal train() makes, made before a row exists
+        raise DatasetError(f"{ds.root} has {len(ds)} image(s); training needs at least 2 (one held out for validation).")
+    check_patch_size(ds, int(config["patch_size"]))
     model_id = store.create_model(name, config, str(folder.resolve()))
     try:
         start_training(model_id, config)

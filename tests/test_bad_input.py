@@ -13,7 +13,9 @@ its own copy of a data home that holds one really trained, registered run.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import gzip
 import hashlib
 import io
 import math
@@ -247,6 +249,67 @@ def empty_images_folder(ctx: Ctx) -> Path:
     return make_folder(ctx, {"masks/a.png": FUNDUS})
 
 
+def checkpoint_without(ctx: Ctx, key: str) -> Path:
+    ckpt = torch.load(ctx.best, weights_only=True)
+    del ckpt[key]
+    path = ctx.tmp / "variant.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def float_tiff(value: float, everywhere: bool = False) -> bytes:
+    """A 64×64 float TIFF of a fundus-like grey image with NaN / inf pixels (or nothing else)."""
+    arr = np.full((64, 64), value, np.float32) if everywhere else (_IMAGE[:64, :64, 1] / 255).astype(np.float32)
+    arr[:8, :8] = value
+    return _encode(Image.fromarray(arr), "TIFF")
+
+
+def one_image_set(ctx: Ctx) -> Path:
+    src = make_synthetic_dataset(ctx.tmp / "one_src", n_images=1, size=64, seed=3)
+    return make_folder(ctx, dataset_files(src))
+
+
+def non_utf8_set(ctx: Ctx) -> Path:
+    """A good data set in a folder named b"caf\\xe9" (Latin-1), as a UTF-8 system decodes it: 'caf\\udce9'."""
+    return make_synthetic_dataset(ctx.tmp / os.fsdecode(b"caf\xe9"), n_images=3, size=64, seed=3)
+
+
+def submit(folder: Path) -> Callable[[], Any]:
+    def call():
+        from engine.jobs import submit_training
+
+        return submit_training("refused", folder, TrainingConfig(**TINY))
+    return call
+
+
+def predict_on(image: np.ndarray, fov: np.ndarray | None = None) -> Callable[[Ctx], Callable[[], Any]]:
+    def build(ctx: Ctx) -> Callable[[], Any]:
+        from engine.infer import predict
+
+        return lambda: predict(load_model(ctx.best), image, fov=fov)
+    return build
+
+
+def predict_args(ctx: Ctx, image: bytes, name: str = "f.png", checkpoint: Path | None = None,
+                 output: Path | None = None) -> list[str]:
+    folder = make_folder(ctx, {name: image})
+    return ["predict", "--checkpoint", str(checkpoint or ctx.best), "--input", str(folder / name),
+            "--output", str(output or ctx.tmp / "out")]
+
+
+def existing_file(ctx: Ctx) -> Path:
+    (ctx.tmp / "results.png").write_bytes(b"an earlier result")
+    return ctx.tmp / "results.png"
+
+
+def unreadable_file(ctx: Ctx) -> Path:
+    """A regular file whose reading fails (EIO), as an unreadable file does even for root."""
+    folder = make_folder(ctx, {})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "locked.png").symlink_to("/proc/self/mem")
+    return folder / "locked.png"
+
+
 def evil_model_in_home(ctx: Ctx) -> str:
     """A second (completed) model whose best.pt carries code: as if a run folder had been tampered with."""
     model_id = store.create_model("tampered", TrainingConfig(**TINY).to_dict(), str(ctx.dataset))
@@ -429,6 +492,10 @@ class Row:
 ACCEPTED = True
 
 
+def one_line(ctx: Ctx, seen: Seen) -> None:
+    assert len(seen.errors) == 1 and len(seen.errors[0].strip().splitlines()) == 1, seen.errors
+
+
 def no_marker(ctx: Ctx, seen: Seen) -> None:
     assert not ctx.marker.exists(), "unpickling ran code"
 
@@ -566,6 +633,89 @@ ROWS: list[Row] = [
         r"error: The database .* cannot be written", lock="db"),
 ]
 
+# Inputs an outside run found escaping as tracebacks, and their siblings.
+_GZ_FUNDUS = gzip.compress(_encode(PHOTO, "PPM"))
+ROWS += [
+    # ---- float images with NaN / inf pixels: mapped (NaN black, +inf white) unless no pixel is finite
+    Row("image-float-some-nan", api, lambda ctx: lambda: read_image(float_tiff(math.nan)), None, ACCEPTED),
+    Row("image-float-some-inf", api, lambda ctx: lambda: read_image(float_tiff(math.inf)), None, ACCEPTED),
+    Row("image-float-all-nan", api, lambda ctx: lambda: read_image(float_tiff(math.nan, True), name="void.tif"),
+        r"^void\.tif holds no usable pixel values \(every pixel is NaN or infinite\)"),
+    Row("image-float-all-inf", api, lambda ctx: lambda: read_image(float_tiff(math.inf, True), name="void.tif"),
+        r"^void\.tif holds no usable pixel values"),
+    Row("image-float-inf-cli-predict", cli_process, lambda ctx: predict_args(ctx, float_tiff(math.inf), "f.tif"),
+        None, ACCEPTED),
+    Row("image-float-all-nan-cli-predict", cli_process,
+        lambda ctx: predict_args(ctx, float_tiff(math.nan, True), "f.tif"),
+        r"^error: f\.tif holds no usable pixel values", check=one_line),
+    # ---- files that are not readable images
+    Row("image-is-a-folder", api, lambda ctx: lambda: read_image(make_folder(ctx, {"a.png/x": b"x"}) / "a.png"),
+        r"^a\.png is a folder, not an image file"),
+    Row("image-unreadable", api, lambda ctx: lambda: read_image(unreadable_file(ctx)), r"^locked\.png cannot be read"),
+    Row("image-unreadable-cli-predict", cli,
+        lambda ctx: predict_args(ctx, FUNDUS)[:4] + [str(unreadable_file(ctx)), "--output", str(ctx.tmp / "out")],
+        r"^error: locked\.png cannot be read", check=one_line),
+    Row("image-gzip-cli-predict", cli, lambda ctx: predict_args(ctx, _GZ_FUNDUS, "im0001.ppm.gz"), None, ACCEPTED),
+    Row("image-gzip-damaged", api, lambda ctx: lambda: read_image(_GZ_FUNDUS[:40], name="im0001.ppm.gz"),
+        r"^im0001\.ppm\.gz is a damaged gzip file"),
+    # ---- checkpoints whose fields have the wrong type (as an edited file has)
+    Row("checkpoint-metrics-list", checkpoint, lambda ctx: variant_checkpoint(ctx, metrics=[0.8]),
+        r"variant\.pt: its metrics is a list, not a table"),
+    Row("checkpoint-metrics-text", checkpoint, lambda ctx: variant_checkpoint(ctx, metrics="dice 0.8"),
+        r"its metrics is a str, not a table"),
+    Row("checkpoint-metrics-list-cli", cli_process,
+        lambda ctx: predict_args(ctx, FUNDUS, checkpoint=variant_checkpoint(ctx, metrics=[0.8])),
+        r"^error: variant\.pt: its metrics is a list", check=one_line),
+    Row("checkpoint-recommended-text", checkpoint, lambda ctx: variant_checkpoint(ctx, recommended_postprocess="best"),
+        r"its recommended_postprocess is a str, not a table"),
+    Row("checkpoint-epoch-word", checkpoint, lambda ctx: variant_checkpoint(ctx, epoch="seven"),
+        r"its epoch is 'seven', not a whole number"),
+    Row("checkpoint-epoch-none", checkpoint, lambda ctx: variant_checkpoint(ctx, epoch=None),
+        r"its epoch is None, not a whole number"),
+    Row("checkpoint-epoch-negative", checkpoint, lambda ctx: variant_checkpoint(ctx, epoch=-3),
+        r"its epoch is -3, not a whole number of at least 0"),
+    Row("checkpoint-epoch-fraction", checkpoint, lambda ctx: variant_checkpoint(ctx, epoch=2.5),
+        r"its epoch is 2\.5"),
+    Row("checkpoint-epoch-word-cli", cli, lambda ctx: predict_args(ctx, FUNDUS, checkpoint=variant_checkpoint(
+        ctx, epoch="seven")), r"^error: variant\.pt: its epoch is 'seven'", check=one_line),
+    Row("checkpoint-weights-list", checkpoint, lambda ctx: variant_checkpoint(ctx, state_dict=[1, 2]),
+        r"its weights \(state_dict\) are not a table of tensors"),
+    Row("checkpoint-weights-not-tensors", checkpoint,
+        lambda ctx: variant_checkpoint(ctx, state_dict={"inc.0.weight": "heavy"}), r"are not a table of tensors"),
+    Row("checkpoint-config-unknown-keys", checkpoint,
+        lambda ctx: variant_checkpoint(ctx, config={**TrainingConfig(**TINY).to_dict(), "warp_speed": 9}),
+        r"has settings this program does not accept \(.*warp_speed"),
+    Row("checkpoint-config-list", checkpoint, lambda ctx: variant_checkpoint(ctx, config=["unet"]),
+        r"its settings \(config\) are not a table of options"),
+    Row("checkpoint-format-missing", checkpoint, lambda ctx: checkpoint_without(ctx, "format_version"),
+        r"variant\.pt is not a checkpoint of this program \(it records no checkpoint format\)"),
+    Row("checkpoint-format-missing-cli", cli_process,
+        lambda ctx: predict_args(ctx, FUNDUS, checkpoint=checkpoint_without(ctx, "format_version")),
+        r"^error: variant\.pt is not a checkpoint of this program", check=one_line),
+    Row("checkpoint-format-text", checkpoint, lambda ctx: variant_checkpoint(ctx, format_version="1"),
+        r"has an unknown checkpoint format \('1'\)"),
+    Row("checkpoint-format-zero", checkpoint, lambda ctx: variant_checkpoint(ctx, format_version=0),
+        r"has an unknown checkpoint format \(0\)"),
+    # ---- predict: images and field-of-view masks of the wrong size
+    Row("predict-empty-image", api, predict_on(np.zeros((0, 0, 3), np.uint8)), r"0×0 pixels"),
+    Row("predict-fov-other-size", api, predict_on(_IMAGE, np.ones((64, 64), np.uint8)),
+        r"64×64 pixels but the image is 96×96"),
+    Row("predict-output-is-a-file", cli, lambda ctx: predict_args(ctx, FUNDUS, output=existing_file(ctx)),
+        r"^error: --output must be a folder, but .*results\.png is a file", check=one_line),
+    Row("predict-output-inside-a-file-cli", cli_process,
+        lambda ctx: predict_args(ctx, FUNDUS, output=existing_file(ctx) / "masks"),
+        r"^error: --output must be a folder, but .*results\.png is a file", check=one_line),
+    # ---- queuing a training that train() would refuse
+    Row("submit-one-image", api, lambda ctx: submit(one_image_set(ctx)),
+        r"has 1 image\(s\); training needs at least 2"),
+    Row("submit-one-image-cli", cli_process, lambda ctx: ["submit", "--data", str(one_image_set(ctx))],
+        r"^error: .* has 1 image\(s\); training needs at least 2", check=one_line),
+    Row("submit-non-utf8-folder", api, lambda ctx: submit(non_utf8_set(ctx)),
+        r"The data folder's path .*caf\\xe9 is not valid UTF-8 text"),
+    Row("submit-non-utf8-folder-cli", cli_process, lambda ctx: ["submit", "--data", str(non_utf8_set(ctx))],
+        r"^error: The data folder's path .*caf\\xe9 is not valid UTF-8 text", check=one_line),
+]
+
 # Every numeric TrainingConfig option, each with NaN, a negative, zero and an absurd value.
 ZERO_MEANS_SOMETHING = {  # zero is a real setting here ("off", "none", "no weight"), so it is accepted
     "dropout_rate", "dice_weight", "focal_alpha", "focal_gamma", "tversky_alpha", "tversky_beta", "weight_decay",
@@ -641,3 +791,22 @@ def test_uploaded_zips_are_stored_under_generated_names(ctx):
     assert len(stored) == 1 and re.fullmatch(r"[0-9a-f]{32}\.zip", stored[0]), stored
     folder = archives.unpack_dataset_zip(zip_bytes({f"d/{k}": v for k, v in pair("a.png").items()}), "../../x y;.zip")
     assert folder.parent == ctx.home / "datasets" and re.fullmatch(r"x_y-[0-9a-f]{8}", folder.name), folder
+
+
+# --------------------------------------------------------------------------- batch inference
+def test_one_unreadable_file_fails_only_its_own_row_of_a_batch(ctx):
+    from engine.batch_inference import run_job
+
+    folder = unreadable_file(ctx).parent
+    (folder / "good.png").write_bytes(FUNDUS)
+    (folder / "blocked.png").write_bytes(FUNDUS)
+    job_id = store.create_inference_job(store.BASELINE, str(folder), {})
+    (paths.inference_dir(job_id) / "prob" / "blocked.png").mkdir(parents=True)  # its result cannot be written
+    run_job(job_id)
+    job = store.get_inference_job(job_id)
+    stats = (paths.inference_dir(job_id) / "stats.csv").read_text()
+    rows = {r["image"]: r for r in csv.DictReader(io.StringIO(stats))}
+    assert (job["status"], job["n_done"], job["n_failed"]) == ("completed", 3, 2)
+    assert rows["locked.png"]["error"].startswith("locked.png cannot be read")
+    assert rows["blocked.png"]["error"].startswith("blocked.png could not be read or its results written")
+    assert rows["good.png"]["error"] == ""
