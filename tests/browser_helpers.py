@@ -59,8 +59,9 @@ def worker(home: Path):
 
 
 @contextlib.contextmanager
-def dashboard(home: Path, script: str | Path = "app.py", timeout: float = 90):
-    """``streamlit run`` on a free port; yields the base URL once /_stcore/health answers."""
+def dashboard(home: Path, script: str | Path = "server.py", timeout: float = 90):
+    """``streamlit run`` on a free port (server.py: the dashboard and its HTTP API, as ``make run``
+    serves them); yields the base URL once /_stcore/health answers."""
     port = free_port()
     log = open(home / f"streamlit_{port}.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),

@@ -1,4 +1,4 @@
-"""End to end in a real headless chromium: the worker and `streamlit run app.py` on a free port,
+"""End to end in a real headless chromium: the worker and `streamlit run server.py` on a free port,
 a tiny model trained from the Train page, its curve, its inference page, an upload and a slider.
 
 Screenshots of every page go to $ML_MANAGER_SCREENSHOTS when set (`make screenshots` sets it to
