@@ -26,12 +26,13 @@ from typing import Callable
 
 import numpy as np
 
+from engine.fov import estimate_fov
 from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, read_image
 from storage import archives, paths
 from storage import db as store
 
 STATS_COLUMNS = ("image", "width", "height", "vessel_pixels", "vessel_fraction", "components", "mean_probability",
-                 "threshold_used", "pixels_removed", "seconds", "error")
+                 "threshold_used", "pixels_removed", "fov_fraction", "scale_factor", "seconds", "error")
 MAX_IMAGES = 10_000
 
 
@@ -79,16 +80,17 @@ def _output_names(files: list[Path], root: Path) -> list[str]:
     return names
 
 
-def load_predictor(checkpoint: str) -> Callable[[np.ndarray], np.ndarray]:
-    """A function image_rgb -> probability map for a checkpoint path or ``"baseline"``."""
+def load_predictor(checkpoint: str, scale: str | float = "auto") -> Callable[[np.ndarray, np.ndarray], tuple]:
+    """A function (image_rgb, fov) -> (probability map, resize factor used) for a checkpoint path or
+    ``"baseline"`` (the classical filter)."""
     if checkpoint == store.BASELINE:
-        from engine.vesselness import vesselness_map
+        from engine.vesselness import baseline_scale, vesselness_map
 
-        return lambda image: vesselness_map(image)
-    from engine.infer import load_model, predict
+        return lambda image, fov: (vesselness_map(image, fov, scale), baseline_scale(fov, scale))
+    from engine.infer import load_model, predict, resolve_scale
 
     loaded = load_model(checkpoint)
-    return lambda image: predict(loaded, image)
+    return lambda image, fov: (predict(loaded, image, fov=fov, scale=scale), resolve_scale(loaded, fov, scale))
 
 
 def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
@@ -96,8 +98,10 @@ def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
 
     t0 = time.monotonic()
     image = read_image(file)
-    prob = np.clip(np.asarray(predictor(image), dtype=np.float32), 0.0, 1.0)
-    result = enhanced_post_processing(prob, config=pp_config)
+    fov = estimate_fov(image)
+    prob, factor = predictor(image, fov)
+    prob = np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0)
+    result = enhanced_post_processing(prob, config=pp_config, fov=fov)
     paths.atomic_write_bytes(out / "prob" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
     paths.atomic_write_bytes(out / "masks" / name, encode_png(result.mask.astype(np.uint8)))
     h, w = result.mask.shape
@@ -105,7 +109,19 @@ def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
     return {"width": w, "height": h, "vessel_pixels": vessels, "vessel_fraction": round(vessels / (h * w), 6),
             "components": result.stats.get("components_after"), "mean_probability": round(float(prob.mean()), 6),
             "threshold_used": result.stats.get("threshold_used"), "pixels_removed": result.stats.get("removed_total"),
+            "fov_fraction": round(float(fov.mean()), 6), "scale_factor": round(float(factor), 4),
             "seconds": round(time.monotonic() - t0, 3), "error": ""}
+
+
+def job_settings(row: dict, pp_config) -> dict:
+    """What a job's results were made with, written beside them as settings.json."""
+    from engine.train import versions
+
+    checkpoint = row["checkpoint_path"]
+    return {"checkpoint": checkpoint, "model_id": row.get("model_id"),
+            "model": "classical vesselness filter" if checkpoint == store.BASELINE else Path(checkpoint).name,
+            "postprocess": pp_config.to_dict(), "scale": "auto", "field_of_view": "estimated from each image",
+            "input": row["input_path"], "versions": versions()}
 
 
 def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -151,7 +167,8 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
     writer.writeheader()
     writer.writerows(stats)
     paths.atomic_write_bytes(out / "stats.csv", buf.getvalue().encode())
-    archives.zip_folder(out, out / "results.zip", include=("prob", "masks", "stats.csv"))
+    paths.atomic_write_bytes(out / "settings.json", json.dumps(job_settings(row, pp_config), indent=2).encode())
+    archives.zip_folder(out, out / "results.zip", include=("prob", "masks", "stats.csv", "settings.json"))
     if cancelled:  # the status already says cancelled; record when it ended and what was kept
         store.update_inference_job(job_id, finished_at=store.utc_now(), error=(
             f"cancelled by the user after {len(stats)} of {len(files)} image(s); their results were kept"))

@@ -153,9 +153,9 @@ def _input_images(path: Path) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from engine.data import estimate_fov
+    from engine.fov import estimate_fov
     from engine.imageio import encode_png, read_image
-    from engine.infer import load_model, predict
+    from engine.infer import load_model, predict, resolve_scale
     from storage.paths import atomic_write_bytes
 
     loaded = load_model(args.checkpoint)
@@ -168,11 +168,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        "(it is created when missing).")
     for path in files:
         image = read_image(path)
-        prob = predict(loaded, image, tta=args.tta)
-        mask = _binarise(prob, cfg, args.threshold, None) * estimate_fov(image)  # nothing outside the FOV
+        fov = estimate_fov(image)
+        prob = predict(loaded, image, tta=args.tta, fov=fov, scale=args.scale)
+        mask = _binarise(prob, cfg, args.threshold, fov)  # nothing outside the FOV
         atomic_write_bytes(out / f"{path.stem}_prob.png", encode_png((prob * 255 + 0.5).astype(np.uint8)))
         atomic_write_bytes(out / f"{path.stem}_mask.png", encode_png(mask))
-        print(f"{path.name}: {out / (path.stem + '_mask.png')} ({mask.mean() * 100:.1f}% vessel pixels)")
+        factor = resolve_scale(loaded, fov, args.scale)
+        print(f"{path.name}: {out / (path.stem + '_mask.png')} ({mask.mean() * 100:.1f}% vessel pixels; "
+              f"estimated field of view; resized ×{factor:.3g} for the model)")
     return 0
 
 
@@ -186,7 +189,7 @@ def _plain(value: Any) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.data import load_dataset
-    from engine.infer import load_model, predict
+    from engine.infer import load_model, predict, resolve_scale
     from engine.metrics import pooled_metrics, segmentation_metrics
 
     loaded = load_model(args.checkpoint)
@@ -194,17 +197,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = load_dataset(args.data)
     probs, preds, masks, fovs, per_image = [], [], [], [], []
     for i, sample in enumerate(ds.pairs):
-        image, mask, fov = ds.raw(i)
-        prob = predict(loaded, image, tta=args.tta, fov=fov if sample.fov_path else None)
+        image, mask, fov = ds.raw(i)  # the supplied FOV mask, or the estimated one
+        prob = predict(loaded, image, tta=args.tta, fov=fov, scale=args.scale)
         pred = _binarise(prob, cfg, args.threshold, fov)
         m = segmentation_metrics(pred, mask, fov, threshold=0.5)
         m["roc_auc"] = segmentation_metrics(prob, mask, fov, threshold=args.threshold)["roc_auc"]
-        per_image.append({"id": sample.id, **_plain(m)})
+        per_image.append({"id": sample.id, **_plain(m), "fov": "supplied" if sample.fov_path else "estimated",
+                          "scale_factor": resolve_scale(loaded, fov, args.scale)})
         probs.append(prob), preds.append(pred), masks.append(mask), fovs.append(fov)
     # Pooled over every FOV pixel of the set, as the papers count; AUC always ranks the probabilities.
     pooled = pooled_metrics(list(zip(preds, masks, fovs)), threshold=0.5)
     pooled["roc_auc"] = pooled_metrics(list(zip(probs, masks, fovs)), threshold=args.threshold)["roc_auc"]
-    result = {**_plain(pooled), "n_images": len(per_image), "checkpoint": str(loaded.path),
+    result = {**_plain(pooled), "n_images": len(per_image), "layout": ds.layout, "checkpoint": str(loaded.path),
+              "model_fov_diameter": loaded.fov_diameter, "scale": args.scale,
               "postprocess": cfg.to_dict() if cfg is not None else {"threshold": args.threshold},
               "per_image": per_image}
     print(json.dumps(result, indent=2))
@@ -229,6 +234,15 @@ def _threshold(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {text}")
     return value
+
+
+def _scale(text: str) -> str | float:
+    from engine.infer import parse_scale
+
+    try:
+        return parse_scale(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("scale ").rstrip(".")) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -263,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--recommended", action="store_true", help="use the checkpoint's calibrated settings")
         group.add_argument("--threshold", type=_threshold, default=0.5, help="plain threshold (default 0.5)")
         p.add_argument("--tta", action="store_true", help="average predictions of flipped images")
+        p.add_argument("--scale", type=_scale, default="auto",
+                       help="resize each image for the model: auto (to the scale of the model's training "
+                            "images, the default), none, or a factor such as 0.5")
         p.set_defaults(func=cmd_predict if name == "predict" else cmd_evaluate)
 
     p = sub.add_parser("synthesize", help="write a synthetic data set (images/, masks/, fov/)")

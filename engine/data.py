@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from engine.fov import estimate_fov, fov_diameter, rescale, scale_factor
 from engine.imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_mask
 from storage.paths import atomic_write_bytes
 
@@ -155,7 +156,8 @@ class Dataset:
         self.annotation = annotation
         self.notes = list(notes)
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._lock = threading.Lock()
+        self._scales: dict[str, Any] | None = None
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -180,19 +182,42 @@ class Dataset:
         s = self.pairs[i]
         image = read_image(s.image_path)
         mask = read_mask(s.mask_path)
-        fov = read_mask(s.fov_path) if s.fov_path else np.ones(mask.shape, np.uint8)
+        fov = read_mask(s.fov_path) if s.fov_path else estimate_fov(image)
         if not fov.any():
             raise DatasetError(f"The field-of-view mask {s.fov_path.name} in {s.fov_path.parent} is all zero, so "
                                f"{s.image_path.name} would have no pixel to learn from or score: replace it with the "
                                "mask made for this image, or remove the fov/ folder to use whole images.")
         return image, mask, fov
 
+    def scales(self) -> dict[str, Any]:
+        """The scale of every image and the one training brings them to (see :mod:`engine.fov`).
+
+        Returns:
+            ``diameters``: each image's FOV diameter in pixels (None where its FOV has no visible edge);
+            ``target``: their median (None when no image's scale is known); ``factors``: the resize factor
+            of each image (1.0 for those within ``engine.fov.SCALE_TOLERANCE`` of the target).
+        """
+        with self._lock:
+            if self._scales is None:
+                diameters = [fov_diameter(self.raw(i)[2]) for i in range(len(self))]
+                known = [d for d in diameters if d]
+                target = float(np.median(known)) if known else None
+                self._scales = {"diameters": diameters, "target": target,
+                                "factors": [scale_factor(target, d) for d in diameters]}
+            return self._scales
+
     def arrays(self, i: int, channel: str = "green", clahe: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(preprocessed float32 (C,H,W) in [0,1], mask, fov) of sample ``i``, decoded once and cached."""
+        """(preprocessed float32 (C,H,W) in [0,1], mask, fov) of sample ``i`` at the data set's one scale
+        (:meth:`scales`), decoded once and cached."""
         key = (i, channel, bool(clahe))
         with self._lock:
             if key not in self._cache:
                 image, mask, fov = self.raw(i)
+                factor = self.scales()["factors"][i] if len(self) > 1 else 1.0
+                if factor != 1.0:  # a mixed-size data set: every image at the median scale
+                    image = rescale(image, factor)
+                    mask = (rescale(mask.astype(np.float32), factor, "map") >= 0.5).astype(np.uint8)
+                    fov = rescale(fov, factor, "mask")
                 self._cache[key] = (prepare_channels(image, channel, clahe), mask, fov)
             return self._cache[key]
 
@@ -398,14 +423,6 @@ def normalization_stats(x: np.ndarray, fov: np.ndarray, normalization: str = "zs
     mean = pixels.mean(axis=1).reshape(c, 1, 1)
     std = np.maximum(pixels.std(axis=1), 1e-3).reshape(c, 1, 1)
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def estimate_fov(image: np.ndarray) -> np.ndarray:
-    """A field-of-view mask for an image without one: pixels brighter than the dark border, or all."""
-    bright = image.max(axis=2) if image.ndim == 3 else image
-    fov = (bright > 20).astype(np.uint8)
-    fov = cv2.morphologyEx(fov, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
-    return fov if fov.mean() > 0.2 else np.ones(bright.shape, np.uint8)
 
 
 def preprocess(image: np.ndarray, fov: np.ndarray | None = None, channel: str = "green", clahe: bool = True,

@@ -8,16 +8,20 @@ window (as nnU-Net does), so memory stays bounded and tile borders do not show.
 """
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 
 from engine.data import preprocess
+from engine.fov import estimate_fov, fov_diameter, rescale, scale_factor
+from engine.imageio import MIN_SIDE
 from engine.models import UNet
 
 FORMAT_VERSION = 1
@@ -44,6 +48,7 @@ class LoadedModel:
     path: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     calibration: dict | None = None
+    fov_diameter: float | None = None  # the scale of the training images (engine.fov); None: not recorded
 
 
 def build_model(config: Any) -> UNet:
@@ -158,7 +163,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if device.type == "cpu":  # channels-last convolutions are faster on CPUs (oneDNN)
         model.to(memory_format=torch.channels_last)
     return LoadedModel(model, config, ckpt.get("epoch", 0), dict(ckpt.get("metrics") or {}),
-                       ckpt.get("recommended_postprocess"), Path(path), device, ckpt.get("calibration"))
+                       ckpt.get("recommended_postprocess"), Path(path), device, ckpt.get("calibration"),
+                       checkpoint_scale(ckpt))
 
 
 def _window(h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -199,16 +205,121 @@ def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, tile_size: in
     return acc / norm
 
 
-def predict(loaded: LoadedModel, image_rgb: np.ndarray, tta: bool = False, fov: np.ndarray | None = None,
-            tile_size: int = TILE_SIZE) -> np.ndarray:
-    """Vessel probability map float32 (H, W) in [0, 1] for an RGB uint8 image of any size.
+SCALE_CHOICES = ("auto", "none")
 
-    ``fov``: optional field-of-view mask used for the normalisation statistics (estimated when absent).
-    ``tta``: also predict the flipped images and average the probabilities (4 passes).
+
+def checkpoint_scale(ckpt: dict) -> float | None:
+    """The FOV diameter (pixels) a checkpoint's training images had, or None when it records none."""
+    scale = ckpt.get("scale")
+    value = scale.get("fov_diameter") if isinstance(scale, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 16 <= value <= 100_000:
+        return float(value)
+    return None
+
+
+def parse_scale(value: Any) -> str | float:
+    """``"auto"``, ``"none"`` or a positive resize factor, from what a user typed or sent.
+
+    Raises:
+        ValueError: anything else, with a sentence saying what is accepted.
     """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in SCALE_CHOICES:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"scale must be auto, none or a resize factor such as 0.5, not {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.05 <= value <= 20:
+        raise ValueError(f"scale must be auto, none or a resize factor between 0.05 and 20, not {value!r}.")
+    return float(value)
+
+
+def resolve_scale(loaded: LoadedModel, fov: np.ndarray, scale: str | float = "auto") -> float:
+    """The factor an image is resized by before the model sees it (1.0: as it is).
+
+    Args:
+        loaded: the model; its ``fov_diameter`` is the scale it was trained at.
+        fov: the image's field of view (H, W), nonzero inside (supplied or estimated).
+        scale: ``"auto"`` (bring the FOV's diameter to the model's when they differ by more than
+            ``engine.fov.SCALE_TOLERANCE``), ``"none"`` (1.0), or a factor used as given.
+
+    Returns:
+        The factor (new size = old size × factor).
+
+    Raises:
+        ValueError: ``scale`` is not one of the above.
+    """
+    scale = parse_scale(scale)
+    if scale == "none":
+        return 1.0
+    if scale != "auto":
+        return float(scale)
+    return scale_factor(loaded.fov_diameter, fov_diameter(fov))
+
+
+def check_image_and_fov(image_rgb: Any, fov: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image, fov as uint8 {0,1} or None) after checking their shapes; ValueError with a sentence otherwise."""
     image = np.asarray(image_rgb)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"predict needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}.")
+    if min(image.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"The image is {image.shape[1]}×{image.shape[0]} pixels; it must be at least "
+                         f"{MIN_SIDE}×{MIN_SIDE} pixels.")
+    if fov is None:
+        return image, None
+    mask = np.asarray(fov)
+    if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
+        mask = mask.max(axis=2)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"The field-of-view mask is {mask.shape[-1]}×{mask.shape[0]} pixels but the image is "
+                         f"{image.shape[1]}×{image.shape[0]}: use the mask made for this image.")
+    mask = (mask != 0).astype(np.uint8)
+    if not mask.any():
+        raise ValueError("The field-of-view mask is empty (no pixel inside): use the mask made for this image, "
+                         "or none to have it estimated.")
+    return image, mask
+
+
+def predict(loaded: LoadedModel, image_rgb: np.ndarray, tta: bool = False, fov: np.ndarray | None = None,
+            tile_size: int = TILE_SIZE, scale: str | float = "auto") -> np.ndarray:
+    """Vessel probability map for an RGB photograph of any size and scale.
+
+    Args:
+        loaded: a model from :func:`load_model`.
+        image_rgb: uint8 (H, W, 3).
+        tta: also predict the flipped images and average the probabilities (4 passes).
+        fov: field-of-view mask (H, W), nonzero inside; estimated with :func:`engine.fov.estimate_fov`
+            when None. It sets the normalisation statistics, the scale, and the map is 0 outside it.
+        tile_size: larger inputs are cut into overlapping tiles of this side (bounded memory).
+        scale: see :func:`resolve_scale`; the image is resized by that factor, predicted, and the
+            map resized back, so the result always has the image's own size.
+
+    Returns:
+        float32 (H, W) in [0, 1]; 0 outside the FOV.
+
+    Raises:
+        ValueError: an image or FOV of the wrong shape, type or size, or an unknown ``scale``.
+    """
+    image, fov = check_image_and_fov(image_rgb, fov)
+    if fov is None:
+        fov = estimate_fov(image)
+    h, w = image.shape[:2]
+    factor = resolve_scale(loaded, fov, scale)
+    work_image, work_fov = rescale(image, factor), rescale(fov, factor, "mask")
+    if not work_fov.any():
+        work_fov = np.ones(work_fov.shape, np.uint8)
+    prob = _predict_as_is(loaded, work_image, work_fov, tta, tile_size)
+    if factor != 1.0:
+        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+    prob = np.clip(prob, 0.0, 1.0, out=prob)
+    prob[fov == 0] = 0.0
+    return prob
+
+
+def _predict_as_is(loaded: LoadedModel, image: np.ndarray, fov: np.ndarray, tta: bool, tile_size: int) -> np.ndarray:
     cfg = loaded.config
     x = torch.from_numpy(preprocess(image, fov, cfg.channel, cfg.clahe, cfg.normalization)).to(loaded.device)
     flips = [(), (2,), (1,), (1, 2)] if tta else [()]

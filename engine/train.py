@@ -20,6 +20,7 @@ import torch
 from engine.calibration import calibrate_postprocess, pooled_dice
 from engine.data import CHANNELS, NORMALIZATIONS, Dataset, DatasetError, PatchSampler, load_dataset
 from engine.data import normalization_stats, split_indices
+from engine.fov import FOV_DIAMETER_MEASURE
 from engine.losses import LOSS_NAMES, build_loss
 from storage.paths import atomic_write_bytes
 
@@ -456,6 +457,7 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
             "epoch": epoch, "metrics": metrics, "versions": versions(), "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(), "early_stopping": stopper.state_dict(), "history": history,
             "recommended_postprocess": None, "calibration": None, "elapsed_seconds": elapsed(),
+            "scale": {"fov_diameter": ds.scales()["target"], "measure": FOV_DIAMETER_MEASURE},
         }
 
     t_start = time.monotonic()

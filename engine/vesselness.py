@@ -12,8 +12,8 @@ have the most contrast), equalised with CLAHE, then:
    DRIVE image is ~12 %) lie above 0.5, and nothing saturates (rank order, hence ROC AUC, is
    kept exactly); outside the FOV the map is 0.
 
-Without ``fov`` the FOV is estimated from the image (``estimate_fov``: the bright disc of a
-fundus photograph, or the whole image when there is no dark surround).
+Without ``fov`` the FOV is estimated from the image (:func:`engine.fov.estimate_fov`: the bright
+disc of a fundus photograph, or the whole image when there is no dark surround).
 
 Tuning on the 20 DRIVE training images (pooled over FOV pixels, first manual annotation):
 sigmas (1, 2, 3) gave Dice 0.61 / AUC 0.86 at their best threshold; (2, 3, 4) gave Dice
@@ -26,12 +26,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.fov import estimate_fov, fov_diameter, rescale, scale_factor
+
 BASELINE_NAME = "Classical vesselness (Frangi)"
 SIGMAS = (2.0, 3.0, 4.0)  # vessel half-widths probed, in pixels (DRIVE vessels are 1-10 px wide)
 CLAHE_CLIP = 2.0  # CLAHE contrast limit on 8x8 tiles
 RIM_EROSION = 7  # pixels of the FOV rim replaced by the median before filtering
 SCALE_PERCENTILE = 85.0  # the response at this FOV percentile maps to 0.5
-FOV_LEVEL = 20  # estimate_fov: a pixel is inside when its red channel exceeds this (0-255)
+FOV_DIAMETER = 540.0  # the FOV diameter (pixels) the sigmas suit: DRIVE's photographs
 
 
 def _check_image(image_rgb: Any) -> np.ndarray:
@@ -48,25 +50,30 @@ def _check_image(image_rgb: Any) -> np.ndarray:
     return image
 
 
-def estimate_fov(image_rgb: np.ndarray) -> np.ndarray:
-    """uint8 {0,1} field of view of a fundus photograph: its largest bright region (red channel
-    above FOV_LEVEL, opened to drop noise). The whole image when that covers under 10 %."""
-    image = _check_image(image_rgb)
-    inside = (image[..., 0] > FOV_LEVEL).astype(np.uint8)
-    inside = cv2.morphologyEx(inside, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(inside, connectivity=8)
-    if n > 1:
-        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        inside = (labels == largest).astype(np.uint8)
-    if inside.mean() < 0.10:
-        return np.ones(image.shape[:2], np.uint8)
-    return inside
+def baseline_scale(fov: np.ndarray, scale: str | float = "auto") -> float:
+    """The factor :func:`vesselness_map` resizes a photograph with this FOV by (see its ``scale``)."""
+    if scale == "auto":
+        return scale_factor(FOV_DIAMETER, fov_diameter(fov))
+    if scale == "none":
+        return 1.0
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0.05 <= scale <= 20:
+        return float(scale)
+    raise ValueError(f"scale must be auto, none or a resize factor between 0.05 and 20, not {scale!r}.")
 
 
-def vesselness_map(image_rgb: Any, fov: Any = None) -> np.ndarray:
-    """float32 (H, W) map in [0, 1], high on vessels; 0 outside the FOV. See the module docstring."""
-    from skimage.filters import frangi  # imported here: skimage's import costs ~0.3 s
+def vesselness_map(image_rgb: Any, fov: Any = None, scale: str | float = "auto") -> np.ndarray:
+    """float32 (H, W) map in [0, 1], high on vessels; 0 outside the FOV. See the module docstring.
 
+    Args:
+        image_rgb: uint8 (H, W, 3).
+        fov: field-of-view mask (H, W), nonzero inside; estimated when None.
+        scale: ``"auto"`` filters the photograph resized so that its FOV is ``FOV_DIAMETER`` pixels
+            across (the scale the filter's sigmas are chosen for; the map is resized back), ``"none"``
+            filters it as it is, a number resizes it by that factor.
+
+    Raises:
+        ValueError: an image or FOV of the wrong shape or type, an empty FOV, an unknown ``scale``.
+    """
     image = _check_image(image_rgb)
     if fov is None:
         inside = estimate_fov(image)
@@ -80,6 +87,19 @@ def vesselness_map(image_rgb: Any, fov: Any = None) -> np.ndarray:
         inside = (inside != 0).astype(np.uint8)
     if not inside.any():
         raise ValueError("the FOV mask is empty (no pixel inside): pass the image's real FOV mask, or none.")
+    factor = baseline_scale(inside, scale)
+    if factor == 1.0:
+        return _vesselness(image, inside)
+    h, w = inside.shape
+    small = _vesselness(rescale(image, factor), rescale(inside, factor, "mask"))
+    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1) * inside
+
+
+def _vesselness(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    from skimage.filters import frangi  # imported here: skimage's import costs ~0.3 s
+
+    if not inside.any():  # shrunk below one pixel of FOV
+        inside = np.ones(inside.shape, np.uint8)
     core = cv2.erode(inside, np.ones((RIM_EROSION, RIM_EROSION), np.uint8)).astype(bool)
     if not core.any():  # a FOV thinner than the rim erosion: use it as it is
         core = inside.astype(bool)
