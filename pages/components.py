@@ -2,14 +2,15 @@
 post-processing tuner, and cached storage reads (the training-curve figure is in ``pages.charts``).
 
 UI functions draw widgets and return values; the computing lives in ``engine``. Probability maps
-are cached per (checkpoint path + mtime, image bytes hash), so moving a slider re-runs only
-post-processing, inside an ``st.fragment``.
+are cached per (checkpoint path + mtime, image bytes hash, field of view, image scale), so moving a
+slider re-runs only post-processing, inside an ``st.fragment``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import streamlit as st
 from engine.imageio import IMAGE_EXTENSIONS, check_same_size, encode_png, read_image, read_mask_with_note
 from engine.metrics import segmentation_metrics
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing
+from engine.vesselness import vesselness_map
 from storage import paths
 
 logger = logging.getLogger("ml_manager.dashboard")
@@ -31,6 +33,7 @@ IMAGE_TYPES = sorted({ext.lstrip(".") for ext in IMAGE_EXTENSIONS})
 BASELINE_SOURCE = "baseline"  # stands for the classical filter wherever a checkpoint path goes (storage.db.BASELINE)
 KEPT_RGB = (40, 230, 90)  # green: vessel pixels the post-processing keeps
 REMOVED_RGB = (255, 40, 220)  # magenta: pixels that passed the threshold but a filter removed
+FOV_RGB = (255, 200, 0)  # amber: the outline of the field of view
 _TINT = 0.65  # how strongly the overlay colours cover the photograph
 _KERNELS = list(range(1, 32, 2))  # PostProcessConfig takes odd kernel sides 1..31
 
@@ -208,11 +211,15 @@ def load_checkpoint(path: str, mtime: float):
 
 
 def dashboard_checkpoint(path: str) -> str:
-    """``path`` when the dashboard may load it: the baseline, or a ``.pt`` file inside the data home's
-    models folder. Anything else (a path typed or pasted from elsewhere) is refused with a sentence:
-    checkpoints are pickles, and only this program's own run folders are trusted to hold them."""
+    """``path`` when the dashboard may load it: the baseline, the shipped pretrained model, or a ``.pt`` file
+    inside the data home's models folder. Anything else (a path typed or pasted from elsewhere) is refused
+    with a sentence: checkpoints are pickles, and only this program's own files are trusted to hold them."""
     if path == BASELINE_SOURCE:
         return path
+    from engine.pretrained import PRETRAINED_PATH
+
+    if Path(path).resolve() == PRETRAINED_PATH.resolve():
+        return str(PRETRAINED_PATH.resolve())
     models = paths.models_dir()
     if not paths.is_inside(path, models):
         raise ValueError(f"{path} is outside the data home's models folder ({models}): the dashboard loads only "
@@ -231,20 +238,27 @@ def checkpoint_mtime(path: str) -> float:
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing the probability map…")
-def _probability_map(source: str, mtime: float, digest: str, _image: np.ndarray) -> np.ndarray:
+def _probability_map(source: str, mtime: float, digest: str, fov_digest: str, scale: str | float,
+                     _image: np.ndarray, _fov: np.ndarray | None) -> np.ndarray:
+    t0 = time.monotonic()
     if source == BASELINE_SOURCE:
-        from engine.vesselness import vesselness_map
+        prob = vesselness_map(_image, _fov)
+    else:
+        from engine.infer import predict  # torch loads only on pages that need it
 
-        return vesselness_map(_image)
-    from engine.infer import predict
+        prob = predict(load_checkpoint(source, mtime), _image, fov=_fov, scale=scale)
+    logger.info("probability map %s by %s, scale %s: %.1f s", _image.shape, Path(source).name, scale, time.monotonic() - t0)
+    return prob
 
-    return predict(load_checkpoint(source, mtime), _image)
 
-
-def probability_map(source: str, image: Upload) -> np.ndarray:
-    """The probability map of ``image`` under a checkpoint path (or BASELINE_SOURCE), computed once."""
+def probability_map(source: str, image: Upload, fov: np.ndarray | None = None, scale: str | float = "auto") -> np.ndarray:
+    """float32 (H, W) probability map of ``image`` under a checkpoint path (or BASELINE_SOURCE), computed once per
+    (model, image, ``fov``, ``scale``); 0 outside ``fov`` (uint8 (H, W); estimated when None). ``scale``: see
+    ``engine.infer.resolve_scale``. Raises ValueError (a sentence) for a checkpoint the dashboard may not load."""
     source = dashboard_checkpoint(source)
-    return _probability_map(source, checkpoint_mtime(source), image.digest, image.array)
+    fov_digest = "estimated" if fov is None else digest_array(fov)
+    scale = "none" if source == BASELINE_SOURCE else scale  # one cache entry whatever the scale control says
+    return _probability_map(source, checkpoint_mtime(source), image.digest, fov_digest, scale, image.array, fov)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,12 +294,22 @@ def heatmap_bytes(digest: str, _prob: np.ndarray) -> bytes:
     return display_bytes(cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO))
 
 
-def overlay_bytes(image: np.ndarray, digest: str, mask: np.ndarray, removed: np.ndarray) -> bytes:
-    """JPEG of the photograph with kept pixels in green and removed ones in magenta (~4 ms at 584x565)."""
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _outline(fov_digest: str, _fov: np.ndarray) -> tuple:
+    """The field of view's edge as contours; none when it is the whole image."""
+    return () if _fov.all() else tuple(cv2.findContours(_fov.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
+
+
+def overlay_bytes(image: np.ndarray, digest: str, mask: np.ndarray, removed: np.ndarray,
+                  fov: np.ndarray | None = None, fov_digest: str = "") -> bytes:
+    """JPEG of the photograph with kept pixels in green, removed ones in magenta and, when ``fov`` is
+    given, the field of view's edge as a thin amber line."""
     bgr, kept, gone, _ = _layers(digest, image)
     out = bgr.copy()
     cv2.copyTo(gone, removed, out)  # uint8 masks: non-zero pixels are copied
     cv2.copyTo(kept, mask, out)
+    if fov is not None and (outline := _outline(fov_digest or digest_array(fov), fov)):
+        cv2.drawContours(out, outline, -1, FOV_RGB[::-1], max(1, round(max(out.shape[:2]) / 500)))
     return display_bytes(out)
 
 
@@ -412,7 +436,8 @@ def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _show_metrics(result, prob_map, truth, fov, digests) -> None:
+def _show_metrics(result, prob_map, truth, fov, digests, fov_scope) -> None:
+    st.caption(f"Metrics against your ground truth, counted {fov_scope}.")
     m = dict(segmentation_metrics(result.mask, truth, fov=fov))
     m["roc_auc"] = _map_auc(digests["prob"], digests["truth"], digests["fov"], prob_map, truth, fov)
     names = ["dice", "cldice", "iou", "precision", "sensitivity", "specificity", "accuracy", "roc_auc"]
@@ -422,16 +447,16 @@ def _show_metrics(result, prob_map, truth, fov, digests) -> None:
         col.metric(name if name != "roc_auc" else "ROC AUC (map)", "—" if value is None else f"{value:.3f}")
 
 
-def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests):
+def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope):
     left, right = st.columns([1, 3], gap="medium")
     with left:
         _controls(key)
         st.button("Reset to defaults", key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
     with right:
-        return _view(prob_map, image_rgb, key, fov, truth, base, digests)
+        return _view(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope)
 
 
-def _view(prob_map, image_rgb, key, fov, truth, base, digests):
+def _view(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope):
     try:
         config = _current_config(key, base)
     except ValueError as exc:
@@ -440,11 +465,12 @@ def _view(prob_map, image_rgb, key, fov, truth, base, digests):
     st.session_state[f"{key}__config"] = config.to_dict()
     result = enhanced_post_processing(prob_map, config=config, fov=fov)
     st.session_state[f"{key}__kept"] = int(result.mask.sum())  # read by tests
-    st.image(overlay_bytes(image_rgb, digests["image"], result.mask, result.removed), width="stretch",
-             output_format="JPEG", caption="Mask on the image: green is kept, magenta was removed by the filters")
+    edge = ", the amber line is the field of view's edge" if fov is not None and not fov.all() else ""
+    st.image(overlay_bytes(image_rgb, digests["image"], result.mask, result.removed, fov, digests["fov"]), width="stretch",
+             output_format="JPEG", caption=f"Mask on the image: green is kept, magenta was removed by the filters{edge}")
     _show_stats(result)
     if truth is not None:
-        _show_metrics(result, prob_map, truth, fov, digests)
+        _show_metrics(result, prob_map, truth, fov, digests, fov_scope)
     st.session_state[f"{key}__holder"].update(config=config, mask=result.mask)  # read by the downloads
     return result
 
@@ -470,11 +496,13 @@ def postprocess_tuner(
     fov: np.ndarray | None = None,
     truth: np.ndarray | None = None,
     file_stem: str = "image",
+    fov_scope: str = "inside the field of view",
 ) -> PostProcessResult | None:
     """Sliders and toggles for every post-processing option, the image, the probability heatmap,
     the mask overlaid on the image (removed pixels in a second colour), statistics, metrics when
     ``truth`` is given, and downloads. Controls and view are ``st.fragment``s: a slider re-runs
-    only the view.
+    only the view. ``fov`` (uint8 {0,1} (H, W)) limits mask and metrics, outlined on the overlay; ``fov_scope``
+    says in words where the metrics are counted.
 
     Returns the result on full-page runs (None when the settings are invalid). The current
     settings are always in ``st.session_state[f"{key}__config"]`` (a dict).
@@ -494,7 +522,7 @@ def postprocess_tuner(
     # One fragment holds the controls and the view: a slider re-runs only it. (Two fragments, the
     # controls' callbacks re-running the view with st.rerun(<key>), measured slower in the browser.)
     st.session_state.setdefault(f"{key}__holder", {})
-    result = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests)
+    result = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope)
     _downloads(key, file_stem)
     # The photograph and its map never change with the sliders: drawn outside the fragment, once per page run.
     a, b = st.columns(2)

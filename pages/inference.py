@@ -1,12 +1,16 @@
-"""Inference (global): any completed model's checkpoints, grouped by model, or the classical
-vesselness baseline; the same tuner; batch jobs over a folder or a zip run by the worker."""
+"""Inference (global): the pretrained model shipped with the program, any completed model's checkpoints
+(grouped by model), or the classical vesselness baseline; the same tuner; batch jobs over a folder or a
+zip run by the worker."""
 import json
 
 import streamlit as st
 
+from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
 from engine.vesselness import BASELINE_NAME
-from pages.components import BASELINE_SOURCE, query, run_page
+from pages.components import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query, run_page
 from pages.inference_widgets import batch_controls, batch_jobs, checkpoint_label, start_from, workspace
+
+PRETRAINED_SOURCE = str(PRETRAINED_PATH)  # a path, so it can never be mistaken for a model id
 
 
 def main() -> None:
@@ -16,26 +20,36 @@ def main() -> None:
     for c in ckpts:
         groups.setdefault(c["model_id"], []).append(c)
     names = {mid: f"{cs[0]['model_name']} (val Dice {cs[0].get('best_val_dice') or 0:.3f})" for mid, cs in groups.items()}
-    names[BASELINE_SOURCE] = BASELINE_NAME
-    options = [BASELINE_SOURCE, *groups]
+    names |= {BASELINE_SOURCE: BASELINE_NAME, PRETRAINED_SOURCE: PRETRAINED_NAME}
+    # The pretrained model first: without a model of one's own, an upload gives a mask at once.
+    options = ([PRETRAINED_SOURCE] if pretrained_available() else []) + [BASELINE_SOURCE, *groups]
     a, b = st.columns(2)
     model_id = a.selectbox("Model", options, format_func=names.get, key="inf_model",
-                           help="Completed models, and the classical filter that needs no training.")
+                           help="The pretrained model, your completed models, and the classical filter that needs "
+                                "no training.")
+    recommended = None
     if model_id == BASELINE_SOURCE:
         source, model = BASELINE_SOURCE, None
         b.caption("The classical vesselness filter: the baseline trained models must beat.")
+    elif model_id == PRETRAINED_SOURCE:
+        source, model = PRETRAINED_SOURCE, None
+        b.caption("A U-Net trained with this program's default recipe on the 20 DRIVE training images. "
+                  "For research use, like the DRIVE images themselves; not for diagnosis.")
+        recommended = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).recommended_postprocess
     else:
         by_label = {checkpoint_label(c): c["path"] for c in groups[model_id]}
         source = by_label[b.selectbox("Checkpoint", list(by_label), key=f"inf_ckpt_{model_id}")]
         model = next((m for m in query("list_models", "completed") if m["id"] == model_id), None)
-    defaults = start_from(model, "inf")
+        if model and model.get("recommended_postprocess"):
+            recommended = json.loads(model["recommended_postprocess"])
+    defaults = start_from(model, "inf", recommended)
     workspace(source, key="inf", defaults=defaults)
     st.divider()
     batch_controls(source, None if model is None else model["id"], "inf")
     batch_jobs("inf")
-    if model and model.get("recommended_postprocess"):
+    if recommended:
         with st.expander("The model's recommended post-processing"):
-            st.json(json.loads(model["recommended_postprocess"]))
+            st.json(recommended)
 
 
 run_page(main, "showing the inference page")

@@ -1,5 +1,6 @@
-"""Widgets shared by the two inference pages: checkpoint labels, the upload-and-tune workspace,
-presets, and batch jobs run by the worker."""
+"""Widgets shared by the pages that predict on an uploaded photograph: its field of view and image
+scale (also on the Post-processing page), checkpoint labels, the upload-and-tune workspace, presets,
+and batch jobs run by the worker."""
 from __future__ import annotations
 
 import io
@@ -7,14 +8,22 @@ import json
 import os
 import uuid
 import zipfile
+from dataclasses import dataclass
 
+import numpy as np
 import streamlit as st
 
+from engine.fov import estimate_fov, fov_diameter
 from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
 from pages.components import (
+    BASELINE_SOURCE,
+    Upload,
+    checkpoint_mtime,
     current_postprocess,
+    dashboard_checkpoint,
     forget_queries,
+    load_checkpoint,
     matching_mask,
     postprocess_tuner,
     probability_map,
@@ -25,17 +34,117 @@ from pages.components import (
 from storage import paths
 
 
+# --------------------------------------------------------------------------------------------
+# Field of view and image scale
+# --------------------------------------------------------------------------------------------
+FOV_CHOICES = {"estimated": "Estimated from the photograph", "upload": "Upload a mask",
+               "whole": "Whole image (no field of view)"}
+SCALE_CHOICES = {"auto": "Automatic", "none": "As it is", "factor": "Resize by a factor"}
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """The field of view an image is predicted, post-processed and scored in."""
+
+    mask: np.ndarray  # uint8 {0, 1} (H, W): 1 inside
+    choice: str  # a key of FOV_CHOICES: where the mask came from
+    scope: str  # where the metrics are counted, in words ("inside the estimated field of view", …)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _estimated_fov(digest: str, _image: np.ndarray) -> np.ndarray:
+    return estimate_fov(_image)
+
+
+def default_fov(image: Upload, choice: str = "estimated") -> FieldOfView:
+    """The field of view of ``image`` without a mask: estimated from it, or the whole image (``choice="whole"``)."""
+    if choice == "whole":
+        return FieldOfView(np.ones(image.array.shape[:2], np.uint8), "whole", "over the whole image")
+    mask = _estimated_fov(image.digest, image.array)
+    if mask.all():  # no dark surround around the retina (a crop, a scan): nothing to leave out
+        return FieldOfView(mask, "estimated", "over the whole image (no dark surround to estimate a field of view from)")
+    return FieldOfView(mask, "estimated", "inside the estimated field of view")
+
+
+def field_of_view(image: Upload, *, key: str, upload_key: str | None = None) -> FieldOfView:
+    """The 'Field of view' choice for ``image``: estimated from it (the default), an uploaded mask (its
+    uploader, keyed ``upload_key``, appears), or the whole image. Until a usable mask is uploaded, the
+    field of view is estimated."""
+    choice = st.radio("Field of view", list(FOV_CHOICES), format_func=FOV_CHOICES.get, key=f"{key}_fov_choice",
+                      horizontal=True, help="Pixels outside it never become vessels and are left out of the metrics. "
+                      "Its width in pixels is the photograph's scale.")
+    if choice == "upload":
+        up = upload_image(f"Field-of-view mask of {image.name}", kind="mask",
+                          key=upload_key or f"{key}_fov_{image.digest[:10]}",
+                          help="White inside the field of view, black outside, as large as the photograph.")
+        mask = matching_mask(image, up, "field-of-view mask")
+        if mask is not None:
+            return FieldOfView(mask, "upload", "inside your field-of-view mask")
+        st.caption("Until a mask is uploaded, the field of view is estimated from the photograph.")
+    return default_fov(image, "whole" if choice == "whole" else "estimated")
+
+
+def scale_control(source: str, *, key: str) -> str | float:
+    """The 'Image scale' control: ``"auto"`` (the default), ``"none"`` or a resize factor. The classical
+    filter works at the photograph's own size, so the control is disabled for it."""
+    baseline = source == BASELINE_SOURCE
+    mode = st.radio("Image scale", list(SCALE_CHOICES), format_func=SCALE_CHOICES.get, key=f"{key}_scale",
+                    horizontal=True, disabled=baseline,
+                    help="Automatic resizes the photograph so that its field of view is as wide, in pixels, as "
+                         "the model's training images were; the map is resized back to the photograph's size.")
+    if mode != "factor" or baseline:
+        return "none" if baseline else (mode or "auto")
+    return float(st.number_input("Resize factor", min_value=0.05, max_value=20.0, value=1.0, step=0.05,
+                                 key=f"{key}_scale_factor", help="Below 1 shrinks the photograph before the model "
+                                 "sees it, above 1 enlarges it; the map is resized back to the photograph's size."))
+
+
+def scale_note(source: str, image: np.ndarray, fov: np.ndarray, scale: str | float) -> str:
+    """What the image scale does to ``image`` (uint8 (H, W, 3)) with this model and field of view, in words."""
+    if source == BASELINE_SOURCE:
+        return "Image scale: the classical filter uses the photograph as it is."
+    from engine.infer import resolve_scale
+
+    loaded = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source))
+    factor, diameter, trained = resolve_scale(loaded, fov, scale), fov_diameter(fov), loaded.fov_diameter
+    h, w = image.shape[:2]
+    size = f"{round(w * factor):,}×{round(h * factor):,} px"
+    if scale == "none":
+        return f"As it is: the model sees the photograph at its own size ({w:,}×{h:,} px)."
+    if scale != "auto":
+        return f"Resized ×{factor:.2f}: the model sees {size}, and the map is resized back to {w:,}×{h:,} px."
+    if trained is None:
+        return "Automatic: this model does not record the scale of its training images, so the photograph is used as it is."
+    if diameter is None:
+        return ("Automatic: the field of view covers the whole image, so the photograph's scale is unknown and it is "
+                "used as it is; choose a resize factor if its vessels are much wider or thinner than the model's.")
+    seen = (f"Automatic: this photograph's field of view is {diameter:,.0f} px across and the model was trained at "
+            f"{trained:,.0f} px")
+    if factor == 1.0:
+        return f"{seen}, close enough to use it as it is."
+    way, back = ("shrunk", "enlarged") if factor < 1 else ("enlarged", "shrunk")
+    return f"{seen}, so it is {way} ×{factor:.2f} (to {size}) for the model and the map is {back} back."
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints, the workspace, presets
+# --------------------------------------------------------------------------------------------
+
+
 def checkpoint_label(c: dict) -> str:
     metric = f", metric {c['metric']:.3f}" if c.get("metric") is not None else ""
     epoch = f"epoch {c['epoch']}" if c.get("epoch") is not None else "epoch ?"
     return f"{c['name']} ({c['kind']}, {epoch}{metric}, {(c.get('size_bytes') or 0) / 1e6:.1f} MB)"
 
 
-def start_from(model: dict | None, key: str) -> PostProcessConfig | None:
-    """Which settings the tuner opens with: the model's recommended ones, a saved preset, or defaults."""
+def start_from(model: dict | None, key: str, recommended: dict | None = None) -> PostProcessConfig | None:
+    """Which settings the tuner opens with: the model's recommended ones (its registry row's, else
+    ``recommended``), a saved preset, or defaults."""
     choices: dict[str, dict | None] = {}
     if model and model.get("recommended_postprocess"):
-        choices["Recommended by training"] = json.loads(model["recommended_postprocess"])
+        recommended = json.loads(model["recommended_postprocess"])
+    if recommended:
+        choices["Recommended by training"] = recommended
     for preset in query("list_presets", model["id"]) if model else []:
         choices[f"Preset: {preset['name']}"] = preset["config"]
     choices["Defaults (threshold 0.6, min component 50 px)"] = None
@@ -62,17 +171,26 @@ def workspace(source: str, *, key: str, defaults: PostProcessConfig | None) -> N
     truth_up = upload_image(f"Ground-truth mask of {image.name} (optional)", key=f"{key}_truth_{image.digest[:10]}",
                             kind="mask", help="Adds Dice, clDice and the other metrics.")
     truth = matching_mask(image, truth_up, "ground-truth mask")
-    prob = probability_map(source, image)
-    postprocess_tuner(prob, image.array, key=f"{key}_tuner", defaults=defaults, truth=truth, file_stem=image.stem)
-    if len(images) > 1:
-        maps = [(u.stem, probability_map(source, u)) for u in images]  # cached: computed once per image
+    left, right = st.columns(2)
+    with left:
+        fov = field_of_view(image, key=key)
+    with right:
+        scale = scale_control(source, key=key)
+    prob = probability_map(source, image, fov.mask, scale)
+    st.caption(scale_note(source, image.array, fov.mask, scale))
+    postprocess_tuner(prob, image.array, key=f"{key}_tuner", defaults=defaults, fov=fov.mask, truth=truth,
+                      file_stem=image.stem, fov_scope=fov.scope)
+    if len(images) > 1:  # the others: the tuned image's field-of-view choice, with their own estimate
+        fovs = [fov if u is image else default_fov(u, fov.choice) for u in images]
+        maps = [(u.stem, probability_map(source, u, f.mask, scale), f.mask) for u, f in zip(images, fovs)]  # cached
         config = current_postprocess(f"{key}_tuner") or PostProcessConfig()
 
         def all_masks() -> bytes:
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-                for stem, prob_map in maps:
-                    zf.writestr(f"{stem}_mask.png", encode_png(enhanced_post_processing(prob_map, config=config).mask))
+                for stem, prob_map, fov_mask in maps:
+                    mask = enhanced_post_processing(prob_map, config=config, fov=fov_mask).mask
+                    zf.writestr(f"{stem}_mask.png", encode_png(mask))
                 zf.writestr("postprocess.json", json.dumps(config.to_dict(), indent=2))
             return buf.getvalue()
 
@@ -131,11 +249,15 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
         return
     from engine.vesselness import BASELINE_NAME
 
+    from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH
+
     names = {m["id"]: m["name"] for m in query("list_models")} | {"baseline": BASELINE_NAME}
     for row in jobs:
         job = inference_status(row["id"])
         source = names.get(job["model_id"], job["model_id"] or "a checkpoint")
-        if job["model_id"] != "baseline":
+        if job["checkpoint_path"] == str(PRETRAINED_PATH.resolve()):
+            source = PRETRAINED_NAME
+        elif job["model_id"] != "baseline":
             source += f" ({os.path.basename(job['checkpoint_path'])})"
         with st.container(border=True):
             st.write(f"Job `{job['job_id']}` · {source} on `{os.path.basename(job['input_path'])}` · "

@@ -30,7 +30,8 @@ def main() -> None:
     st.title("Model inference")
     models = query("list_models")
     if not models:
-        st.info("No models yet: train one on the Train page. Meanwhile the Post-processing page works on any image.")
+        st.info("No models yet: train one on the Train page. Meanwhile the Inference page's pretrained model and "
+                "the Post-processing page work on any photograph.")
         return
     model_id = pick_model(models)
     if not model_id:

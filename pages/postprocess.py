@@ -1,5 +1,6 @@
-"""Post-processing: upload a fundus photograph (and optionally its ground truth and FOV mask) and
-tune every post-processing option on the classical vesselness map, live."""
+"""Post-processing: upload a fundus photograph (and optionally its ground truth), choose its field of
+view (estimated, an uploaded mask, or the whole image) and tune every post-processing option on the
+classical vesselness map, live."""
 import streamlit as st
 
 from pages.components import (
@@ -10,6 +11,7 @@ from pages.components import (
     run_page,
     upload_image,
 )
+from pages.inference_widgets import field_of_view
 from storage import paths
 
 
@@ -20,24 +22,21 @@ def main() -> None:
         "The map here comes from the classical vesselness filter (no model needed); the same "
         "tuner opens on the inference pages with a trained model's map."
     )
-    a, b, c = st.columns(3)
+    a, b = st.columns(2)
     with a:
         image = upload_image("Fundus image", key="pp_image", help="PNG, JPEG, TIFF, GIF, PPM or BMP.")
     with b:
         truth_up = upload_image("Ground-truth mask (optional)", key="pp_truth", kind="mask",
                                 help="Adds Dice, clDice, sensitivity and the other metrics.")
-    with c:
-        fov_up = upload_image("Field-of-view mask (optional)", key="pp_fov", kind="mask",
-                              help="Pixels outside the field of view are cleared and left out of the metrics.")
     if image is None:
         st.info("Upload a fundus photograph to start; DRIVE's images/*.tif work as they are. No photograph at hand? "
                 "Generate a synthetic data set on the Train page and upload one of its images, from "
                 f"`{paths.datasets_dir()}/synthetic_…/images/`.")
         return
     truth = matching_mask(image, truth_up, "ground-truth mask")
-    fov = matching_mask(image, fov_up, "field-of-view mask")
-    prob = probability_map(BASELINE_SOURCE, image)
-    postprocess_tuner(prob, image.array, key="pp", fov=fov, truth=truth, file_stem=image.stem)
+    fov = field_of_view(image, key="pp", upload_key="pp_fov")
+    prob = probability_map(BASELINE_SOURCE, image, fov.mask)
+    postprocess_tuner(prob, image.array, key="pp", fov=fov.mask, truth=truth, file_stem=image.stem, fov_scope=fov.scope)
 
 
 run_page(main, "showing the post-processing page")
