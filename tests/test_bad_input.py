@@ -345,6 +345,9 @@ def _app(at: AppTest) -> Seen:
 def dashboard_upload(files: dict[str, tuple[str, bytes]], ctx: Ctx) -> Seen:
     """The Post-processing page: upload into its image / ground truth / FOV fields."""
     at = AppTest.from_file(str(ROOT / "pages" / "postprocess.py"), default_timeout=APP_TIMEOUT).run()
+    if "pp_fov" in files:  # its uploader appears once the image is in and "Upload a mask" is chosen
+        at.file_uploader(key="pp_image").set_value((*files["pp_image"], "application/octet-stream")).run()
+        at.radio(key="pp_fov_choice").set_value("upload").run()
     for key, (name, data) in files.items():
         at.file_uploader(key=key).set_value((name, data, "application/octet-stream"))
     seen = _app(at.run())
