@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from engine.fov import estimate_fov
-from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, read_image
+from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, is_image_name, read_image
 from storage import archives, paths
 from storage import db as store
 
@@ -62,7 +62,7 @@ def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, di
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name)
                   and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
 
 

@@ -140,14 +140,14 @@ def _binarise(prob: np.ndarray, cfg: Any, threshold: float, fov: np.ndarray | No
 
 
 def _input_images(path: Path) -> list[Path]:
-    from engine.data import EXTENSIONS
+    from engine.imageio import IMAGE_EXTENSIONS, is_image_name
 
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p.name))
         if not files:
-            raise CliError(f"{path} holds no images ({', '.join(EXTENSIONS)}).")
+            raise CliError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)}, or these gzip-compressed).")
         return files
     raise CliError(f"The input {path} does not exist.")
 

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from engine.fov import estimate_fov, fov_diameter, rescale, scale_factor
-from engine.imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_mask
+from engine.imageio import IMAGE_EXTENSIONS, encode_png, is_image_name, read_image, read_mask
 from storage.paths import atomic_write_bytes
 
 CHANNELS = ("green", "gray", "rgb")
@@ -90,18 +90,8 @@ def _without_extensions(name: str) -> str:
     return name
 
 
-def _is_image_name(name: str) -> bool:
-    """True for ``x.png``, ``x.JPG``, ``x.ppm.gz``; False for hidden files (macOS ``._x.png``) and others."""
-    if name.startswith("."):
-        return False
-    path = Path(name)
-    if path.suffix.lower() == _COMPRESSED:
-        path = Path(path.stem)
-    return path.suffix.lower() in EXTENSIONS
-
-
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p.name))
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
 
 
 def _names(paths: list[Path], limit: int = 5) -> str:
@@ -281,7 +271,7 @@ def _recognise(folder: Path) -> _Layout | None:
         return _Layout("STARE", stare, dirs["labels-vk"], None, f"{dirs['labels-vk'].name}/ (Valentina Kouznetsova)",
                        skip_unlabelled=True)
     try:
-        observers = {_observer(p.name) for p in folder.iterdir() if p.is_file() and _is_image_name(p.name)}
+        observers = {_observer(p.name) for p in folder.iterdir() if p.is_file() and is_image_name(p.name)}
     except OSError:
         return None
     observers.discard(None)

@@ -34,6 +34,17 @@ Image.MAX_IMAGE_PIXELS = None
 Source = Union[str, os.PathLike, bytes, BinaryIO]
 
 
+def is_image_name(name: str) -> bool:
+    """True for a file name this program reads as an image (``x.png``, ``x.JPG``, ``x.ppm.gz``); False for
+    hidden files (macOS ``._x.png``) and anything else."""
+    if name.startswith("."):
+        return False
+    path = Path(name)
+    if path.suffix.lower() == ".gz":
+        path = Path(path.stem)
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 class ImageReadError(ValueError):
     """An image or mask could not be used; the message is meant for the user."""
 

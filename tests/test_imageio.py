@@ -225,3 +225,14 @@ def test_bad_gzip_images_give_a_sentence(monkeypatch, data, expected):
     monkeypatch.setattr(imageio, "MAX_GZIP_BYTES", 10_000)  # a real bomb would need 160 MB of memory here
     with pytest.raises(ImageReadError, match=f"^im.ppm.gz {expected}"):
         read_image(data, name="im.ppm.gz")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("21_training.tif", True), ("Image_01L.JPG", True), ("im0001.ppm.gz", True), ("im0001.ah.ppm.GZ", True),
+    ("._21_training.tif", False), (".hidden.png", False), ("notes.txt", False), ("archive.tar.gz", False),
+    ("weights.pt", False),
+])
+def test_is_image_name(name, expected):
+    from engine.imageio import is_image_name
+
+    assert is_image_name(name) is expected
