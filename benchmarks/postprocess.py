@@ -12,7 +12,8 @@ thread (``cv2.setNumThreads(1)``) so that the comparison with single-threaded Sc
 The reference is written the way one would write it with scikit-image: ``threshold_otsu``,
 ``apply_hysteresis_threshold``-style labelling with ``ndi.label``, ``binary_opening`` /
 ``binary_closing`` with the very same footprint array, ``ndi.label`` + ``regionprops``
-(area, intensity_mean) in a loop, with the shape filter's widest width taken as each region's
+(area, and the mean probability over each region's pixels that passed thresholding and
+opening) in a loop, with the shape filter's widest width taken as each region's
 maximum of ``ndi.distance_transform_cdt(..., metric="taxicab")``, and hole filling with
 ``ndi.binary_fill_holes`` (background connectivity complementary to the foreground's), then
 ``ndi.label`` of the filled-in holes and a size filter: only enclosed holes smaller than
@@ -120,6 +121,7 @@ def reference_post_processing(prob: np.ndarray, cfg: PostProcessConfig, fov: np.
     if cfg.apply_opening and cfg.opening_kernel > 1:
         mask = binary_opening(mask, footprint)
     footprint = cv2.getStructuringElement(KERNEL_SHAPES[cfg.kernel_shape], (cfg.closing_kernel,) * 2).astype(bool)
+    evidence = mask  # the confidence filter averages over the pixels that passed thresholding and opening
     if cfg.apply_closing and cfg.closing_kernel > 1:
         mask = binary_closing(mask, footprint)
     labels, _ = ndi.label(mask, structure=structure)
@@ -129,8 +131,11 @@ def reference_post_processing(prob: np.ndarray, cfg: PostProcessConfig, fov: np.
     for region in regionprops(labels, intensity_image=prob):
         if region.area < cfg.min_component_size:
             continue
-        if cfg.confidence_threshold > 0 and region.intensity_mean < cfg.confidence_threshold:
-            continue
+        if cfg.confidence_threshold > 0:
+            inside = evidence[tuple(region.coords.T)]
+            confidence = prob[tuple(region.coords[inside].T)].mean() if inside.any() else 0.0
+            if confidence < cfg.confidence_threshold:
+                continue
         if cfg.shape_filter:
             width = 2.0 * taxicab[tuple(region.coords.T)].max() - 1.0
             if region.area / width ** 2 < cfg.min_elongation:

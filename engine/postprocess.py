@@ -9,7 +9,11 @@
 2. opening (``opening_kernel``, ``kernel_shape``): removes specks and thin bridges;
 3. closing (``closing_kernel``): fills small gaps and joins near fragments;
 4. component size filter: components smaller than ``min_component_size`` pixels go;
-5. confidence filter: components whose mean probability is below ``confidence_threshold`` go;
+5. confidence filter: components whose confidence is below ``confidence_threshold`` go. A
+   component's confidence is the mean probability of its *evidence*, the pixels that passed
+   thresholding and opening; the pixels closing added are judged by the evidence around them, not
+   by their own (low) probabilities, so a kernel that joins the whole tree into one piece cannot
+   lower its confidence and remove it. A component with no evidence (closing alone made it) goes;
 6. vessel-shape filter (``shape_filter``): components whose vessel ratio is below ``min_elongation``
    go (dots, blobs and discs of any size, not vessel segments, arcs or branches);
 7. hole filling: a hole is a background region enclosed by vessel pixels on every side (it does
@@ -98,7 +102,7 @@ class PostProcessConfig:
     kernel_shape: str = "ellipse"  # 'ellipse' | 'cross' | 'rect'
     min_component_size: int = 50  # components with fewer pixels are removed; 0 = off
     connectivity: int = 8  # 4 or 8: which neighbours join a component
-    confidence_threshold: float = 0.6  # components with lower mean probability go; 0 = off
+    confidence_threshold: float = 0.6  # components whose thresholded pixels' mean probability is lower go; 0 = off
     shape_filter: bool = False  # remove compact (non-vessel-like) components of any size
     min_elongation: float = 3.0  # shape filter: components whose vessel ratio (length / width) is below this go
     fill_holes_below: int = 0  # fill enclosed holes (background not touching the image border)
@@ -333,8 +337,12 @@ def _threshold(prob: np.ndarray, cfg: PostProcessConfig, fov: np.ndarray | None,
 
 # --- component filters ----------------------------------------------------------------------
 
-def _filter_components(mask, prob, cfg, stats, removed, timings):
-    """Steps 4-6 on one labelling; returns the filtered mask, the labels and which labels were kept."""
+def _filter_components(mask, prob, cfg, stats, removed, timings, evidence=None):
+    """Steps 4-6 on one labelling; returns the filtered mask, the labels and which labels were kept.
+
+    ``evidence``: the mask before closing (None when closing changed nothing); the confidence filter
+    averages the probability over a component's evidence pixels only.
+    """
     start = time.perf_counter()
     n, labels = label_components(mask, cfg.connectivity)
     idx = np.flatnonzero(mask.view(bool))
@@ -358,8 +366,15 @@ def _filter_components(mask, prob, cfg, stats, removed, timings):
 
     start = time.perf_counter()
     if cfg.confidence_threshold > 0:
-        total = np.bincount(lab, weights=prob.ravel()[idx], minlength=n)
-        mean_prob = total / np.maximum(area, 1)
+        weights = prob.ravel()[idx]
+        if evidence is None:
+            support = area
+        else:  # pixels closing added carry no weight: a gap filled between vessels does not dilute them
+            inside = evidence.ravel()[idx].astype(bool)
+            weights = np.where(inside, weights, np.float32(0))
+            support = np.bincount(lab[inside], minlength=n)
+        total = np.bincount(lab, weights=weights, minlength=n)
+        mean_prob = np.where(support > 0, total / np.maximum(support, 1), 0.0)  # no evidence: confidence 0
         drop("confidence", mean_prob < cfg.confidence_threshold)
     timings["confidence_filter"] = _ms(start)
 
@@ -378,6 +393,47 @@ def _filter_components(mask, prob, cfg, stats, removed, timings):
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+# --- what the user should hear -------------------------------------------------------------
+
+# step -> (what removed the pixels, what to do to keep them), in the words the tuner shows
+STEP_ADVICE = {
+    "opening": ("Opening", "turn 'Opening' off or choose a smaller 'Opening kernel (px)'"),
+    "size": ("The size filter", "lower 'Minimum component (px)'"),
+    "confidence": ("The confidence filter", "lower 'Component confidence'"),
+    "shape": ("The vessel-shape filter", "lower 'Minimum length / width' or turn the vessel-shape filter off"),
+    "fov": ("The field of view", "check that the field of view covers the retina"),
+}
+
+
+def warnings_for(stats: Mapping[str, Any], share: float = 0.5) -> list[str]:
+    """Sentences for every step that removed more than ``share`` of the thresholded pixels.
+
+    Args:
+        stats: ``PostProcessResult.stats`` (reads ``pixels_thresholded`` and ``pixels_removed``).
+        share: the fraction of the thresholded pixels above which a step is reported.
+
+    Returns:
+        One sentence per such step, in pipeline order, saying which step removed how much and which
+        control keeps the pixels, e.g. "The confidence filter removed 61 % of the thresholded pixels:
+        lower 'Component confidence' to keep them."; empty when no step did (or nothing passed the
+        threshold). A step after closing can remove more pixels than were thresholded (closing added
+        the others); the sentence then gives both counts.
+    """
+    thresholded = int(stats.get("pixels_thresholded") or 0)
+    removed = stats.get("pixels_removed") or {}
+    sentences = []
+    for step, (who, advice) in STEP_ADVICE.items():
+        n = int(removed.get(step) or 0)
+        if thresholded <= 0 or n <= share * thresholded:
+            continue
+        if n <= thresholded:
+            what = f"{100 * n / thresholded:.0f} % of the thresholded pixels"
+        else:
+            what = f"{n:,} pixels, more than the {thresholded:,} that passed the threshold (closing added the others)"
+        sentences.append(f"{who} removed {what}: {advice} to keep them.")
+    return sentences
 
 
 # --- the public entry point -----------------------------------------------------------------
@@ -416,7 +472,13 @@ def enhanced_post_processing(
     ``pixels_added`` (closing, holes), ``holes_filled`` (number of holes filled),
     ``pixels_kept``, ``removed_total`` (pixels in ``removed``; closing may restore pixels that
     opening took, so this can be less than the sum of the steps) and ``timings_ms`` per step
-    plus ``total``.
+    plus ``total``. The per-step counts add up::
+
+        pixels_kept + sum(pixels_removed.values()) == pixels_thresholded + sum(pixels_added.values())
+
+    A filter after closing can remove pixels closing added, so one step can remove more pixels than
+    were thresholded; :func:`warnings_for` turns a step that removed more than half of them into a
+    sentence for the user.
 
     Hole filling (``fill_holes_below > 0``) fills a background region only when vessel pixels
     enclose it completely (it does not touch the image border) and it has fewer than
@@ -463,21 +525,24 @@ def enhanced_post_processing(
     timings["threshold"] = _ms(start)
 
     mask, count = thresholded, n_thresholded
+    evidence = None  # the mask before closing, when closing added pixels (see the confidence filter)
     shape_id = KERNEL_SHAPES[cfg.kernel_shape]
     for step, op, on, size in (("opening", cv2.MORPH_OPEN, cfg.apply_opening, cfg.opening_kernel),
                                ("closing", cv2.MORPH_CLOSE, cfg.apply_closing, cfg.closing_kernel)):
         start = time.perf_counter()
         if on and size > 1:
+            before = mask
             mask = cv2.morphologyEx(mask, op, cv2.getStructuringElement(shape_id, (size, size)))
             new = int(cv2.countNonZero(mask))
             if op == cv2.MORPH_OPEN:
                 removed_px[step] = count - new
             else:
                 added_px[step] = new - count
+                evidence = before if new != count else None
             count = new
         timings[step] = _ms(start)
 
-    mask, labels, keep = _filter_components(mask, prob, cfg, stats, removed_px, timings)
+    mask, labels, keep = _filter_components(mask, prob, cfg, stats, removed_px, timings, evidence)
     components_after = int(np.count_nonzero(keep))
     count = int(cv2.countNonZero(mask))
 

@@ -485,3 +485,102 @@ def test_count_components_labels_only_the_bounding_box(connectivity, scratch_sha
     assert expected > 3
     assert count_components(mask, connectivity, scratch) == expected
     assert count_components(np.zeros((8, 8), np.uint8), connectivity, scratch) == 0
+
+
+# --- the confidence filter judges the pixels that passed the threshold, not those closing added ------
+
+def _comb(value: float, gap: float = 0.05, teeth: int = 12):
+    """Parallel 2-px vessels of probability ``value`` two pixels apart: a 5x5 closing joins them into
+    one piece, half of it the gaps' low probabilities."""
+    p = np.full((64, 64), gap, np.float32)
+    for i in range(teeth):
+        p[8 + 4 * i:10 + 4 * i, 8:56] = value
+    return p
+
+
+CONFIDENCE_CASES = [
+    # (name, map, options, pixels that must be 1, pixels that must be 0)
+    ("closing joins confident vessels: the piece stays", _comb(0.9),
+     dict(apply_closing=True, closing_kernel=5, kernel_shape="rect", confidence_threshold=0.6), [(8, 30), (10, 30)], []),
+    ("closing joins weak vessels: the piece still goes", _comb(0.65),
+     dict(apply_closing=True, closing_kernel=5, kernel_shape="rect", confidence_threshold=0.8), [], [(8, 30), (10, 30)]),
+    ("without closing every pixel counts", _comb(0.9), dict(confidence_threshold=0.6), [(8, 30)], [(10, 30)]),
+    ("a closing that adds nothing changes nothing", _strong_and_weak(),
+     dict(apply_closing=True, closing_kernel=3, confidence_threshold=0.8), [(21, 30)], [(46, 30)]),
+    ("confidence at exactly the threshold stays", _comb(0.75),
+     dict(apply_closing=True, closing_kernel=5, kernel_shape="rect", confidence_threshold=0.75), [(8, 30)], []),
+]
+
+
+@pytest.mark.parametrize("name, prob, options, on, off", CONFIDENCE_CASES, ids=[c[0] for c in CONFIDENCE_CASES])
+def test_confidence_filter_ignores_pixels_closing_added(name, prob, options, on, off):
+    mask = run(prob, **{"threshold": 0.5, **options}).mask
+    assert [mask[p] for p in on] + [mask[p] for p in off] == [1] * len(on) + [0] * len(off)
+
+
+IDENTITY_CASES = [
+    dict(threshold=0.5),
+    dict(threshold=0.4, apply_opening=False, closing_kernel=9),
+    dict(threshold=0.5, opening_kernel=5, closing_kernel=7, shape_filter=True, fill_holes_below=30),
+    dict(threshold_mode="otsu", closing_kernel=11, confidence_threshold=0.8),
+    dict(threshold_mode="hysteresis", threshold=0.7, hysteresis_low=0.4, fill_holes_below=50),
+]
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("use_fov", [False, True])
+@pytest.mark.parametrize("options", IDENTITY_CASES)
+def test_per_step_counts_add_up(options, use_fov, seed):
+    """kept + removed per step == thresholded + added per step, the identity the docstring states."""
+    import cv2
+
+    prob = smooth_random_map(seed)
+    fov = np.zeros(prob.shape, np.uint8)
+    cv2.circle(fov, (32, 32), 26, 1, -1)
+    stats = enhanced_post_processing(prob, fov=fov if use_fov else None, **options).stats
+    assert (stats["pixels_kept"] + sum(stats["pixels_removed"].values())
+            == stats["pixels_thresholded"] + sum(stats["pixels_added"].values()))
+
+
+def _stats(thresholded: int, **removed) -> dict:
+    return {"pixels_thresholded": thresholded,
+            "pixels_removed": {"opening": 0, "size": 0, "confidence": 0, "shape": 0, "fov": 0, **removed}}
+
+
+WARNING_CASES = [
+    ("nothing removed", _stats(1000), []),
+    ("exactly half is not reported", _stats(1000, confidence=500), []),
+    ("confidence removed 61 %", _stats(1000, confidence=610),
+     ["The confidence filter removed 61 % of the thresholded pixels: lower 'Component confidence' to keep them."]),
+    ("more than were thresholded", _stats(36523, confidence=56353),
+     ["The confidence filter removed 56,353 pixels, more than the 36,523 that passed the threshold (closing added "
+      "the others): lower 'Component confidence' to keep them."]),
+    ("two steps, in pipeline order", _stats(100, size=60, opening=70),
+     ["Opening removed 70 % of the thresholded pixels: turn 'Opening' off or choose a smaller 'Opening kernel "
+      "(px)' to keep them.",
+      "The size filter removed 60 % of the thresholded pixels: lower 'Minimum component (px)' to keep them."]),
+    ("shape filter", _stats(10, shape=9),
+     ["The vessel-shape filter removed 90 % of the thresholded pixels: lower 'Minimum length / width' or turn the "
+      "vessel-shape filter off to keep them."]),
+    ("nothing passed the threshold", _stats(0), []),
+]
+
+
+@pytest.mark.parametrize("name, stats, expected", WARNING_CASES, ids=[c[0] for c in WARNING_CASES])
+def test_warnings_for(name, stats, expected):
+    from engine.postprocess import warnings_for
+
+    assert warnings_for(stats) == expected
+
+
+def test_closing_kernel_9_keeps_the_drive_vessel_tree(drive_dir):
+    """DRIVE 21, vesselness map, threshold 0.45, opening off, closing 9: closing joins the tree into one
+    piece; it stays, and no step removes more than half of the thresholded pixels."""
+    from engine.imageio import read_image, read_mask
+    from engine.postprocess import warnings_for
+    from engine.vesselness import vesselness_map
+
+    fov = read_mask(drive_dir / "mask" / "21_training_mask.gif")
+    prob = vesselness_map(read_image(drive_dir / "images" / "21_training.tif"), fov)
+    config = PostProcessConfig(threshold=0.45, apply_opening=False, closing_kernel=9)
+    assert warnings_for(enhanced_post_processing(prob, config=config, fov=fov).stats) == []
