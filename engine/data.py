@@ -196,6 +196,20 @@ class Dataset:
                                 "factors": [scale_factor(target, d) for d in diameters]}
             return self._scales
 
+    def scale_summary(self) -> str:
+        """One sentence on the images' scales and the one training uses (decodes every image once)."""
+        scales = self.scales()
+        known = [d for d in scales["diameters"] if d]
+        if not known:
+            return "No image shows the edge of its field of view, so every image is used at its own size."
+        resized = sum(f != 1.0 for f in scales["factors"])
+        low, high, target = min(known), max(known), scales["target"]
+        if not resized or len(self) < 2:
+            return (f"Field of view {target:,.0f} px across (the model records this scale and brings other "
+                    "photographs to it when it predicts).")
+        return (f"Fields of view from {low:,.0f} to {high:,.0f} px across: {resized} of {len(self)} images are "
+                f"resized to {target:,.0f} px, the median, for training.")
+
     def arrays(self, i: int, channel: str = "green", clahe: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(preprocessed float32 (C,H,W) in [0,1], mask, fov) of sample ``i`` at the data set's one scale
         (:meth:`scales`), decoded once and cached."""

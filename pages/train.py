@@ -87,6 +87,7 @@ def show_summary(path: str) -> bool:
         estimated = " (the others' is estimated)" if summary["with_fov"] < summary["n_images"] else ""
         st.write(f"Layout: **{summary['layout']}** · vessels from {annotation} · sizes: {', '.join(summary['sizes'])}"
                  f" · with FOV mask: {summary['with_fov']}{estimated} · folder: `{summary['path']}`")
+        st.caption(summary["scale"])
         for note in summary["notes"]:
             st.caption(note)
     b.image(sample, caption=f"{summary['ids'][0]} with its vessel mask (green)", width="stretch")

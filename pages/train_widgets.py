@@ -129,7 +129,7 @@ def dataset_summary(path: str) -> tuple[dict, bytes | None]:
     ds = load_dataset(path)
     image, mask, _ = ds.raw(0)
     digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-    return ds.summary(), overlay_bytes(image, digest, mask, np.zeros_like(mask))
+    return {**ds.summary(), "scale": ds.scale_summary()}, overlay_bytes(image, digest, mask, np.zeros_like(mask))
 
 
 def generate_synthetic(n_images: int, size: int, seed: int) -> str:

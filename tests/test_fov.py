@@ -280,3 +280,11 @@ def test_evaluate_reports_the_estimated_fov_and_the_scale(tmp_path):
                          capture_output=True, text=True, timeout=120)
     report = json.loads(out.stdout)
     assert [row["fov"] for row in report["per_image"]] == ["estimated"] * 3
+
+
+def test_the_summary_says_a_mixed_data_set_is_resized(mixed_sizes):
+    assert "resized to" in mixed_sizes.scale_summary()
+
+
+def test_the_summary_gives_drive_its_one_scale(drive_dir):
+    assert load_dataset(drive_dir).scale_summary().startswith("Field of view 540 px across")
