@@ -1,5 +1,6 @@
 """End to end in a real headless chromium: the worker and `streamlit run server.py` on a free port,
-a tiny model trained from the Train page, its curve, its inference page, an upload and a slider.
+a tiny model trained from the Train page, its curve, its inference page, an upload and a slider; and
+the pretrained model on a photograph of a high-resolution camera's size.
 
 Screenshots of every page go to $ML_MANAGER_SCREENSHOTS when set (`make screenshots` sets it to
 docs/screenshots/, the README's pictures), else to a temporary folder: `make test` leaves the tree clean.
@@ -170,5 +171,48 @@ def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
         page.locator("[data-testid='stDataFrame']").first.wait_for()  # the models table (a canvas grid)
         page.wait_for_timeout(1000)
         shot(page, "overview")
+        assert not page.get_by_text("Traceback").count()
+        browser.close()
+
+
+def hrf_sized_photograph(path: Path) -> Path:
+    """A synthetic fundus photograph the size of an HRF image (3504×2336 JPEG): a 512-px sample enlarged
+    to a 3,300-px disc, clipped at the top and bottom and set on a black surround, as such cameras frame it."""
+    from PIL import Image
+
+    disc = np.asarray(Image.fromarray(synthetic_sample(512, np.random.default_rng(4))[0]).resize((3300, 3300), Image.BICUBIC))
+    frame = np.zeros((2336, 3504, 3), np.uint8)
+    top, left = (3300 - 2336) // 2, (3504 - 3300) // 2
+    frame[:, left:left + 3300] = disc[top:top + 2336]
+    Image.fromarray(frame).save(path, quality=90)
+    return path
+
+
+@pytest.mark.timeout(420)
+def test_pretrained_model_on_a_large_photograph_in_a_real_browser(home, tmp_path):
+    """The Inference page opens on the pretrained model; a 3504×2336 JPEG is shrunk to the model's scale,
+    and the mask, with the field of view's outline, is drawn at the photograph's own size."""
+    from engine.pretrained import PRETRAINED_PATH, pretrained_available
+
+    if not pretrained_available():
+        pytest.skip(f"the pretrained model file {PRETRAINED_PATH} is absent (make pretrained)")
+    photograph = hrf_sized_photograph(tmp_path / "large_fundus.jpg")
+    with dashboard(home) as url, sync_api.sync_playwright() as p:
+        from tests.browser_helpers import launch
+
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/inference")
+        page.get_by_text("trained with this program's default recipe").wait_for()  # offered first: the default
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(photograph))
+        page.get_by_text("Mask on the image").wait_for(timeout=240_000)
+        wait_idle(page, timeout=240_000)
+        note = page.get_by_text(re.compile(r"Automatic: this photograph's field of view is")).first
+        assert "shrunk" in note.inner_text()  # the model sees it at its training scale
+        controls = page.locator("[data-testid='stRadio']", has_text="Estimated from the photograph").first
+        controls.evaluate("e => e.scrollIntoView({block: 'start'})")  # field of view, scale, then the tuner
+        page.wait_for_timeout(500)
+        shot(page, "your_photographs")
         assert not page.get_by_text("Traceback").count()
         browser.close()
