@@ -27,11 +27,15 @@ WHOLE_IMAGE = 0.97
 # The estimated edge is pulled in by this share of the diameter: JPEG ringing and the camera's
 # vignette make the outermost ring unreliable.
 EDGE_EROSION = 0.003
+# Larger photographs are estimated at this longer side and the mask enlarged back.
+WORK_SIDE = 1024
 
 
 def _as_rgb_or_gray(image: np.ndarray) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        if arr.dtype == np.uint8:  # cv2.max: ~20x faster than ndarray.max over the channel axis
+            return cv2.max(cv2.max(arr[..., 0], arr[..., 1]), arr[..., 2])
         return arr[..., :3].max(axis=2)
     if arr.ndim == 2:
         return arr
@@ -55,11 +59,20 @@ def estimate_fov(image: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: the array is not an image of one of the shapes above.
     """
-    lum = _as_rgb_or_gray(image)
+    lum = np.ascontiguousarray(_as_rgb_or_gray(image), dtype=np.uint8)
     h, w = lum.shape
     if min(h, w) < 8:
         return np.ones((h, w), np.uint8)
-    lum = cv2.medianBlur(np.ascontiguousarray(lum, dtype=np.uint8), 5)
+    if max(h, w) > WORK_SIDE:  # the disc's outline needs no more pixels than this: estimate it smaller
+        f = WORK_SIDE / max(h, w)
+        small = _estimate(cv2.resize(lum, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA))
+        return (cv2.resize(small * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128).astype(np.uint8)
+    return _estimate(lum)
+
+
+def _estimate(lum: np.ndarray) -> np.ndarray:
+    h, w = lum.shape
+    lum = cv2.medianBlur(lum, 5)
     k = max(2, min(h, w) // 20)
     corners = np.concatenate([lum[:k, :k].ravel(), lum[:k, -k:].ravel(), lum[-k:, :k].ravel(), lum[-k:, -k:].ravel()])
     surround = float(np.percentile(corners, 90))
