@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from engine import jobs
+from engine import housekeeping, jobs
 from storage import db as store
 from storage import paths
 
@@ -190,6 +190,7 @@ def _decoded(row: dict) -> dict:
 
 def health(request: Request, body: None) -> tuple[int, dict]:
     """GET /health: the dashboard answers; the worker's last heartbeat; how many tasks wait in the queue."""
+    jobs.recover_if_no_worker()  # with no worker up, an abandoned run would otherwise read "running" forever
     beat = store.worker_heartbeat()
     age = store.age_seconds(beat.isoformat()) if beat else None
     counts = {status: len(store.list_models(status=status)) for status in store.ACTIVE_STATUSES}
@@ -229,6 +230,7 @@ def training_status(request: Request, body: None) -> tuple[int, dict]:
     per-epoch metrics under ``history`` when asked."""
     model_id = request.path_params["model_id"]
     history = _query_flag(request, "history")
+    jobs.recover_if_no_worker()
     status = jobs.training_status(model_id)
     if history:
         status["history"] = store.model_metrics(model_id)
@@ -240,6 +242,7 @@ def models(request: Request, body: None) -> tuple[int, dict]:
     status = request.query_params.get("status")
     if status is not None and status not in store.STATUSES:
         raise ApiError(400, f"?status= takes one of {', '.join(store.STATUSES)}, not {status!r}.")
+    jobs.recover_if_no_worker()
     return 200, {"models": [_decoded(row) for row in store.list_models(status=status)]}
 
 
@@ -313,6 +316,23 @@ def inference_cancel(request: Request, body: dict) -> tuple[int, dict]:
     _fields(body, {"job_id"})
     job_id = _text(body, "job_id", "an id from POST /api/v1/inference/start")
     return 200, {"job_id": job_id, "outcome": jobs.cancel_inference(job_id)}
+
+
+def prune(request: Request, body: dict) -> tuple[int, dict]:
+    """POST /prune ``{[model_id, keep, inference_older_than, dry_run]}``: ``python -m engine prune``; answers
+    ``{"removed": [{kind, owner, path, size_bytes}], "freed_bytes", "dry_run"}``."""
+    _fields(body, set(), {"model_id", "keep", "inference_older_than", "dry_run"})
+    model_id = _text(body, "model_id") if "model_id" in body else None
+    keep = body.get("keep")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+        raise ApiError(400, f"'keep' must be a whole number of 0 or more, not {json.dumps(keep)}.")
+    days = body.get("inference_older_than")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0):
+        raise ApiError(400, f"'inference_older_than' must be a number of days of 0 or more, not {json.dumps(days)}.")
+    dry_run = _flag(body, "dry_run")
+    removed = housekeeping.prune(model_id, keep=keep, inference_older_than=days, dry_run=dry_run)
+    return 200, {"removed": [r.to_dict() for r in removed], "freed_bytes": housekeeping.freed_bytes(removed),
+                 "dry_run": dry_run}
 
 
 # --------------------------------------------------------------------------- the guard every request passes
@@ -424,7 +444,8 @@ def api_routes(token: str | None = None) -> list[Route]:
              ("POST", "/training/stop", training_stop), ("GET", "/training/status/{model_id}", training_status),
              ("GET", "/models", models), ("GET", "/models/{model_id}/checkpoints", model_checkpoints),
              ("GET", "/checkpoints", checkpoints), ("POST", "/inference/start", inference_start),
-             ("GET", "/inference/status/{job_id}", inference_status), ("POST", "/inference/cancel", inference_cancel)]
+             ("GET", "/inference/status/{job_id}", inference_status), ("POST", "/inference/cancel", inference_cancel),
+             ("POST", "/prune", prune)]
     routes = [Route(PREFIX + path, guard.wrap(func, method), methods=[method]) for method, path, func in table]
 
     def no_route(request: Request, body: None) -> tuple[int, dict]:

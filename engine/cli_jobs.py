@@ -1,10 +1,13 @@
-"""Queue commands of ``python -m engine``: ``submit``, ``status``, ``stop`` and ``cancel`` (the worker must be
-running for queued trainings to start: ``make worker`` or ``make run``).
+"""Queue and housekeeping commands of ``python -m engine``: ``submit``, ``status``, ``stop``, ``cancel``,
+``prune`` and ``backup`` (the worker must be running for queued trainings to start: ``make worker`` or
+``make run``).
 
     python -m engine submit --data DIR [--config cfg.json] [--set key=value …] [--name NAME]
     python -m engine status [MODEL_ID] [--json]
     python -m engine stop MODEL_ID
     python -m engine cancel JOB_ID
+    python -m engine prune [MODEL_ID] [--keep N] [--inference-older-than DAYS] [--dry-run]
+    python -m engine backup DEST
 
 Errors are ValueErrors with a sentence; ``engine.cli.main`` prints them and exits with status 2.
 """
@@ -39,6 +42,38 @@ def register(subparsers) -> None:
     p.add_argument("job_id", metavar="JOB_ID")
     p.set_defaults(func=cmd_cancel)
 
+    p = subparsers.add_parser("prune", help="delete old epoch checkpoints (and old inference results); "
+                                            "prints what it removes and the space freed")
+    p.add_argument("model_id", nargs="?", metavar="MODEL_ID", help="only this model (default: every model)")
+    p.add_argument("--keep", type=_count, metavar="N",
+                   help="epoch_XXX.pt files to keep per model (default: ML_MANAGER_KEEP_EPOCH_CHECKPOINTS, or 3); "
+                        "best.pt and last.pt are always kept")
+    p.add_argument("--inference-older-than", type=_days, metavar="DAYS",
+                   help="also delete finished batch inference results created more than DAYS days ago")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    p.set_defaults(func=cmd_prune)
+
+    p = subparsers.add_parser("backup", help="copy both databases and every checkpoint to DEST while the "
+                                             "dashboard and worker run")
+    p.add_argument("dest", metavar="DEST", help="a new or empty folder outside the data home")
+    p.set_defaults(func=cmd_backup)
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"--keep takes a whole number of 0 or more, not {text!r}")
+    return int(text)
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--inference-older-than takes a number of days of 0 or more, not {text!r}")
+    return value
+
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from engine.cli import _read_json  # shared with `train --config`; imported late: cli imports this module
@@ -71,9 +106,10 @@ def _line(status: dict) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.jobs import training_status
+    from engine.jobs import recover_if_no_worker, training_status
     from storage import db as store
 
+    recover_if_no_worker()  # with no worker up, an abandoned run would otherwise read "running" forever
     ids = [args.model_id] if args.model_id else [m["id"] for m in store.list_models()]
     statuses = [training_status(model_id) for model_id in ids]
     if args.json:
@@ -111,4 +147,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         print(f"{args.job_id}: removed from the queue before it started")
     else:
         print(f"{args.job_id}: cancelling (it stops before its next image; the results so far are kept)")
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from engine.housekeeping import freed_bytes, prune
+    from storage import paths
+
+    removed = prune(args.model_id, keep=args.keep, inference_older_than=args.inference_older_than,
+                    dry_run=args.dry_run)
+    home = paths.data_home()
+    verb = "would remove" if args.dry_run else "removed"
+    for item in removed:
+        shown = Path(item.path).relative_to(home) if paths.is_inside(item.path, home) else item.path
+        print(f"{verb} {item.kind} {shown} ({_mb(item.size_bytes or 0)})")
+    total = _mb(freed_bytes(removed))
+    print(f"{len(removed)} item(s); {'would free' if args.dry_run else 'freed'} {total}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from engine.housekeeping import backup
+
+    done = backup(args.dest)
+    print(f"backed up {', '.join(done['databases']) or 'no database'} and {done['checkpoints']} checkpoint(s) "
+          f"({_mb(done['bytes'])}) to {done['dest']}")
     return 0

@@ -15,7 +15,7 @@ The record of every job is its row in the run registry (``storage.db``), never a
 * ``stop_training`` marks a running run ``stopping``; the training loop's ``should_stop`` reads the
   row at most every 0.5 s, so it stops within a second and saves ``last.pt``. The run then ends
   ``completed`` with ``stop_reason='user_stop'`` when it saved a best checkpoint, otherwise
-  ``failed`` with ``stop_reason='user_stop'``. A run still waiting in the queue is revoked and
+  ``stopped`` (not a failure: no epoch had finished, the error column says so, and it can be started again). A run still waiting in the queue is revoked and
   marked ``failed`` with ``stop_reason='user_stop'`` and the error "stopped by the user before it started".
 * A graceful shutdown of the worker (SIGINT) stops a running training the same way (``last.pt`` is
   kept) and marks it ``failed`` with an error that says so; ``start_training(..., resume=True)``
@@ -26,7 +26,11 @@ The record of every job is its row in the run registry (``storage.db``), never a
   60 s) ``failed`` with "the worker stopped while training (last heartbeat …)"; at start-up a run
   owned by a worker process that no longer exists is failed at once. Freeing those rows is what
   releases the training slots a killed worker held (the slots are rows, not Huey locks). Start-up
-  also removes leftover temporary files.
+  also removes leftover temporary files. When no worker runs at all, ``recover_if_no_worker`` (called by
+  the dashboard, the API and ``python -m engine status``) does the same; each run is failed by one
+  conditional UPDATE, so a worker starting at that moment and the dashboard never both fail it.
+* Retention: after each ``epoch_XXX.pt`` it records, the worker deletes that model's epoch checkpoints
+  beyond the newest ``ML_MANAGER_KEEP_EPOCH_CHECKPOINTS`` (``engine.housekeeping``).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import shutil
 import socket
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +61,9 @@ STOP_POLL_S = 0.5  # how often a training reads its row for a stop request
 WAIT_RETRY_S = 1  # a training waiting for a slot asks again after this many seconds
 WAITER_FRESH_S = 30.0  # a queued run whose task has not asked for this long no longer holds its place
 TEMP_MAX_AGE_S = 3600.0  # temporary files older than this are removed by the periodic check
+RECOVER_EVERY_S = 10.0  # recover_if_no_worker looks at the registry at most this often per process
+STOPPED_EARLY = ("stopped by the user before the first epoch finished, so no checkpoint of a finished epoch "
+                 "exists: start it again to train it")
 
 huey = SqliteHuey(name="ml_manager", filename=str(paths.queue_path()), results=False, strict_fifo=True, timeout=30)
 
@@ -194,6 +202,10 @@ class _Progress:
         elif kind == "checkpoint":
             store.add_checkpoint(self.model_id, event["epoch"], event["path"], event["kind"], event["metric"],
                                  db=self.conn)
+            if event["kind"] == "epoch":  # retention: epoch_XXX.pt files beyond the newest N go now
+                from engine.housekeeping import prune_checkpoints
+
+                prune_checkpoints(self.model_id)
         elif kind == "calibration":
             update(recommended_postprocess=event["recommended"])
 
@@ -262,8 +274,8 @@ def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn
             "Continue training (or start_training with resume=True) carries on from it"))
     elif result.stop_reason == "user_stop":
         has_best = result.best_checkpoint is not None
-        fields.update(status="completed" if has_best else "failed", stop_reason="user_stop",
-                      error=None if has_best else "stopped by the user before the first epoch finished")
+        fields.update(status="completed" if has_best else "stopped", stop_reason="user_stop",
+                      error=None if has_best else STOPPED_EARLY)
     else:
         fields.update(status="completed", stop_reason=result.stop_reason, error=None)
     finish(**fields)
@@ -324,6 +336,7 @@ def _worker_gone(worker: str | None) -> bool:
 def recover_stale_runs(at_startup: bool = False) -> list[str]:
     """Mark abandoned runs and inference jobs ``failed``; returns their ids."""
     limit, me, failed = stale_after_s(), store.this_worker_id(), []
+    cutoff = datetime.fromtimestamp(time.time() - limit, timezone.utc).isoformat(timespec="milliseconds")
     with _STATE_LOCK:
         mine = set(_ACTIVE_RUNS) | set(_ACTIVE_JOBS)
     conn = store.connect()
@@ -334,20 +347,22 @@ def recover_stale_runs(at_startup: bool = False) -> list[str]:
             if row["worker"] == me and row["id"] in mine:
                 continue
             age = store.age_seconds(row["heartbeat_at"])
-            if not ((at_startup and _worker_gone(row["worker"])) or age is None or age > limit):
+            gone = at_startup and _worker_gone(row["worker"])
+            if not (gone or age is None or age > limit):
                 continue
             beat = row["heartbeat_at"] or "never"
+            # One conditional UPDATE decides: another process recovering the same row at once, or a worker
+            # whose beat arrived since we read it, makes it change nothing here.
+            stale_before = None if gone else cutoff
             if kind == "model":
-                changed = store.update_model(
-                    row["id"], db=conn, only_if_status=("running", "stopping"), status="failed", eta_s=None,
-                    finished_at=store.utc_now(),
-                    error=f"the worker stopped while training (last heartbeat {beat}); the checkpoints saved "
-                          "until then were kept, and Continue training carries on from last.pt")
+                changed = store.fail_stale_model(
+                    row["id"], f"the worker stopped while training (last heartbeat {beat}); the checkpoints saved "
+                               "until then were kept, and Continue training carries on from last.pt",
+                    stale_before, db=conn)
             else:
-                store.update_inference_job(row["id"], db=conn, status="failed", finished_at=store.utc_now(),
-                                           error=f"the worker stopped while this job ran (last heartbeat {beat}); "
-                                                 "submit it again")
-                changed = True
+                changed = store.fail_stale_job(
+                    row["id"], f"the worker stopped while this job ran (last heartbeat {beat}); submit it again",
+                    stale_before, db=conn)
             if changed:
                 failed.append(row["id"])
                 log.warning("%s %s marked failed: last heartbeat %s", kind, row["id"], beat)
@@ -357,6 +372,30 @@ def recover_stale_runs(at_startup: bool = False) -> list[str]:
     finally:
         conn.close()
     return failed
+
+
+_last_recovery = 0.0
+
+
+def recover_if_no_worker(force: bool = False) -> list[str]:
+    """Fail abandoned runs and jobs when no worker is alive to do it (for the dashboard, API and CLI).
+
+    Does nothing while a worker's heartbeat is younger than ``stale_after_s()`` (that worker's periodic
+    check takes care of it) and, unless ``force``, when this process looked less than ``RECOVER_EVERY_S``
+    ago. Queued runs are left alone: their tasks wait in the queue for the next worker.
+
+    Returns:
+        The ids of the runs and jobs marked ``failed`` by this call.
+    """
+    global _last_recovery
+    now = time.monotonic()
+    if not force and now - _last_recovery < RECOVER_EVERY_S:
+        return []
+    _last_recovery = now
+    beat = store.worker_heartbeat()
+    if beat is not None and store.age_seconds(beat.isoformat()) <= stale_after_s():
+        return []
+    return recover_stale_runs(at_startup=False)
 
 
 def remove_temp_files(max_age_s: float = TEMP_MAX_AGE_S) -> list[Path]:
@@ -457,9 +496,11 @@ def _training_config(config: Any) -> dict:
 
 def _check_startable(row: dict, resume: bool) -> None:
     if (row["status"] == "queued" and not row["task_id"]) or row["status"] in (
-            ("failed", "completed") if resume else ("failed",)):
+            ("failed", "completed") if resume else ("failed", "stopped")):
         return
     what = {"queued": "is already queued", "running": "is running", "stopping": "is stopping",
+            "stopped": "was stopped before its first epoch finished, so there is nothing to continue: start it "
+                       "again without resume",
             "completed": "has already completed; continue it with resume=True (the Continue training button) "
                          "or create a new model to train again"}[row["status"]]
     raise store.WrongStateError(f"Model {row['id']!r} {what}.")
@@ -468,7 +509,7 @@ def _check_startable(row: dict, resume: bool) -> None:
 def start_training(model_id: str, training_config: Any, resume: bool = False) -> str:
     """Queue the training of an existing model row and return the Huey task id.
 
-    Allowed for a model never started, for a ``failed`` one, and with ``resume=True`` for a ``completed``
+    Allowed for a model never started, for a ``failed`` or ``stopped`` one, and with ``resume=True`` for a ``completed``
     one: ``resume=True`` continues from its ``last.pt`` (epochs, optimiser, schedule, early stopping and
     the curves carry on; ``engine.train.check_resume`` says what to change when nothing is left to run).
     Anything else raises ValueError and changes nothing.

@@ -29,7 +29,9 @@ from storage import paths
 from storage.migrations import MIGRATIONS
 
 BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before giving up
-STATUSES = ("queued", "running", "stopping", "completed", "failed")
+# stopped: the user stopped the run before its first epoch ended, so no epoch's checkpoint exists; the ``error``
+# column says so in words, and the run can be started again (not continued).
+STATUSES = ("queued", "running", "stopping", "completed", "failed", "stopped")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
 STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")  # time_limit: max_minutes ran out
 CHECKPOINT_KINDS = ("best", "last", "epoch")
@@ -323,6 +325,28 @@ def request_stop(model_id: str, db: Database | None = None) -> str:
         raise WrongStateError(f"Model {model_id!r} has already finished ({row['status']}); there is nothing to stop.")
 
 
+def fail_stale_model(model_id: str, error: str, stale_before: str | None,
+                     db: Database | None = None) -> bool:
+    """Mark an abandoned run ``failed`` in one conditional UPDATE, so that of two processes recovering it at
+    once (a dashboard and a worker starting) exactly one succeeds.
+
+    Args:
+        model_id: the run.
+        error: the sentence stored as the run's error.
+        stale_before: ISO time; the run changes only while its heartbeat is older than this (or missing).
+            None skips that condition (its worker process is known to be gone).
+    Returns:
+        True when this call changed the row; False when the run had ended, beat again or was recovered already.
+    """
+    sql = ("UPDATE models SET status = 'failed', eta_s = NULL, finished_at = ?, error = ? "
+           "WHERE id = ? AND status IN ('running', 'stopping')")
+    params: list = [utc_now(), error, model_id]
+    if stale_before is not None:
+        sql, params = sql + " AND (heartbeat_at IS NULL OR heartbeat_at < ?)", params + [stale_before]
+    with _use(db) as db:
+        return _write(db, sql, params) > 0
+
+
 # --------------------------------------------------------------------------- metrics
 
 def log_epoch(model_id: str, epoch: int, train_loss: float | None, val_loss: float | None,
@@ -398,6 +422,22 @@ def model_checkpoints(model_id: str, db: Database | None = None) -> list[dict]:
     return found
 
 
+def forget_checkpoints(model_id: str, names: list[str] | tuple[str, ...], db: Database | None = None) -> int:
+    """Remove the rows of a model's checkpoints by file name (after their files were deleted).
+
+    Returns:
+        How many rows were removed.
+    """
+    wanted = set(names)
+    with _use(db) as db:
+        rows = _rows(db, "SELECT path FROM checkpoints WHERE model_id = ?", [model_id])
+        gone = [r["path"] for r in rows if Path(r["path"]).name in wanted]
+        with db.atomic():
+            for path in gone:
+                db.execute("DELETE FROM checkpoints WHERE model_id = ? AND path = ?", [model_id, path])
+    return len(gone)
+
+
 def all_checkpoints(db: Database | None = None) -> list[dict]:
     """The checkpoints of every completed model (newest model first): the global inference list."""
     with _use(db) as db:
@@ -467,6 +507,50 @@ def request_cancel(job_id: str, db: Database | None = None) -> str:
             return "cancelling"
         raise WrongStateError(f"Inference job {job_id!r} has already ended ({row['status']}); there is nothing "
                               "to cancel.")
+
+
+def fail_stale_job(job_id: str, error: str, stale_before: str | None, db: Database | None = None) -> bool:
+    """:func:`fail_stale_model` for a running inference job: one conditional UPDATE; True when it changed."""
+    sql = "UPDATE inference_jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ? AND status = 'running'"
+    params: list = [utc_now(), error, job_id]
+    if stale_before is not None:
+        sql, params = sql + " AND (heartbeat_at IS NULL OR heartbeat_at < ?)", params + [stale_before]
+    with _use(db) as db:
+        return _write(db, sql, params) > 0
+
+
+# A job still read or written by a worker: queued, running, or cancelled while running (the worker sets
+# finished_at when it has stopped, before its next image).
+_JOB_IN_USE = "(status IN ('queued', 'running') OR (status = 'cancelled' AND finished_at IS NULL))"
+
+
+def active_inference_jobs(db: Database | None = None) -> list[dict]:
+    """Jobs a worker may still read or write: queued, running, or cancelled and not yet stopped."""
+    with _use(db) as db:
+        return _rows(db, f"SELECT * FROM inference_jobs WHERE {_JOB_IN_USE} ORDER BY created_at DESC")
+
+
+def delete_inference_job(job_id: str, db: Database | None = None) -> Path | None:
+    """Remove a finished inference job's row and its output folder.
+
+    Returns:
+        The output folder that was removed (``<data home>/inference/<job_id>``), or None when there was none.
+    Raises:
+        UnknownJobError: no such job.
+        WrongStateError: the job is queued or running (cancel it and wait until it has stopped).
+    """
+    with _use(db) as db:
+        with immediate(db):
+            row = get_inference_job(job_id, db=db)
+            if db.execute(f"DELETE FROM inference_jobs WHERE id = ? AND NOT {_JOB_IN_USE}", [job_id]).rowcount == 0:
+                raise WrongStateError(f"Inference job {job_id!r} is {row['status']} and still writing its results: "
+                                      "cancel it and wait until it has stopped before deleting it.")
+    # The folder in this data home (a restored backup's rows still name the old home's folders).
+    folder = paths.data_home() / "inference" / paths.check_id(job_id, "job id")
+    if not folder.exists():
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
 
 
 def inference_cancelled(job_id: str, db: Database | None = None) -> bool:

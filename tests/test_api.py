@@ -294,7 +294,8 @@ def test_running_training_conflicts_on_start_and_stops(api):
     wait_for(lambda: api.call("GET", f"/api/v1/training/status/{model_id}")[1]["epoch"], 60, 0.1, "the first batch")
     again = api.call("POST", "/api/v1/training/start", {"model_id": model_id})
     stop = api.call("POST", "/api/v1/training/stop", {"model_id": model_id})
-    wait_for(lambda: store.get_model(model_id)["status"] in ("completed", "failed"), 30, 0.1, "the run to end")
+    wait_for(lambda: store.get_model(model_id)["status"] in ("completed", "failed", "stopped"), 30, 0.1,
+             "the run to end")
     assert (status, again[0], stop, store.get_model(model_id)["stop_reason"]) == (
         202, 409, (200, {"model_id": model_id, "outcome": "stopping"}), "user_stop")
 

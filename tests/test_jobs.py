@@ -101,7 +101,7 @@ def test_stop_ends_the_run_within_two_seconds_as_user_stop(worker, dataset):
         "completed", "user_stop", True, True), took
 
 
-def test_stop_before_the_first_epoch_ends_leaves_a_failed_user_stop_with_last_pt(worker, dataset):
+def test_stop_before_the_first_epoch_ends_leaves_a_stopped_user_stop_with_last_pt(worker, dataset):
     model_id = jobs.submit_training("early stop", dataset, {**LONG, "steps_per_epoch": 100_000})
     wait_for(lambda: (store.get_model(model_id)["batch"] or 0) >= 1, 120, what="the first batches")
     jobs.stop_training(model_id)
@@ -109,7 +109,7 @@ def test_stop_before_the_first_epoch_ends_leaves_a_failed_user_stop_with_last_pt
     row = store.get_model(model_id)
     assert (row["status"], row["stop_reason"], row["error"],
             load_checkpoint(paths.checkpoints_dir(model_id) / "last.pt")["epoch"]) == (
-        "failed", "user_stop", "stopped by the user before the first epoch finished", 0)
+        "stopped", "user_stop", jobs.STOPPED_EARLY, 0)
 
 
 def test_trainings_run_one_after_another_while_inference_finishes(worker, dataset, tiny_checkpoint):
