@@ -1,13 +1,16 @@
 """Models: every run in a sortable table; one run's config, curves, checkpoints and recommended
-post-processing; several runs' curves overlaid; metrics CSV export; checkpoint download; deletion."""
+post-processing; several runs' curves overlaid; metrics CSV export; checkpoint download, sizes and
+deletion (older epoch checkpoints, one checkpoint, the whole model)."""
 import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from engine.jobs import recover_if_no_worker
 from pages.charts import curves_figure
 from pages.components import age_text, forget_queries, query, run_duration, run_page, stop_reason_text
+from pages.housekeeping_widgets import checkpoint_controls
 from pages.train_widgets import continue_controls
 
 ACTIVE = ("queued", "running", "stopping")
@@ -35,6 +38,7 @@ def checkpoints(model: dict) -> None:
     path = Path(next(c["path"] for c in ckpts if c["name"] == pick))
     st.download_button(f"Download {pick}", lambda: path.read_bytes(), file_name=f"{model['name']}_{pick}",
                        mime="application/octet-stream", key="models_ckpt_download", on_click="ignore")
+    checkpoint_controls(model, ckpts)
 
 
 def delete_controls(model: dict) -> None:
@@ -99,6 +103,7 @@ def detail(model: dict) -> None:
 
 def main() -> None:
     st.title("Models")
+    recover_if_no_worker()  # a run whose worker died reads "failed", not "running", even with no worker up
     message = st.session_state.pop("models_message", None)
     if message:
         getattr(st, message[0])(message[1])

@@ -1,8 +1,11 @@
-"""Overview: is the worker alive, what is running and queued, and every model with links to its pages."""
+"""Overview: is the worker alive, what is running and queued, every model with links to its pages, and the
+disk use of the data home (inference results, data sets and uploads can be deleted here)."""
 import streamlit as st
 
+from engine.jobs import recover_if_no_worker
 from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
                               stop_reason_text, worker_age)
+from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
 
 
 def worker_panel() -> None:
@@ -48,6 +51,8 @@ def model_table(models: list[dict]) -> None:
 
 @st.fragment(run_every=3)
 def live() -> None:
+    if recover_if_no_worker():  # runs whose worker died are failed here when no worker is up to do it
+        forget_queries()
     worker_panel()
     models = query("list_models")
     running = [m for m in models if m["status"] in ("running", "stopping")]
@@ -75,6 +80,17 @@ def main() -> None:
     live()
     if st.button("Refresh now", key="overview_refresh"):
         forget_queries()
+    disk_use()
+
+
+def disk_use() -> None:
+    st.subheader("Disk use")
+    disk_use_summary()
+    with st.expander("Batch inference results"):
+        inference_results_controls()
+    with st.expander("Data sets and uploads"):
+        stored_data_controls()
+    st.caption("Old epoch checkpoints are deleted on the Models page, or with `python -m engine prune`.")
 
 
 run_page(main, "showing the overview")

@@ -477,3 +477,48 @@ def test_a_stop_before_the_first_epoch_is_not_a_failure_and_can_start_again(work
     wait_for(lambda: status_of(model_id) not in ("queued", "running", "stopping"), 60, what="the restart to end")
     assert (row["status"], row["stop_reason"], row["error"], restarted in ("queued", "running")) == (
         "stopped", "user_stop", jobs.STOPPED_EARLY, True)
+
+
+# --------------------------------------------------------------------------- the pages (AppTest)
+
+def _app(page: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=60)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_the_overview_shows_disk_use_by_kind(home):
+    _model_with_files(["best.pt"], size=2_000_000)
+    at = _app()
+    shown = {m.label: m.value for m in at.metric}
+    assert (shown["Checkpoints"], shown["Inference results"], shown["Uploads"]) == ("2.0 MB", "0.0 MB", "0.0 MB")
+
+
+def test_the_overview_deletes_inference_results_after_asking(home):
+    job_id = _job("completed")
+    at = _app()
+    at.selectbox(key="hk_job_pick").select(job_id).run()
+    at.button(key="hk_job_delete").click().run()
+    asked = store.list_inference_jobs() != []
+    at.button(key="hk_job_delete_yes").click().run()
+    assert (asked, store.list_inference_jobs(), [s.value for s in at.success]) == (
+        True, [], [f"Deleted job {job_id} (0.0 MB)."])
+
+
+def test_the_models_page_deletes_older_checkpoints_and_one_checkpoint(home):
+    model_id = _model_with_files(["best.pt", "last.pt", *_epochs(1, 2, 3, 4)])
+    at = _app("pages/models.py")
+    at.selectbox(key="models_detail").select(model_id).run()
+    at.button(key=f"hk_prune_{model_id}").click().run()
+    at.button(key=f"hk_prune_{model_id}_yes").click().run()
+    after_prune = _names(model_id)
+    at.selectbox(key=f"hk_ckpt_pick_{model_id}").select("epoch_002.pt").run()
+    at.button(key=f"hk_ckpt_delete_{model_id}").click().run()
+    at.button(key=f"hk_ckpt_delete_{model_id}_yes").click().run()
+    assert (after_prune, _names(model_id)) == (sorted(["best.pt", "last.pt", *_epochs(2, 3, 4)]),
+                                               sorted(["best.pt", "last.pt", *_epochs(3, 4)]))
