@@ -151,10 +151,12 @@ def prune_checkpoints(model_id: str, keep: int | None = None, dry_run: bool = Fa
         What was removed (with ``dry_run``, what would be; nothing is changed).
     """
     plan = checkpoint_prune_plan(model_id, keep)
-    if not dry_run:
+    if not dry_run and plan:
+        # Rows first: a crash in between leaves a file without a row, which is still listed (and pruned next
+        # time), never a row that names a missing file.
+        store.forget_checkpoints(model_id, [Path(item.path).name for item in plan])
         for item in plan:
             Path(item.path).unlink(missing_ok=True)
-        store.forget_checkpoints(model_id, [Path(item.path).name for item in plan])
     return plan
 
 
@@ -188,8 +190,8 @@ def delete_checkpoint(model_id: str, name: str, dry_run: bool = False) -> Remova
                                 "(or cancel it) before deleting the checkpoint.")
     removal = Removal("checkpoint", model_id, ckpt["path"], ckpt["size_bytes"])
     if not dry_run:
+        store.forget_checkpoints(model_id, [name])  # the row first, as in prune_checkpoints
         Path(ckpt["path"]).unlink(missing_ok=True)
-        store.forget_checkpoints(model_id, [name])
     return removal
 
 
