@@ -544,10 +544,14 @@ def start_training(model_id: str, training_config: Any, resume: bool = False) ->
     return task.id
 
 
-def submit_training(name: str, dataset: str | os.PathLike, config: Any) -> str:
+def submit_training(name: str, dataset: str | os.PathLike, config: Any, submission_key: str | None = None) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id.
 
+    ``submission_key``: one per submission of a form; a second call with the same key queues nothing
+    (see ``storage.db.create_model``).
+
     Raises:
+        storage.db.DuplicateSubmissionError: a run was queued with ``submission_key`` already.
         DatasetError: the folder is unusable, holds fewer than 2 images (training holds one out for
             validation), its path is not valid UTF-8 (the run registry stores text), or the patch does
             not fit; nothing is created or queued.
@@ -573,7 +577,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any) -> str:
     if len(ds) < 2:  # the same refusal train() makes, made before a row exists
         raise DatasetError(f"{ds.root} has {len(ds)} image(s); training needs at least 2 (one held out for validation).")
     check_patch_size(ds, int(config["patch_size"]))
-    model_id = store.create_model(name, config, str(folder.resolve()))
+    model_id = store.create_model(name, config, str(folder.resolve()), submission_key=submission_key)
     try:
         start_training(model_id, config)
     except BaseException:

@@ -3,15 +3,19 @@ from pathlib import Path
 
 import streamlit as st
 
+from engine.data import load_dataset
 from engine.train import TrainingConfig
 from pages.components import query, run_page
 from pages.train_widgets import (
+    dataset_delete_controls,
     dataset_summary,
+    first_usable,
     generate_synthetic,
     registered_datasets,
     release_start_button,
     run_monitor,
     start_button_held,
+    submission_key,
     submit_callback,
     training_form,
 )
@@ -31,7 +35,12 @@ def choose_dataset() -> str | None:
         if not names:
             st.info("No data set in the data home yet: upload a zip, give a folder or generate a synthetic one.")
             return None
-        picked = st.selectbox("Registered data sets", names, key="train_registered")
+        if s.get("train_registered") not in names:  # deleted meanwhile, or a first visit
+            s.pop("train_registered", None)
+        picked = st.selectbox("Registered data sets", names, key="train_registered",
+                              index=0 if "train_registered" in s else first_usable(names),
+                              help="Newest first; the newest one that can be read is chosen when the page opens.")
+        dataset_delete_controls(picked)
         return str(paths.datasets_dir() / picked)
     if source == "Folder path":
         folder = st.text_input("Folder (DRIVE, STARE, CHASE_DB1 or HRF as downloaded, or images/ + masks/ [+ fov/])",
@@ -62,8 +71,8 @@ def _use_registered(name: str) -> None:
 def _unpack() -> None:
     up = st.session_state.get("train_zip")
     st.session_state["train_unpack_error"] = None
-    try:
-        _use_registered(unpack_dataset_zip(up.getvalue(), up.name).name)
+    try:  # load_dataset judges the unpacked folder: a zip without a data set leaves nothing behind
+        _use_registered(unpack_dataset_zip(up.getvalue(), up.name, check=load_dataset).name)
     except ValueError as exc:
         st.session_state["train_unpack_error"] = str(exc)
 
@@ -120,15 +129,15 @@ def main() -> None:
     with st.form("train_form"):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
         training_form(defaults)
-        # The run is queued inside the button's callback, which Streamlit runs to the end before it
-        # redraws anything (a script body can be interrupted by the next click); the button is then drawn
-        # disabled for a few seconds, and a second click that arrived before that redraw is recognised
-        # (same settings within 15 s) and ignored.
+        # The run is queued inside the button's callback with the key this form was drawn with; the
+        # registry creates one run per key (in one transaction), so the second click of a double click,
+        # whenever the server sees it, finds the first run. The button is drawn disabled for a few
+        # seconds after a run was queued, and only then gets a new key.
         held = start_button_held()
+        submission_key(held)
         st.form_submit_button("Start training", type="primary", key="train_start", disabled=not usable or held,
                               on_click=submit_callback, args=(defaults,),
-                              help="Disabled for a few seconds after a run was queued, so a double click "
-                                   "does not queue it twice.")
+                              help="One click queues one run: a double click does not queue it twice.")
     message = st.session_state.get("train_message")
     if message:
         getattr(st, message[0])(message[1])

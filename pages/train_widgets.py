@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import secrets
 import time
 
 import numpy as np
@@ -117,8 +118,50 @@ def training_form(defaults: TrainingConfig) -> dict:
 # Data sets
 # --------------------------------------------------------------------------------------------
 def registered_datasets() -> list[str]:
+    """The data sets in the data home, newest first."""
     root = paths.datasets_dir()
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return [p.name for p in sorted(found, key=lambda p: (-p.stat().st_mtime, p.name))]
+
+
+def first_usable(names: list[str]) -> int:
+    """Index of the first data set in ``names`` that loads (the default choice); 0 when none does."""
+    for i, name in enumerate(names):
+        try:
+            dataset_summary(str(paths.datasets_dir() / name))
+        except ValueError:
+            continue
+        return i
+    return 0
+
+
+def dataset_delete_controls(name: str) -> None:
+    """"Delete this data set", then a confirmation; refused (with the reason) while a run uses it."""
+    s = st.session_state
+    message = s.pop("train_delete_msg", None)
+    if message:
+        getattr(st, message[0])(message[1])
+    if s.get("train_delete_confirm") != name:
+        st.button("Delete this data set", key="train_delete", on_click=s.__setitem__, args=("train_delete_confirm", name))
+        return
+    st.warning(f"Delete the data set {name} and all its files for good? Models trained on it keep their checkpoints.")
+    a, b, _ = st.columns([1, 1, 4])
+    a.button("Yes, delete it", key="train_delete_yes", type="primary", on_click=_delete_dataset, args=(name,))
+    b.button("Cancel", key="train_delete_no", on_click=s.pop, args=("train_delete_confirm", None))
+
+
+def _delete_dataset(name: str) -> None:
+    from storage.db import delete_dataset
+
+    s = st.session_state
+    s.pop("train_delete_confirm", None)
+    try:
+        delete_dataset(name)
+    except ValueError as exc:
+        s["train_delete_msg"] = ("error", str(exc))
+        return
+    s.pop("train_registered", None)
+    s["train_delete_msg"] = ("success", f"The data set {name} was deleted.")
 
 
 @st.cache_data(ttl=10, show_spinner=False, max_entries=32)
@@ -147,24 +190,38 @@ def generate_synthetic(n_images: int, size: int, seed: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Submitting (in the button's callback: it runs to the end even when a second click arrives)
 # --------------------------------------------------------------------------------------------
+def submission_key(held: bool) -> str:
+    """The key of the Start form as drawn now: one per form submission, checked by the run registry.
+
+    A key that queued a run is replaced only when the form is drawn enabled again (``held`` False, a few
+    seconds later), so every click of a double click carries the key of the first.
+    """
+    s = st.session_state
+    if "train_form_key" not in s or (s.get("train_form_used") == s["train_form_key"] and not held):
+        s["train_form_key"] = secrets.token_hex(8)
+    return s["train_form_key"]
+
+
 def submit_callback(defaults: TrainingConfig) -> None:
     from engine.jobs import submit_training
+    from storage.db import DuplicateSubmissionError
 
     s = st.session_state
     s["train_message"] = None
     values = {f.name: s.get(f"train_cfg_{f.name}", getattr(defaults, f.name)) for f in dataclasses.fields(TrainingConfig)}
-    name, dataset = (s.get("train_name") or "").strip(), s.get("train_dataset")
-    payload = hashlib.sha1(json.dumps([name, dataset, values], sort_keys=True, default=str).encode()).hexdigest()
-    last = s.get("train_last_submit")
-    if last and last[0] == payload and time.monotonic() - last[1] < 15:
-        s["train_message"] = ("info", "This run was queued a moment ago; it was not queued twice.")
-        return
+    name, dataset, key = (s.get("train_name") or "").strip(), s.get("train_dataset"), s.get("train_form_key")
     if not dataset:
         s["train_message"] = ("error", "Choose a data set first (a folder, a zip, a registered or a synthetic one).")
         return
     try:
         config = TrainingConfig.from_dict(values)
-        model_id = submit_training(name or f"unet-{time.strftime('%m%d-%H%M%S')}", dataset, config)
+        model_id = submit_training(name or f"unet-{time.strftime('%m%d-%H%M%S')}", dataset, config,
+                                   submission_key=key)
+    except DuplicateSubmissionError as exc:  # the second click of a double click: the first one's run stands
+        s["train_watch"] = exc.model_id
+        s["train_message"] = ("success", f"Queued model {exc.model_id}: it starts as soon as the worker has a free "
+                                         "slot (a second click did not queue it twice).")
+        return
     except ValueError as exc:
         s["train_message"] = ("error", str(exc))
         return
@@ -173,7 +230,7 @@ def submit_callback(defaults: TrainingConfig) -> None:
         s["train_message"] = ("error", "The run could not be queued because of an unexpected error; details are in "
                                        "logs/dashboard.log.")
         return
-    s["train_last_submit"] = (payload, time.monotonic())
+    s["train_form_used"] = key
     s["train_submitted_at"] = time.monotonic()  # draws the Start button disabled for SUBMIT_HOLD_S
     s["train_watch"] = model_id
     s["train_message"] = ("success", f"Queued model {model_id}: it starts as soon as the worker has a free slot.")

@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Union
+from typing import BinaryIO, Callable, Union
 
 from storage import paths
 
@@ -207,6 +207,7 @@ def safe_extract_zip(
     max_members: int = MAX_MEMBERS,
     max_ratio: float = MAX_RATIO,
     min_free_bytes: int = MIN_FREE_BYTES,
+    check: Callable[[Path], object] | None = None,
 ) -> Path:
     """Extract ``source`` into the new folder ``dest`` (refused if it exists) and return it.
 
@@ -218,6 +219,9 @@ def safe_extract_zip(
             inflated are counted too and stop the extraction at ``max_total_bytes``.
         dest: the folder to create.
         min_free_bytes: free disk space that must remain, checked before and while writing.
+        check: called with the unpacked (still hidden) folder before it is moved to ``dest``; a ValueError
+            it raises refuses the archive like any other problem (e.g. ``engine.data.load_dataset``, so
+            that a zip without a data set never appears among the data sets).
 
     Returns:
         ``dest``.
@@ -262,6 +266,8 @@ def safe_extract_zip(
                             _check_free_space(tmp, len(chunk), min_free_bytes)
                             next_disk_check += _DISK_CHECK_EVERY
                         out.write(chunk)
+        if check is not None:
+            _run_check(check, tmp)
         os.replace(tmp, dest)
     except ArchiveError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -276,18 +282,51 @@ def safe_extract_zip(
     return dest
 
 
-def unpack_dataset_zip(source: ZipSource, name: str) -> Path:
+def unpack_dataset_zip(source: ZipSource, name: str, check: Callable[[Path], object] | None = None) -> Path:
     """Unpack an uploaded data set into ``datasets_dir()/<name>-<content hash>`` and return that folder.
 
     The folder's name is generated: the upload's name reduced to letters, digits, '-' and '_', then
     the first 8 hex digits of the archive's SHA-256. The same archive uploaded again gives the folder
     it already unpacked; another archive under the same name gets a folder of its own.
+
+    Args:
+        check: judges the unpacked folder (e.g. ``engine.data.load_dataset``); a ValueError refuses the
+            upload. A folder that exists already is judged too, and removed when it fails (an older
+            version kept refused uploads).
+
+    Raises:
+        ArchiveError: the archive is unsafe or unreadable, or ``check`` refused it ("<name> was not kept:
+            <why>"); nothing is left in the data home.
     """
     data = _read_source(source)
     folder = paths.datasets_dir() / f"{dataset_name(name)}-{hashlib.sha256(data).hexdigest()[:8]}"
-    if folder.is_dir():  # extraction renames a finished folder into place, so one that exists is whole
-        return folder
-    return safe_extract_zip(data, folder)
+    try:
+        if folder.is_dir():  # extraction renames a finished folder into place, so one that exists is whole
+            if check is not None:
+                try:
+                    _run_check(check, folder)
+                except ArchiveError:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise
+            return folder
+        return safe_extract_zip(data, folder, check=check)
+    except ArchiveError as exc:
+        if getattr(exc, "refused_by_check", False):
+            raise ArchiveError(f"{Path(str(name)).name} was not kept: {exc}") from None
+        raise
+
+
+def _run_check(check: Callable[[Path], object], folder: Path) -> None:
+    """``check(folder)``; its ValueError becomes an ArchiveError that speaks of the archive, not the folder."""
+    try:
+        check(folder)
+    except ValueError as exc:
+        text = str(exc)
+        for where in {str(folder), str(folder.resolve())}:
+            text = text.replace(where + os.sep, "").replace(where, "it")
+        error = ArchiveError(text)
+        error.refused_by_check = True
+        raise error from None
 
 
 def _read_source(source: ZipSource) -> bytes:

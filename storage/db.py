@@ -54,6 +54,15 @@ class WrongStateError(ValueError):
     finished one); the message says which state and what to do instead."""
 
 
+class DuplicateSubmissionError(ValueError):
+    """A run was already created with this submission key (a double click on Start); ``model_id`` is that run."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(f"This form was submitted already and queued model {model_id}; it was not queued twice. "
+                         "Change a setting or reload the page to queue another run.")
+
+
 # --------------------------------------------------------------------------- basics
 
 def utc_now() -> str:
@@ -206,8 +215,19 @@ def integrity_check(db: Database | None = None) -> str:
 
 # --------------------------------------------------------------------------- models
 
-def create_model(name: str, config: dict, dataset: str, db: Database | None = None) -> str:
-    """Register a new run (status ``queued``, not yet in the worker's queue) and return its id."""
+def create_model(name: str, config: dict, dataset: str, db: Database | None = None,
+                 submission_key: str | None = None) -> str:
+    """Register a new run (status ``queued``, not yet in the worker's queue) and return its id.
+
+    Args:
+        submission_key: identifies one submission of a form (the dashboard draws each Start form with a
+            new key); the check and the insert share one transaction and the column is UNIQUE, so two
+            submissions with the same key create one row, however close together they arrive.
+
+    Raises:
+        DuplicateSubmissionError: a run with ``submission_key`` exists already (its id in ``.model_id``).
+        ValueError: an empty name or a config that is not a dict.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
     if not isinstance(config, dict):
@@ -217,9 +237,15 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
     record = {"id": model_id, "name": name.strip(), "status": "queued", "config": json.dumps(config, sort_keys=True),
               "dataset": str(dataset), "created_at": now, "queued_at": now,
               "total_epochs": config.get("epochs"), "patience": config.get("early_stopping_patience"),
-              "monitor": config.get("early_stopping_monitor")}
+              "monitor": config.get("early_stopping_monitor"), "submission_key": submission_key}
     with _use(db) as db:
-        db["models"].insert(record)
+        with immediate(db):
+            if submission_key is not None:
+                found = db.execute("SELECT id FROM models WHERE submission_key = ?", [submission_key]).fetchone()
+                if found:
+                    raise DuplicateSubmissionError(found[0])
+            db.execute(f"INSERT INTO models ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
+                       list(record.values()))
     return model_id
 
 
@@ -279,6 +305,35 @@ def delete_model(model_id: str, db: Database | None = None) -> None:
     folder = paths.data_home() / "models" / paths.check_id(model_id, "model id")
     if folder.exists() and paths.is_inside(folder, paths.data_home() / "models"):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def delete_dataset(name: str, db: Database | None = None) -> None:
+    """Delete the registered data set ``datasets_dir()/name`` and all its files.
+
+    The check that no run uses it and the folder's move out of sight happen under the registry's write
+    lock, so no run can be registered on it in between; the files are removed afterwards.
+
+    Raises:
+        ValueError: ``name`` is no registered data set.
+        WrongStateError: a queued, running or stopping run trains on it (the message names the runs).
+    """
+    root = paths.datasets_dir()
+    folder = root / str(name)
+    if not name or str(name).startswith(".") or folder.parent != root or not folder.is_dir():
+        raise ValueError(f"There is no data set {name!r} in {root}; reload the page to see the current list.")
+    where = str(folder.resolve())
+    with _use(db) as db:
+        with immediate(db):
+            users = _rows(db, f"SELECT name, status FROM models WHERE status IN ({', '.join('?' * len(ACTIVE_STATUSES))}) "
+                              "AND (dataset = ? OR substr(dataset, 1, ?) = ?)",
+                          [*ACTIVE_STATUSES, where, len(where) + 1, where + os.sep])
+            if users:
+                runs = ", ".join(f"{u['name']} ({u['status']})" for u in users)
+                raise WrongStateError(f"Data set {name} is in use by {runs}: stop the run or wait until it has "
+                                      "ended, then delete the data set.")
+            trash = folder.with_name(f".{folder.name}.deleting-{secrets.token_hex(4)}")
+            os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def claim_training_slot(model_id: str, max_running: int, fresh_s: float, worker: str,

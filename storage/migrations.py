@@ -108,3 +108,11 @@ def initial_schema(db: Database) -> None:
         {"id": str, "host": str, "pid": int, "started_at": str, "beat_at": str},
         pk="id",
     )
+
+
+@MIGRATIONS(name="0002_submission_key")
+def submission_key(db: Database) -> None:
+    """One form submission, one run: a run queued from the dashboard's form carries the key that form
+    was drawn with, and a second submission with the same key (a double click) creates nothing."""
+    db["models"].add_column("submission_key", str)
+    db["models"].create_index(["submission_key"], unique=True)  # NULLs (runs from the CLI, the API) never clash

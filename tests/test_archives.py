@@ -148,3 +148,32 @@ def test_too_little_free_disk_space_is_refused_before_writing(home, tmp_path):
     with pytest.raises(archives.ArchiveError, match="Not enough free disk space"):
         archives.safe_extract_zip(_zip({"images/a.png": b"i"}), tmp_path / "out" / "set", min_free_bytes=free + 10**12)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _refuse_without_images(folder):
+    if not (folder / "images").is_dir():
+        raise ValueError(f"{folder} has no images/ folder: put the photographs in images/.")
+
+
+@pytest.mark.parametrize("entries, kept", [
+    ({"notes/readme.txt": b"no images"}, False),
+    ({"set/images/a.png": b"x", "set/masks/a.png": b"y"}, True),
+])
+def test_a_refused_upload_leaves_nothing_behind(home, entries, kept):
+    from storage import paths
+
+    try:
+        archives.unpack_dataset_zip(_zip(entries), "upload.zip", check=_refuse_without_images)
+    except archives.ArchiveError as exc:
+        assert str(exc) == "upload.zip was not kept: it has no images/ folder: put the photographs in images/."
+    assert [p.name.startswith("upload-") for p in paths.datasets_dir().iterdir()] == ([True] if kept else [])
+
+
+def test_a_refused_folder_left_by_an_older_version_is_removed(home):
+    from storage import paths
+
+    data = _zip({"notes/readme.txt": b"no images"})
+    folder = archives.unpack_dataset_zip(data, "upload.zip")  # no check: kept, as older versions did
+    with pytest.raises(archives.ArchiveError, match="was not kept"):
+        archives.unpack_dataset_zip(data, "upload.zip", check=_refuse_without_images)
+    assert (folder.exists(), list(paths.datasets_dir().iterdir())) == (False, [])

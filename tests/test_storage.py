@@ -48,7 +48,7 @@ def test_migrations_are_recorded_once(home):
     conn = store.connect()
     names = [r["name"] for r in conn["_sqlite_migrations"].rows]
     conn.close()
-    assert names == ["0001_initial"]
+    assert names == ["0001_initial", "0002_submission_key"]
 
 
 def test_two_processes_creating_the_file_at_once_both_succeed(home):
@@ -338,3 +338,64 @@ def test_reader_never_sees_database_locked_while_another_process_writes(home, mo
     out, err = writer.communicate(timeout=120)
     reader.join()
     assert (out.strip(), errors, reads > 0) == ("done", [], True), err
+
+
+# --------------------------------------------------------------------------- one submission, one run
+
+def test_a_submission_key_creates_one_run(database):
+    first = store.create_model("unet-a", CONFIG, "/data/set", db=database, submission_key="k1")
+    with pytest.raises(store.DuplicateSubmissionError) as caught:
+        store.create_model("unet-a", CONFIG, "/data/set", db=database, submission_key="k1")
+    assert (caught.value.model_id, len(store.list_models(db=database))) == (first, 1)
+
+
+def test_runs_without_a_key_never_clash(database):
+    for _ in range(2):
+        store.create_model("unet-a", CONFIG, "/data/set", db=database)
+    assert len(store.list_models(db=database)) == 2
+
+
+def test_two_processes_submitting_one_key_at_once_create_one_run(home):
+    """The check and the insert share one write transaction: racing processes cannot both insert."""
+    store.connect().close()
+    code = ("import sys; from storage import db\n"
+            "try: db.create_model('race', {'epochs': 1}, '/d', submission_key='same')\n"
+            "except db.DuplicateSubmissionError: pass\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(4)]
+    assert [p.wait(60) for p in procs] + [len(store.list_models())] == [0, 0, 0, 0, 1]
+
+
+# --------------------------------------------------------------------------- deleting data sets
+
+def _dataset(name: str) -> Path:
+    folder = paths.datasets_dir() / name
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "a.png").write_bytes(b"x")
+    return folder
+
+
+def test_delete_dataset_removes_its_folder(database):
+    folder = _dataset("spare")
+    store.delete_dataset("spare", db=database)
+    assert sorted(p.name for p in paths.datasets_dir().iterdir()) == []
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("status, refused", [("queued", True), ("running", True), ("stopping", True),
+                                             ("completed", False), ("failed", False)])
+def test_delete_dataset_is_refused_while_a_run_uses_it(database, status, refused):
+    folder = _dataset("busy")
+    mid = store.create_model("busy-run", CONFIG, str(folder.resolve() / "images"), db=database)
+    store.update_model(mid, db=database, status=status)
+    try:
+        store.delete_dataset("busy", db=database)
+    except store.WrongStateError as exc:
+        assert "busy-run" in str(exc)
+    assert folder.exists() == refused
+
+
+@pytest.mark.parametrize("name", ["", "missing", "../outside", ".hidden"])
+def test_delete_dataset_refuses_what_is_not_a_data_set(database, name):
+    paths.datasets_dir().mkdir(parents=True, exist_ok=True)
+    with pytest.raises(ValueError, match="no data set"):
+        store.delete_dataset(name, db=database)
