@@ -8,7 +8,6 @@ registry and the pruning read only names and sizes; the worker tests write real 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
