@@ -2,12 +2,16 @@
 import gc
 import logging
 import threading
+from pathlib import Path
 
 import streamlit as st
 
 from pages.components import configure_logging
 
-st.set_page_config(page_title="ML Manager", page_icon=":material/visibility:", layout="wide")
+# The tab icon is a file shipped here: a material icon as favicon is fetched from a font server on the
+# internet, which a dashboard that must work offline cannot rely on.
+ICON = str(Path(__file__).with_name("assets") / "icon.png")
+st.set_page_config(page_title="ML Manager", page_icon=ICON, layout="wide")
 configure_logging()
 
 

@@ -23,7 +23,7 @@ import streamlit as st
 
 from engine.imageio import IMAGE_EXTENSIONS, check_same_size, encode_png, read_image, read_mask_with_note
 from engine.metrics import segmentation_metrics
-from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing
+from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing, warnings_for
 from engine.vesselness import vesselness_map
 from storage import paths
 
@@ -469,6 +469,8 @@ def _view(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope):
     st.image(overlay_bytes(image_rgb, digests["image"], result.mask, result.removed, fov, digests["fov"]), width="stretch",
              output_format="JPEG", caption=f"Mask on the image: green is kept, magenta was removed by the filters{edge}")
     _show_stats(result)
+    for sentence in warnings_for(result.stats):  # a step that removed most of the vessels says so
+        st.warning(sentence)
     if truth is not None:
         _show_metrics(result, prob_map, truth, fov, digests, fov_scope)
     st.session_state[f"{key}__holder"].update(config=config, mask=result.mask)  # read by the downloads
