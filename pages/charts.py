@@ -5,6 +5,8 @@ directly and the Train and Models pages draw the same figure.
 """
 from __future__ import annotations
 
+import math
+
 
 def smooth(values: list[float | None], weight: float) -> list[float | None]:
     """Exponential moving average (TensorBoard-style, bias-corrected); gaps stay gaps."""
@@ -17,6 +19,30 @@ def smooth(values: list[float | None], weight: float) -> list[float | None]:
         avg = weight * avg + (1 - weight) * v
         out.append(avg / (1 - weight**n) if weight > 0 else v)
     return out
+
+
+def lr_ticks(values: list[float | None]) -> list[float] | None:
+    """Tick positions for the log-scale learning-rate axis when fewer than two powers of ten lie in its range.
+
+    Returns None when the values span two powers of ten or more (the axis then labels those), else the
+    values 1, 2 and 5 times a power of ten inside [min, max], with min and max themselves when fewer than
+    two of those fall inside, so the axis never shows a single label or none.
+    """
+    positive = [v for v in values if v is not None and v > 0]
+    if not positive:
+        return None
+    low, high = min(positive), max(positive)
+    first, last = math.floor(math.log10(low)), math.floor(math.log10(high))
+    if sum(1 for k in range(first, last + 1) if low <= 10.0 ** k <= high) >= 2:
+        return None
+    ticks = [float(f"{m}e{k}") for k in range(first, last + 1) for m in (1, 2, 5) if low <= float(f"{m}e{k}") <= high]
+    return ticks if len(ticks) >= 2 else sorted({low, *ticks, high})
+
+
+def _sci(value: float) -> str:
+    """1.5e-04, 2e-04: the axis's own exponent format, without trailing zeros."""
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
 def curves_figure(runs: list[tuple[str, list[dict], int | None]], smoothing: float = 0.0):
@@ -48,13 +74,17 @@ def curves_figure(runs: list[tuple[str, list[dict], int | None]], smoothing: flo
                                      name=full, line=dict(color=colour, dash=dash)), row=1, col=col)
         if best_epoch and best_epoch in epochs:
             best = rows[epochs.index(best_epoch)]
+            star = qualitative.Plotly[i % len(qualitative.Plotly)] if several else "gold"  # the run's own colour
             fig.add_trace(go.Scatter(x=[best_epoch], y=[best.get("val_dice")], mode="markers",
-                                     marker=dict(symbol="star", size=14, color="gold", line=dict(color="black", width=1)),
+                                     marker=dict(symbol="star", size=14, color=star, line=dict(color="black", width=1)),
                                      name=f"{label}: best epoch {best_epoch}" if several else f"best epoch {best_epoch}"),
                           row=1, col=2)
-            fig.add_vline(x=best_epoch, line=dict(color="gold", width=1, dash="dash"), row=1, col=2)
+            fig.add_vline(x=best_epoch, line=dict(color=star, width=1, dash="dash"), row=1, col=2)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)  # Dice lives in [0, 1]; a free axis exaggerates noise
     fig.update_yaxes(type="log", dtick=1, exponentformat="e", row=1, col=3)  # 1e-04 at powers of ten, not SI "100µ"
+    ticks = lr_ticks([r.get("lr") for _, rows, _ in runs for r in rows])
+    if ticks:  # no power of ten in the range: label 1, 2, 5 x 10^k (or the ends) instead of nothing
+        fig.update_yaxes(tickvals=ticks, ticktext=[_sci(v) for v in ticks], row=1, col=3)
     longest = max((len(rows) for _, rows, _ in runs), default=0)
     fig.update_xaxes(title_text="epoch", dtick=1 if longest <= 10 else None, rangemode="tozero")
     fig.update_layout(height=330, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))

@@ -51,3 +51,33 @@ def test_overlaid_runs_are_named_by_run_and_smoothing_adds_faint_raw_curves():
     assert len(faint) == 2 * 3  # train loss, val loss and Dice per run; the LR is never smoothed
     solid_dice = next(t for t in smoothed.data if t.name == "a: val Dice")
     assert list(solid_dice.y) == pytest.approx(smooth([r["val_dice"] for r in runs[0][1]], 0.6))
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([1e-3, 5e-4, 1e-4], None),               # spans a power of ten: the axis labels 1e-03, 1e-04
+    ([3e-4, 9e-4], [3e-4, 5e-4, 9e-4]),       # within one decade: 5e-04 alone would be one label
+    ([1e-4, 9e-4], [1e-4, 2e-4, 5e-4]),
+    ([1.5e-4, 1.8e-4], [1.5e-4, 1.8e-4]),      # no 1, 2, 5 inside: the ends
+    ([None, 0.0], None),
+])
+def test_lr_ticks(values, expected):
+    from pages.charts import lr_ticks
+
+    assert lr_ticks(values) == (None if expected is None else pytest.approx(expected))
+
+
+def test_an_lr_within_one_decade_gets_tick_labels():
+    from pages.charts import curves_figure
+
+    rows = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.5, "val_dice": 0.5, "lr": lr}
+            for e, lr in enumerate([3e-4, 6e-4, 9e-4], start=1)]
+    assert list(curves_figure([("run", rows, None)]).layout.yaxis3.ticktext) == ["3e-04", "5e-04", "9e-04"]
+
+
+def test_overlaid_runs_mark_their_best_epochs_in_their_own_colours():
+    from pages.charts import curves_figure
+
+    rows = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.5, "val_dice": 0.1 * e, "lr": 1e-3} for e in (1, 2, 3)]
+    fig = curves_figure([("a", rows, 2), ("b", rows, 3)])
+    stars = [t.marker.color for t in fig.data if t.marker.symbol == "star"]
+    assert len(set(stars)) == 2
