@@ -509,7 +509,8 @@ def test_the_overview_deletes_inference_results_after_asking(home):
         True, [], [f"Deleted job {job_id} (0.0 MB)."])
 
 
-def test_the_models_page_deletes_older_checkpoints_and_one_checkpoint(home):
+def test_the_models_page_deletes_older_checkpoints_and_one_checkpoint(home, monkeypatch):
+    monkeypatch.setenv(housekeeping.KEEP_ENV, "3")  # the page's default for "Epoch checkpoints to keep"
     model_id = _model_with_files(["best.pt", "last.pt", *_epochs(1, 2, 3, 4)])
     at = _app("pages/models.py")
     at.selectbox(key="models_detail").select(model_id).run()
