@@ -11,18 +11,19 @@ from engine.jobs import recover_if_no_worker
 from pages.charts import curves_figure
 from pages.components import age_text, forget_queries, query, run_duration, run_page, stop_reason_text
 from pages.housekeeping_widgets import checkpoint_controls
-from pages.train_widgets import continue_controls
+from pages.train_widgets import continue_controls, status_text
 
 ACTIVE = ("queued", "running", "stopping")
 
 
 def table(models: list[dict]) -> None:
-    rows = [{"id": m["id"], "name": m["name"], "status": m["status"], "best val Dice": m.get("best_val_dice"),
+    rows = [{"id": m["id"], "name": m["name"], "status": status_text(m), "best val Dice": m.get("best_val_dice"),
              "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run"), "stop reason": stop_reason_text(m.get("stop_reason")),
              "duration (s)": run_duration(m), "created": m["created_at"][:19].replace("T", " ")} for m in models]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="models_table",
                  column_config={"best val Dice": st.column_config.NumberColumn(format="%.3f"),
-                                "duration (s)": st.column_config.NumberColumn(format="%.0f")})
+                                "duration (s)": st.column_config.NumberColumn(format="%.0f"),
+                                "created": st.column_config.TextColumn(width="medium")})  # 19 characters, not cut
 
 
 def checkpoints(model: dict) -> None:
@@ -73,10 +74,15 @@ def _delete(mid: str) -> None:
 
 def detail(model: dict) -> None:
     mid = model["id"]
-    st.subheader(f"{model['name']} · {model['status']}")
-    reason = stop_reason_text(model.get("stop_reason")) or ("—" if model["status"] in ACTIVE else "")
-    st.write(f"Ended because: **{reason or model.get('error') or 'unknown'}** · duration "
-             f"{age_text(run_duration(model))} · data set `{model.get('dataset')}`")
+    st.subheader(f"{model['name']} · {status_text(model)}")
+    if model["status"] in ACTIVE:  # it has not ended: no "Ended because"
+        state = {"queued": "Waiting for the worker to start it", "running": "Training now",
+                 "stopping": "Stopping at the end of the current batch"}[model["status"]]
+        st.write(f"{state} · duration {age_text(run_duration(model))} · data set `{model.get('dataset')}`")
+    else:
+        reason = stop_reason_text(model.get("stop_reason"))
+        st.write(f"Ended because: **{reason or model.get('error') or 'unknown'}** · duration "
+                 f"{age_text(run_duration(model))} · data set `{model.get('dataset')}`")
     st.link_button("Open its inference page", f"/model_inference?model={mid}")
     metrics = query("model_metrics", mid)
     if metrics:
@@ -101,6 +107,17 @@ def detail(model: dict) -> None:
     delete_controls(model)
 
 
+def progress(models: list[dict]) -> list[tuple]:
+    return [(m["id"], m["status"], m.get("epochs_run")) for m in models]
+
+
+@st.fragment(run_every=3)
+def refresh_while_active(drawn: list[tuple]) -> None:
+    """While a run is queued or running, redraw the page when a run's status or epoch count changed."""
+    if progress(query("list_models")) != drawn:
+        st.rerun(scope="app")
+
+
 def main() -> None:
     st.title("Models")
     recover_if_no_worker()  # a run whose worker died reads "failed", not "running", even with no worker up
@@ -112,8 +129,10 @@ def main() -> None:
         st.info("No models yet: start one on the Train page.")
         return
     table(models)
+    if any(m["status"] in ACTIVE for m in models):
+        refresh_while_active(progress(models))
     ids = [m["id"] for m in models]
-    label = {m["id"]: f"{m['name']} ({m['status']}, {m['id']})" for m in models}
+    label = {m["id"]: f"{m['name']} ({status_text(m)}, {m['id']})" for m in models}
     wanted = st.query_params.get("model")
     if wanted in ids and "models_detail" not in st.session_state:
         st.session_state["models_detail"] = wanted

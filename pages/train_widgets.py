@@ -342,6 +342,14 @@ def _continue(model_id: str, config: dict, key: str, fields: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # Live monitor
 # --------------------------------------------------------------------------------------------
+def status_text(row: dict) -> str:
+    """A run's status in words: a run the user stopped reads "stopped (by you) after epoch 2 of 5", not
+    "completed" (the registry's status, which says it kept a best checkpoint)."""
+    if row.get("stop_reason") == "user_stop" and row.get("status") in ("completed", "stopped"):
+        return f"stopped (by you) after epoch {row.get('epochs_run') or 0} of {row.get('total_epochs') or '?'}"
+    return row.get("status") or ""
+
+
 def _stop(model_id: str) -> None:
     from engine.jobs import stop_training
 
@@ -357,7 +365,9 @@ def run_monitor(row: dict, smoothing: float) -> None:
     """Progress, ETA, curves and the Stop button of one run."""
     mid, status = row["id"], row["status"]
     epoch, total = row.get("current_epoch") or 0, row.get("total_epochs") or 1
-    st.subheader(f"{row['name']} · {status}" + (f" ({stop_reason_text(row['stop_reason'])})" if row.get("stop_reason") else ""))
+    shown = status_text(row)
+    st.subheader(f"{row['name']} · {shown}" + (f" ({stop_reason_text(row['stop_reason'])})"
+                                               if row.get("stop_reason") and shown == status else ""))
     if status in ("running", "stopping"):
         inside = (row.get("batch") or 0) / row["batches"] if row.get("batches") else 0
         done = (row.get("epochs_run") or 0) + (inside if epoch > (row.get("epochs_run") or 0) else 0)

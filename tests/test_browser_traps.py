@@ -165,3 +165,17 @@ def test_no_page_loads_anything_from_the_internet(served, page):
         wait_idle(page)
     page.wait_for_timeout(1000)
     assert hosts - {"127.0.0.1", None} == set()
+
+
+def test_the_models_page_follows_a_run_while_it_runs(served, page):
+    from storage import db
+
+    url, home = served
+    conn = db.connect(home / "ml_manager.db")
+    model_id = db.create_model("followed", {"epochs": 5}, str(home), db=conn)
+    page.goto(f"{url}/models?model={model_id}")
+    page.get_by_role("heading", name=re.compile("followed · queued")).wait_for()
+    wait_idle(page)
+    db.update_model(model_id, db=conn, status="completed", stop_reason="user_stop", epochs_run=2, total_epochs=5)
+    page.get_by_role("heading", name=re.compile(r"followed · stopped \(by you\) after epoch 2 of 5")).wait_for(
+        timeout=15_000)

@@ -197,7 +197,7 @@ def test_train_form_queues_a_real_run_on_a_generated_synthetic_set(home):
     assert [(m["name"], m["status"], json.loads(m["config"])["epochs"]) for m in models] == [("tiny-from-test", "queued", 2)]
     assert any("Queued model" in s.value for s in at.success)
     # Drawn disabled at once, so a second click cannot queue it again (the double click that arrives
-    # before this redraw is tested in tests/test_resume.py).
+    # before this redraw is tested in a real browser: tests/test_browser_traps.py).
     assert at.button(key="train_start").disabled
 
 
@@ -260,6 +260,27 @@ def test_models_page_lists_runs_and_shows_details(home):
     assert any("Ended because: **early stopping" in m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) == 1
     assert any(b.proto.label == "Export metrics (CSV)" for b in at.get("download_button"))
+
+
+@pytest.mark.parametrize("status, stop_reason, shown", [
+    ("completed", "user_stop", "stopped (by you) after epoch 2 of 10"),
+    ("stopped", "user_stop", "stopped (by you) after epoch 2 of 10"),
+    ("completed", "early_stopping", "completed"),
+    ("queued", None, "queued"),
+])
+def test_models_table_says_who_stopped_a_run(home, status, stop_reason, shown):
+    from storage import db
+
+    model_id = add_model("run", status, epochs=2)
+    db.update_model(model_id, stop_reason=stop_reason)
+    assert list(open_page("pages/models.py").dataframe[0].value["status"]) == [shown]
+
+
+def test_a_queued_run_has_not_ended(home):
+    queued = add_model("waiting", "queued")
+    at = open_page("pages/models.py", query={"model": queued})
+    assert [m.value for m in at.markdown if "Ended because" in m.value or "Waiting for the worker" in m.value] == [
+        "Waiting for the worker to start it · duration — · data set `synthetic`"]
 
 
 def test_deletion_is_refused_for_a_running_model(home):
