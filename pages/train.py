@@ -14,9 +14,11 @@ from pages.train_widgets import (
     registered_datasets,
     release_start_button,
     run_monitor,
+    scroll_to_monitor,
     start_button_held,
     submission_key,
     submit_callback,
+    submit_message,
     training_form,
 )
 from storage import paths
@@ -27,6 +29,8 @@ SOURCES = ["Registered data set", "Folder path", "Upload a zip", "Generate a syn
 
 def choose_dataset() -> str | None:
     s = st.session_state
+    if s.get("train_generated"):  # generated in the last run, below the radio: select it before drawing it
+        _use_registered(s.pop("train_generated"))
     # A new data home has no data set: open on the synthetic generator, the one choice that needs no data.
     source = st.radio("Data set", SOURCES, key="train_source", horizontal=True,
                       index=0 if registered_datasets() else SOURCES.index("Generate a synthetic data set"))
@@ -57,7 +61,12 @@ def choose_dataset() -> str | None:
     a.number_input("Images", 2, 200, 8, key="train_synth_n")
     b.number_input("Size (px)", 32, 1024, 256, step=32, key="train_synth_size")  # fits the default 128 px patches
     c.number_input("Seed", 0, 10_000, 0, key="train_synth_seed")
-    st.button("Generate the synthetic data set", key="train_synth_go", on_click=_synthesize)
+    if st.button("Generate the synthetic data set", key="train_synth_go"):
+        # in the script body, not a callback: the spinner is drawn under the button while it works
+        with st.spinner("Generating the synthetic data set…", show_time=True):
+            folder = generate_synthetic(int(s["train_synth_n"]), int(s["train_synth_size"]), int(s["train_synth_seed"]))
+        s["train_generated"] = Path(folder).name
+        st.rerun()
     st.caption("Synthetic fundus-like images with known vessels, to try the whole product without data. "
                "The default form is sized for real data and runs for tens of minutes on a CPU; for a first "
                "try set Epochs 5 and Steps per epoch 20 (a few minutes).")
@@ -75,12 +84,6 @@ def _unpack() -> None:
         _use_registered(unpack_dataset_zip(up.getvalue(), up.name, check=load_dataset).name)
     except ValueError as exc:
         st.session_state["train_unpack_error"] = str(exc)
-
-
-def _synthesize() -> None:
-    s = st.session_state
-    folder = generate_synthetic(int(s["train_synth_n"]), int(s["train_synth_size"]), int(s["train_synth_seed"]))
-    _use_registered(Path(folder).name)
 
 
 def show_summary(path: str) -> bool:
@@ -138,10 +141,10 @@ def main() -> None:
         st.form_submit_button("Start training", type="primary", key="train_start", disabled=not usable or held,
                               on_click=submit_callback, args=(defaults,),
                               help="One click queues one run: a double click does not queue it twice.")
-    message = st.session_state.get("train_message")
-    if message:
-        getattr(st, message[0])(message[1])
+    submit_message()
     monitor()
+    if st.session_state.pop("train_scroll", False):
+        scroll_to_monitor()
 
 
 run_page(main, "showing the Train page")

@@ -232,9 +232,39 @@ def submit_callback(defaults: TrainingConfig) -> None:
         return
     s["train_form_used"] = key
     s["train_submitted_at"] = time.monotonic()  # draws the Start button disabled for SUBMIT_HOLD_S
-    s["train_watch"] = model_id
-    s["train_message"] = ("success", f"Queued model {model_id}: it starts as soon as the worker has a free slot.")
+    s["train_watch"], s["train_scroll"] = model_id, True
+    s["train_message"] = ("success", f"Queued model {model_id}: it starts as soon as the worker has a free slot; "
+                                     "follow it in the Training monitor below.")
     forget_queries()
+
+
+@st.fragment(run_every=2)
+def submit_message() -> None:
+    """The outcome of the last Start click; "Queued model …" goes away once that run has ended."""
+    s = st.session_state
+    message = s.get("train_message")
+    if message and message[0] == "success" and s.get("train_watch"):
+        row = next((m for m in query("list_models") if m["id"] == s["train_watch"]), None)
+        if row is None or row["status"] not in ("queued", "running", "stopping"):
+            message = s["train_message"] = None
+    if message:
+        getattr(st, message[0])(message[1])
+
+
+def scroll_to_monitor() -> None:
+    """Bring the Training monitor into view, once, after a run was queued: it is drawn below the long form,
+    out of sight of the Start button. (Streamlit has no scroll command: a tiny script in a component does it.)"""
+    import streamlit.components.v1 as components
+
+    components.html("""<script>
+      const doc = window.parent.document;
+      let tries = 0;
+      const go = () => {
+        const h = [...doc.querySelectorAll('h2')].find(e => e.innerText.trim().startsWith('Training monitor'));
+        if (h) h.scrollIntoView({block: 'start'}); else if (tries++ < 50) setTimeout(go, 100);
+      };
+      go();
+    </script>""", height=0)
 
 
 SUBMIT_HOLD_S = 3.0  # the Start button stays disabled this long after a run was queued

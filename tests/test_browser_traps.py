@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_helpers import chromium_path, dashboard, launch, slider_input, wait_idle
+from tests.browser_helpers import chromium_path, dashboard, launch, open_expander, slider_input, wait_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -179,3 +179,27 @@ def test_the_models_page_follows_a_run_while_it_runs(served, page):
     db.update_model(model_id, db=conn, status="completed", stop_reason="user_stop", epochs_run=2, total_epochs=5)
     page.get_by_role("heading", name=re.compile(r"followed · stopped \(by you\) after epoch 2 of 5")).wait_for(
         timeout=15_000)
+
+
+def test_start_shows_the_monitor_and_generating_shows_a_spinner(served, page):
+    url, home = served
+    open_train(page, url)
+    page.get_by_text("Generate a synthetic data set").click()
+    wait_idle(page)
+    page.get_by_label("Images", exact=True).fill("60")
+    page.get_by_label("Size (px)", exact=True).fill("384")
+    page.get_by_label("Size (px)", exact=True).press("Tab")
+    wait_idle(page)
+    page.get_by_role("button", name="Generate the synthetic data set").click()
+    page.get_by_text("Generating the synthetic data set").wait_for(timeout=10_000)
+    page.get_by_text("Image / mask pairs").wait_for(timeout=120_000)
+    wait_idle(page)
+    page.get_by_label("Model name").fill("scrolled")
+    for group in ("Loss", "Regularisation", "Early stopping and LR", "Advanced"):  # a user reading every option
+        open_expander(page, group)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text(re.compile(r"Queued model \S+")).first.wait_for()
+    run = page.get_by_role("heading", name=re.compile("scrolled · queued"))  # the run's own part of the monitor
+    run.wait_for()
+    page.wait_for_function("h => { const r = h.getBoundingClientRect(); return r.top >= 0 && r.bottom < innerHeight; }",
+                           arg=run.element_handle(), timeout=10_000)

@@ -201,6 +201,23 @@ def test_train_form_queues_a_real_run_on_a_generated_synthetic_set(home):
     assert at.button(key="train_start").disabled
 
 
+def test_the_queued_message_goes_away_when_the_run_ends(home):
+    from pages.components import forget_queries
+    from storage import db
+
+    at = open_page("pages/train.py")
+    at.radio(key="train_source").set_value("Generate a synthetic data set").run()
+    at.number_input(key="train_synth_n").set_value(2)
+    at.number_input(key="train_synth_size").set_value(128)
+    at.button(key="train_synth_go").click().run()
+    at.button(key="train_start").click().run()
+    queued = [s.value for s in at.success if "Queued model" in s.value]
+    db.update_model(db.list_models()[0]["id"], status="completed", stop_reason="max_epochs")
+    forget_queries()
+    at.run()
+    assert (len(queued), [s.value for s in at.success if "Queued model" in s.value]) == (1, [])
+
+
 def test_train_form_shows_the_grouped_options_with_the_seed_advice(home):
     at = open_page("pages/train.py")
     groups = [e.label for e in at.expander]
