@@ -4,12 +4,12 @@ from pathlib import Path
 import streamlit as st
 
 from engine.data import load_dataset
-from engine.train import TrainingConfig
 from pages.components import query, run_page
 from pages.train_widgets import (
     dataset_delete_controls,
     dataset_summary,
     first_usable,
+    form_defaults,
     generate_synthetic,
     registered_datasets,
     release_start_button,
@@ -125,7 +125,7 @@ def monitor() -> None:
 
 def main() -> None:
     st.title("Train")
-    defaults = TrainingConfig()
+    defaults = form_defaults()
     dataset = choose_dataset()
     st.session_state["train_dataset"] = dataset
     usable = bool(dataset) and show_summary(dataset)

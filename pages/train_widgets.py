@@ -99,6 +99,29 @@ def _widget(field: dataclasses.Field, default):
     return st.text_input(label, value=str(default), key=key, help=group_help)
 
 
+def form_defaults() -> TrainingConfig:
+    """The values the training form opens with: those of the newest run (the one running, else the last
+    one queued), so a reload keeps them; TrainingConfig's own defaults when there is none.
+
+    Chosen when the form is drawn afresh (a reload, a new tab, a return from another page) and kept while
+    it stays on screen. A fresh page also watches that run, so the monitor keeps showing its final status
+    and curves after it ended.
+    """
+    s = st.session_state
+    if "train_cfg_epochs" not in s or "train_form_defaults" not in s:
+        rows = query("list_models")
+        newest = next((m for m in rows if m["status"] in ("queued", "running", "stopping")), rows[0] if rows else None)
+        config = TrainingConfig()
+        if newest is not None:
+            try:
+                config = TrainingConfig.from_dict(json.loads(newest["config"]))
+            except (ValueError, TypeError):  # settings of an older version: the defaults then
+                pass
+            s.setdefault("train_watch", newest["id"])
+        s["train_form_defaults"] = config.to_dict()
+    return TrainingConfig.from_dict(s["train_form_defaults"])
+
+
 def training_form(defaults: TrainingConfig) -> dict:
     """Every TrainingConfig option, grouped; returns the raw values (validated by TrainingConfig)."""
     values = {}
@@ -221,6 +244,7 @@ def submit_callback(defaults: TrainingConfig) -> None:
         s["train_watch"] = exc.model_id
         s["train_message"] = ("success", f"Queued model {exc.model_id}: it starts as soon as the worker has a free "
                                          "slot (a second click did not queue it twice).")
+        forget_queries()
         return
     except ValueError as exc:
         s["train_message"] = ("error", str(exc))
@@ -245,7 +269,7 @@ def submit_message() -> None:
     message = s.get("train_message")
     if message and message[0] == "success" and s.get("train_watch"):
         row = next((m for m in query("list_models") if m["id"] == s["train_watch"]), None)
-        if row is None or row["status"] not in ("queued", "running", "stopping"):
+        if row is not None and row["status"] not in ("queued", "running", "stopping"):  # None: a read from before
             message = s["train_message"] = None
     if message:
         getattr(st, message[0])(message[1])

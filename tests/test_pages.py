@@ -218,6 +218,23 @@ def test_the_queued_message_goes_away_when_the_run_ends(home):
     assert (len(queued), [s.value for s in at.success if "Queued model" in s.value]) == (1, [])
 
 
+@pytest.mark.parametrize("statuses, shown", [
+    (("running", "completed"), "running"),   # the running run, even when it is not the newest
+    (("completed", "failed"), "failed"),     # else the newest one
+])
+def test_a_reloaded_train_page_keeps_the_last_runs_settings_and_shows_it(home, statuses, shown):
+    from engine.train import TrainingConfig
+    from storage import db
+
+    for epochs, status in zip((7, 9), statuses):
+        model_id = db.create_model(status, TrainingConfig(epochs=epochs).to_dict(), "synthetic")
+        db.update_model(model_id, status=status, heartbeat_at=db.utc_now())  # a live run, not a stale one
+    at = open_page("pages/train.py")
+    expected = {"running": 7, "failed": 9}[shown]
+    assert (at.number_input(key="train_cfg_epochs").value, [h.value for h in at.subheader if h.value.startswith(shown)],
+            len(at.warning)) == (expected, [f"{shown} · {shown}"], 0)
+
+
 def test_train_form_shows_the_grouped_options_with_the_seed_advice(home):
     at = open_page("pages/train.py")
     groups = [e.label for e in at.expander]
