@@ -277,10 +277,8 @@ def submit_message() -> None:
 
 def scroll_to_monitor() -> None:
     """Bring the Training monitor into view, once, after a run was queued: it is drawn below the long form,
-    out of sight of the Start button. (Streamlit has no scroll command: a tiny script in a component does it.)"""
-    import streamlit.components.v1 as components
-
-    components.html("""<script>
+    out of sight of the Start button. (Streamlit has no scroll command: a tiny script in an iframe does it.)"""
+    st.iframe("""<script>
       const doc = window.parent.document;
       let tries = 0;
       const go = () => {
@@ -288,7 +286,7 @@ def scroll_to_monitor() -> None:
         if (h) h.scrollIntoView({block: 'start'}); else if (tries++ < 50) setTimeout(go, 100);
       };
       go();
-    </script>""", height=0)
+    </script>""", height=1, tab_index=-1, alt="scrolls the Training monitor into view")
 
 
 SUBMIT_HOLD_S = 3.0  # the Start button stays disabled this long after a run was queued
