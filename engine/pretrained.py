@@ -1,0 +1,77 @@
+"""The pretrained vessel model shipped with ML Manager, and how it is rebuilt (``make pretrained``).
+
+It is this program's own U-Net recipe (the Train page's defaults, with a fixed number of epochs so
+that a rebuild does not depend on the machine's speed) trained on the 20 DRIVE training images.
+Like its training data, it is for research use. The file holds the averaged weights, the settings,
+the recommended post-processing and the training images' scale; it has no optimiser state, so it
+predicts but cannot be continued.
+
+``python -m engine.pretrained --data ../shared/data/drive/training`` trains it and writes
+``engine/weights/drive_unet.pt``, printing its validation Dice.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from storage.paths import atomic_write_bytes
+
+PRETRAINED_NAME = "Pretrained U-Net (DRIVE)"
+PRETRAINED_PATH = Path(__file__).resolve().parent / "weights" / "drive_unet.pt"
+EPOCHS = 14  # about what the default 10-minute budget trains on a 2-core machine
+# What a model needs to predict; the optimiser's state is what makes a checkpoint large.
+KEPT_KEYS = ("format_version", "arch", "state_dict", "config", "preprocessing", "epoch", "metrics", "versions",
+             "recommended_postprocess", "calibration", "scale", "history", "elapsed_seconds")
+
+
+def pretrained_available() -> bool:
+    """Whether the shipped model file is present."""
+    return PRETRAINED_PATH.is_file()
+
+
+def export_pretrained(checkpoint: str | Path, dest: str | Path = PRETRAINED_PATH) -> Path:
+    """Write the predicting part of ``checkpoint`` (a best.pt) to ``dest``, atomically; returns ``dest``."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    slim = {k: ckpt[k] for k in KEPT_KEYS if k in ckpt}
+    slim["name"] = PRETRAINED_NAME
+    buf = io.BytesIO()
+    torch.save(slim, buf)
+    return atomic_write_bytes(Path(dest), buf.getvalue())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from engine.cli import ProgressBar
+    from engine.data import DatasetError
+    from engine.train import TrainingConfig, train
+
+    parser = argparse.ArgumentParser(prog="python -m engine.pretrained", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the DRIVE training folder (images/, 1st_manual/, mask/)")
+    parser.add_argument("--dest", default=str(PRETRAINED_PATH), help="where to write the model file")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    args = parser.parse_args(argv)
+    if not Path(args.data).is_dir():
+        print(f"error: {args.data} does not exist: the pretrained model is trained on the DRIVE training images.",
+              file=sys.stderr)
+        return 2
+    config = TrainingConfig(epochs=args.epochs)
+    with tempfile.TemporaryDirectory(prefix="pretrained-") as out:
+        try:
+            result = train(config, args.data, out, on_event=ProgressBar())
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        dest = export_pretrained(result.best_checkpoint, args.dest)
+    size_mb = dest.stat().st_size / 1e6
+    print(f"wrote {dest} ({size_mb:.1f} MB): validation Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
+          f"of {result.epochs_run}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
