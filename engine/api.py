@@ -41,6 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from engine import housekeeping, jobs
+from engine.pretrained import PRETRAINED_ID, PRETRAINED_PATH, pretrained_entry
 from storage import db as store
 from storage import paths
 
@@ -252,14 +253,16 @@ def model_checkpoints(request: Request, body: None) -> tuple[int, dict]:
 
 
 def checkpoints(request: Request, body: None) -> tuple[int, dict]:
-    """GET /checkpoints: the checkpoints of every completed model (the inference list)."""
-    return 200, {"checkpoints": store.all_checkpoints()}
+    """GET /checkpoints: the shipped pretrained model, then the checkpoints of every completed model."""
+    shipped = pretrained_entry()
+    return 200, {"checkpoints": ([shipped] if shipped else []) + store.all_checkpoints()}
 
 
 def inference_start(request: Request, body: dict) -> tuple[int, dict]:
     """POST /inference/start: ``{model_id[, which: best|last] | checkpoint, input[, postprocess]}``.
 
-    ``model_id`` may be ``"baseline"`` (the classical vesselness filter); ``postprocess`` is an object of
+    ``model_id`` may be ``"baseline"`` (the classical vesselness filter) or ``"pretrained"`` (the shipped
+    model); ``postprocess`` is an object of
     post-processing settings, ``"recommended"`` (the model's calibrated settings) or absent (the defaults).
     """
     _fields(body, {"input"}, {"checkpoint", "model_id", "which", "postprocess"})
@@ -273,7 +276,14 @@ def inference_start(request: Request, body: dict) -> tuple[int, dict]:
         checkpoint = str(allowed_path(body["checkpoint"], "checkpoint"))
     else:
         model_id = _text(body, "model_id")
-        checkpoint = store.BASELINE if model_id == store.BASELINE else _checkpoint_of(model_id, body.get("which", "best"))
+        if model_id == PRETRAINED_ID:
+            checkpoint, model_id = str(PRETRAINED_PATH), None
+            if body.get("postprocess") == "recommended":
+                body = {**body, "postprocess": (pretrained_entry() or {}).get("recommended_postprocess") or {}}
+        elif model_id == store.BASELINE:
+            checkpoint = store.BASELINE
+        else:
+            checkpoint = _checkpoint_of(model_id, body.get("which", "best"))
     source = allowed_path(body["input"], "input")
     settings = body.get("postprocess")
     if settings == "recommended":

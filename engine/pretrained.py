@@ -22,6 +22,7 @@ import torch
 
 from storage.paths import atomic_write_bytes
 
+PRETRAINED_ID = "pretrained"  # how the API and the CLI name it where a model id is expected
 PRETRAINED_NAME = "Pretrained U-Net (DRIVE)"
 PRETRAINED_PATH = Path(__file__).resolve().parent / "weights" / "drive_unet.pt"
 EPOCHS = 14  # about what the default 10-minute budget trains on a 2-core machine
@@ -33,6 +34,21 @@ KEPT_KEYS = ("format_version", "arch", "state_dict", "config", "preprocessing", 
 def pretrained_available() -> bool:
     """Whether the shipped model file is present."""
     return PRETRAINED_PATH.is_file()
+
+
+def pretrained_entry() -> dict | None:
+    """The shipped model as a row of the global checkpoint list (the shape of ``storage.db.all_checkpoints``),
+    marked ``protected`` (it cannot be deleted); None when the file is absent."""
+    from engine.infer import load_checkpoint_dict
+
+    if not pretrained_available():
+        return None
+    ckpt = load_checkpoint_dict(PRETRAINED_PATH)
+    dice = (ckpt.get("metrics") or {}).get("val_dice")
+    return {"model_id": PRETRAINED_ID, "model_name": PRETRAINED_NAME, "name": PRETRAINED_PATH.name,
+            "path": str(PRETRAINED_PATH), "kind": "best", "epoch": ckpt.get("epoch"), "metric": dice,
+            "best_val_dice": dice, "size_bytes": PRETRAINED_PATH.stat().st_size, "created_at": None,
+            "protected": True, "recommended_postprocess": ckpt.get("recommended_postprocess")}
 
 
 def export_pretrained(checkpoint: str | Path, dest: str | Path = PRETRAINED_PATH) -> Path:

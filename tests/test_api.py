@@ -379,3 +379,22 @@ def test_cli_cancel(api, many_images, capsys):
     out = capsys.readouterr()
     assert (code, "cancelling" in out.out, again, "already ended" in out.err,
             store.get_inference_job(job_id)["status"]) == (0, True, 2, True, "cancelled")
+
+
+# --------------------------------------------------------------------------- the shipped pretrained model
+
+def test_the_global_checkpoint_list_starts_with_the_pretrained_model(api):
+    every = api.call("GET", "/api/v1/checkpoints")[1]["checkpoints"]
+    assert every[0]["model_id"] == "pretrained"
+
+
+def test_the_pretrained_model_is_marked_protected(api):
+    every = api.call("GET", "/api/v1/checkpoints")[1]["checkpoints"]
+    assert every[0]["protected"] is True
+
+
+@pytest.mark.parametrize("postprocess", ["recommended", {"threshold": 0.5}])
+def test_inference_with_the_pretrained_model(api, postprocess):
+    status, answer = api.call("POST", "/api/v1/inference/start",
+                              {"model_id": "pretrained", "input": "datasets/synth/images", "postprocess": postprocess})
+    assert wait_job(api, answer["job_id"])["status"] == "completed"
