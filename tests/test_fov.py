@@ -249,33 +249,30 @@ def test_images_without_a_fov_mask_get_the_estimate(mixed_sizes):
     assert fov.mean() < 0.9
 
 
-def test_training_records_the_scale_in_the_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(data folder without FOV masks, last.pt of a real one-epoch training on it)."""
     from engine.train import train
 
-    folder = tmp_path / "data"
+    folder = tmp_path_factory.mktemp("no_fov")
     rng = np.random.default_rng(6)
     for i in range(3):
         image, mask, _ = synthetic_sample(96, rng)
         _write(folder, f"im{i}.png", image, mask)
     config = TrainingConfig(base_channels=4, depth=2, batch_size=2, patch_size=32, steps_per_epoch=2, epochs=1,
                             val_fraction=0.34, num_threads=1, calibrate_postprocess=False)
-    result = train(config, folder, tmp_path / "run")
-    ckpt = torch.load(result.last_checkpoint, weights_only=True)
-    assert ckpt["scale"]["fov_diameter"] == pytest.approx(load_dataset(folder).scales()["target"])
+    return folder, train(config, folder, tmp_path_factory.mktemp("run")).last_checkpoint
 
 
-def test_evaluate_reports_the_estimated_fov_and_the_scale(tmp_path):
-    """`python -m engine evaluate` on a data set without FOV masks, with a checkpoint from a real (tiny) run."""
-    from engine.train import train
+def test_training_records_the_scale_in_the_checkpoint(tiny_run):
+    folder, ckpt = tiny_run
+    recorded = torch.load(ckpt, weights_only=True)["scale"]["fov_diameter"]
+    assert recorded == pytest.approx(load_dataset(folder).scales()["target"])
 
-    folder = tmp_path / "data"
-    rng = np.random.default_rng(8)
-    for i in range(3):
-        image, mask, _ = synthetic_sample(96, rng)
-        _write(folder, f"im{i}.png", image, mask)
-    config = TrainingConfig(base_channels=4, depth=2, batch_size=2, patch_size=32, steps_per_epoch=2, epochs=1,
-                            val_fraction=0.34, num_threads=1, calibrate_postprocess=False)
-    ckpt = train(config, folder, tmp_path / "run").last_checkpoint
+
+def test_evaluate_reports_the_estimated_fov_and_the_scale(tiny_run):
+    """`python -m engine evaluate` on a data set without FOV masks."""
+    folder, ckpt = tiny_run
     out = subprocess.run([sys.executable, "-m", "engine", "evaluate", "--checkpoint", str(ckpt), "--data", str(folder)],
                          capture_output=True, text=True, timeout=120)
     report = json.loads(out.stdout)
