@@ -158,17 +158,22 @@ def decode_upload(file, kind: str = "image") -> Upload:
 def upload_images(label: str, *, key: str, kind: str = "image", multiple: bool = False, help: str | None = None) -> list[Upload]:
     """File uploader for images (``kind='image'``) or masks (``kind='mask'``).
 
-    Bad files are reported with ``st.error`` (one sentence each) and left out of the result.
+    Bad files are reported with ``st.error`` (one sentence each) and left out of the result; a file
+    whose bytes equal an earlier one's is listed once.
     """
     files = st.file_uploader(label, type=IMAGE_TYPES, key=key, accept_multiple_files=multiple, help=help)
     files = files if isinstance(files, list) else ([files] if files is not None else [])
-    uploads = []
+    uploads, seen = [], set()
     for file in files:
         try:
-            upload = decode_upload(file, kind)
+            with st.spinner(f"Reading {file.name}…"):
+                upload = decode_upload(file, kind)
         except ValueError as exc:
             st.error(str(exc))
             continue
+        if upload.digest in seen:  # the same file chosen twice is one image
+            continue
+        seen.add(upload.digest)
         if upload.note:
             st.info(upload.note)
         uploads.append(upload)
@@ -237,7 +242,7 @@ def checkpoint_mtime(path: str) -> float:
         raise ValueError(f"The checkpoint {path} no longer exists: pick another one.") from None
 
 
-@st.cache_data(max_entries=64, show_spinner="Computing the probability map…")
+@st.cache_data(max_entries=64, show_spinner=False)
 def _probability_map(source: str, mtime: float, digest: str, fov_digest: str, scale: str | float,
                      _image: np.ndarray, _fov: np.ndarray | None) -> np.ndarray:
     t0 = time.monotonic()
@@ -258,7 +263,22 @@ def probability_map(source: str, image: Upload, fov: np.ndarray | None = None, s
     source = dashboard_checkpoint(source)
     fov_digest = "estimated" if fov is None else digest_array(fov)
     scale = "none" if source == BASELINE_SOURCE else scale  # one cache entry whatever the scale control says
-    return _probability_map(source, checkpoint_mtime(source), image.digest, fov_digest, scale, image.array, fov)
+    mtime = checkpoint_mtime(source)
+    # st.spinner shows only when the work lasts: a cached map (a slider move) draws nothing
+    with st.spinner(map_progress_text(source, mtime, image.array, fov, scale)):
+        return _probability_map(source, mtime, image.digest, fov_digest, scale, image.array, fov)
+
+
+def map_progress_text(source: str, mtime: float, image: np.ndarray, fov: np.ndarray | None, scale: str | float) -> str:
+    """What computing the probability map of ``image`` (uint8 (H, W, 3)) does, in words, for its spinner:
+    the size the model sees, or the classical filter."""
+    h, w = image.shape[:2]
+    if source == BASELINE_SOURCE:
+        return f"Computing the classical vesselness map of the {w:,}×{h:,} px photograph…"
+    from engine.infer import resolve_scale
+
+    factor = resolve_scale(load_checkpoint(source, mtime), fov, scale) if fov is not None else 1.0
+    return f"Predicting at {round(w * factor):,}×{round(h * factor):,} px…"
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,8 +341,15 @@ def _wkey(key: str, field: str) -> str:
 
 
 def _seed(key: str, defaults: PostProcessConfig) -> dict:
-    """Put the defaults into the widgets' session state: all of them when the defaults changed
-    (another model), otherwise only the ones Streamlit dropped while the tuner was not shown."""
+    """Put the settings into the widgets' session state on every full page run, before the widgets are
+    drawn: the defaults when they changed (another model or start option), otherwise each widget's
+    current value, or the settings the view last used (``{key}__config``) for a widget Streamlit
+    dropped while the tuner was not shown. Returns the defaults as a dict.
+
+    Writing every widget's value, not only the ones Streamlit dropped, is what keeps the controls
+    showing what the mask uses: a widget the browser unmounted (the photograph was replaced, so one
+    run drew no tuner) is redrawn from its declared default (a slider at its minimum, no mode)
+    unless the run sets its value through session state."""
     d = {f: _coerce(f, v) for f, v in defaults.to_dict().items()}
     state = st.session_state
     if state.get(f"{key}__defaults") != d:
@@ -330,10 +357,11 @@ def _seed(key: str, defaults: PostProcessConfig) -> dict:
         state[f"{key}__config"] = d
         for field, value in d.items():
             state[_wkey(key, field)] = value
-    else:
-        for field, value in state.get(f"{key}__config", d).items():
-            if _wkey(key, field) not in state:
-                state[_wkey(key, field)] = value
+        return d
+    config = {**d, **state.get(f"{key}__config", d)}
+    for field in d:  # the widget's own value when Streamlit kept it (a change the user just made)
+        wkey = _wkey(key, field)
+        state[wkey] = state[wkey] if wkey in state else _coerce(field, config[field])
     return d
 
 
@@ -361,11 +389,11 @@ def _controls(key: str) -> None:
     """Every PostProcessConfig option as a widget (values live in session state)."""
     s = st.session_state
     with st.expander("Threshold", expanded=True):
-        st.segmented_control("Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"),
+        st.segmented_control("Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"), required=True,
                              help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
                                   "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too.")
         mode = s.get(_wkey(key, "threshold_mode")) or "fixed"
-        _slider(key, "threshold", "Threshold", 0.0, 1.0, 0.01, "Start at 0.6 (the seed's advice); lower keeps fainter vessels.",
+        _slider(key, "threshold", "Threshold", 0.0, 1.0, 0.01, "0.6 is the usual start; lower keeps fainter vessels.",
                 disabled=mode == "otsu")
         _slider(key, "hysteresis_low", "Hysteresis low", 0.0, 1.0, 0.01,
                 "Faint pixels at or above this are kept when connected to a confident one.", disabled=mode != "hysteresis")
@@ -382,7 +410,7 @@ def _controls(key: str) -> None:
     with st.expander("Components", expanded=True):
         _slider(key, "min_component_size", "Minimum component (px)", 0, 2000, 5,
                 "Connected pieces smaller than this are removed; 0 switches the filter off. Start at 50.")
-        st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"),
+        st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"), required=True,
                              help="8 joins pixels that touch at a corner; 4 only along edges.")
         _slider(key, "confidence_threshold", "Component confidence", 0.0, 1.0, 0.01,
                 "A piece is removed when its mean probability is below this; 0 switches the filter off.")
@@ -413,45 +441,71 @@ def _map_auc(prob_digest: str, truth_digest: str, fov_digest: str, _prob, _truth
     return segmentation_metrics(_prob, _truth, fov=_fov).get("roc_auc")
 
 
+STEP_WORDS = {  # engine stats key -> the step's name in the step-by-step table
+    ("removed", "opening"): "Opening removed specks",
+    ("added", "closing"): "Closing filled gaps",
+    ("removed", "size"): "Small pieces removed",
+    ("removed", "confidence"): "Low-confidence pieces removed",
+    ("removed", "shape"): "Shape filter removed",
+    ("added", "holes"): "Holes filled",
+    ("removed", "fov"): "Outside the field of view",
+}
+
+
+def step_rows(stats: dict) -> list[tuple[str, int]]:
+    """The per-step pixel counts of ``enhanced_post_processing``'s stats as (step, signed pixels) rows, in
+    the order the steps run: the thresholded pixels, each step's gain (+) or loss (-), then the kept pixels.
+    Every row but the last adds up to the last, as the engine's identity
+    ``pixels_kept + sum(pixels_removed) == pixels_thresholded + sum(pixels_added)`` promises."""
+    removed, added = stats.get("pixels_removed") or {}, stats.get("pixels_added") or {}
+    rows = [("Above the threshold", int(stats.get("pixels_thresholded") or 0))]
+    for (way, step), words in STEP_WORDS.items():
+        n = int((removed if way == "removed" else added).get(step) or 0)
+        if n:
+            rows.append((words, -n if way == "removed" else n))
+    rows.append(("Kept as vessel", int(stats.get("pixels_kept") or 0)))
+    return rows
+
+
 def _show_stats(result: PostProcessResult) -> None:
-    """One markdown element (each element costs a delta per slider move): counts, then the step stats."""
-    kept, removed = int(result.mask.sum()), int(result.removed.sum())
-    parts = []
-    for name, value in (result.stats or {}).items():
-        if name == "timings_ms":  # per-step timings are for benchmarks; users see only the total
-            parts.append(f"computed in {_fmt((value or {}).get('total', 0.0))} ms")
-        elif isinstance(value, dict):
-            parts += [f"{name.replace('_', ' ')} by {k}: {_fmt(v)}" for k, v in value.items()]
-        else:
-            parts.append(f"{name.replace('_', ' ')}: {_fmt(value)}")
+    """The numbers a reader of the mask needs, in one line; the step-by-step counts behind an expander."""
+    kept, removed, stats = int(result.mask.sum()), int(result.removed.sum()), result.stats or {}
+    used = stats.get("threshold_used")
     st.markdown(
         f"**Vessel pixels kept:** {kept:,} · **Pixels removed by filters:** {removed:,} · "
-        f"**Share of image:** {100 * kept / result.mask.size:.2f} %"
-        + (f"  \n<small>{' · '.join(parts)}</small>" if parts else ""),
-        unsafe_allow_html=True,
+        f"**Share of image:** {100 * kept / result.mask.size:.2f} % · "
+        f"**Vessel pieces:** {stats.get('components_after', 0):,}"
+        + (f" · **Threshold used:** {used:.2f}" if isinstance(used, (int, float)) else "")
     )
+    with st.expander("Step by step"):
+        rows = step_rows(stats)
+        table = "\n".join(f"| {name} | {n:+,} |" if 0 < i < len(rows) - 1 else f"| {name} | {n:,} |"
+                          for i, (name, n) in enumerate(rows))
+        total_ms = (stats.get("timings_ms") or {}).get("total", 0.0)
+        st.markdown(f"| Step | Pixels |\n|---|--:|\n{table}\n\nComputed in {total_ms:.0f} ms.")
 
 
-def _fmt(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+METRIC_LABELS = {"dice": "Dice", "cldice": "clDice", "iou": "IoU", "precision": "Precision",
+                 "sensitivity": "Sensitivity", "specificity": "Specificity", "accuracy": "Accuracy",
+                 "roc_auc": "ROC AUC (map)"}
 
 
 def _show_metrics(result, prob_map, truth, fov, digests, fov_scope) -> None:
     st.caption(f"Metrics against your ground truth, counted {fov_scope}.")
     m = dict(segmentation_metrics(result.mask, truth, fov=fov))
     m["roc_auc"] = _map_auc(digests["prob"], digests["truth"], digests["fov"], prob_map, truth, fov)
-    names = ["dice", "cldice", "iou", "precision", "sensitivity", "specificity", "accuracy", "roc_auc"]
-    cols = st.columns(len(names))
-    for col, name in zip(cols, names):
-        value = m.get(name)
-        col.metric(name if name != "roc_auc" else "ROC AUC (map)", "—" if value is None else f"{value:.3f}")
+    names = list(METRIC_LABELS)
+    for row in (names[:4], names[4:]):  # four a row: the values read in full from 1280 px up
+        for col, name in zip(st.columns(len(row)), row):
+            value = m.get(name)
+            col.metric(METRIC_LABELS[name], "—" if value is None else f"{value:.3f}")
 
 
-def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope):
+def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, reset_label):
     left, right = st.columns([1, 3], gap="medium")
     with left:
         _controls(key)
-        st.button("Reset to defaults", key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
+        st.button(reset_label, key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
     with right:
         return _view(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope)
 
@@ -499,12 +553,14 @@ def postprocess_tuner(
     truth: np.ndarray | None = None,
     file_stem: str = "image",
     fov_scope: str = "inside the field of view",
+    reset_label: str = "Reset to the defaults",
 ) -> PostProcessResult | None:
     """Sliders and toggles for every post-processing option, the image, the probability heatmap,
     the mask overlaid on the image (removed pixels in a second colour), statistics, metrics when
     ``truth`` is given, and downloads. Controls and view are ``st.fragment``s: a slider re-runs
     only the view. ``fov`` (uint8 {0,1} (H, W)) limits mask and metrics, outlined on the overlay; ``fov_scope``
-    says in words where the metrics are counted.
+    says in words where the metrics are counted. The reset button, labelled ``reset_label``, brings back
+    ``defaults``; settings carry over when the photograph changes.
 
     Returns the result on full-page runs (None when the settings are invalid). The current
     settings are always in ``st.session_state[f"{key}__config"]`` (a dict).
@@ -524,7 +580,8 @@ def postprocess_tuner(
     # One fragment holds the controls and the view: a slider re-runs only it. (Two fragments, the
     # controls' callbacks re-running the view with st.rerun(<key>), measured slower in the browser.)
     st.session_state.setdefault(f"{key}__holder", {})
-    result = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope)
+    result = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope,
+                                                                 reset_label)
     _downloads(key, file_stem)
     # The photograph and its map never change with the sliders: drawn outside the fragment, once per page run.
     a, b = st.columns(2)

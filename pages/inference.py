@@ -8,7 +8,7 @@ import streamlit as st
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
 from engine.vesselness import BASELINE_NAME
 from pages.components import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query, run_page
-from pages.inference_widgets import batch_controls, batch_jobs, checkpoint_label, start_from, workspace
+from pages.inference_widgets import batch_controls, batch_jobs, checkpoint_label, monitor_of, start_from, workspace
 
 PRETRAINED_SOURCE = str(PRETRAINED_PATH)  # a path, so it can never be mistaken for a model id
 
@@ -37,19 +37,16 @@ def main() -> None:
                   "For research use, like the DRIVE images themselves; not for diagnosis.")
         recommended = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).recommended_postprocess
     else:
-        by_label = {checkpoint_label(c): c["path"] for c in groups[model_id]}
-        source = by_label[b.selectbox("Checkpoint", list(by_label), key=f"inf_ckpt_{model_id}")]
         model = next((m for m in query("list_models", "completed") if m["id"] == model_id), None)
+        by_label = {checkpoint_label(c, monitor_of(model)): c["path"] for c in groups[model_id]}
+        source = by_label[b.selectbox("Checkpoint", list(by_label), key=f"inf_ckpt_{model_id}")]
         if model and model.get("recommended_postprocess"):
             recommended = json.loads(model["recommended_postprocess"])
-    defaults = start_from(model, "inf", recommended)
-    workspace(source, key="inf", defaults=defaults)
+    start = start_from(model, "inf", recommended, scope=model_id)
+    on_screen = workspace(source, key="inf", start=start)
     st.divider()
-    batch_controls(source, None if model is None else model["id"], "inf")
+    batch_controls(source, None if model is None else model["id"], "inf", start, on_screen)
     batch_jobs("inf")
-    if recommended:
-        with st.expander("The model's recommended post-processing"):
-            st.json(recommended)
 
 
 run_page(main, "showing the inference page")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -131,15 +133,67 @@ def scale_note(source: str, image: np.ndarray, fov: np.ndarray, scale: str | flo
 # --------------------------------------------------------------------------------------------
 
 
-def checkpoint_label(c: dict) -> str:
-    metric = f", metric {c['metric']:.3f}" if c.get("metric") is not None else ""
+MONITOR_WORDS = {"val_dice": "val Dice", "val_loss": "val loss"}
+
+
+def monitor_of(model: dict | None) -> str:
+    """The validation score a model's checkpoints were judged by (its training config's early-stopping monitor)."""
+    try:
+        config = json.loads((model or {}).get("config") or "{}")
+    except (TypeError, ValueError):
+        config = {}
+    return config.get("early_stopping_monitor") or "val_dice"
+
+
+def checkpoint_label(c: dict, monitor: str = "val_dice") -> str:
+    """A checkpoint in words: its file, kind, epoch, the score it was judged by (``monitor``) and size."""
+    score = f", {MONITOR_WORDS.get(monitor, monitor)} {c['metric']:.3f}" if c.get("metric") is not None else ""
     epoch = f"epoch {c['epoch']}" if c.get("epoch") is not None else "epoch ?"
-    return f"{c['name']} ({c['kind']}, {epoch}{metric}, {(c.get('size_bytes') or 0) / 1e6:.1f} MB)"
+    return f"{c['name']} ({c['kind']}, {epoch}{score}, {(c.get('size_bytes') or 0) / 1e6:.1f} MB)"
 
 
-def start_from(model: dict | None, key: str, recommended: dict | None = None) -> PostProcessConfig | None:
-    """Which settings the tuner opens with: the model's recommended ones (its registry row's, else
-    ``recommended``), a saved preset, or defaults."""
+def settings_sentence(config: PostProcessConfig) -> str:
+    """Post-processing settings as one short sentence for people (the JSON is in the downloads)."""
+    c = config
+    if c.threshold_mode == "otsu":
+        parts = ["threshold from the map's histogram (Otsu)"]
+    elif c.threshold_mode == "hysteresis":
+        parts = [f"threshold {c.threshold:.2f} with faint connected pixels down to {c.hysteresis_low:.2f}"]
+    else:
+        parts = [f"threshold {c.threshold:.2f}"]
+    if c.apply_opening and c.opening_kernel > 1:
+        parts.append(f"opening {c.opening_kernel} px")
+    if c.apply_closing and c.closing_kernel > 1:
+        parts.append(f"closing {c.closing_kernel} px")
+    if c.min_component_size:
+        parts.append(f"pieces under {c.min_component_size:,} px removed")
+    if c.confidence_threshold:
+        parts.append(f"pieces of mean probability under {c.confidence_threshold:.2f} removed")
+    if c.shape_filter:
+        parts.append(f"pieces shorter than {c.min_elongation:g} × their width removed")
+    if c.fill_holes_below:
+        parts.append(f"holes under {c.fill_holes_below} px filled")
+    text = ", ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+DEFAULTS_LABEL = "Defaults (threshold 0.6, min component 50 px)"
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """The settings the tuner opens with, and how to name them."""
+
+    config: PostProcessConfig | None  # None: the defaults
+    label: str  # the option chosen under 'Start the tuner from'
+    words: str  # how a batch job run with them is described ("with the model's recommended settings")
+
+
+def start_from(model: dict | None, key: str, recommended: dict | None = None, scope: str = "") -> StartPoint:
+    """'Start the tuner from': the model's recommended settings (its registry row's, else ``recommended``)
+    first when there are any, then its saved presets, then the defaults. ``scope`` names what the choice
+    belongs to (a model or checkpoint), so another model opens on its own first option. A preset saved
+    with retired options says what changed, with ``st.info``."""
     choices: dict[str, dict | None] = {}
     if model and model.get("recommended_postprocess"):
         recommended = json.loads(model["recommended_postprocess"])
@@ -147,23 +201,46 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None) ->
         choices["Recommended by training"] = recommended
     for preset in query("list_presets", model["id"]) if model else []:
         choices[f"Preset: {preset['name']}"] = preset["config"]
-    choices["Defaults (threshold 0.6, min component 50 px)"] = None
-    pick = st.selectbox("Start the tuner from", list(choices), key=f"{key}_start_from")
+    choices[DEFAULTS_LABEL] = None
+    scope = scope or (model["id"] if model else "")
+    pick = st.selectbox("Start the tuner from", list(choices), key=f"{key}_start_from_{scope}" if scope else f"{key}_start_from")
+    words = {"Recommended by training": "with the model's recommended settings",
+             DEFAULTS_LABEL: "with the default settings"}.get(pick, f"with the settings of the {pick.lower()}")
+    if pick.startswith("Preset: "):  # a preset saved before an option was retired says what changed
+        for note in PostProcessConfig.notes_from_dict(choices[pick]):
+            st.info(note)
     try:
-        return PostProcessConfig.from_dict(choices[pick]) if choices[pick] else None
+        config = PostProcessConfig.from_dict(choices[pick]) if choices[pick] else None
     except ValueError as exc:
         st.warning(f"The saved settings cannot be used ({exc}); the tuner opens with the defaults.")
-        return None
+        return StartPoint(None, DEFAULTS_LABEL, "with the default settings")
+    st.caption(settings_sentence(config or PostProcessConfig()))
+    return StartPoint(config, pick, words)
 
 
-def workspace(source: str, *, key: str, defaults: PostProcessConfig | None) -> None:
-    """Upload images, pick one to tune on, optional ground truth, the tuner, and all masks as a zip."""
+def unique_names(stems: list[str], suffix: str) -> list[str]:
+    """One file name per stem, ``stem + suffix``, numbered (``_2``, ``_3``) where stems repeat."""
+    names, seen = [], set()
+    for stem in stems:
+        name, n = f"{stem}{suffix}", 1
+        while name.lower() in seen:
+            n += 1
+            name = f"{stem}_{n}{suffix}"
+        seen.add(name.lower())
+        names.append(name)
+    return names
+
+
+def workspace(source: str, *, key: str, start: StartPoint) -> bool:
+    """Upload images, pick one to tune on, optional ground truth, the tuner, and all masks as a zip.
+    Returns whether the tuner is on screen (an image was uploaded)."""
     images = upload_images("Fundus images", key=f"{key}_images", multiple=True,
-                           help="PNG, JPEG, TIFF, GIF, PPM or BMP; several at once.")
+                           help="PNG, JPEG, TIFF, GIF, PPM or BMP, up to 40 megapixels each; several at once.")
     if not images:
-        st.info("Upload one or more fundus photographs to see the model's vessel map (the images of a synthetic "
+        what = "the classical filter's" if source == BASELINE_SOURCE else "the model's"
+        st.info(f"Upload one or more fundus photographs to see {what} vessel map (the images of a synthetic "
                 f"data set are in `{paths.datasets_dir()}/synthetic_…/images/`).")
-        return
+        return False
     names = [u.name for u in images]
     index = st.selectbox("Image to tune on", range(len(images)), format_func=names.__getitem__,
                          key=f"{key}_pick") if len(images) > 1 else 0
@@ -178,24 +255,26 @@ def workspace(source: str, *, key: str, defaults: PostProcessConfig | None) -> N
         scale = scale_control(source, key=key)
     prob = probability_map(source, image, fov.mask, scale)
     st.caption(scale_note(source, image.array, fov.mask, scale))
-    postprocess_tuner(prob, image.array, key=f"{key}_tuner", defaults=defaults, fov=fov.mask, truth=truth,
-                      file_stem=image.stem, fov_scope=fov.scope)
+    postprocess_tuner(prob, image.array, key=f"{key}_tuner", defaults=start.config, fov=fov.mask, truth=truth,
+                      file_stem=image.stem, fov_scope=fov.scope, reset_label=f"Reset to: {start.label}")
     if len(images) > 1:  # the others: the tuned image's field-of-view choice, with their own estimate
         fovs = [fov if u is image else default_fov(u, fov.choice) for u in images]
-        maps = [(u.stem, probability_map(source, u, f.mask, scale), f.mask) for u, f in zip(images, fovs)]  # cached
+        maps = [(name, probability_map(source, u, f.mask, scale), f.mask)  # cached
+                for name, u, f in zip(unique_names([u.stem for u in images], "_mask.png"), images, fovs)]
         config = current_postprocess(f"{key}_tuner") or PostProcessConfig()
 
         def all_masks() -> bytes:
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-                for stem, prob_map, fov_mask in maps:
+                for name, prob_map, fov_mask in maps:
                     mask = enhanced_post_processing(prob_map, config=config, fov=fov_mask).mask
-                    zf.writestr(f"{stem}_mask.png", encode_png(mask))
+                    zf.writestr(name, encode_png(mask))
                 zf.writestr("postprocess.json", json.dumps(config.to_dict(), indent=2))
             return buf.getvalue()
 
         st.download_button(f"Download the masks of all {len(images)} images (zip)", all_masks,
                            file_name="masks.zip", mime="application/zip", key=f"{key}_all_masks", on_click="ignore")
+    return True
 
 
 def save_preset_controls(model_id: str, key: str) -> None:
@@ -217,11 +296,26 @@ def save_preset_controls(model_id: str, key: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Batch jobs
 # --------------------------------------------------------------------------------------------
-def batch_controls(source: str, model_id: str | None, key: str) -> None:
-    """Queue a batch job over a folder or a zip with the tuner's current settings."""
+def stored_upload_name(name: str) -> str:
+    """The user's file name, made safe to store: its last path part, with characters other than
+    letters, digits, spaces and ``._-()`` replaced by ``_``."""
+    base = re.sub(r"[^\w .()-]", "_", os.path.basename(name.replace("\\", "/"))).strip(" .") or "images.zip"
+    return base if base.lower().endswith(".zip") else f"{base}.zip"
+
+
+def batch_controls(source: str, model_id: str | None, key: str, start: StartPoint, tuner_on_screen: bool) -> None:
+    """Queue a batch job over a folder or a zip with the settings the page shows: the tuner's when it is on
+    screen, else those chosen under 'Start the tuner from' (``start``). A folder or zip the job could not
+    read is refused here, with its sentence, and nothing is queued."""
     from engine.jobs import start_inference
 
     st.subheader("Batch inference")
+    if tuner_on_screen:
+        config, words = current_postprocess(f"{key}_tuner") or start.config or PostProcessConfig(), "with the settings on screen"
+    else:
+        config, words = start.config or PostProcessConfig(), start.words
+    st.caption(f"Every image is processed {words}: {settings_sentence(config)[0].lower()}{settings_sentence(config)[1:]} "
+               "Each image's field of view is estimated from it, and the scale is automatic.")
     kind = st.radio("Images to process", ["Folder path", "Zip upload"], key=f"{key}_batch_kind", horizontal=True)
     folder, upload = None, None
     if kind == "Folder path":
@@ -230,13 +324,20 @@ def batch_controls(source: str, model_id: str | None, key: str) -> None:
     else:
         upload = st.file_uploader("Zip of images", type=["zip"], key=f"{key}_batch_zip")
     if st.button("Run on all images", key=f"{key}_batch_go", type="primary", disabled=not (folder or upload)):
-        if upload is not None:
-            folder = str(paths.atomic_write_bytes(paths.uploads_dir() / f"{uuid.uuid4().hex}.zip", upload.getvalue()))
-        config = current_postprocess(f"{key}_tuner") or PostProcessConfig()
-        job_id = start_inference(source, folder, config.to_dict(), model_id=model_id)
+        stored = None
+        if upload is not None:  # kept under the user's own name, in a folder of its own
+            stored = paths.uploads_dir() / uuid.uuid4().hex / stored_upload_name(upload.name)
+            folder = str(paths.atomic_write_bytes(stored, upload.getvalue()))
+        try:
+            job_id = start_inference(source, folder, config.to_dict(), model_id=model_id)
+        except ValueError as exc:  # checked before queuing: nothing is queued, the stored zip goes
+            if stored is not None:
+                shutil.rmtree(stored.parent, ignore_errors=True)
+            st.error(str(exc))
+            return
         st.session_state.setdefault(f"{key}_jobs", []).insert(0, job_id)
         forget_queries()
-        st.success(f"Queued job {job_id} with the tuner's current settings.")
+        st.success(f"Queued job {job_id} {words}.")
 
 
 @st.fragment(run_every=2)

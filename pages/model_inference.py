@@ -3,7 +3,7 @@ with the model's recommended settings, metrics against a ground truth, masks out
 import streamlit as st
 
 from pages.components import query, run_page
-from pages.inference_widgets import checkpoint_label, save_preset_controls, start_from, workspace
+from pages.inference_widgets import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
 
 
 def pick_model(models: list[dict]) -> str | None:
@@ -44,10 +44,9 @@ def main() -> None:
         return
     if model["status"] in ("running", "stopping"):
         st.caption("This model is still training: best.pt is its best epoch so far and is reloaded when it changes.")
-    by_label = {checkpoint_label(c): c["path"] for c in ckpts}
+    by_label = {checkpoint_label(c, monitor_of(model)): c["path"] for c in ckpts}
     path = by_label[st.selectbox("Checkpoint", list(by_label), key="mi_ckpt")]
-    defaults = start_from(model, "mi")
-    workspace(path, key="mi", defaults=defaults)
+    workspace(path, key="mi", start=start_from(model, "mi"))
     with st.expander("Save these settings as a preset of this model"):
         save_preset_controls(model_id, "mi")
 

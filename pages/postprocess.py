@@ -24,7 +24,7 @@ def main() -> None:
     )
     a, b = st.columns(2)
     with a:
-        image = upload_image("Fundus image", key="pp_image", help="PNG, JPEG, TIFF, GIF, PPM or BMP.")
+        image = upload_image("Fundus image", key="pp_image", help="PNG, JPEG, TIFF, GIF, PPM or BMP, up to 40 megapixels.")
     with b:
         truth_up = upload_image("Ground-truth mask (optional)", key="pp_truth", kind="mask",
                                 help="Adds Dice, clDice, sensitivity and the other metrics.")

@@ -783,15 +783,16 @@ def test_checkpoints_load_with_weights_only_everywhere():
 
 
 def test_uploaded_zips_are_stored_under_generated_names(ctx):
-    """The batch-inference zip goes to uploads/<uuid>.zip; the data set zip to datasets/<safe name>-<hash>/."""
+    """The batch-inference zip goes to uploads/<uuid>/<its own name, made safe>; the data set zip to
+    datasets/<safe name>-<hash>/."""
     at = AppTest.from_file(str(ROOT / "pages" / "inference.py"), default_timeout=APP_TIMEOUT).run()
     at.radio(key="inf_batch_kind").set_value("Zip upload").run()
     at.file_uploader(key="inf_batch_zip").set_value(("../../evil name;rm.zip", zip_bytes({"a.png": FUNDUS}),
                                                      "application/zip")).run()
     at.button(key="inf_batch_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    stored = [p.name for p in (ctx.home / "uploads").iterdir()]
-    assert len(stored) == 1 and re.fullmatch(r"[0-9a-f]{32}\.zip", stored[0]), stored
+    stored = [p.relative_to(ctx.home / "uploads").parts for p in (ctx.home / "uploads").rglob("*") if p.is_file()]
+    assert len(stored) == 1 and re.fullmatch(r"[0-9a-f]{32}", stored[0][0]) and stored[0][1] == "evil name_rm.zip", stored
     folder = archives.unpack_dataset_zip(zip_bytes({f"d/{k}": v for k, v in pair("a.png").items()}), "../../x y;.zip")
     assert folder.parent == ctx.home / "datasets" and re.fullmatch(r"x_y-[0-9a-f]{8}", folder.name), folder
 

@@ -99,8 +99,8 @@ def test_postprocess_with_ground_truth_shows_metrics(home):
     at = upload_fundus(open_page("pages/postprocess.py"), truth=True)
     assert not at.error, [e.value for e in at.error]
     labels = [m.label for m in at.metric]
-    assert "dice" in labels and "cldice" in labels
-    dice = float(next(m.value for m in at.metric if m.label == "dice"))
+    assert "Dice" in labels and "clDice" in labels
+    dice = float(next(m.value for m in at.metric if m.label == "Dice"))
     assert 0.0 <= dice <= 1.0
 
 
