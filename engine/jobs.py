@@ -44,7 +44,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from huey import SqliteHuey, crontab
 from huey.exceptions import RetryTask
@@ -141,25 +141,39 @@ class _StopWatch:
         return self.reason is not None
 
 
-class _Progress:
-    """``on_event`` for the training loop: writes progress, epochs, checkpoints to the registry."""
+class ProgressRecorder:
+    """``on_event`` for the training loop: writes progress, epochs, checkpoints to the registry.
 
-    def __init__(self, model_id: str, conn):
-        self.model_id, self.conn = model_id, conn
-        self.t0 = time.monotonic()
+    Args:
+        model_id: the run's registry id.
+        conn: the worker's registry connection.
+        max_minutes: the run's time budget (0: none); the time left caps the ETA.
+        clock: seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(self, model_id: str, conn, max_minutes: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        self.model_id, self.conn, self.clock = model_id, conn, clock
+        self.max_minutes = max_minutes
         self.start_epoch, self.total_epochs, self.steps = 1, 1, 1
+        self.started_at: float | None = None
+        self.first_batch: tuple[float, int] | None = None  # (time, steps done) at the first batch report
         self.epochs_done = 0
         self._last_write = 0.0
         self.failures = 0
 
     def eta(self, epoch: int, step: int) -> float | None:
-        elapsed = time.monotonic() - self.t0
-        if self.epochs_done:  # whole epochs (validation included) measured so far
-            per_epoch = elapsed / self.epochs_done
-            return max(0.0, per_epoch * (self.total_epochs - self.start_epoch + 1 - self.epochs_done) - per_epoch * step / self.steps)
+        """Seconds left, from the speed measured since the first batch report (loading the images and the
+        first step's warm-up are not speed; validation is, once an epoch has ended); None until measured."""
+        now = self.clock()
         done = (epoch - self.start_epoch) * self.steps + step
         total = (self.total_epochs - self.start_epoch + 1) * self.steps
-        return elapsed / done * (total - done) if done else None
+        if self.first_batch is None or done <= self.first_batch[1] or now <= self.first_batch[0]:
+            return None
+        per_step = (now - self.first_batch[0]) / (done - self.first_batch[1])
+        left = max(0.0, per_step * (total - done))
+        if self.max_minutes and self.started_at is not None:
+            left = min(left, max(0.0, self.started_at + self.max_minutes * 60 - now))
+        return left
 
     def __call__(self, event: dict) -> None:
         try:
@@ -172,6 +186,7 @@ class _Progress:
         kind, now = event.get("type"), store.utc_now()
         update = lambda **f: store.update_model(self.model_id, db=self.conn, **f)  # noqa: E731
         if kind == "start":
+            self.started_at = self.clock()
             self.start_epoch, self.total_epochs = event["start_epoch"], event["total_epochs"]
             self.steps = max(1, event["steps_per_epoch"])
             resumed = {}
@@ -184,9 +199,11 @@ class _Progress:
             update(total_epochs=self.total_epochs, batches=self.steps, current_epoch=self.start_epoch, batch=0,
                    heartbeat_at=now, **resumed)
         elif kind == "batch":
-            if time.monotonic() - self._last_write < 0.25 and event["step"] != event["steps"]:
+            if self.first_batch is None:
+                self.first_batch = (self.clock(), (event["epoch"] - self.start_epoch) * self.steps + event["step"])
+            if self.clock() - self._last_write < 0.25 and event["step"] != event["steps"]:
                 return
-            self._last_write = time.monotonic()
+            self._last_write = self.clock()
             update(current_epoch=event["epoch"], batch=event["step"], batches=event["steps"],
                    eta_s=self.eta(event["epoch"], event["step"]), heartbeat_at=now)
         elif kind == "epoch_end":
@@ -249,7 +266,8 @@ def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
 
 
 def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn) -> None:
-    stopper, progress = _StopWatch(model_id, conn), _Progress(model_id, conn)
+    budget = float(config.get("max_minutes") or 0.0) if isinstance(config, dict) else 0.0
+    stopper, progress = _StopWatch(model_id, conn), ProgressRecorder(model_id, conn, max_minutes=budget)
     finish = lambda **f: store.update_model(model_id, db=conn, only_if_status=("running", "stopping"),  # noqa: E731
                                             finished_at=store.utc_now(), eta_s=None, **f)
     try:

@@ -350,3 +350,46 @@ def tiny_checkpoint(tmp_path_factory, dataset) -> Path:
     out = tmp_path_factory.mktemp("ckpt")
     result = train(TrainingConfig.from_dict({**TINY, "epochs": 1}), dataset, out)
     return result.best_checkpoint
+
+
+# --------------------------------------------------------------------------- the ETA
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _recorder(home, max_minutes=0.0):
+    from engine.jobs import ProgressRecorder
+    from storage import db as store
+
+    clock = Clock()
+    model_id = store.create_model("eta", {}, str(home))
+    recorder = ProgressRecorder(model_id, store.connect(), max_minutes=max_minutes, clock=clock)
+    recorder({"type": "start", "start_epoch": 1, "total_epochs": 3, "steps_per_epoch": 100})
+    return recorder, clock
+
+
+def test_the_first_eta_waits_for_measured_speed(home):
+    recorder, clock = _recorder(home)
+    clock.now += 60  # loading the images took a minute: that is not the training's speed
+    recorder({"type": "batch", "epoch": 1, "step": 1, "steps": 100, "loss": 1.0})
+    assert recorder.eta(1, 1) is None
+
+
+def test_the_eta_comes_from_the_speed_since_the_first_batch(home):
+    recorder, clock = _recorder(home)
+    clock.now += 60
+    recorder({"type": "batch", "epoch": 1, "step": 1, "steps": 100, "loss": 1.0})
+    clock.now += 10  # 10 more steps in 10 s: 289 steps left at 1 s each
+    assert recorder.eta(1, 11) == pytest.approx(289)
+
+
+def test_the_time_budget_caps_the_eta(home):
+    recorder, clock = _recorder(home, max_minutes=2)
+    recorder({"type": "batch", "epoch": 1, "step": 1, "steps": 100, "loss": 1.0})
+    clock.now += 10  # 1 s a step would need 289 s more, but the budget ends 110 s from now
+    assert recorder.eta(1, 11) == pytest.approx(110)
