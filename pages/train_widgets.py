@@ -323,6 +323,18 @@ def resume_point(path: str, mtime: float) -> dict:
             "minutes": float(ckpt.get("elapsed_seconds") or 0.0) / 60}
 
 
+def _restart(model_id: str, config_json: str, key: str) -> None:
+    """Queue a run that was stopped before its first epoch again, from the start, with its own settings."""
+    from engine.jobs import start_training
+
+    try:
+        start_training(model_id, json.loads(config_json))
+        st.session_state[f"{key}_msg_{model_id}"] = ("success", "Queued again from the start.")
+    except ValueError as exc:
+        st.session_state[f"{key}_msg_{model_id}"] = ("error", str(exc))
+    forget_queries()
+
+
 def continue_controls(row: dict, key: str) -> None:
     """"Continue training" for a stopped or failed run: queues it with resume=True from its last.pt."""
     mid, s = row["id"], st.session_state
@@ -331,6 +343,10 @@ def continue_controls(row: dict, key: str) -> None:
         getattr(st, message[0])(message[1])
         if message[0] == "success":
             s.pop(f"{key}_msg_{mid}")
+    if row["status"] == "stopped":  # stopped before its first epoch ended: nothing to continue, all to redo
+        st.caption("It was stopped before its first epoch finished, so there is no checkpoint to continue from.")
+        st.button("Start it again", key=f"{key}_restart_{mid}", on_click=_restart, args=(mid, row["config"], key))
+        return
     if row["status"] not in ("completed", "failed"):
         return
     last = paths.checkpoints_dir(mid) / "last.pt"

@@ -238,3 +238,11 @@ def test_start_button_is_held_after_a_submission_then_gets_a_new_submission_key(
     at.button(key="train_start").click().run()
     assert (held, enabled, at.session_state["train_form_key"] != first_key, len(store.list_models())) == (
         True, True, True, 2)
+
+
+def test_a_run_stopped_before_its_first_epoch_can_be_started_again_from_the_models_page(home, synth):
+    model_id = store.create_model("early", {"epochs": 2, "patch_size": 32}, str(synth))
+    store.update_model(model_id, status="stopped", stop_reason="user_stop", error=jobs.STOPPED_EARLY)
+    at = open_app("pages/models.py", {"model": model_id})
+    at.button(key=f"models_continue_restart_{model_id}").click().run()
+    assert store.get_model(model_id)["status"] == "queued"
