@@ -645,11 +645,17 @@ def age_text(seconds: float | None) -> str:
 
 
 def run_duration(row: dict) -> float | None:
+    """Seconds a run has trained, every part of a continued run counted: the epochs logged before its
+    latest start, plus the wall time of that latest part."""
     from storage.db import parse_time, utc_now
 
     start = parse_time(row.get("started_at"))
     end = parse_time(row.get("finished_at")) or (parse_time(utc_now()) if row.get("status") in ("running", "stopping") else None)
-    return (end - start).total_seconds() if start and end else None
+    if not (start and end):
+        return None
+    earlier = sum(e.get("seconds") or 0.0 for e in query("model_metrics", row["id"])
+                  if (logged := parse_time(e.get("logged_at"))) is not None and logged < start)
+    return earlier + max(0.0, (end - start).total_seconds())
 
 
 def worker_age() -> float | None:

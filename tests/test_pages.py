@@ -418,3 +418,18 @@ def test_batch_jobs_name_their_model_checkpoint_and_input(home, tiny_checkpoint)
     lines = [m.value for m in at.markdown if m.value.startswith("Job ")]
     assert any("vessels-v2 (best.pt) on `batch7`" in line for line in lines), lines
     assert any("Classical vesselness (Frangi) on `batch8.zip`" in line for line in lines), lines
+
+
+def test_the_duration_of_a_continued_run_counts_every_part(home):
+    from datetime import datetime, timedelta, timezone
+
+    from pages.components import run_duration
+    from storage import db as store
+
+    model_id = store.create_model("continued", {}, str(home))
+    for epoch in (1, 2):  # the first part: two epochs of 30 s each
+        store.log_epoch(model_id, epoch, 0.5, 0.5, 0.7, 1e-3, 30.0)
+    start = datetime.now(timezone.utc) + timedelta(hours=1)  # the continued part started after them
+    store.update_model(model_id, status="completed", started_at=start.isoformat(),
+                       finished_at=(start + timedelta(seconds=10)).isoformat())
+    assert run_duration(store.get_model(model_id)) == pytest.approx(70.0)
