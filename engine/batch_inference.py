@@ -41,7 +41,8 @@ class WorkerShutdown(RuntimeError):
 
 
 def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, dict]:
-    """Validate a job before it is queued: (checkpoint, input, post-processing dict); ValueError otherwise."""
+    """Validate a job before it is queued: (checkpoint, input, post-processing dict); ValueError otherwise,
+    also for a folder or zip that holds no image."""
     from engine.postprocess import PostProcessConfig
 
     checkpoint = str(checkpoint_path)
@@ -52,7 +53,10 @@ def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, di
         checkpoint = str(ckpt.resolve())
     source = Path(input_path).expanduser()
     if source.is_file() and source.suffix.lower() == ".zip":
-        archives.check_zip(source)  # ArchiveError (a ValueError) for unsafe or broken archives
+        members = archives.check_zip(source)  # ArchiveError (a ValueError) for unsafe or broken archives
+        if not any(is_image_name(rel.name) and not any(p.startswith(".") for p in rel.parts) for _, rel in members):
+            raise ValueError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}): zip a folder of "
+                             "fundus photographs and upload that.")
     elif not source.is_dir():
         raise ValueError(f"{input_path} is neither a folder nor a .zip file: give a folder of images or a zip of them.")
     elif not _image_files(source):

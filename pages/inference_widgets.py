@@ -53,7 +53,7 @@ class FieldOfView:
     scope: str  # where the metrics are counted, in words ("inside the estimated field of view", …)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_data(max_entries=64, show_spinner="Estimating the field of view…")
 def _estimated_fov(digest: str, _image: np.ndarray) -> np.ndarray:
     return estimate_fov(_image)
 

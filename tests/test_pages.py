@@ -6,6 +6,7 @@ so uploads go through the same code as in the browser. Fragments re-run as part 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -418,6 +419,149 @@ def test_batch_jobs_name_their_model_checkpoint_and_input(home, tiny_checkpoint)
     lines = [m.value for m in at.markdown if m.value.startswith("Job ")]
     assert any("vessels-v2 (best.pt) on `batch7`" in line for line in lines), lines
     assert any("Classical vesselness (Frangi) on `batch8.zip`" in line for line in lines), lines
+
+
+# --------------------------------------------------------------------------- the tuner's words and numbers
+def zip_of(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_step_by_step_rows_add_up_to_the_kept_pixels():
+    """The expander's table follows the engine's identity: thresholded + added - removed == kept."""
+    from engine.postprocess import PostProcessConfig, enhanced_post_processing
+    from pages.components import step_rows
+
+    image, truth, fov = synthetic_sample(128, np.random.default_rng(2))
+    prob = np.clip(truth.astype(np.float32) * 0.8 + np.random.default_rng(3).random(truth.shape) * 0.3, 0, 1)
+    config = PostProcessConfig(threshold=0.5, min_component_size=20, fill_holes_below=10)
+    result = enhanced_post_processing(prob, config=config, fov=fov)
+    rows = step_rows(result.stats)
+    assert sum(n for _, n in rows[:-1]) == rows[-1][1] == int(result.mask.sum())
+
+
+def test_stats_line_names_what_a_reader_needs_and_hides_the_steps(home):
+    at = upload_fundus(open_page("pages/postprocess.py"), size=128)
+    line = next(m.value for m in at.markdown if "Vessel pixels kept" in m.value)
+    assert [word in line for word in ("Pixels removed by filters", "Share of image", "Vessel pieces")] == [True] * 3
+    assert [e.label for e in at.expander if e.label == "Step by step"] == ["Step by step"]
+
+
+@pytest.mark.parametrize("field", ["threshold_mode", "connectivity"])
+def test_mode_and_connectivity_always_keep_a_selection(home, field):
+    at = upload_fundus(open_page("pages/postprocess.py"), size=64)
+    assert at.button_group(key=f"pp_{field}").proto.required is True
+
+
+def test_reset_names_the_start_option_and_returns_to_it(home, tiny_checkpoint):
+    model_id = add_model("ready", "completed", tiny_checkpoint, epochs=1)
+    at = open_page("pages/model_inference.py", query={"model": model_id})
+    at.file_uploader(key="mi_images").set_value(("a.png", fundus_png(64)[0], "image/png")).run()
+    at.slider(key="mi_tuner_threshold").set_value(0.2).run()
+    reset = at.button(key="mi_tuner_reset")
+    assert reset.label == "Reset to: Recommended by training"
+    reset.click().run()
+    assert at.session_state["mi_tuner__config"]["threshold"] == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("monitor, shown", [("val_dice", "val Dice 0.829"), ("val_loss", "val loss 0.829")])
+def test_checkpoint_labels_name_their_score(monitor, shown):
+    from pages.inference_widgets import checkpoint_label
+
+    label = checkpoint_label({"name": "best.pt", "kind": "best", "epoch": 7, "metric": 0.8291, "size_bytes": 2e6},
+                             monitor)
+    assert label == f"best.pt (best, epoch 7, {shown}, 2.0 MB)"
+
+
+def test_recommended_settings_are_a_sentence_not_json(home, tiny_checkpoint):
+    model_id = add_model("ready", "completed", tiny_checkpoint, epochs=1)
+    at = open_page("pages/inference.py")
+    at.selectbox(key="inf_model").set_value(model_id).run()
+    assert any(c.value.startswith("Threshold 0.55, opening 3 px") for c in at.caption), [c.value for c in at.caption]
+    assert len(at.json) == 0
+
+
+def test_a_preset_with_a_retired_option_says_what_changed(home, tiny_checkpoint):
+    from storage import db
+
+    model_id = add_model("ready", "completed", tiny_checkpoint, epochs=1)
+    db.save_preset(model_id, "old blobs", {"threshold": 0.5, "shape_filter": True, "shape_max_area": 300})
+    at = open_page("pages/model_inference.py", query={"model": model_id})
+    at.selectbox(key=f"mi_start_from_{model_id}").set_value("Preset: old blobs").run()
+    assert any("shape_max_area" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_the_same_file_uploaded_twice_is_listed_once(home):
+    at = open_page("pages/inference.py")
+    image = fundus_png(64)[0]
+    at.file_uploader(key="inf_images").set_value([("a.png", image, "image/png"), ("a copy.png", image, "image/png")])
+    at.run()
+    assert [s.label for s in at.selectbox if s.label == "Image to tune on"] == []
+
+
+@pytest.mark.parametrize("stems, names", [
+    (["a", "b"], ["a_mask.png", "b_mask.png"]),
+    (["a", "a", "A"], ["a_mask.png", "a_2_mask.png", "A_3_mask.png"]),
+])
+def test_mask_names_in_the_zip_never_collide(stems, names):
+    from pages.inference_widgets import unique_names
+
+    assert unique_names(stems, "_mask.png") == names
+
+
+def test_the_classical_filter_is_not_called_the_models_map(home):
+    at = open_page("pages/inference.py")
+    at.selectbox(key="inf_model").set_value("baseline").run()
+    assert any("the classical filter's vessel map" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_the_uploaders_state_the_pixel_limit(home):
+    at = open_page("pages/postprocess.py")
+    assert "40 megapixels" in at.file_uploader(key="pp_image").proto.help
+
+
+def test_a_zip_without_images_is_refused_by_its_name_and_nothing_is_queued(home):
+    from storage import db
+
+    at = open_page("pages/inference.py")
+    at.radio(key="inf_batch_kind").set_value("Zip upload").run()
+    at.file_uploader(key="inf_batch_zip").set_value(("no_images.zip", zip_of({"notes.txt": b"hello"}),
+                                                     "application/zip")).run()
+    at.button(key="inf_batch_go").click().run()
+    assert [e.value for e in at.error if "no_images.zip" in e.value] != []
+    assert db.list_inference_jobs() == []
+
+
+def test_a_queued_zip_is_listed_under_its_own_name(home):
+    at = open_page("pages/inference.py")
+    at.radio(key="inf_batch_kind").set_value("Zip upload").run()
+    at.file_uploader(key="inf_batch_zip").set_value(("clinic.zip", zip_of({"a.png": fundus_png(64)[0]}),
+                                                     "application/zip")).run()
+    at.button(key="inf_batch_go").click().run()
+    assert any(m.value.startswith("Job ") and "on `clinic.zip`" in m.value for m in at.markdown), \
+        [m.value for m in at.markdown]
+
+
+def test_a_large_photograph_says_what_is_being_computed(home):
+    """The spinner over the probability map names the size the model sees (a large photograph is shrunk)."""
+    from engine.fov import estimate_fov
+    from engine.pretrained import PRETRAINED_PATH, pretrained_available
+    from pages.components import map_progress_text
+
+    if not pretrained_available():
+        pytest.skip(f"the pretrained model file {PRETRAINED_PATH} is absent (make pretrained)")
+    import cv2
+
+    image = cv2.resize(synthetic_sample(128, np.random.default_rng(0))[0], (2048, 2048), interpolation=cv2.INTER_LINEAR)
+    text = map_progress_text(str(PRETRAINED_PATH.resolve()), 0.0, image, estimate_fov(image), "auto")
+    side = int(re.fullmatch(r"Predicting at ([\d,]+)×[\d,]+ px…", text).group(1).replace(",", ""))
+    assert side < 2048
 
 
 def test_the_duration_of_a_continued_run_counts_every_part(home):
