@@ -205,7 +205,7 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
     scope = scope or (model["id"] if model else "")
     pick = st.selectbox("Start the tuner from", list(choices), key=f"{key}_start_from_{scope}" if scope else f"{key}_start_from")
     words = {"Recommended by training": "with the model's recommended settings",
-             DEFAULTS_LABEL: "with the default settings"}.get(pick, f"with the settings of the {pick.lower()}")
+             DEFAULTS_LABEL: "with the default settings"}.get(pick, f"with the preset '{pick.removeprefix('Preset: ')}'")
     if pick.startswith("Preset: "):  # a preset saved before an option was retired says what changed
         for note in PostProcessConfig.notes_from_dict(choices[pick]):
             st.info(note)
