@@ -259,13 +259,13 @@ def checkpoints(request: Request, body: None) -> tuple[int, dict]:
 
 
 def inference_start(request: Request, body: dict) -> tuple[int, dict]:
-    """POST /inference/start: ``{model_id[, which: best|last] | checkpoint, input[, postprocess]}``.
+    """POST /inference/start: ``{model_id[, which: best|last] | checkpoint, input[, postprocess][, scale]}``.
 
     ``model_id`` may be ``"baseline"`` (the classical vesselness filter) or ``"pretrained"`` (the shipped
     model); ``postprocess`` is an object of
     post-processing settings, ``"recommended"`` (the model's calibrated settings) or absent (the defaults).
     """
-    _fields(body, {"input"}, {"checkpoint", "model_id", "which", "postprocess"})
+    _fields(body, {"input"}, {"checkpoint", "model_id", "which", "postprocess", "scale"})
     if ("checkpoint" in body) == ("model_id" in body):
         raise ApiError(400, "Give either 'model_id' (with 'which': 'best' or 'last', or the id 'baseline') or "
                             "'checkpoint' (the path of a .pt file), not both or neither.")
@@ -291,7 +291,7 @@ def inference_start(request: Request, body: dict) -> tuple[int, dict]:
     elif settings is not None and not isinstance(settings, dict):
         raise ApiError(400, "'postprocess' must be an object of post-processing settings such as "
                             f"{{\"threshold\": 0.5}}, or \"recommended\"; got {json.dumps(settings)}.")
-    job_id = jobs.start_inference(checkpoint, source, settings, model_id=model_id)
+    job_id = jobs.start_inference(checkpoint, source, settings, model_id=model_id, scale=body.get("scale", "auto"))
     return 202, {"job_id": job_id, "status": "queued"}
 
 

@@ -117,6 +117,14 @@ def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
             "seconds": round(time.monotonic() - t0, 3), "error": ""}
 
 
+def job_scale(row: dict) -> str | float:
+    """How the job resizes photographs for the model: ``"auto"`` (also for jobs made before this was
+    recorded), ``"none"`` or a factor."""
+    from engine.infer import parse_scale
+
+    return parse_scale(row.get("scale") or "auto")
+
+
 def job_settings(row: dict, pp_config) -> dict:
     """What a job's results were made with, written beside them as settings.json."""
     from engine.train import versions
@@ -124,7 +132,7 @@ def job_settings(row: dict, pp_config) -> dict:
     checkpoint = row["checkpoint_path"]
     return {"checkpoint": checkpoint, "model_id": row.get("model_id"),
             "model": "classical vesselness filter" if checkpoint == store.BASELINE else Path(checkpoint).name,
-            "postprocess": pp_config.to_dict(), "scale": "auto", "field_of_view": "estimated from each image",
+            "postprocess": pp_config.to_dict(), "scale": job_scale(row), "field_of_view": "estimated from each image",
             "input": row["input_path"], "versions": versions()}
 
 
@@ -145,7 +153,7 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
     if len(files) > MAX_IMAGES:
         raise ValueError(f"{source.name} holds {len(files)} images; the limit per job is {MAX_IMAGES}: split it.")
     pp_config = PostProcessConfig.from_dict(json.loads(row["postprocess"] or "{}"))
-    predictor = load_predictor(row["checkpoint_path"])
+    predictor = load_predictor(row["checkpoint_path"], job_scale(row))
     store.update_inference_job(job_id, n_total=len(files), n_done=0, n_failed=0, progress=0.0)
     stats, failed, cancelled = [], 0, False
     for i, (file, name) in enumerate(zip(files, _output_names(files, root)), start=1):

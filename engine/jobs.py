@@ -648,18 +648,22 @@ def training_status(model_id: str) -> dict:
 
 
 def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.PathLike, postprocess: dict | None,
-                    model_id: str | None = None) -> str:
+                    model_id: str | None = None, scale: str | float = "auto") -> str:
     """Queue a batch inference over a folder of images or a .zip; returns the job id.
 
-    ``checkpoint_path`` is a ``.pt`` file or ``"baseline"`` (the classical vesselness filter).
+    ``checkpoint_path`` is a ``.pt`` file or ``"baseline"`` (the classical vesselness filter); ``scale``
+    (``"auto"``, ``"none"`` or a factor; see ``engine.infer.resolve_scale``) is how each photograph is
+    resized for the model. Raises ValueError with a sentence for anything unusable; nothing is queued then.
     """
     from engine.batch_inference import check_inputs
+    from engine.infer import parse_scale
 
+    scale = parse_scale(scale)
     checkpoint, source, settings = check_inputs(checkpoint_path, input_path, postprocess)
     if model_id is not None and model_id != store.BASELINE:
         store.get_model(model_id)
     q = _queue()
-    job_id = store.create_inference_job(checkpoint, source, settings, model_id=model_id)
+    job_id = store.create_inference_job(checkpoint, source, settings, model_id=model_id, scale=str(scale))
     task = run_inference_task.s(job_id)
     store.update_inference_job(job_id, task_id=task.id)
     try:

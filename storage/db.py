@@ -507,10 +507,11 @@ def all_checkpoints(db: Database | None = None) -> list[dict]:
 # --------------------------------------------------------------------------- inference jobs
 
 def create_inference_job(checkpoint_path: str, input_path: str, postprocess: dict, model_id: str | None = None,
-                         db: Database | None = None) -> str:
-    """Register a batch inference job (status ``queued``) and return its id."""
+                         db: Database | None = None, scale: str = "auto") -> str:
+    """Register a batch inference job (status ``queued``) and return its id; ``scale`` is how its
+    photographs are resized for the model (``"auto"``, ``"none"`` or a factor, as text)."""
     job_id = new_id()
-    record = {"id": job_id, "model_id": model_id, "checkpoint_path": str(checkpoint_path),
+    record = {"id": job_id, "model_id": model_id, "checkpoint_path": str(checkpoint_path), "scale": str(scale),
               "input_path": str(input_path), "postprocess": json.dumps(postprocess or {}, sort_keys=True),
               "status": "queued", "progress": 0.0, "n_total": 0, "n_done": 0, "n_failed": 0,
               "output_dir": str(paths.data_home() / "inference" / job_id), "created_at": utc_now()}

@@ -116,3 +116,10 @@ def submission_key(db: Database) -> None:
     was drawn with, and a second submission with the same key (a double click) creates nothing."""
     db["models"].add_column("submission_key", str)
     db["models"].create_index(["submission_key"], unique=True)  # NULLs (runs from the CLI, the API) never clash
+
+
+@MIGRATIONS(name="0003_inference_scale")
+def inference_scale(db: Database) -> None:
+    """A batch job records how its photographs were resized for the model: ``auto``, ``none`` or a factor
+    (as text); jobs made before this column ran with ``auto``."""
+    db["inference_jobs"].add_column("scale", str)

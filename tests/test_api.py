@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +399,18 @@ def test_inference_with_the_pretrained_model(api, postprocess):
     status, answer = api.call("POST", "/api/v1/inference/start",
                               {"model_id": "pretrained", "input": "datasets/synth/images", "postprocess": postprocess})
     assert wait_job(api, answer["job_id"])["status"] == "completed"
+
+
+@pytest.mark.parametrize("scale, expected", [(None, "auto"), ("none", "none"), (0.5, 0.5)])
+def test_inference_records_the_scale_it_was_asked_for(api, scale, expected):
+    body = {"model_id": "baseline", "input": "datasets/synth/images", **({} if scale is None else {"scale": scale})}
+    job = wait_job(api, api.call("POST", "/api/v1/inference/start", body)[1]["job_id"])
+    settings = json.loads(zipfile.ZipFile(job["results_zip"]).read("settings.json"))
+    assert settings["scale"] == expected
+
+
+@pytest.mark.parametrize("scale", ["huge", 0, -1, True, [1]])
+def test_a_bad_scale_is_refused_with_a_sentence(api, scale):
+    status, answer = api.call("POST", "/api/v1/inference/start",
+                              {"model_id": "baseline", "input": "datasets/synth/images", "scale": scale})
+    assert (status, answer["error"].startswith("scale must be")) == (400, True)
