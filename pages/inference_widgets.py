@@ -173,7 +173,7 @@ def settings_sentence(config: PostProcessConfig) -> str:
         parts.append(f"pieces shorter than {c.min_elongation:g} × their width removed")
     if c.fill_holes_below:
         parts.append(f"holes under {c.fill_holes_below} px filled")
-    text = ", ".join(parts)
+    text = ", ".join(parts) + ("" if len(parts) > 1 else ", no other filter")
     return text[0].upper() + text[1:] + "."
 
 
