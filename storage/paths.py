@@ -7,7 +7,7 @@ Layout (``ML_MANAGER_HOME``, default ``./data``)::
     models/<model_id>/checkpoints/best.pt, last.pt, epoch_XXX.pt
     inference/<job_id>/       batch inference outputs
     datasets/<name>/          registered / uploaded / synthetic data sets
-    uploads/                  uploaded files, stored under generated names
+    uploads/                  uploaded zips, each under its own name in a folder of a generated name
     logs/                     worker and dashboard logs
 """
 from __future__ import annotations
