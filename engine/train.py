@@ -58,8 +58,8 @@ class TrainingConfig:
     steps_per_epoch: int = 250  # optimiser steps (batches) per epoch (~30 s on 2 CPU cores); validation runs after each
     val_fraction: float = 0.2  # share of the images held out for validation (seeded split)
     augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
-    max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off (no gain on DRIVE)
-    any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps (no gain on DRIVE)
+    max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off
+    any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps
     ema_decay: float = 0.998  # validate and save an exponential moving average of the weights (~500 steps); 0 = off
     # --- learning-rate schedule
     lr_schedule: str = "cosine"  # 'cosine' (to min_learning_rate by the last epoch), 'plateau' or 'none'
@@ -321,9 +321,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for training (None: plain float32).
 
     bf16 autocast runs the convolutions in bfloat16 while weights, optimiser state, BatchNorm
-    statistics and the loss stay float32. On this project's 2-core Xeon (AMX) a base-16 U-Net
-    step is ~2x faster than in float32; on a CPU without native bf16 it would be slower, so 'auto'
-    uses it only where the hardware has it. Validation and prediction always run in float32.
+    statistics and the loss stay float32. A CPU without native bf16 would emulate it, slower than
+    float32, so 'auto' uses it only where the hardware has it (``native_bf16``; the README gives the
+    measured speed-up). Validation and prediction always run in float32.
+
+    Raises:
+        TrainingError: bf16 asked for on Apple MPS.
     """
     if name == "fp32" or (name == "auto" and not native_bf16(device)):
         return None

@@ -16,7 +16,7 @@ from pages.charts import curves_figure
 from pages.components import age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text
 from storage import paths
 
-# Field -> (group, help). Fields not listed go to "Advanced". Help carries the seed's advice.
+# Field -> (group, help). Fields not listed go to "Advanced". Help says what a value does and its usual range.
 GROUPS = ("Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced")
 FIELD_HELP: dict[str, tuple[str, str]] = {
     "epochs": ("Basics", "Upper limit; early stopping usually ends the run sooner."),
