@@ -273,12 +273,18 @@ def map_progress_text(source: str, mtime: float, image: np.ndarray, fov: np.ndar
     """What computing the probability map of ``image`` (uint8 (H, W, 3)) does, in words, for its spinner:
     the size the model sees, or the classical filter."""
     h, w = image.shape[:2]
-    if source == BASELINE_SOURCE:
-        return f"Computing the classical vesselness map of the {w:,}×{h:,} px photograph…"
-    from engine.infer import resolve_scale
+    if fov is None:
+        factor = 1.0
+    elif source == BASELINE_SOURCE:
+        from engine.vesselness import baseline_scale
 
-    factor = resolve_scale(load_checkpoint(source, mtime), fov, scale) if fov is not None else 1.0
-    return f"Predicting at {round(w * factor):,}×{round(h * factor):,} px…"
+        factor = baseline_scale(fov)
+    else:
+        from engine.infer import resolve_scale
+
+        factor = resolve_scale(load_checkpoint(source, mtime), fov, scale)
+    size = f"{round(w * factor):,}×{round(h * factor):,} px"
+    return f"Computing the classical vesselness map at {size}…" if source == BASELINE_SOURCE else f"Predicting at {size}…"
 
 
 # --------------------------------------------------------------------------------------------

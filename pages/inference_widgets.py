@@ -103,8 +103,15 @@ def scale_control(source: str, *, key: str) -> str | float:
 
 def scale_note(source: str, image: np.ndarray, fov: np.ndarray, scale: str | float) -> str:
     """What the image scale does to ``image`` (uint8 (H, W, 3)) with this model and field of view, in words."""
-    if source == BASELINE_SOURCE:
-        return "Image scale: the classical filter uses the photograph as it is."
+    if source == BASELINE_SOURCE:  # the filter's sigmas suit one scale: it resizes on its own (scale "auto")
+        from engine.vesselness import FOV_DIAMETER, baseline_scale
+
+        factor, (h, w) = baseline_scale(fov), image.shape[:2]
+        if factor == 1.0:
+            return "Image scale: the classical filter uses the photograph as it is."
+        return (f"Image scale: the classical filter sees the photograph ×{factor:.2f} ({round(w * factor):,}×"
+                f"{round(h * factor):,} px), so that its field of view is about {FOV_DIAMETER:,.0f} px across as its "
+                "filters expect; the map is resized back.")
     from engine.infer import resolve_scale
 
     loaded = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source))
@@ -231,16 +238,17 @@ def unique_names(stems: list[str], suffix: str) -> list[str]:
     return names
 
 
-def workspace(source: str, *, key: str, start: StartPoint) -> bool:
+def workspace(source: str, *, key: str, start: StartPoint) -> str | float | None:
     """Upload images, pick one to tune on, optional ground truth, the tuner, and all masks as a zip.
-    Returns whether the tuner is on screen (an image was uploaded)."""
+    Returns the image scale the page uses (``"auto"``, ``"none"`` or a factor), None while no image is
+    uploaded (no tuner on screen)."""
     images = upload_images("Fundus images", key=f"{key}_images", multiple=True,
                            help="PNG, JPEG, TIFF, GIF, PPM or BMP, up to 40 megapixels each; several at once.")
     if not images:
         what = "the classical filter's" if source == BASELINE_SOURCE else "the model's"
         st.info(f"Upload one or more fundus photographs to see {what} vessel map (the images of a synthetic "
                 f"data set are in `{paths.datasets_dir()}/synthetic_…/images/`).")
-        return False
+        return None
     names = [u.name for u in images]
     index = st.selectbox("Image to tune on", range(len(images)), format_func=names.__getitem__,
                          key=f"{key}_pick") if len(images) > 1 else 0
@@ -274,7 +282,7 @@ def workspace(source: str, *, key: str, start: StartPoint) -> bool:
 
         st.download_button(f"Download the masks of all {len(images)} images (zip)", all_masks,
                            file_name="masks.zip", mime="application/zip", key=f"{key}_all_masks", on_click="ignore")
-    return True
+    return "auto" if source == BASELINE_SOURCE else scale  # the classical filter always brings its own scale
 
 
 def save_preset_controls(model_id: str, key: str) -> None:
@@ -303,19 +311,25 @@ def stored_upload_name(name: str) -> str:
     return base if base.lower().endswith(".zip") else f"{base}.zip"
 
 
-def batch_controls(source: str, model_id: str | None, key: str, start: StartPoint, tuner_on_screen: bool) -> None:
-    """Queue a batch job over a folder or a zip with the settings the page shows: the tuner's when it is on
-    screen, else those chosen under 'Start the tuner from' (``start``). A folder or zip the job could not
-    read is refused here, with its sentence, and nothing is queued."""
+SCALE_WORDS = {"auto": "the scale is automatic", "none": "each image is used at its own size"}
+
+
+def batch_controls(source: str, model_id: str | None, key: str, start: StartPoint, scale: str | float | None) -> None:
+    """Queue a batch job over a folder or a zip with the settings the page shows: the tuner's and the image
+    scale's when an image is on screen (``scale`` is not None), else those chosen under 'Start the tuner
+    from' (``start``) and the automatic scale. A folder or zip the job could not read is refused here, with
+    its sentence, and nothing is queued."""
     from engine.jobs import start_inference
 
     st.subheader("Batch inference")
-    if tuner_on_screen:
+    if scale is not None:
         config, words = current_postprocess(f"{key}_tuner") or start.config or PostProcessConfig(), "with the settings on screen"
     else:
-        config, words = start.config or PostProcessConfig(), start.words
-    st.caption(f"Every image is processed {words}: {settings_sentence(config)[0].lower()}{settings_sentence(config)[1:]} "
-               "Each image's field of view is estimated from it, and the scale is automatic.")
+        config, words, scale = start.config or PostProcessConfig(), start.words, "auto"
+    sentence = settings_sentence(config)
+    scaled = SCALE_WORDS.get(scale) or f"each image is resized ×{scale:.2f}"
+    st.caption(f"Every image is processed {words}: {sentence[0].lower()}{sentence[1:]} Each image's field of view "
+               f"is estimated from it, and {scaled}.")
     kind = st.radio("Images to process", ["Folder path", "Zip upload"], key=f"{key}_batch_kind", horizontal=True)
     folder, upload = None, None
     if kind == "Folder path":
@@ -329,7 +343,7 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
             stored = paths.uploads_dir() / uuid.uuid4().hex / stored_upload_name(upload.name)
             folder = str(paths.atomic_write_bytes(stored, upload.getvalue()))
         try:
-            job_id = start_inference(source, folder, config.to_dict(), model_id=model_id)
+            job_id = start_inference(source, folder, config.to_dict(), model_id=model_id, scale=scale)
         except ValueError as exc:  # checked before queuing: nothing is queued, the stored zip goes
             if stored is not None:
                 shutil.rmtree(stored.parent, ignore_errors=True)

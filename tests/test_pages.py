@@ -599,3 +599,20 @@ def test_a_batch_runs_with_the_settings_the_page_shows(home, tmp_path, tuned, th
     at.button(key="inf_batch_go").click().run()
     assert json.loads(db.list_inference_jobs()[0]["postprocess"])["threshold"] == pytest.approx(threshold)
     assert [s.value for s in at.success if words in s.value] != []
+
+
+def test_a_batch_uses_the_image_scale_on_screen(home, tmp_path):
+    from engine.pretrained import pretrained_available
+    from storage import db
+
+    if not pretrained_available():
+        pytest.skip("the pretrained model file is absent (make pretrained)")
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(fundus_png(64)[0])
+    at = open_page("pages/inference.py")
+    at.file_uploader(key="inf_images").set_value(("a.png", fundus_png(64)[0], "image/png")).run()
+    at.radio(key="inf_scale").set_value("none").run()
+    at.text_input(key="inf_batch_folder").input(str(folder)).run()
+    at.button(key="inf_batch_go").click().run()
+    assert db.list_inference_jobs()[0]["scale"] == "none"
