@@ -616,3 +616,13 @@ def test_a_batch_uses_the_image_scale_on_screen(home, tmp_path):
     at.text_input(key="inf_batch_folder").input(str(folder)).run()
     at.button(key="inf_batch_go").click().run()
     assert db.list_inference_jobs()[0]["scale"] == "none"
+
+
+def test_the_upload_size_limit_fits_the_largest_image_accepted():
+    """Streamlit's upload limit lets through a 40-megapixel photograph even stored uncompressed (RGBA)."""
+    import tomllib
+
+    from engine.imageio import MAX_PIXELS
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 1e6 >= MAX_PIXELS * 4
