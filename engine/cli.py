@@ -22,7 +22,7 @@ class CliError(ValueError):
     """A problem with the command's arguments; the message is the sentence shown."""
 
 
-def _read_json(path: str, what: str) -> dict:
+def read_json(path: str, what: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise CliError(f"The {what} file {p} does not exist.")
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.train import TrainingConfig, parse_set_option, train
 
     if args.config:
-        config = TrainingConfig.from_dict(_read_json(args.config, "config"))
+        config = TrainingConfig.from_dict(read_json(args.config, "config"))
     elif args.resume:  # continuing: the checkpoint's own settings, changed only by --set
         from engine.infer import load_checkpoint_dict
 
@@ -122,7 +122,7 @@ def _postprocess_config(args: argparse.Namespace, loaded) -> Any:
     from engine.postprocess import PostProcessConfig
 
     if getattr(args, "postprocess", None):
-        return PostProcessConfig.from_dict(_read_json(args.postprocess, "post-processing settings"))
+        return PostProcessConfig.from_dict(read_json(args.postprocess, "post-processing settings"))
     if getattr(args, "recommended", False):
         if not loaded.recommended_postprocess:
             raise CliError(f"{loaded.path.name} has no recommended post-processing (training was stopped before "

@@ -76,11 +76,11 @@ def _days(text: str) -> float:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine.cli import _read_json  # shared with `train --config`; imported late: cli imports this module
+    from engine.cli import read_json  # shared with `train --config`; imported late: cli imports this module
     from engine.jobs import submit_training
     from engine.train import TrainingConfig, parse_set_option
 
-    config = TrainingConfig.from_dict(_read_json(args.config, "config") if args.config else {})
+    config = TrainingConfig.from_dict(read_json(args.config, "config") if args.config else {})
     config = config.with_updates(**dict(parse_set_option(item) for item in args.set or []))
     data = Path(args.data)
     if not data.is_dir():

@@ -36,13 +36,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from engine.postprocess import _squeeze_to_2d, _to_numpy
+from engine.arrays import squeeze_to_2d, to_numpy
 
 METRIC_KEYS = ("dice", "iou", "precision", "sensitivity", "specificity", "accuracy", "roc_auc", "cldice")
 
 
 def _as_map(value: Any, what: str) -> np.ndarray:
-    return _squeeze_to_2d(_to_numpy(value, what), what)
+    return squeeze_to_2d(to_numpy(value, what), what)
 
 
 def _binarise_pred(pred: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray | None]:

@@ -53,6 +53,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from engine.arrays import squeeze_to_2d, to_numpy
 from engine.connectivity import (count_components, hysteresis_mask, label_components, merges_through_holes,
                                  small_hole_pixels, vessel_ratio_per_label)
 
@@ -221,38 +222,9 @@ def _as_choice(name: str, value: Any, choices: tuple) -> str:
     return value
 
 
-def _to_numpy(value: Any, what: str) -> np.ndarray:
-    """numpy array from a numpy array, a torch tensor (without importing torch) or a list."""
-    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
-        value = value.detach().cpu()
-        if value.dtype.is_complex:
-            raise ValueError(f"{what} is a complex tensor: pass real probabilities or logits.")
-        value = value.float().numpy()
-    arr = np.asarray(value)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{what} must be a numeric array; got dtype {arr.dtype}.")
-    if np.iscomplexobj(arr):
-        raise ValueError(f"{what} is complex: pass real probabilities or logits.")
-    return arr
-
-
-def _squeeze_to_2d(arr: np.ndarray, what: str) -> np.ndarray:
-    shape = arr.shape
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{what} must be a 2-D map (H, W), optionally with leading size-1 dimensions; got shape "
-            f"{tuple(shape)}: pass a single channel, e.g. output[0, 0] or the vessel class only."
-        )
-    if min(arr.shape) == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(shape)}): pass a map with at least one pixel.")
-    return arr
-
-
 def prepare_probabilities(model_output: Any, from_logits: bool = False) -> np.ndarray:
     """Validated float32 (H, W) probabilities in [0, 1] from numpy/torch probabilities or logits."""
-    arr = _squeeze_to_2d(_to_numpy(model_output, "model_output"), "model_output")
+    arr = squeeze_to_2d(to_numpy(model_output, "model_output"), "model_output")
     prob = np.ascontiguousarray(arr, dtype=np.float32)
     low, high = float(prob.min()), float(prob.max())  # NaN and inf propagate into min/max
     if math.isnan(low) or math.isnan(high):
@@ -273,7 +245,7 @@ def prepare_probabilities(model_output: Any, from_logits: bool = False) -> np.nd
 
 def prepare_fov(fov: Any, shape: tuple) -> np.ndarray:
     """uint8 {0,1} field-of-view mask of the given (H, W) shape; nonzero means inside."""
-    arr = _squeeze_to_2d(_to_numpy(fov, "fov"), "fov")
+    arr = squeeze_to_2d(to_numpy(fov, "fov"), "fov")
     if arr.shape != tuple(shape):
         raise ValueError(
             f"fov is {arr.shape[1]}x{arr.shape[0]} (width x height) but the probability map is "

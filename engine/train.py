@@ -100,7 +100,7 @@ class TrainingConfig:
             if value < low or value > high or (low_open and value == low):
                 lower = f"greater than {low:g}" if low_open else f"at least {low:g}"
                 raise ValueError(f"{name} must be {lower} and at most {high:g}, not {value:g}.")
-        for name, allowed in _CHOICES.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not known: choose one of {', '.join(allowed)}.")
         if self.patch_size % 2 ** self.depth:
@@ -146,7 +146,8 @@ _RANGES = {
     "min_delta": (0.0, 1.0, False), "max_minutes": (0.0, 10_080.0, False), "seed": (0, 2**31 - 1, False),
     "num_threads": (0, 256, False), "checkpoint_every": (0, 100_000, False),
 }
-_CHOICES = {
+# The allowed values of every option that takes one of a few words.
+CHOICES = {
     "channel": CHANNELS, "normalization": NORMALIZATIONS, "loss_function": LOSS_NAMES, "optimizer": ("adamw",),
     "lr_schedule": SCHEDULES, "early_stopping_monitor": MONITORS, "device": DEVICES,
     "precision": PRECISIONS,

@@ -80,7 +80,7 @@ LABELS = {"ema_decay": "Weight-average decay", "lr_schedule": "LR schedule", "mi
 
 
 def _choices(field: str) -> tuple | None:
-    return getattr(train_engine, "_CHOICES", {}).get(field)
+    return train_engine.CHOICES.get(field)
 
 
 def _widget(field: dataclasses.Field, default):

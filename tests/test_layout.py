@@ -79,3 +79,20 @@ def test_checkpoints_always_load_weights_only():
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path.name}:{lineno} loads a checkpoint without weights_only=True"
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from engine.x import _name`` lines: a module's private names are its own."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [f"{node.module}.{alias.name}" for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("engine", "storage", "pages")
+            for alias in node.names if alias.name.startswith("_")]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for d in ("engine", "storage", "pages") for p in (ROOT / d).glob("*.py")) + [ROOT / "app.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_no_private_name_is_imported_from_another_module(path):
+    assert _private_imports(path) == []
