@@ -92,6 +92,20 @@ def test_settings_carry_over_to_the_next_photograph(browser_page, tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_clicking_the_selected_mode_keeps_it(browser_page, tmp_path):
+    page, url = browser_page
+    page.goto(f"{url}/postprocess")
+    upload(page, photograph(tmp_path / "fundus.png", seed=1))
+    page.get_by_text("Mask on the image").wait_for()
+    wait_idle(page)
+    mode = page.get_by_role("radiogroup", name="Mode")
+    mode.get_by_role("radio", name="fixed").click()
+    page.wait_for_timeout(1000)
+    wait_idle(page)
+    assert mode.get_by_role("radio", checked=True).inner_text() == "fixed"
+
+
+@pytest.mark.timeout(300)
 def test_metrics_read_in_full_at_1280_px(browser_page, tmp_path):
     """With a ground truth, every metric shows its whole value (no '…') at a laptop's width."""
     page, url = browser_page
