@@ -135,8 +135,8 @@ class _StopWatch:
         now = time.monotonic()
         if now - self._last >= STOP_POLL_S:
             self._last = now
-            row = self.conn.execute("SELECT status FROM models WHERE id = ?", [self.model_id]).fetchone()
-            if row is None or row[0] == "stopping":
+            status = store.model_status(self.model_id, db=self.conn)
+            if status is None or status == "stopping":
                 self.reason = "user"
         return self.reason is not None
 
@@ -191,9 +191,8 @@ class ProgressRecorder:
             self.steps = max(1, event["steps_per_epoch"])
             resumed = {}
             if self.start_epoch > 1:  # a continued run: its curve goes on from the checkpoint's epoch
-                with self.conn.atomic():  # rows of an epoch whose checkpoint a crash lost are run again
-                    self.conn.execute("DELETE FROM epochs WHERE model_id = ? AND epoch >= ?",
-                                      [self.model_id, self.start_epoch])
+                # rows of an epoch whose checkpoint a crash lost are run again
+                store.forget_epochs_from(self.model_id, self.start_epoch, db=self.conn)
                 resumed = dict(epochs_run=self.start_epoch - 1, best_epoch=event.get("best_epoch") or None,
                                best_metric=event.get("best_metric"), epochs_since_best=event.get("epochs_since_best"))
             update(total_epochs=self.total_epochs, batches=self.steps, current_epoch=self.start_epoch, batch=0,
@@ -449,15 +448,9 @@ def _beat_forever() -> None:
         try:
             conn = conn or store.connect()
             store.beat_worker(db=conn)
-            now = store.utc_now()
             with _STATE_LOCK:
                 runs, jobs = list(_ACTIVE_RUNS), list(_ACTIVE_JOBS)
-            for model_id in runs:
-                conn.execute("UPDATE models SET heartbeat_at = ? WHERE id = ? AND status IN ('running', 'stopping')",
-                             [now, model_id])
-            for job_id in jobs:
-                conn.execute("UPDATE inference_jobs SET heartbeat_at = ? WHERE id = ?", [now, job_id])
-            conn.commit()
+            store.beat_active(runs, jobs, db=conn)
         except Exception:  # noqa: BLE001 - keep beating; a locked moment passes
             log.exception("heartbeat failed")
             if conn is not None:
@@ -478,13 +471,7 @@ def worker_started() -> None:
     store.beat_worker()
     failed = recover_stale_runs(at_startup=True)
     # Runs still queued keep their place in line: their tasks are in queue.db and ask again shortly.
-    conn = store.connect()
-    try:
-        with conn.atomic():
-            conn.execute("UPDATE models SET heartbeat_at = ? WHERE status = 'queued' AND task_id IS NOT NULL",
-                         [store.utc_now()])
-    finally:
-        conn.close()
+    store.beat_queued()
     removed = remove_temp_files(max_age_s=60.0)
     log.info("worker %s started: %d abandoned run(s) failed, %d temporary file(s) removed",
              store.this_worker_id(), len(failed), len(removed))
@@ -621,8 +608,7 @@ def training_status(model_id: str) -> dict:
     conn = store.connect()
     try:
         row = store.get_model(model_id, db=conn)
-        latest = conn.execute("SELECT epoch, train_loss, val_loss, val_dice, lr, seconds FROM epochs "
-                              "WHERE model_id = ? ORDER BY epoch DESC LIMIT 1", [model_id]).fetchone()
+        latest = store.latest_epoch(model_id, db=conn)
     finally:
         conn.close()
     total, epoch = row["total_epochs"], row["current_epoch"]
@@ -631,12 +617,11 @@ def training_status(model_id: str) -> dict:
     if total:
         inside = (row["batch"] or 0) / row["batches"] if row["batches"] and row["status"] in ("running", "stopping") else 0
         progress = 1.0 if row["status"] == "completed" else min(1.0, (done + (inside if epoch and epoch > done else 0)) / total)
-    keys = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
     return {
         "model_id": row["id"], "name": row["name"], "status": row["status"], "stop_reason": row["stop_reason"],
         "error": row["error"], "epoch": epoch, "total_epochs": total, "epochs_run": done,
         "batch": row["batch"], "batches": row["batches"], "progress": progress,
-        "latest": dict(zip(keys, latest)) if latest else None,
+        "latest": latest,
         "best": {"epoch": row["best_epoch"], "metric": row["best_metric"], "monitor": row["monitor"],
                  "val_dice": row["best_val_dice"]},
         "epochs_since_best": row["epochs_since_best"], "patience": row["patience"],

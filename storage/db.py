@@ -665,6 +665,46 @@ def delete_preset(model_id: str, name: str, db: Database | None = None) -> bool:
         return _write(db, "DELETE FROM presets WHERE model_id = ? AND name = ?", [model_id, name]) > 0
 
 
+# --------------------------------------------------------------------------- what the worker writes while it runs
+
+def model_status(model_id: str, db: Database | None = None) -> str | None:
+    """The run's status alone (cheap enough to poll every few batches); None when the row is gone."""
+    with _use(db) as db:
+        row = db.execute("SELECT status FROM models WHERE id = ?", [model_id]).fetchone()
+    return row[0] if row else None
+
+
+def forget_epochs_from(model_id: str, epoch: int, db: Database | None = None) -> None:
+    """Delete the run's epoch rows from ``epoch`` on: a continued run logs them again from its checkpoint."""
+    with _use(db) as db:
+        _write(db, "DELETE FROM epochs WHERE model_id = ? AND epoch >= ?", [model_id, epoch])
+
+
+def latest_epoch(model_id: str, db: Database | None = None) -> dict | None:
+    """The run's newest epoch row (epoch, train_loss, val_loss, val_dice, lr, seconds), or None."""
+    with _use(db) as db:
+        rows = _rows(db, "SELECT epoch, train_loss, val_loss, val_dice, lr, seconds FROM epochs "
+                         "WHERE model_id = ? ORDER BY epoch DESC LIMIT 1", [model_id])
+    return rows[0] if rows else None
+
+
+def beat_active(model_ids: list[str], job_ids: list[str], db: Database | None = None) -> None:
+    """Stamp the heartbeat of the runs (those still running or stopping) and jobs a worker is working on."""
+    now = utc_now()
+    with _use(db) as db, db.atomic():
+        for model_id in model_ids:
+            db.execute("UPDATE models SET heartbeat_at = ? WHERE id = ? AND status IN ('running', 'stopping')",
+                       [now, model_id])
+        for job_id in job_ids:
+            db.execute("UPDATE inference_jobs SET heartbeat_at = ? WHERE id = ?", [now, job_id])
+
+
+def beat_queued(db: Database | None = None) -> None:
+    """Stamp the heartbeat of every queued run with a task: a starting worker keeps their place in line."""
+    with _use(db) as db:
+        _write(db, "UPDATE models SET heartbeat_at = ? WHERE status = 'queued' AND task_id IS NOT NULL", [utc_now()])
+
+
 # --------------------------------------------------------------------------- worker heartbeat
 
 def beat_worker(worker_id: str | None = None, db: Database | None = None) -> None:

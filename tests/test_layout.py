@@ -96,3 +96,18 @@ def _private_imports(path: Path) -> list[str]:
 )
 def test_no_private_name_is_imported_from_another_module(path):
     assert _private_imports(path) == []
+
+
+SQL_START = ("SELECT ", "UPDATE ", "DELETE FROM", "INSERT ", "CREATE TABLE", "ALTER TABLE", "BEGIN", "PRAGMA")
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for d in ("engine", "pages") for p in (ROOT / d).glob("*.py")) + [ROOT / "app.py", ROOT / "server.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_sql_lives_in_storage_only(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    statements = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and node.value.lstrip().startswith(SQL_START)]
+    assert statements == []
