@@ -51,7 +51,6 @@ PREFIX = "/api/v1"
 TOKEN_FILE = "api_token"
 FOLDERS_ENV = "ML_MANAGER_API_FOLDERS"
 MAX_BODY_BYTES = 1_000_000  # requests are small JSON objects; anything bigger is a mistake
-WORKER_FRESH_S = 30.0  # a worker that has not beaten for this long is reported "down" (it beats every 2 s)
 _JSON_COLUMNS = ("config", "recommended_postprocess", "postprocess")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -195,7 +194,7 @@ def health(request: Request, body: None) -> tuple[int, dict]:
     beat = store.worker_heartbeat()
     age = store.age_seconds(beat.isoformat()) if beat else None
     counts = {status: len(store.list_models(status=status)) for status in store.ACTIVE_STATUSES}
-    return 200, {"dashboard": "up", "worker": "up" if age is not None and age < WORKER_FRESH_S else "down",
+    return 200, {"dashboard": "up", "worker": "up" if age is not None and age < store.WORKER_FRESH_S else "down",
                  "worker_heartbeat_at": beat.isoformat() if beat else None, "worker_heartbeat_age_s": age,
                  "queue_length": jobs.queue_length(), "trainings": counts}
 

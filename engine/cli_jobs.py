@@ -124,8 +124,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(_line(status))
     beat = store.worker_heartbeat()
     if any(s["status"] in ("queued", "running", "stopping") for s in statuses) and (
-            beat is None or store.age_seconds(beat.isoformat()) > 30):
-        print("note: no worker has reported in the last 30 s; start one with `make worker`.", file=sys.stderr)
+            beat is None or store.age_seconds(beat.isoformat()) > store.WORKER_FRESH_S):
+        print(f"note: no worker has reported in the last {store.WORKER_FRESH_S:.0f} s; start one with `make worker`.",
+              file=sys.stderr)
     return 0
 
 

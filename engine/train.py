@@ -184,12 +184,17 @@ def parse_set_option(text: str) -> tuple[str, Any]:
     return key, raw
 
 
+def monitor_mode(monitor: str) -> str:
+    """``"max"`` for a metric where higher is better (``val_dice``), ``"min"`` for a loss."""
+    return "max" if monitor == "val_dice" else "min"
+
+
 class EarlyStopping:
     """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs."""
 
     def __init__(self, monitor: str = "val_dice", patience: int = 15, min_delta: float = 1e-4):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.mode = "max" if monitor == "val_dice" else "min"
+        self.mode = monitor_mode(monitor)
         self.best: float | None = None
         self.best_epoch = 0
         self.wait = 0  # epochs since the best
@@ -236,7 +241,7 @@ class LRSchedule:
         self.plateau = None
         if config.lr_schedule == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max" if config.early_stopping_monitor == "val_dice" else "min",
+                optimizer, mode=monitor_mode(config.early_stopping_monitor),
                 factor=config.plateau_factor, patience=config.plateau_patience)
 
     def before_step(self, step: int, elapsed: float) -> None:

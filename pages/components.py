@@ -26,6 +26,7 @@ from engine.metrics import segmentation_metrics
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing, warnings_for
 from engine.vesselness import vesselness_map
 from storage import paths
+from storage.db import WORKER_FRESH_S  # noqa: F401 - the pages read it from here
 
 logger = logging.getLogger("ml_manager.dashboard")
 
@@ -607,7 +608,6 @@ def current_postprocess(key: str) -> PostProcessConfig | None:
 # --------------------------------------------------------------------------------------------
 # Storage reads (short cached queries) and small formatting helpers
 # --------------------------------------------------------------------------------------------
-WORKER_FRESH_S = 30.0  # a heartbeat older than this means the worker is not running
 
 
 @st.cache_data(ttl=1.5, show_spinner=False, max_entries=256)

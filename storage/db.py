@@ -707,6 +707,9 @@ def beat_queued(db: Database | None = None) -> None:
 
 # --------------------------------------------------------------------------- worker heartbeat
 
+WORKER_FRESH_S = 30.0  # a worker whose heartbeat is older than this is not running (it beats every few seconds)
+
+
 def beat_worker(worker_id: str | None = None, db: Database | None = None) -> None:
     """Record that the worker process is alive (called every few seconds by the worker)."""
     worker_id = worker_id or this_worker_id()

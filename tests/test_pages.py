@@ -169,6 +169,8 @@ def add_model(name: str, status: str, checkpoint: Path | None = None, epochs: in
     db.update_model(model_id, status=status, total_epochs=10, current_epoch=epochs, epochs_run=epochs,
                     best_epoch=min(epochs, 2) or None, best_val_dice=0.5 if epochs else None, patience=5,
                     epochs_since_best=max(0, epochs - 2), recommended_postprocess={"threshold": 0.55})
+    if status in ("running", "stopping"):  # a live run beats; one without a heartbeat is recovered as abandoned
+        db.update_model(model_id, heartbeat_at=db.utc_now())
     for epoch in range(1, epochs + 1):
         db.log_epoch(model_id, epoch, 1.0 / epoch, 1.1 / epoch, 0.2 + 0.1 * min(epoch, 2), 1e-3, 1.5)
     if checkpoint is not None:
