@@ -399,8 +399,12 @@ def check_resume(checkpoint: str | Path, config: TrainingConfig) -> dict[str, An
 
 def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | Path,
           on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
-          resume_from: str | Path | None = None) -> TrainResult:
-    """Train a U-Net; writes best.pt / last.pt (and epoch_XXX.pt) to ``out_dir``. See docs/ARCHITECTURE.md."""
+          resume_from: str | Path | None = None, plan: dict | None = None) -> TrainResult:
+    """Train a U-Net; writes best.pt / last.pt (and epoch_XXX.pt) to ``out_dir``. See docs/ARCHITECTURE.md.
+
+    ``plan``: the ``engine.planner.Plan.to_dict()`` that chose this config (None: not planned); every
+    checkpoint carries it as ``"plan"``. A resumed run without one keeps the checkpoint's.
+    """
     from engine.infer import ARCH, FORMAT_VERSION, StopRequested, build_model, sliding_window_logits
 
     if not isinstance(config, TrainingConfig):
@@ -451,6 +455,8 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
         start_epoch = int(ckpt["epoch"]) + 1
         elapsed_before = float(ckpt.get("elapsed_seconds", 0.0))
         global_step = int(ckpt["epoch"]) * c.steps_per_epoch
+        if plan is None:
+            plan = ckpt.get("plan")
     # the average starts from what predicts ("state_dict", loaded above); a run saved with an average
     # kept the optimiser's own weights apart, and the optimiser continues from those
     average = WeightAverage(model, c.ema_decay) if c.ema_decay > 0 else None
@@ -466,7 +472,7 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
             "epoch": epoch, "metrics": metrics, "versions": versions(), "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(), "early_stopping": stopper.state_dict(), "history": history,
             "recommended_postprocess": None, "calibration": None, "elapsed_seconds": elapsed(),
-            "scale": {"fov_diameter": ds.scales()["target"], "measure": FOV_DIAMETER_MEASURE},
+            "scale": {"fov_diameter": ds.scales()["target"], "measure": FOV_DIAMETER_MEASURE}, "plan": plan,
         }
 
     t_start = time.monotonic()

@@ -1,0 +1,261 @@
+"""Planning a training run for this machine and its time budget (nnU-Net's idea, applied to time).
+
+The default recipe (128×128 patches, batch 8) never looks at the hardware. The planner measures a real
+optimisation step of the configured U-Net for a few shapes that all move about the same number of
+pixels per step, on each precision the device runs natively, and keeps the shape that processes the
+most patch pixels per second. With a time budget it also raises ``epochs`` so that the budget, not
+the epoch count, ends the run (the cosine schedule then anneals over the budget).
+
+    config, plan = plan_training(config, user_fields={"epochs"})
+    print(plan.explain())
+
+Fields the user set are never changed. ``Plan`` is stored with the run (registry and checkpoint).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterable
+
+import torch
+
+from engine.train import TrainingConfig, native_bf16, resolve_device, resolve_precision
+
+# (patch side, batch size): about the same patch pixels per step (128² × 8 ≈ 96² × 16 ≈ 64² × 32)
+CANDIDATES = ((128, 8), (96, 16), (64, 32))
+VALIDATION_SHARE = 0.1  # share of a time budget left for validation after each epoch
+EPOCH_MARGIN = 1.5  # planned epochs cover this many times the planned steps, so the clock ends the run
+PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs")
+_DEVICE_WORDS = {"cpu": "this CPU", "cuda": "this GPU", "mps": "this Mac's GPU"}
+
+
+class PlanError(ValueError):
+    """The run cannot be planned; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the planner chose and why.
+
+    Attributes:
+        patch_size, batch_size, precision: the chosen shape and arithmetic ('bf16' | 'fp32').
+        seconds_per_step: the measured seconds of one optimisation step of the chosen shape.
+        pixels_per_second: patch pixels processed per second by the chosen shape.
+        candidates: every shape tried, as dicts with ``patch_size, batch_size, precision,
+            seconds_per_step, pixels_per_second`` (the chosen one included), in the order tried.
+        planned_steps: optimisation steps expected within the budget (None without a budget).
+        max_minutes: the time budget in minutes (None without one).
+        device: the device measured ('cpu', 'cuda', 'mps').
+        changed: the config fields the plan changed, with their new values.
+    """
+
+    patch_size: int
+    batch_size: int
+    precision: str
+    seconds_per_step: float
+    pixels_per_second: float
+    candidates: list[dict] = field(default_factory=list)
+    planned_steps: int | None = None
+    max_minutes: float | None = None
+    device: str = "cpu"
+    changed: dict = field(default_factory=dict)
+
+    def explain(self) -> str:
+        """One sentence for the user: the chosen shape, the steps it gets, and how it compared."""
+        where = _DEVICE_WORDS.get(self.device, f"this {self.device}")
+        text = f"{self.precision} on {where}: {self.patch_size}×{self.patch_size} patches, batch {self.batch_size}, "
+        if self.planned_steps is not None and self.max_minutes:
+            text += f"about {self.planned_steps:,} steps in {self.max_minutes:g} min"
+        else:
+            text += f"about {self.seconds_per_step:.2g} s per step"
+        others = [c for c in self.candidates if c["precision"] == self.precision
+                  and (c["patch_size"], c["batch_size"]) != (self.patch_size, self.batch_size)]
+        if others and others[0]["pixels_per_second"] > 0:
+            ref = others[0]
+            ratio = self.pixels_per_second / ref["pixels_per_second"]
+            text += (f" ({ratio:.1f}× the patch pixels per second of {ref['patch_size']}×{ref['patch_size']} "
+                     f"× {ref['batch_size']})")
+        elif len(self.candidates) == 1:
+            text += " (your patch size and batch size, measured)"
+        return text + "."
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; ``Plan.from_dict(plan.to_dict()) == plan``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        """The Plan ``to_dict`` wrote.
+
+        Raises:
+            PlanError: ``data`` is not a dict or has unknown or missing keys.
+        """
+        if not isinstance(data, dict):
+            raise PlanError(f"A training plan must be a JSON object, not {type(data).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanError(f"Unknown training plan key(s) {', '.join(map(repr, unknown))}.")
+        try:
+            return cls(**{**data, "candidates": [dict(c) for c in data.get("candidates") or []],
+                          "changed": dict(data.get("changed") or {})})
+        except TypeError:
+            missing = sorted(k for k in ("patch_size", "batch_size", "precision", "seconds_per_step",
+                                         "pixels_per_second") if k not in data)
+            raise PlanError(f"The training plan lacks {', '.join(missing)}.") from None
+
+
+def measure_step_seconds(config: TrainingConfig, patch_size: int, batch_size: int, precision: str,
+                         device: str = "cpu", steps: int = 2) -> float:
+    """Seconds of one real optimisation step of ``config``'s U-Net on random input of this shape.
+
+    The step is the one train() takes: the config's U-Net (channels-last on a CPU), its loss, AdamW,
+    bfloat16 autocast when ``precision`` is 'bf16'. One warm-up step is not timed.
+
+    Args:
+        config: the TrainingConfig whose model, loss and thread count are measured.
+        patch_size, batch_size: the input shape, (batch_size, channels, patch_size, patch_size).
+        precision: 'bf16' or 'fp32'.
+        device: a torch device name.
+        steps: timed steps; the median is returned.
+
+    Returns:
+        The median seconds per step (> 0).
+
+    Raises:
+        PlanError: ``precision`` is not 'bf16' or 'fp32', or ``steps`` is below 1.
+    """
+    from engine.infer import build_model
+    from engine.losses import build_loss
+
+    if precision not in ("bf16", "fp32"):
+        raise PlanError(f"precision must be 'bf16' or 'fp32' to be measured, not {precision!r}.")
+    if steps < 1:
+        raise PlanError(f"steps must be at least 1, not {steps}.")
+    dev = torch.device(device)
+    threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        generator = torch.Generator().manual_seed(config.seed)
+        model = build_model(config).to(dev)
+        if dev.type == "cpu":  # as train() does
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        loss_fn = build_loss(config)
+        channels = 3 if config.channel == "rgb" else 1
+        x = torch.randn(batch_size, channels, patch_size, patch_size, generator=generator).to(dev)
+        y = (torch.rand(batch_size, 1, patch_size, patch_size, generator=generator) > 0.9).float().to(dev)
+        bf16 = precision == "bf16"
+
+        def step() -> None:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        step()  # warm-up: allocations, kernel choice
+        timings = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            timings.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return max(statistics.median(timings), 1e-9)
+
+
+def _shapes(config: TrainingConfig, user: set[str], fits: Callable[[int], bool]) -> list[tuple[int, int]]:
+    shapes: list[tuple[int, int]] = []
+    pairs = [(config.patch_size, config.batch_size)] if {"patch_size", "batch_size"} <= user else CANDIDATES
+    for patch, batch in pairs:
+        patch = config.patch_size if "patch_size" in user else patch
+        batch = config.batch_size if "batch_size" in user else batch
+        if "patch_size" not in user and (patch % 2 ** config.depth or not fits(patch)):
+            continue  # the U-Net cannot take it, or the smallest image is smaller
+        if (patch, batch) not in shapes:
+            shapes.append((patch, batch))
+    return shapes or [(config.patch_size, config.batch_size)]
+
+
+def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
+                  measure: Callable[..., float] = measure_step_seconds, device: str | None = None,
+                  dataset: Any = None) -> tuple[TrainingConfig, Plan]:
+    """Choose patch size, batch size and precision for this machine, and epochs for the time budget.
+
+    Every candidate of ``CANDIDATES`` (fields the user set replace the candidate's) is measured on
+    each precision the device runs natively (bf16 and fp32 where bf16 is native, else fp32; a config
+    whose precision is 'bf16' or 'fp32' keeps it); the one with the most patch pixels per second wins
+    (the first one tried on a tie). With ``max_minutes > 0`` the planned steps are the budget, less
+    validation's share, over the measured seconds per step, and ``epochs`` (unless user-set) is raised
+    to cover them with a margin, so the budget ends the run.
+
+    Args:
+        config: the training config as the user left it.
+        user_fields: names of the fields the user set; the plan never changes them.
+        measure: ``measure(config, patch_size, batch_size, precision, device=...) -> seconds per step``.
+        device: the device to plan for; None resolves ``config.device``.
+        dataset: a Dataset or (height, width) pairs; patches larger than its smallest image are not tried.
+
+    Returns:
+        (the config with the planned fields replaced, the Plan).
+
+    Raises:
+        PlanError: a name in ``user_fields`` is not a training option, or a measurement is not a positive number.
+        TrainingError: ``config.device`` is not available.
+    """
+    from engine.data import DatasetError, check_patch_size
+
+    user = set(user_fields)
+    unknown = sorted(user - {f.name for f in fields(TrainingConfig)})
+    if unknown:
+        raise PlanError(f"Unknown training option(s) {', '.join(map(repr, unknown))} among the fields you set.")
+    dev = resolve_device(config.device) if device is None else torch.device(device)
+    if config.precision != "auto" or "precision" in user:
+        precisions = ["bf16" if resolve_precision(config.precision, dev) is not None else "fp32"]
+    else:
+        precisions = ["bf16", "fp32"] if native_bf16(dev) else ["fp32"]
+
+    def fits(patch: int) -> bool:
+        if dataset is None:
+            return True
+        try:
+            check_patch_size(dataset, patch)
+        except DatasetError:
+            return False
+        return True
+
+    tried = []
+    for precision in precisions:
+        for patch, batch in _shapes(config, user, fits):
+            seconds = float(measure(config, patch, batch, precision, device=str(dev.type)))
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
+            tried.append({"patch_size": patch, "batch_size": batch, "precision": precision,
+                          "seconds_per_step": seconds, "pixels_per_second": patch * patch * batch / seconds})
+    best = max(tried, key=lambda c: c["pixels_per_second"])  # max keeps the first of equals
+    changes: dict[str, Any] = {}
+    if "patch_size" not in user:
+        changes["patch_size"] = best["patch_size"]
+    if "batch_size" not in user:
+        changes["batch_size"] = best["batch_size"]
+    if config.precision == "auto" and "precision" not in user:
+        changes["precision"] = best["precision"]
+    planned_steps = None
+    budget = config.max_minutes if config.max_minutes > 0 else None
+    if budget is not None:
+        planned_steps = max(1, int(budget * 60 * (1 - VALIDATION_SHARE) / best["seconds_per_step"]))
+        needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / config.steps_per_epoch))
+        if "epochs" not in user and needed > config.epochs:
+            changes["epochs"] = needed
+    changes = {k: v for k, v in changes.items() if getattr(config, k) != v}
+    plan = Plan(best["patch_size"], best["batch_size"], best["precision"], best["seconds_per_step"],
+                best["pixels_per_second"], tried, planned_steps, budget, dev.type, changes)
+    return config.with_updates(**changes), plan

@@ -1,0 +1,128 @@
+"""The training planner: a fake measuring table for the choices, one real measurement, the checkpoint's copy."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.data import make_synthetic_dataset
+from engine.planner import Plan, PlanError, measure_step_seconds, plan_training
+from engine.train import TrainingConfig, native_bf16, train
+
+TINY = dict(base_channels=4, depth=2, patch_size=32, batch_size=2, num_threads=1)
+
+
+def table(seconds: dict[tuple[int, int], float]):
+    """A measuring function that answers from ``{(patch, batch): seconds}`` and records its calls."""
+    def measure(config, patch_size, batch_size, precision, device="cpu"):
+        measure.calls.append((patch_size, batch_size, precision))
+        return seconds.get((patch_size, batch_size), 1.0)
+    measure.calls = []
+    return measure
+
+
+# 128²×8 = 131,072 px; 96²×16 = 147,456 px; 64²×32 = 131,072 px per step
+BIG_SLOW = table({(128, 8): 1.0, (96, 16): 1.5, (64, 32): 0.5})   # 64×64 has 2× the throughput
+BIG_FAST = table({(128, 8): 0.4, (96, 16): 1.5, (64, 32): 0.8})   # 128×128 has 2× the throughput
+
+
+@pytest.mark.parametrize("measure, expected", [(BIG_SLOW, (64, 32)), (BIG_FAST, (128, 8))])
+def test_the_shape_with_the_most_patch_pixels_per_second_is_chosen(measure, expected):
+    config, plan = plan_training(TrainingConfig(precision="fp32"), measure=measure, device="cpu")
+    assert (config.patch_size, config.batch_size, plan.patch_size, plan.batch_size) == (*expected, *expected)
+
+
+def test_every_candidate_is_measured_once():
+    measure = table({})
+    plan_training(TrainingConfig(precision="fp32"), measure=measure, device="cpu")
+    assert measure.calls == [(128, 8, "fp32"), (96, 16, "fp32"), (64, 32, "fp32")]
+
+
+def test_auto_precision_measures_the_precisions_the_cpu_runs_natively():
+    measure = table({})
+    config, plan = plan_training(TrainingConfig(), measure=measure, device="cpu")
+    expected = ["bf16", "fp32"] if native_bf16(torch.device("cpu")) else ["fp32"]
+    assert sorted({p for _, _, p in measure.calls}) == expected
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_precision_set_in_the_config_is_the_only_one_measured(precision):
+    measure = table({})
+    plan_training(TrainingConfig(precision=precision), measure=measure, device="cpu")
+    assert {p for _, _, p in measure.calls} == {precision}
+
+
+@pytest.mark.parametrize("user, expected", [
+    ({"patch_size": 96}, {"patch_size": 96}),
+    ({"batch_size": 4}, {"batch_size": 4}),
+    ({"precision": "auto"}, {"precision": "auto"}),
+    ({"precision": "bf16"}, {"precision": "bf16"}),
+    ({"epochs": 3}, {"epochs": 3}),
+    ({"patch_size": 96, "batch_size": 4}, {"patch_size": 96, "batch_size": 4}),
+])
+def test_a_field_the_user_set_is_never_changed(user, expected):
+    config = TrainingConfig(max_minutes=10.0).with_updates(**user)
+    planned, _ = plan_training(config, user_fields=user, measure=BIG_SLOW, device="cpu")
+    assert {k: getattr(planned, k) for k in expected} == expected
+
+
+def test_a_user_set_shape_is_the_only_one_measured():
+    measure = table({})
+    plan_training(TrainingConfig(precision="fp32", patch_size=96, batch_size=4),
+                  user_fields=("patch_size", "batch_size"), measure=measure, device="cpu")
+    assert measure.calls == [(96, 4, "fp32")]
+
+
+def test_a_budget_raises_epochs_beyond_the_planned_steps():
+    config = TrainingConfig(precision="fp32", max_minutes=10.0, steps_per_epoch=250)
+    planned, plan = plan_training(config, measure=BIG_SLOW, device="cpu")
+    assert (plan.planned_steps, planned.epochs * planned.steps_per_epoch >= plan.planned_steps) == (1080, True)
+
+
+def test_without_a_budget_epochs_stay_and_no_steps_are_planned():
+    planned, plan = plan_training(TrainingConfig(precision="fp32"), measure=BIG_SLOW, device="cpu")
+    assert (planned.epochs, plan.planned_steps, plan.max_minutes) == (60, None, None)
+
+
+def test_patches_larger_than_the_smallest_image_are_not_tried():
+    measure = table({})
+    plan_training(TrainingConfig(precision="fp32"), measure=measure, device="cpu", dataset=[(100, 120)])
+    assert [c[0] for c in measure.calls] == [96, 64]
+
+
+def test_explain_names_the_choice_the_budget_and_the_comparison():
+    _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
+    assert plan.explain() == ("fp32 on this CPU: 64×64 patches, batch 32, about 1,080 steps in 10 min "
+                              "(2.0× the patch pixels per second of 128×128 × 8).")
+
+
+def test_the_plan_survives_json():
+    _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=5.0), measure=BIG_SLOW, device="cpu")
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@pytest.mark.parametrize("data", [[1], {"patch_size": 64, "colour": "red"}, {"patch_size": 64}])
+def test_a_bad_plan_dict_is_a_sentence(data):
+    with pytest.raises(PlanError):
+        Plan.from_dict(data)
+
+
+def test_an_unknown_user_field_is_a_sentence():
+    with pytest.raises(PlanError, match="colour"):
+        plan_training(TrainingConfig(), user_fields=("colour",), measure=BIG_SLOW, device="cpu")
+
+
+def test_the_real_measurement_is_a_positive_number():
+    config = TrainingConfig(**TINY)
+    assert measure_step_seconds(config, 32, 2, "fp32", device="cpu") > 0
+
+
+def test_the_checkpoint_carries_the_plan(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", n_images=3, size=64, seed=1)
+    config = TrainingConfig(**TINY, epochs=1, steps_per_epoch=2, val_fraction=0.34, calibrate_postprocess=False,
+                            precision="fp32")
+    config, plan = plan_training(config, user_fields=TINY, device="cpu")
+    train(config, data, tmp_path / "run", plan=plan.to_dict())
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert Plan.from_dict(ckpt["plan"]) == plan
