@@ -94,7 +94,7 @@ def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
         from tests.browser_helpers import launch
 
         browser = launch(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1280, "height": 800})  # a laptop: the README's pictures
         page.set_default_timeout(60_000)
 
         page.goto(f"{url}/")
