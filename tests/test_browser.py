@@ -139,6 +139,9 @@ def test_train_watch_and_tune_in_a_real_browser(home, tmp_path):
         page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(image_path))
         page.get_by_text("Mask on the image").wait_for()
         wait_idle(page)
+        controls = page.locator("[data-testid='stRadio']", has_text="Estimated from the photograph").first
+        controls.evaluate("e => e.scrollIntoView({block: 'start'})")  # at 800 px the tuner is below the uploads
+        page.wait_for_timeout(500)
         shot(page, "model_inference")
         thumb = slider_input(page, "Threshold")
         shown = {}
