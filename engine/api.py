@@ -201,7 +201,9 @@ def health(request: Request, body: None) -> tuple[int, dict]:
 
 def training_start(request: Request, body: dict) -> tuple[int, dict]:
     """POST /training/start: ``{model_id[, resume, training_config]}`` (re)starts or continues a model;
-    ``{name, dataset[, training_config]}`` creates one and queues it."""
+    ``{name, dataset[, training_config, plan]}`` creates one and queues it, planned for this machine
+    (``engine.planner``; the keys of ``training_config`` are kept) unless ``"plan": false``. A new
+    model's answer carries ``plan`` (``Plan.to_dict()``, or None) and ``plan_text`` (a sentence, or None)."""
     if "model_id" in body:
         _fields(body, {"model_id"}, {"resume", "training_config"})
         model_id, resume = _text(body, "model_id"), _flag(body, "resume")
@@ -209,12 +211,21 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
         config = _object(body, "training_config") if "training_config" in body else json.loads(row["config"])
         task_id = jobs.start_training(model_id, config, resume=resume)
     else:
-        _fields(body, {"name", "dataset"}, {"training_config"})
+        _fields(body, {"name", "dataset"}, {"training_config", "plan"})
         name = _text(body, "name", "'unet-dice-v1'")
         folder = allowed_path(body["dataset"], "dataset")
         config = _object(body, "training_config") if "training_config" in body else {}
-        model_id = jobs.submit_training(name, folder, config)
+        plan = None
+        if "plan" not in body or _flag(body, "plan"):
+            from engine.planner import plan_for_folder
+            from engine.train import TrainingConfig
+
+            planned, plan = plan_for_folder(TrainingConfig.from_dict(config), set(config), folder)
+            config = planned.to_dict()
+        model_id = jobs.submit_training(name, folder, config, plan=plan.to_dict() if plan else None)
         task_id = store.get_model(model_id)["task_id"]
+        return 202, {"model_id": model_id, "task_id": task_id, "status": "queued",
+                     "plan": plan.to_dict() if plan else None, "plan_text": plan.explain() if plan else None}
     return 202, {"model_id": model_id, "task_id": task_id, "status": "queued"}
 
 

@@ -71,6 +71,32 @@ class ProgressBar:
                   f"{event['best_epoch']}", file=self.stream, flush=True)
 
 
+def planned(config: Any, user_fields: set[str], data: Path, stream=None) -> tuple[Any, dict | None]:
+    """(config, plan dict) for ``data`` on this machine, after printing the plan in one line to ``stream``.
+
+    Fields in ``user_fields`` (the keys of ``--config`` and ``--set``) are kept. A folder with fewer than
+    2 images is not planned for (training refuses it with a sentence).
+
+    Raises:
+        DatasetError: ``data`` is not a usable data set.
+    """
+    from engine.planner import plan_for_folder
+
+    config, plan = plan_for_folder(config, user_fields, data)
+    if plan is None:
+        return config, None
+    print(f"plan: {plan.explain()}", file=stream or sys.stdout, flush=True)
+    return config, plan.to_dict()
+
+
+def user_fields(args: argparse.Namespace) -> set[str]:
+    """The training options the command line set: the keys of ``--config`` and of every ``--set``."""
+    from engine.train import parse_set_option
+
+    keys = set(read_json(args.config, "config")) if args.config else set()
+    return keys | {parse_set_option(item)[0] for item in args.set or []}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.train import TrainingConfig, parse_set_option, train
 
@@ -91,6 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.is_dir():
         raise CliError(f"The data folder {data} does not exist.")
+    plan = None
+    if not args.no_plan and not args.resume:  # a resumed run keeps the shape its checkpoint was trained with
+        config, plan = planned(config, user_fields(args), data)
     stop = {"requested": False}
 
     def on_interrupt(signum, frame):  # first Ctrl-C stops cleanly (saving last.pt), a second one aborts
@@ -102,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         result = train(config, data, args.out, on_event=ProgressBar(), should_stop=lambda: stop["requested"],
-                       resume_from=args.resume)
+                       resume_from=args.resume, plan=plan)
     finally:
         signal.signal(signal.SIGINT, previous)
     if result.best_checkpoint is None and not result.epochs_run:
@@ -260,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with training options")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes")
+    p.add_argument("--no-plan", action="store_true", help="train with the options as given: do not measure "
+                   "this machine to choose patch size, batch size, precision and epochs")
     p.add_argument("--resume", metavar="CKPT", help="continue from this last.pt with its own settings (change them "
                    "with --set, e.g. --set epochs=80 to train longer)")
     p.set_defaults(func=cmd_train)

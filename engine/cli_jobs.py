@@ -2,7 +2,7 @@
 ``prune`` and ``backup`` (the worker must be running for queued trainings to start: ``make worker`` or
 ``make run``).
 
-    python -m engine submit --data DIR [--config cfg.json] [--set key=value …] [--name NAME]
+    python -m engine submit --data DIR [--config cfg.json] [--set key=value …] [--name NAME] [--no-plan]
     python -m engine status [MODEL_ID] [--json]
     python -m engine stop MODEL_ID
     python -m engine cancel JOB_ID
@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="JSON file with training options")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
     p.add_argument("--name", help="a name for the model (default: the data folder's name and the time)")
+    p.add_argument("--no-plan", action="store_true", help="queue the options as given: do not measure this "
+                   "machine to choose patch size, batch size, precision and epochs")
     p.set_defaults(func=cmd_submit)
 
     p = subparsers.add_parser("status", help="state of one model, or of every model")
@@ -76,7 +78,8 @@ def _days(text: str) -> float:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine.cli import read_json  # shared with `train --config`; imported late: cli imports this module
+    # shared with `train`; imported late: cli imports this module
+    from engine.cli import planned, read_json, user_fields
     from engine.jobs import submit_training
     from engine.train import TrainingConfig, parse_set_option
 
@@ -86,7 +89,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise ValueError(f"The data folder {data} does not exist.")
     name = args.name or f"{data.resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
-    print(submit_training(name, data, config))
+    plan = None
+    if not args.no_plan:  # the plan goes to stderr: stdout is the model id alone, for scripts
+        config, plan = planned(config, user_fields(args), data, stream=sys.stderr)
+    print(submit_training(name, data, config, plan=plan))
     return 0
 
 

@@ -273,8 +273,9 @@ def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn
         from engine.train import TrainingConfig, train
 
         row = store.get_model(model_id, db=conn)
+        plan = json.loads(row["plan"]) if row.get("plan") else None  # the row is the record of the plan
         result = train(TrainingConfig.from_dict(config), row["dataset"], paths.checkpoints_dir(model_id),
-                       on_event=progress, should_stop=stopper, resume_from=resume_from)
+                       on_event=progress, should_stop=stopper, resume_from=resume_from, plan=plan)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
         log.exception("training of %s failed", model_id)
         finish(status="failed", error=_error_text(exc))
@@ -511,8 +512,11 @@ def _check_startable(row: dict, resume: bool) -> None:
     raise store.WrongStateError(f"Model {row['id']!r} {what}.")
 
 
-def start_training(model_id: str, training_config: Any, resume: bool = False) -> str:
+def start_training(model_id: str, training_config: Any, resume: bool = False, plan: dict | None = None) -> str:
     """Queue the training of an existing model row and return the Huey task id.
+
+    ``plan``: the ``engine.planner.Plan.to_dict()`` that chose ``training_config``, written to the row
+    (and by the worker into every checkpoint); None keeps the row's plan.
 
     Allowed for a model never started, for a ``failed`` or ``stopped`` one, and with ``resume=True`` for a ``completed``
     one: ``resume=True`` continues from its ``last.pt`` (epochs, optimiser, schedule, early stopping and
@@ -542,15 +546,19 @@ def start_training(model_id: str, training_config: Any, resume: bool = False) ->
                                heartbeat_at=now, error=None, stop_reason=None, finished_at=None, started_at=None,
                                current_epoch=None, batch=None, eta_s=None, total_epochs=config["epochs"],
                                patience=config["early_stopping_patience"],
-                               monitor=config["early_stopping_monitor"])
+                               monitor=config["early_stopping_monitor"], **({"plan": plan} if plan else {}))
             q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
     finally:
         conn.close()
     return task.id
 
 
-def submit_training(name: str, dataset: str | os.PathLike, config: Any, submission_key: str | None = None) -> str:
+def submit_training(name: str, dataset: str | os.PathLike, config: Any, submission_key: str | None = None,
+                    plan: dict | None = None) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id.
+
+    ``plan``: the ``engine.planner.Plan.to_dict()`` that chose ``config`` (see ``engine.planner``), kept
+    in the row and in every checkpoint; None for a run that was not planned.
 
     ``submission_key``: one per submission of a form; a second call with the same key queues nothing
     (see ``storage.db.create_model``).
@@ -582,7 +590,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
     if len(ds) < 2:  # the same refusal train() makes, made before a row exists
         raise DatasetError(f"{ds.root} has {len(ds)} image(s); training needs at least 2 (one held out for validation).")
     check_patch_size(ds, int(config["patch_size"]))
-    model_id = store.create_model(name, config, str(folder.resolve()), submission_key=submission_key)
+    model_id = store.create_model(name, config, str(folder.resolve()), submission_key=submission_key, plan=plan)
     try:
         start_training(model_id, config)
     except BaseException:
@@ -629,6 +637,7 @@ def training_status(model_id: str) -> dict:
         "heartbeat_at": row["heartbeat_at"], "heartbeat_age_s": store.age_seconds(row["heartbeat_at"]),
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
         "dataset": row["dataset"], "task_id": row["task_id"],
+        "plan": json.loads(row["plan"]) if row.get("plan") else None,
     }
 
 

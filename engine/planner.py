@@ -259,3 +259,23 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     plan = Plan(best["patch_size"], best["batch_size"], best["precision"], best["seconds_per_step"],
                 best["pixels_per_second"], tried, planned_steps, budget, dev.type, changes)
     return config.with_updates(**changes), plan
+
+
+def plan_for_folder(config: TrainingConfig, user_fields: Iterable[str], folder: Any,
+                    measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan | None]:
+    """``plan_training`` for the data set in ``folder``: patches larger than its smallest image are not tried.
+
+    Returns:
+        (the planned config, the Plan); (``config``, None) when the folder holds fewer than 2 images,
+        which training refuses with its own sentence.
+
+    Raises:
+        DatasetError: ``folder`` is not a usable data set.
+        PlanError, TrainingError: as ``plan_training``.
+    """
+    from engine.data import load_dataset
+
+    dataset = load_dataset(folder)
+    if len(dataset) < 2:
+        return config, None
+    return plan_training(config, user_fields, measure=measure, dataset=dataset)

@@ -38,7 +38,7 @@ CHECKPOINT_KINDS = ("best", "last", "epoch")
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline
 
-_JSON_FIELDS = {"config", "recommended_postprocess", "postprocess"}
+_JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan"}
 
 
 class UnknownModelError(ValueError):
@@ -216,13 +216,14 @@ def integrity_check(db: Database | None = None) -> str:
 # --------------------------------------------------------------------------- models
 
 def create_model(name: str, config: dict, dataset: str, db: Database | None = None,
-                 submission_key: str | None = None) -> str:
+                 submission_key: str | None = None, plan: dict | None = None) -> str:
     """Register a new run (status ``queued``, not yet in the worker's queue) and return its id.
 
     Args:
         submission_key: identifies one submission of a form (the dashboard draws each Start form with a
             new key); the check and the insert share one transaction and the column is UNIQUE, so two
             submissions with the same key create one row, however close together they arrive.
+        plan: the training plan that chose the config (stored as JSON in the ``plan`` column), or None.
 
     Raises:
         DuplicateSubmissionError: a run with ``submission_key`` exists already (its id in ``.model_id``).
@@ -237,7 +238,8 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
     record = {"id": model_id, "name": name.strip(), "status": "queued", "config": json.dumps(config, sort_keys=True),
               "dataset": str(dataset), "created_at": now, "queued_at": now,
               "total_epochs": config.get("epochs"), "patience": config.get("early_stopping_patience"),
-              "monitor": config.get("early_stopping_monitor"), "submission_key": submission_key}
+              "monitor": config.get("early_stopping_monitor"), "submission_key": submission_key,
+              "plan": json.dumps(plan, sort_keys=True) if plan is not None else None}
     with _use(db) as db:
         with immediate(db):
             if submission_key is not None:

@@ -123,3 +123,10 @@ def inference_scale(db: Database) -> None:
     """A batch job records how its photographs were resized for the model: ``auto``, ``none`` or a factor
     (as text); jobs made before this column ran with ``auto``."""
     db["inference_jobs"].add_column("scale", str)
+
+
+@MIGRATIONS(name="0004_plan")
+def training_plan(db: Database) -> None:
+    """A run records the plan that chose its patch size, batch size, precision and epochs for the machine
+    and the time budget (``engine.planner.Plan.to_dict()`` as JSON); NULL for a run that was not planned."""
+    db["models"].add_column("plan", str)

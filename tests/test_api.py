@@ -171,7 +171,9 @@ def test_missing_token_says_where_the_token_is(api):
      "application/json", 400),
     ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets/synth", "training_config": {"no_such": 1}}',
      "application/json", 400),
-    ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets"}', "application/json", 400),  # not a data set
+    # unplanned, the default 128 px patches do not fit the 64 px images (a plan would choose patches that fit)
+    ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets", "plan": false}', "application/json", 400),
+    ("/api/v1/training/start", b'{"name": "n", "dataset": "datasets/synth", "plan": "yes"}', "application/json", 400),
     ("/api/v1/inference/start", b'{"model_id": "baseline", "input": "datasets/synth/images", "postprocess": 3}',
      "application/json", 400),
     ("/api/v1/inference/start", b'{"model_id": "baseline", "input": "datasets/synth/images", '
@@ -282,6 +284,15 @@ def test_models_and_checkpoints(api, trained):
 def test_starting_a_completed_model_again_is_a_conflict(api, trained, body):
     status, answer = api.call("POST", "/api/v1/training/start", {"model_id": trained, **body})
     assert (status, "has already completed" in answer["error"]) == (409, True)
+
+
+@pytest.mark.parametrize("plan, expected", [(True, (32, 2, True)), (False, (None, None, False))])
+def test_a_new_model_is_planned_unless_asked_not_to(api, plan, expected):
+    status, body = api.call("POST", "/api/v1/training/start", {"name": "planned", "dataset": "datasets/synth",
+                                                               "training_config": {**TINY, "epochs": 1}, "plan": plan})
+    api.call("POST", "/api/v1/training/stop", {"model_id": body["model_id"]})
+    shown = body["plan"] or {}
+    assert (status, shown.get("patch_size"), shown.get("batch_size"), bool(body["plan_text"])) == (202, *expected)
 
 
 def test_stopping_a_finished_model_is_a_conflict(api, trained):
