@@ -11,6 +11,8 @@ from pages.train_widgets import (
     first_usable,
     form_defaults,
     generate_synthetic,
+    measure_callback,
+    plan_line,
     registered_datasets,
     release_start_button,
     run_monitor,
@@ -141,6 +143,9 @@ def main() -> None:
         st.form_submit_button("Start training", type="primary", key="train_start", disabled=not usable or held,
                               on_click=submit_callback, args=(defaults,),
                               help="One click queues one run: a double click does not queue it twice.")
+        st.form_submit_button("Measure this machine", key="train_measure", disabled=not usable,
+                              on_click=measure_callback, args=(defaults,))
+    plan_line(defaults)
     submit_message()
     monitor()
     if st.session_state.pop("train_scroll", False):

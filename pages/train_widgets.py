@@ -225,21 +225,91 @@ def submission_key(held: bool) -> str:
     return s["train_form_key"]
 
 
+def form_values(defaults: TrainingConfig) -> tuple[dict, dict]:
+    """(every training option as the form holds it, those the user changed from the form's defaults)."""
+    s = st.session_state
+    values = {f.name: s.get(f"train_cfg_{f.name}", getattr(defaults, f.name)) for f in dataclasses.fields(TrainingConfig)}
+    return values, {k: v for k, v in values.items() if v != getattr(defaults, k)}
+
+
+def _plan_key(dataset: str | None, changed: dict) -> str:
+    # a plan holds for one data set and one set of user changes (the time budget among them)
+    return json.dumps([dataset, changed], sort_keys=True, default=str)
+
+
+def measure_callback(defaults: TrainingConfig) -> None:
+    """"Measure this machine": plan the form's run for this machine and its time budget, keeping the
+    fields the user changed; the plan is kept for this data set and these changes until they change."""
+    from engine.planner import plan_for_folder
+
+    s = st.session_state
+    s["train_plan_error"] = None
+    values, changed = form_values(defaults)
+    dataset = s.get("train_dataset")
+    if not dataset:
+        s["train_plan_error"] = "Choose a data set first: the plan depends on its smallest image."
+        return
+    try:
+        config, plan = plan_for_folder(TrainingConfig.from_dict(values), set(changed), dataset)
+    except ValueError as exc:
+        s["train_plan_error"] = str(exc)
+        return
+    except Exception:
+        logger.exception("could not measure this machine")
+        s["train_plan_error"] = ("The machine could not be measured because of an unexpected error; details are in "
+                                 "logs/dashboard.log. Start training still works with the form's values.")
+        return
+    if plan is None:
+        s["train_plan_error"] = "The data set has fewer than 2 images: training needs at least 2."
+        return
+    s["train_plan"] = {"key": _plan_key(dataset, changed), "config": config.to_dict(), "plan": plan.to_dict(),
+                       "text": plan.explain()}
+
+
+def planned_run(defaults: TrainingConfig) -> tuple[TrainingConfig, dict | None]:
+    """The config Start training queues and its plan: the measured plan when it was made for the form's
+    current data set and changes, else the form's values as they are (and None)."""
+    s = st.session_state
+    values, changed = form_values(defaults)
+    saved = s.get("train_plan")
+    if saved and saved["key"] == _plan_key(s.get("train_dataset"), changed):
+        return TrainingConfig.from_dict(saved["config"]), saved["plan"]
+    return TrainingConfig.from_dict(values), None
+
+
+def plan_line(defaults: TrainingConfig) -> None:
+    """The "Plan for this machine" line under the form."""
+    s = st.session_state
+    saved, error = s.get("train_plan"), s.get("train_plan_error")
+    _, changed = form_values(defaults)
+    if error:
+        st.error(error)
+    elif saved and saved["key"] == _plan_key(s.get("train_dataset"), changed):
+        st.info(f"Plan for this machine: {saved['text']} Start training uses it; the fields you changed stay "
+                "as you set them.")
+    elif saved:
+        st.caption("Plan for this machine: the form or the data set changed since the last measurement; "
+                   "Measure this machine again to plan for them (Start training uses the form as it is).")
+    else:
+        st.caption("Plan for this machine: Measure this machine times a few training steps (a few seconds) and "
+                   "chooses patch size, batch size, precision and, with a time budget, epochs; the fields you "
+                   "changed stay as you set them. Without it, Start training uses the form as it is.")
+
+
 def submit_callback(defaults: TrainingConfig) -> None:
     from engine.jobs import submit_training
     from storage.db import DuplicateSubmissionError
 
     s = st.session_state
     s["train_message"] = None
-    values = {f.name: s.get(f"train_cfg_{f.name}", getattr(defaults, f.name)) for f in dataclasses.fields(TrainingConfig)}
     name, dataset, key = (s.get("train_name") or "").strip(), s.get("train_dataset"), s.get("train_form_key")
     if not dataset:
         s["train_message"] = ("error", "Choose a data set first (a folder, a zip, a registered or a synthetic one).")
         return
     try:
-        config = TrainingConfig.from_dict(values)
+        config, plan = planned_run(defaults)
         model_id = submit_training(name or f"unet-{time.strftime('%m%d-%H%M%S')}", dataset, config,
-                                   submission_key=key)
+                                   submission_key=key, plan=plan)
     except DuplicateSubmissionError as exc:  # the second click of a double click: the first one's run stands
         s["train_watch"] = exc.model_id
         s["train_message"] = ("success", f"Queued model {exc.model_id}: it starts as soon as the worker has a free "
@@ -257,8 +327,9 @@ def submit_callback(defaults: TrainingConfig) -> None:
     s["train_form_used"] = key
     s["train_submitted_at"] = time.monotonic()  # draws the Start button disabled for SUBMIT_HOLD_S
     s["train_watch"], s["train_scroll"] = model_id, True
+    planned = " It runs as planned for this machine." if plan else ""
     s["train_message"] = ("success", f"Queued model {model_id}: it starts as soon as the worker has a free slot; "
-                                     "follow it in the Training monitor below.")
+                                     f"follow it in the Training monitor below.{planned}")
     forget_queries()
 
 
