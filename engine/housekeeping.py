@@ -268,7 +268,11 @@ def stored_data() -> list[dict]:
             if entry.name.startswith("."):
                 continue  # an extraction or write in progress
             user = next((str(r) for r in reads if paths.is_inside(r, entry) or paths.is_inside(entry, r)), None)
-            entries.append({"kind": kind, "name": entry.name, "path": str(entry), "size_bytes": size_of(entry),
+            name = entry.name
+            if kind == "upload" and entry.is_dir():  # uploads/<id>/<the user's file name>: show the user's name
+                inside = [p.name for p in entry.iterdir() if not p.name.startswith(".")]
+                name = inside[0] if len(inside) == 1 else name
+            entries.append({"kind": kind, "name": name, "path": str(entry), "size_bytes": size_of(entry),
                             "in_use": f"read by an active training or inference job ({user})" if user else None})
     return sorted(entries, key=lambda e: -e["size_bytes"])
 

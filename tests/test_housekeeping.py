@@ -522,3 +522,13 @@ def test_the_models_page_deletes_older_checkpoints_and_one_checkpoint(home, monk
     at.button(key=f"hk_ckpt_delete_{model_id}_yes").click().run()
     assert (after_prune, _names(model_id)) == (sorted(["best.pt", "last.pt", *_epochs(2, 3, 4)]),
                                                sorted(["best.pt", "last.pt", *_epochs(3, 4)]))
+
+
+def test_an_upload_is_listed_by_the_users_file_name(home):
+    from storage import paths
+
+    folder = paths.uploads_dir() / "4f1c0d2e9a" / "clinic_photos.zip"
+    folder.parent.mkdir(parents=True)
+    folder.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    names = [e["name"] for e in housekeeping.stored_data() if e["kind"] == "upload"]
+    assert names == ["clinic_photos.zip"]
