@@ -71,22 +71,17 @@ class ProgressBar:
                   f"{event['best_epoch']}", file=self.stream, flush=True)
 
 
-def planned(config: Any, user_fields: set[str], data: Path, stream=None) -> tuple[Any, dict | None]:
-    """(config, plan dict) for ``data`` on this machine, after printing the plan in one line to ``stream``.
-
-    Fields in ``user_fields`` (the keys of ``--config`` and ``--set``) are kept. A folder with fewer than
-    2 images is not planned for (training refuses it with a sentence).
+def planned(config: Any, user_fields: set[str], data: Path) -> tuple[Any, Any]:
+    """(config, Plan) for ``data`` on this machine; fields in ``user_fields`` (the keys of ``--config``
+    and ``--set``) are kept. A folder with fewer than 2 images is not planned for (Plan None): training
+    refuses it with a sentence.
 
     Raises:
         DatasetError: ``data`` is not a usable data set.
     """
     from engine.planner import plan_for_folder
 
-    config, plan = plan_for_folder(config, user_fields, data)
-    if plan is None:
-        return config, None
-    print(f"plan: {plan.explain()}", file=stream or sys.stdout, flush=True)
-    return config, plan.to_dict()
+    return plan_for_folder(config, user_fields, data)
 
 
 def user_fields(args: argparse.Namespace) -> set[str]:
@@ -120,6 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     plan = None
     if not args.no_plan and not args.resume:  # a resumed run keeps the shape its checkpoint was trained with
         config, plan = planned(config, user_fields(args), data)
+        if plan is not None:
+            print(f"plan: {plan.explain()}", flush=True)
     stop = {"requested": False}
 
     def on_interrupt(signum, frame):  # first Ctrl-C stops cleanly (saving last.pt), a second one aborts
@@ -131,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         result = train(config, data, args.out, on_event=ProgressBar(), should_stop=lambda: stop["requested"],
-                       resume_from=args.resume, plan=plan)
+                       resume_from=args.resume, plan=plan.to_dict() if plan else None)
     finally:
         signal.signal(signal.SIGINT, previous)
     if result.best_checkpoint is None and not result.epochs_run:

@@ -90,9 +90,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ValueError(f"The data folder {data} does not exist.")
     name = args.name or f"{data.resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
     plan = None
-    if not args.no_plan:  # the plan goes to stderr: stdout is the model id alone, for scripts
-        config, plan = planned(config, user_fields(args), data, stream=sys.stderr)
-    print(submit_training(name, data, config, plan=plan))
+    if not args.no_plan:
+        config, plan = planned(config, user_fields(args), data)
+    model_id = submit_training(name, data, config, plan=plan.to_dict() if plan else None)
+    if plan is not None:  # once queued (a refusal is one line); on stderr: stdout is the model id alone, for scripts
+        print(f"plan: {plan.explain()}", file=sys.stderr, flush=True)
+    print(model_id)
     return 0
 
 
