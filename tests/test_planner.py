@@ -126,3 +126,16 @@ def test_the_checkpoint_carries_the_plan(tmp_path):
     train(config, data, tmp_path / "run", plan=plan.to_dict())
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert Plan.from_dict(ckpt["plan"]) == plan
+
+
+@pytest.mark.parametrize("extra, expected", [([], True), (["--no-plan"], False)])
+def test_cli_train_prints_the_plan_unless_told_not_to(tmp_path, capsys, extra, expected):
+    from engine.cli import main
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=3, size=64, seed=1)
+    sets = [f"{k}={v}" for k, v in {**TINY, "epochs": 1, "steps_per_epoch": 1, "val_fraction": 0.34,
+                                     "calibrate_postprocess": False}.items()]
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *extra,
+                 *[a for s in sets for a in ("--set", s)]])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert (code, capsys.readouterr().out.startswith("plan: "), ckpt["plan"] is not None) == (0, expected, expected)
