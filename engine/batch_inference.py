@@ -70,18 +70,22 @@ def _image_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
 
 
-def _output_names(files: list[Path], root: Path) -> list[str]:
-    """A unique, flat PNG name per input (sub/a.tif -> sub__a.png; a.png + a.tif -> a.png, a_2.png)."""
+def unique_names(stems: list[str], suffix: str) -> list[str]:
+    """One file name per stem, ``stem + suffix``, numbered (``_2``, ``_3``) where stems repeat (case ignored)."""
     names, seen = [], set()
-    for file in files:
-        base = "__".join(file.relative_to(root).with_suffix("").parts)
-        name, n = f"{base}.png", 1
+    for stem in stems:
+        name, n = f"{stem}{suffix}", 1
         while name.lower() in seen:
             n += 1
-            name = f"{base}_{n}.png"
+            name = f"{stem}_{n}{suffix}"
         seen.add(name.lower())
         names.append(name)
     return names
+
+
+def _output_names(files: list[Path], root: Path) -> list[str]:
+    """A unique, flat PNG name per input (sub/a.tif -> sub__a.png; a.png + a.tif -> a.png, a_2.png)."""
+    return unique_names(["__".join(file.relative_to(root).with_suffix("").parts) for file in files], ".png")
 
 
 def load_predictor(checkpoint: str, scale: str | float = "auto") -> Callable[[np.ndarray, np.ndarray], tuple]:

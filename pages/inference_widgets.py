@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
+from engine.batch_inference import unique_names
 from engine.fov import estimate_fov, fov_diameter
 from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
@@ -223,19 +224,6 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
         return StartPoint(None, DEFAULTS_LABEL, "with the default settings")
     st.caption(settings_sentence(config or PostProcessConfig()))
     return StartPoint(config, pick, words)
-
-
-def unique_names(stems: list[str], suffix: str) -> list[str]:
-    """One file name per stem, ``stem + suffix``, numbered (``_2``, ``_3``) where stems repeat."""
-    names, seen = [], set()
-    for stem in stems:
-        name, n = f"{stem}{suffix}", 1
-        while name.lower() in seen:
-            n += 1
-            name = f"{stem}_{n}{suffix}"
-        seen.add(name.lower())
-        names.append(name)
-    return names
 
 
 def workspace(source: str, *, key: str, start: StartPoint) -> str | float | None:

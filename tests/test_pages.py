@@ -513,7 +513,7 @@ def test_the_same_file_uploaded_twice_is_listed_once(home):
     (["a", "a", "A"], ["a_mask.png", "a_2_mask.png", "A_3_mask.png"]),
 ])
 def test_mask_names_in_the_zip_never_collide(stems, names):
-    from pages.inference_widgets import unique_names
+    from engine.batch_inference import unique_names
 
     assert unique_names(stems, "_mask.png") == names
 
