@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a U-Net on a data set folder")
-    p.add_argument("--data", required=True, help="data set folder (DRIVE or images/ + masks/ [+ fov/])")
+    p.add_argument("--data", required=True, help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]")
     p.add_argument("--out", required=True, help="folder for best.pt and last.pt")
     p.add_argument("--config", help="JSON file with training options")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--input", required=True, help="an image or a folder of images")
             p.add_argument("--output", required=True, help="folder for NAME_prob.png and NAME_mask.png")
         else:
-            p.add_argument("--data", required=True, help="data set folder with masks")
+            p.add_argument("--data", required=True, help="data set folder with vessel masks, in any layout train reads")
         group = p.add_mutually_exclusive_group()
         group.add_argument("--postprocess", help="JSON file with PostProcessConfig settings")
         group.add_argument("--recommended", action="store_true", help="use the checkpoint's calibrated settings")
