@@ -23,7 +23,8 @@ from pathlib import Path
 def register(subparsers) -> None:
     """Add the queue commands to ``python -m engine``'s sub-command parser."""
     p = subparsers.add_parser("submit", help="queue a training on the background worker; prints the model id")
-    p.add_argument("--data", required=True, help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]")
+    p.add_argument("--data", required=True,
+                   help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]")
     p.add_argument("--config", help="JSON file with training options")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
     p.add_argument("--name", help="a name for the model (default: the data folder's name and the time)")
