@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.jobs import recover_if_no_worker
 from pages.charts import curves_figure
 from pages.components import age_text, forget_queries, query, run_duration, run_page, stop_reason_text
 from pages.housekeeping_widgets import checkpoint_controls
@@ -120,6 +119,9 @@ def refresh_while_active(drawn: list[tuple]) -> None:
 
 def main() -> None:
     st.title("Models")
+    from engine.jobs import recover_if_no_worker  # here, not at import: it opens the queue, which a
+    #   data home that cannot be written refuses; inside the page, that refusal is shown as a sentence
+
     recover_if_no_worker()  # a run whose worker died reads "failed", not "running", even with no worker up
     message = st.session_state.pop("models_message", None)
     if message:

@@ -2,7 +2,6 @@
 disk use of the data home (inference results, data sets and uploads can be deleted here)."""
 import streamlit as st
 
-from engine.jobs import recover_if_no_worker
 from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
                               stop_reason_text, worker_age)
 from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
@@ -51,6 +50,9 @@ def model_table(models: list[dict]) -> None:
 
 @st.fragment(run_every=3)
 def live() -> None:
+    from engine.jobs import recover_if_no_worker  # here, not at import: it opens the queue, which a
+    #   data home that cannot be written refuses; inside the page, that refusal is shown as a sentence
+
     if recover_if_no_worker():  # runs whose worker died are failed here when no worker is up to do it
         forget_queries()
     worker_panel()
