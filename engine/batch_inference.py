@@ -124,7 +124,7 @@ def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
 def job_scale(row: dict) -> str | float:
     """How the job resizes photographs for the model: ``"auto"`` (also for jobs made before this was
     recorded), ``"none"`` or a factor."""
-    from engine.infer import parse_scale
+    from engine.fov import parse_scale
 
     return parse_scale(row.get("scale") or "auto")
 

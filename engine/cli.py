@@ -263,7 +263,7 @@ def _threshold(text: str) -> float:
 
 
 def _scale(text: str) -> str | float:
-    from engine.infer import parse_scale
+    from engine.fov import parse_scale
 
     try:
         return parse_scale(text)

@@ -11,6 +11,9 @@ resized to the model's scale first (see :func:`engine.infer.resolve_scale`).
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -144,3 +147,26 @@ def rescale(array: np.ndarray, factor: float, kind: str = "image", min_side: int
     else:
         method = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
     return cv2.resize(array, size, interpolation=method)
+
+
+SCALE_CHOICES = ("auto", "none")
+
+
+def parse_scale(value: Any) -> str | float:
+    """``"auto"``, ``"none"`` or a positive resize factor, from what a user typed or sent.
+
+    Raises:
+        ValueError: anything else, with a sentence saying what is accepted.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in SCALE_CHOICES:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"scale must be auto, none or a resize factor such as 0.5, not {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.05 <= value <= 20:
+        raise ValueError(f"scale must be auto, none or a resize factor between 0.05 and 20, not {value!r}.")
+    return float(value)

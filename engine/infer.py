@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.data import preprocess
-from engine.fov import estimate_fov, fov_diameter, rescale, scale_factor
+from engine.fov import estimate_fov, fov_diameter, parse_scale, rescale, scale_factor
 from engine.imageio import MIN_SIDE
 from engine.models import UNet
 
@@ -205,7 +205,6 @@ def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, tile_size: in
     return acc / norm
 
 
-SCALE_CHOICES = ("auto", "none")
 
 
 def checkpoint_scale(ckpt: dict) -> float | None:
@@ -215,26 +214,6 @@ def checkpoint_scale(ckpt: dict) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 16 <= value <= 100_000:
         return float(value)
     return None
-
-
-def parse_scale(value: Any) -> str | float:
-    """``"auto"``, ``"none"`` or a positive resize factor, from what a user typed or sent.
-
-    Raises:
-        ValueError: anything else, with a sentence saying what is accepted.
-    """
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in SCALE_CHOICES:
-            return text
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"scale must be auto, none or a resize factor such as 0.5, not {value!r}.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.05 <= value <= 20:
-        raise ValueError(f"scale must be auto, none or a resize factor between 0.05 and 20, not {value!r}.")
-    return float(value)
 
 
 def resolve_scale(loaded: LoadedModel, fov: np.ndarray, scale: str | float = "auto") -> float:

@@ -650,7 +650,7 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
     resized for the model. Raises ValueError with a sentence for anything unusable; nothing is queued then.
     """
     from engine.batch_inference import check_inputs
-    from engine.infer import parse_scale
+    from engine.fov import parse_scale
 
     scale = parse_scale(scale)
     checkpoint, source, settings = check_inputs(checkpoint_path, input_path, postprocess)

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engine.fov import estimate_fov, fov_diameter, rescale, scale_factor
+from engine.fov import estimate_fov, fov_diameter, parse_scale, rescale, scale_factor
 
 BASELINE_NAME = "Classical vesselness (Frangi)"
 SIGMAS = (2.0, 3.0, 4.0)  # vessel half-widths probed, in pixels (DRIVE vessels are 1-10 px wide)
@@ -52,13 +52,10 @@ def _check_image(image_rgb: Any) -> np.ndarray:
 
 def baseline_scale(fov: np.ndarray, scale: str | float = "auto") -> float:
     """The factor :func:`vesselness_map` resizes a photograph with this FOV by (see its ``scale``)."""
+    scale = parse_scale(scale)
     if scale == "auto":
         return scale_factor(FOV_DIAMETER, fov_diameter(fov))
-    if scale == "none":
-        return 1.0
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0.05 <= scale <= 20:
-        return float(scale)
-    raise ValueError(f"scale must be auto, none or a resize factor between 0.05 and 20, not {scale!r}.")
+    return 1.0 if scale == "none" else scale
 
 
 def vesselness_map(image_rgb: Any, fov: Any = None, scale: str | float = "auto") -> np.ndarray:
