@@ -26,7 +26,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.calibration import pooled_dice  # noqa: E402
+from engine.postprocess.calibration import pooled_dice  # noqa: E402
 from engine.data import load_dataset, split_indices  # noqa: E402
 from engine.fov import estimate_fov  # noqa: E402
 from engine.infer import load_model, predict, resolve_scale  # noqa: E402

@@ -32,7 +32,7 @@ sys.path[0] = str(ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.calibration import pooled_dice  # noqa: E402
+from engine.postprocess.calibration import pooled_dice  # noqa: E402
 from engine.data import Dataset, load_dataset  # noqa: E402
 from engine.infer import load_model, predict  # noqa: E402
 from engine.metrics import pooled_metrics  # noqa: E402

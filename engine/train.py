@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from engine.calibration import calibrate_postprocess, pooled_dice
+from engine.postprocess.calibration import calibrate_postprocess, pooled_dice
 from engine.data import CHANNELS, NORMALIZATIONS, Dataset, DatasetError, PatchSampler, load_dataset
 from engine.data import normalization_stats, split_indices
 from engine.fov import FOV_DIAMETER_MEASURE

@@ -206,7 +206,7 @@ def _count_regions(mask, connectivity):
                          + [(_dots, s, 0.45, 0.9) for s in range(2)])
 @pytest.mark.parametrize("max_seeds", [1000, 0])  # 0: every map goes through the labelling path
 def test_hysteresis_equals_scipy_labelling(make, seed, low, high, connectivity, max_seeds, monkeypatch):
-    from engine import connectivity as cc
+    from engine.postprocess import connectivity as cc
 
     monkeypatch.setattr(cc, "FILL_MAX_SEEDS", max_seeds)
     labelled = []
@@ -475,7 +475,7 @@ def test_other_numeric_dtypes_are_accepted(dtype):
 def test_count_components_labels_only_the_bounding_box(connectivity, scratch_shape):
     import cv2
 
-    from engine.connectivity import count_components
+    from engine.postprocess.connectivity import count_components
 
     mask = (smooth_random_map(7) > 0.6).astype(np.uint8)
     mask[:10] = 0

@@ -76,7 +76,7 @@ def test_evaluate_runs_on_a_folder_without_fov_masks(tmp_path):
 
 @pytest.mark.slow
 def test_it_scores_on_the_drive_images_it_did_not_train_on(shipped, drive_dir):
-    from engine.calibration import pooled_dice
+    from engine.postprocess.calibration import pooled_dice
 
     ds = load_dataset(drive_dir)
     _, val = split_indices(len(ds), shipped.config.val_fraction, shipped.config.seed)

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.calibration import calibrate_postprocess, pooled_dice
-from engine.connectivity import vessel_ratio_per_label, width_per_label
+from engine.postprocess.calibration import calibrate_postprocess, pooled_dice
+from engine.postprocess.connectivity import vessel_ratio_per_label, width_per_label
 from engine.imageio import read_mask
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.calibration import CALIBRATION_MIN_GAIN, calibrate_postprocess
+from engine.postprocess.calibration import CALIBRATION_MIN_GAIN, calibrate_postprocess
 from engine.data import make_synthetic_dataset
 from engine.postprocess import PostProcessConfig
 from engine.train import EarlyStopping, TrainingConfig, TrainingError, parse_set_option, train

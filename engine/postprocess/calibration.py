@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.postprocess import PostProcessConfig, enhanced_post_processing
+from engine.postprocess.config import PostProcessConfig
+from engine.postprocess.pipeline import enhanced_post_processing
 
 
 def _dice_counts(prob: np.ndarray, mask: np.ndarray, fov: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int]:
