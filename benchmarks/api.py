@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine import jobs  # noqa: E402 - after the sys.path line above
-from engine.data import make_synthetic_dataset  # noqa: E402
+from engine.training.synthetic import make_synthetic_dataset  # noqa: E402
 from storage import db as store  # noqa: E402
 from tests.browser_helpers import free_port  # noqa: E402
 from tests.worker_helpers import Worker, wait_for  # noqa: E402

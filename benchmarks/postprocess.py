@@ -50,7 +50,7 @@ foreground pixel indices once, and do every per-component reduction over foregro
 filling works on the foreground's bounding box: one flood fill from a 1-pixel frame marks the
 outside, the background left over is the holes (sparse), and only the holes image is labelled;
 the pixels of small holes are set through their indices. Hysteresis flood-fills the weak mask from
-the seeds (see ``engine.connectivity.hysteresis_mask``) instead of labelling it.
+the seeds (see ``engine.postprocess.connectivity.hysteresis_mask``) instead of labelling it.
 ``components_after`` is derived rather than relabelled: it is the number of kept components,
 minus the joins made by filled holes (a hole between a ring and an island inside it touches both;
 found from the labels around the few filled-hole pixels). Only when the FOV removed pixels (its

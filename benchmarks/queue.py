@@ -9,7 +9,7 @@ data set and prints one table:
   (cold = the worker's first training, which includes importing torch; warm = a later one);
 * stop → end: from ``stop_training`` to the run's row leaving ``running``/``stopping``;
 * throughput: training patches per second (per-epoch wall time, validation included) through the queue
-  vs calling ``engine.train.train`` in this process with the same config; target ratio ≥ 0.95. On a
+  vs calling ``engine.training.loop.train`` in this process with the same config; target ratio ≥ 0.95. On a
   busy shared machine this ratio swings ±20 % from run to run, so the table also gives
 * queue bookkeeping: what the worker adds to the training thread, measured call by call (the
   ``should_stop`` reads, progress writes and heartbeats per second of training) — a noise-free bound.
@@ -86,7 +86,8 @@ def queued_run(config: dict, dataset: Path, stop_after_first_epoch: bool = False
 
 
 def direct_run(config: dict, dataset: Path, out: Path) -> list[float]:
-    from engine.train import TrainingConfig, train
+    from engine.training.config import TrainingConfig
+    from engine.training.loop import train
 
     rates = []
     train(TrainingConfig.from_dict(config), dataset, out,
@@ -149,7 +150,7 @@ def main() -> int:
         home = Path(tmp) / "home"
         home.mkdir()
         os.environ["ML_MANAGER_HOME"] = str(home)
-        from engine.data import make_synthetic_dataset
+        from engine.training.synthetic import make_synthetic_dataset
 
         dataset = make_synthetic_dataset(Path(tmp) / "synth", n_images=6, size=128, seed=0)
         config = {"base_channels": 8, "depth": 3, "patch_size": 64, "batch_size": 8, "epochs": args.epochs,

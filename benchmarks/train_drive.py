@@ -33,11 +33,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.postprocess.calibration import pooled_dice  # noqa: E402
-from engine.data import Dataset, load_dataset  # noqa: E402
-from engine.infer import load_model, predict  # noqa: E402
+from engine.training.data import Dataset, load_dataset  # noqa: E402
+from engine.inference.predict import load_model, predict  # noqa: E402
 from engine.metrics import pooled_metrics  # noqa: E402
 from engine.postprocess import PostProcessConfig, enhanced_post_processing  # noqa: E402
-from engine.train import TrainingConfig, parse_set_option, train  # noqa: E402
+from engine.training.config import TrainingConfig, parse_set_option  # noqa: E402
+from engine.training.loop import train
 from engine.vesselness import BASELINE_NAME, vesselness_map  # noqa: E402
 
 DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"

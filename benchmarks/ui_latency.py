@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.data import synthetic_sample  # noqa: E402
+from engine.training.synthetic import synthetic_sample  # noqa: E402
 from engine.imageio import encode_png, read_image  # noqa: E402
 from tests.browser_helpers import chromium_path, dashboard, launch, slider_input, wait_idle  # noqa: E402
 

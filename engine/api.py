@@ -202,7 +202,7 @@ def health(request: Request, body: None) -> tuple[int, dict]:
 def training_start(request: Request, body: dict) -> tuple[int, dict]:
     """POST /training/start: ``{model_id[, resume, training_config]}`` (re)starts or continues a model;
     ``{name, dataset[, training_config, plan]}`` creates one and queues it, planned for this machine
-    (``engine.planner``; the keys of ``training_config`` are kept) unless ``"plan": false``. A new
+    (``engine.training.planner``; the keys of ``training_config`` are kept) unless ``"plan": false``. A new
     model's answer carries ``plan`` (``Plan.to_dict()``, or None) and ``plan_text`` (a sentence, or None)."""
     if "model_id" in body:
         _fields(body, {"model_id"}, {"resume", "training_config"})
@@ -217,8 +217,8 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
         config = _object(body, "training_config") if "training_config" in body else {}
         plan = None
         if "plan" not in body or _flag(body, "plan"):
-            from engine.planner import plan_for_folder
-            from engine.train import TrainingConfig
+            from engine.training.planner import plan_for_folder
+            from engine.training.config import TrainingConfig
 
             planned, plan = plan_for_folder(TrainingConfig.from_dict(config), set(config), folder)
             config = planned.to_dict()

@@ -79,26 +79,27 @@ def planned(config: Any, user_fields: set[str], data: Path) -> tuple[Any, Any]:
     Raises:
         DatasetError: ``data`` is not a usable data set.
     """
-    from engine.planner import plan_for_folder
+    from engine.training.planner import plan_for_folder
 
     return plan_for_folder(config, user_fields, data)
 
 
 def user_fields(args: argparse.Namespace) -> set[str]:
     """The training options the command line set: the keys of ``--config`` and of every ``--set``."""
-    from engine.train import parse_set_option
+    from engine.training.config import parse_set_option
 
     keys = set(read_json(args.config, "config")) if args.config else set()
     return keys | {parse_set_option(item)[0] for item in args.set or []}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.train import TrainingConfig, parse_set_option, train
+    from engine.training.config import TrainingConfig, parse_set_option
+    from engine.training.loop import train
 
     if args.config:
         config = TrainingConfig.from_dict(read_json(args.config, "config"))
     elif args.resume:  # continuing: the checkpoint's own settings, changed only by --set
-        from engine.infer import load_checkpoint_dict
+        from engine.training.checkpoint import load_checkpoint_dict
 
         config = TrainingConfig.from_dict(load_checkpoint_dict(args.resume).get("config") or {})
     else:
@@ -181,7 +182,7 @@ def _input_images(path: Path) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from engine.fov import estimate_fov
     from engine.imageio import encode_png, read_image
-    from engine.infer import load_model, predict, resolve_scale
+    from engine.inference.predict import load_model, predict, resolve_scale
     from storage.paths import atomic_write_bytes
 
     loaded = load_model(args.checkpoint)
@@ -214,8 +215,8 @@ def _plain(value: Any) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.data import load_dataset
-    from engine.infer import load_model, predict, resolve_scale
+    from engine.training.data import load_dataset
+    from engine.inference.predict import load_model, predict, resolve_scale
     from engine.metrics import pooled_metrics, segmentation_metrics
 
     loaded = load_model(args.checkpoint)
@@ -243,7 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from engine.data import make_synthetic_dataset
+    from engine.training.synthetic import make_synthetic_dataset
 
     out = make_synthetic_dataset(args.out, n_images=args.n, size=args.size, seed=args.seed)
     print(f"wrote {args.n} synthetic images ({args.size}×{args.size}) to {out}")

@@ -82,7 +82,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # shared with `train`; imported late: cli imports this module
     from engine.cli import planned, read_json, user_fields
     from engine.jobs import submit_training
-    from engine.train import TrainingConfig, parse_set_option
+    from engine.training.config import TrainingConfig, parse_set_option
 
     config = TrainingConfig.from_dict(read_json(args.config, "config") if args.config else {})
     config = config.with_updates(**dict(parse_set_option(item) for item in args.set or []))

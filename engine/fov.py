@@ -7,7 +7,7 @@ it never count in a metric and never become vessel pixels.
 The *scale* of a photograph is the diameter of its FOV in pixels, measured as the longer side of
 the FOV's bounding box (a disc clipped at the top and bottom keeps its full width). A model
 records the median scale of its training images; at prediction an image of another scale is
-resized to the model's scale first (see :func:`engine.infer.resolve_scale`).
+resized to the model's scale first (see :func:`engine.inference.predict.resolve_scale`).
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ from typing import Any, Callable
 from huey import SqliteHuey, crontab
 from huey.exceptions import RetryTask
 
-from engine.batch_inference import WorkerShutdown
+from engine.errors import WorkerShutdown
 from storage import db as store
 from storage import paths
 
@@ -270,7 +270,8 @@ def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn
     finish = lambda **f: store.update_model(model_id, db=conn, only_if_status=("running", "stopping"),  # noqa: E731
                                             finished_at=store.utc_now(), eta_s=None, **f)
     try:
-        from engine.train import TrainingConfig, train
+        from engine.training.config import TrainingConfig
+        from engine.training.loop import train
 
         row = store.get_model(model_id, db=conn)
         plan = json.loads(row["plan"]) if row.get("plan") else None  # the row is the record of the plan
@@ -310,7 +311,7 @@ def stop_training_task(model_id: str) -> str:
 @huey.task()
 def run_inference_task(job_id: str) -> None:
     """Predict every image of the job's folder or zip; outputs go to ``inference/<job_id>/``."""
-    from engine.batch_inference import run_job
+    from engine.inference.batch import run_job
 
     row = store.get_inference_job(job_id)
     if row["status"] != "queued":
@@ -483,8 +484,8 @@ def worker_started() -> None:
 def _warm_up() -> None:
     """Import torch and the trainer in the background, so the first training starts seconds sooner."""
     try:
-        import engine.infer  # noqa: F401
-        import engine.train  # noqa: F401
+        import engine.inference.predict  # noqa: F401
+        import engine.training.loop  # noqa: F401
     except Exception:  # noqa: BLE001 - the training task will report the same error properly
         log.exception("warming up the engine failed")
 
@@ -493,7 +494,7 @@ def _warm_up() -> None:
 
 def _training_config(config: Any) -> dict:
     """A validated TrainingConfig dict from a dict or a TrainingConfig (ValueError names the bad option)."""
-    from engine.train import TrainingConfig
+    from engine.training.config import TrainingConfig
 
     if isinstance(config, TrainingConfig):
         return config.to_dict()
@@ -515,19 +516,20 @@ def _check_startable(row: dict, resume: bool) -> None:
 def start_training(model_id: str, training_config: Any, resume: bool = False, plan: dict | None = None) -> str:
     """Queue the training of an existing model row and return the Huey task id.
 
-    ``plan``: the ``engine.planner.Plan.to_dict()`` that chose ``training_config``, written to the row
+    ``plan``: the ``engine.training.planner.Plan.to_dict()`` that chose ``training_config``, written to the row
     (and by the worker into every checkpoint); None keeps the row's plan.
 
     Allowed for a model never started, for a ``failed`` or ``stopped`` one, and with ``resume=True`` for a ``completed``
     one: ``resume=True`` continues from its ``last.pt`` (epochs, optimiser, schedule, early stopping and
-    the curves carry on; ``engine.train.check_resume`` says what to change when nothing is left to run).
+    the curves carry on; ``engine.training.checkpoint.check_resume`` says what to change when nothing is left to run).
     Anything else raises ValueError and changes nothing.
     """
     config = _training_config(training_config)
     _check_startable(store.get_model(model_id), resume)
     resume_from = None
     if resume:  # read the file before taking the registry's write lock
-        from engine.train import TrainingConfig, check_resume
+        from engine.training.checkpoint import check_resume
+        from engine.training.config import TrainingConfig
 
         last = paths.checkpoints_dir(model_id) / "last.pt"
         if not last.exists():
@@ -557,7 +559,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
                     plan: dict | None = None) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id.
 
-    ``plan``: the ``engine.planner.Plan.to_dict()`` that chose ``config`` (see ``engine.planner``), kept
+    ``plan``: the ``engine.training.planner.Plan.to_dict()`` that chose ``config`` (see ``engine.training.planner``), kept
     in the row and in every checkpoint; None for a run that was not planned.
 
     ``submission_key``: one per submission of a form; a second call with the same key queues nothing
@@ -570,7 +572,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
             not fit; nothing is created or queued.
         ValueError: a bad config or name.
     """
-    from engine.data import DatasetError, check_patch_size, load_dataset
+    from engine.training.data import DatasetError, check_patch_size, load_dataset
 
     config = _training_config(config)
     folder = Path(dataset).expanduser()
@@ -646,10 +648,10 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
     """Queue a batch inference over a folder of images or a .zip; returns the job id.
 
     ``checkpoint_path`` is a ``.pt`` file or ``"baseline"`` (the classical vesselness filter); ``scale``
-    (``"auto"``, ``"none"`` or a factor; see ``engine.infer.resolve_scale``) is how each photograph is
+    (``"auto"``, ``"none"`` or a factor; see ``engine.inference.predict.resolve_scale``) is how each photograph is
     resized for the model. Raises ValueError with a sentence for anything unusable; nothing is queued then.
     """
-    from engine.batch_inference import check_inputs
+    from engine.inference.batch import check_inputs
     from engine.fov import parse_scale
 
     scale = parse_scale(scale)

@@ -39,7 +39,7 @@ def pretrained_available() -> bool:
 def pretrained_entry() -> dict | None:
     """The shipped model as a row of the global checkpoint list (the shape of ``storage.db.all_checkpoints``),
     marked ``protected`` (it cannot be deleted); None when the file is absent."""
-    from engine.infer import load_checkpoint_dict
+    from engine.training.checkpoint import load_checkpoint_dict
 
     if not pretrained_available():
         return None
@@ -63,8 +63,9 @@ def export_pretrained(checkpoint: str | Path, dest: str | Path = PRETRAINED_PATH
 
 def main(argv: Sequence[str] | None = None) -> int:
     from engine.cli import ProgressBar
-    from engine.data import DatasetError
-    from engine.train import TrainingConfig, train
+    from engine.training.data import DatasetError
+    from engine.training.config import TrainingConfig
+    from engine.training.loop import train
 
     parser = argparse.ArgumentParser(prog="python -m engine.pretrained", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the DRIVE training folder (images/, 1st_manual/, mask/)")

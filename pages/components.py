@@ -211,7 +211,7 @@ def matching_mask(image: Upload, mask: Upload | None, what: str) -> np.ndarray |
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def load_checkpoint(path: str, mtime: float):
     """The loaded model of a checkpoint; ``mtime`` makes a rewritten best.pt load again."""
-    from engine.infer import load_model  # torch loads only on pages that need it
+    from engine.inference.predict import load_model  # torch loads only on pages that need it
 
     return load_model(path)
 
@@ -250,7 +250,7 @@ def _probability_map(source: str, mtime: float, digest: str, fov_digest: str, sc
     if source == BASELINE_SOURCE:
         prob = vesselness_map(_image, _fov)
     else:
-        from engine.infer import predict  # torch loads only on pages that need it
+        from engine.inference.predict import predict  # torch loads only on pages that need it
 
         prob = predict(load_checkpoint(source, mtime), _image, fov=_fov, scale=scale)
     logger.info("probability map %s by %s, scale %s: %.1f s", _image.shape, Path(source).name, scale, time.monotonic() - t0)
@@ -260,7 +260,7 @@ def _probability_map(source: str, mtime: float, digest: str, fov_digest: str, sc
 def probability_map(source: str, image: Upload, fov: np.ndarray | None = None, scale: str | float = "auto") -> np.ndarray:
     """float32 (H, W) probability map of ``image`` under a checkpoint path (or BASELINE_SOURCE), computed once per
     (model, image, ``fov``, ``scale``); 0 outside ``fov`` (uint8 (H, W); estimated when None). ``scale``: see
-    ``engine.infer.resolve_scale``. Raises ValueError (a sentence) for a checkpoint the dashboard may not load."""
+    ``engine.inference.predict.resolve_scale``. Raises ValueError (a sentence) for a checkpoint the dashboard may not load."""
     source = dashboard_checkpoint(source)
     fov_digest = "estimated" if fov is None else digest_array(fov)
     scale = "none" if source == BASELINE_SOURCE else scale  # one cache entry whatever the scale control says
@@ -281,7 +281,7 @@ def map_progress_text(source: str, mtime: float, image: np.ndarray, fov: np.ndar
 
         factor = baseline_scale(fov)
     else:
-        from engine.infer import resolve_scale
+        from engine.inference.predict import resolve_scale
 
         factor = resolve_scale(load_checkpoint(source, mtime), fov, scale)
     size = f"{round(w * factor):,}×{round(h * factor):,} px"

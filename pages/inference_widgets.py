@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from engine.batch_inference import unique_names
+from engine.inference.batch import unique_names
 from engine.fov import estimate_fov, fov_diameter
 from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
@@ -113,7 +113,7 @@ def scale_note(source: str, image: np.ndarray, fov: np.ndarray, scale: str | flo
         return (f"Image scale: the classical filter sees the photograph ×{factor:.2f} ({round(w * factor):,}×"
                 f"{round(h * factor):,} px), so that its field of view is about {FOV_DIAMETER:,.0f} px across as its "
                 "filters expect; the map is resized back.")
-    from engine.infer import resolve_scale
+    from engine.inference.predict import resolve_scale
 
     loaded = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source))
     factor, diameter, trained = resolve_scale(loaded, fov, scale), fov_diameter(fov), loaded.fov_diameter

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.data import load_dataset
+from engine.training.data import load_dataset
 from pages.components import query, run_page
 from pages.train_widgets import (
     dataset_delete_controls,

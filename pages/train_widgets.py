@@ -10,8 +10,8 @@ import time
 import numpy as np
 import streamlit as st
 
-from engine import train as train_engine
-from engine.train import TrainingConfig
+from engine.training import config as train_engine
+from engine.training.config import TrainingConfig
 from pages.charts import curves_figure
 from pages.components import age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text
 from storage import paths
@@ -190,7 +190,7 @@ def _delete_dataset(name: str) -> None:
 @st.cache_data(ttl=10, show_spinner=False, max_entries=32)
 def dataset_summary(path: str) -> tuple[dict, bytes | None]:
     """The data set's summary and a PNG of its first image with the vessel mask overlaid."""
-    from engine.data import load_dataset
+    from engine.training.data import load_dataset
 
     ds = load_dataset(path)
     image, mask, _ = ds.raw(0)
@@ -199,7 +199,7 @@ def dataset_summary(path: str) -> tuple[dict, bytes | None]:
 
 
 def generate_synthetic(n_images: int, size: int, seed: int) -> str:
-    from engine.data import make_synthetic_dataset
+    from engine.training.synthetic import make_synthetic_dataset
 
     folder = paths.datasets_dir() / f"synthetic_{n_images}x{size}_seed{seed}"
     if not (folder / "images").is_dir():
@@ -240,7 +240,7 @@ def _plan_key(dataset: str | None, changed: dict) -> str:
 def measure_callback(defaults: TrainingConfig) -> None:
     """"Measure this machine": plan the form's run for this machine and its time budget, keeping the
     fields the user changed; the plan is kept for this data set and these changes until they change."""
-    from engine.planner import plan_for_folder
+    from engine.training.planner import plan_for_folder
 
     s = st.session_state
     s["train_plan_error"] = None
@@ -386,7 +386,7 @@ def release_start_button() -> None:
 @st.cache_data(ttl=60, show_spinner=False, max_entries=64)
 def resume_point(path: str, mtime: float) -> dict:
     """What last.pt holds for continuing: its epoch, epochs without improvement, minutes trained."""
-    from engine.infer import load_checkpoint_dict
+    from engine.training.checkpoint import load_checkpoint_dict
 
     ckpt = load_checkpoint_dict(path)  # CheckpointError (a ValueError) with a sentence; not cached
     stopper = ckpt.get("early_stopping") or {}

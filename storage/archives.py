@@ -220,7 +220,7 @@ def safe_extract_zip(
         dest: the folder to create.
         min_free_bytes: free disk space that must remain, checked before and while writing.
         check: called with the unpacked (still hidden) folder before it is moved to ``dest``; a ValueError
-            it raises refuses the archive like any other problem (e.g. ``engine.data.load_dataset``, so
+            it raises refuses the archive like any other problem (e.g. ``engine.training.data.load_dataset``, so
             that a zip without a data set never appears among the data sets).
 
     Returns:
@@ -290,7 +290,7 @@ def unpack_dataset_zip(source: ZipSource, name: str, check: Callable[[Path], obj
     it already unpacked; another archive under the same name gets a folder of its own.
 
     Args:
-        check: judges the unpacked folder (e.g. ``engine.data.load_dataset``); a ValueError refuses the
+        check: judges the unpacked folder (e.g. ``engine.training.data.load_dataset``); a ValueError refuses the
             upload. A folder that exists already is judged too, and removed when it fails (an older
             version kept refused uploads).
 

@@ -128,5 +128,5 @@ def inference_scale(db: Database) -> None:
 @MIGRATIONS(name="0004_plan")
 def training_plan(db: Database) -> None:
     """A run records the plan that chose its patch size, batch size, precision and epochs for the machine
-    and the time budget (``engine.planner.Plan.to_dict()`` as JSON); NULL for a run that was not planned."""
+    and the time budget (``engine.training.planner.Plan.to_dict()`` as JSON); NULL for a run that was not planned."""
     db["models"].add_column("plan", str)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from engine.cli import main as cli_main
-from engine.data import make_synthetic_dataset
+from engine.training.synthetic import make_synthetic_dataset
 from engine.imageio import encode_png
 from storage import db as store
 from tests.browser_helpers import free_port

@@ -13,9 +13,11 @@ import torch
 
 from engine import housekeeping, jobs
 from engine.cli import main as cli_main
-from engine.data import make_synthetic_dataset
-from engine.infer import load_model
-from engine.train import TrainingConfig, save_checkpoint, train
+from engine.training.synthetic import make_synthetic_dataset
+from engine.inference.predict import load_model
+from engine.training.checkpoint import save_checkpoint
+from engine.training.config import TrainingConfig
+from engine.training.loop import train
 from storage import db as store
 from storage import paths
 

@@ -4,7 +4,7 @@ sentence the user must see.
 Entry points: the dashboard (Streamlit AppTest: uploads, a typed checkpoint path, the Train page's zip
 upload), a data set folder (``load_dataset``) or a training run on it (``train``), a zip import
 (``storage.archives``), a training config (``TrainingConfig`` or the CLI's ``--set``), a checkpoint
-(``engine.infer.load_model`` or the dashboard), the storage API and the CLI (``python -m engine``).
+(``engine.inference.predict.load_model`` or the dashboard), the storage API and the CLI (``python -m engine``).
 
 The invariant checked for every row: only ``ValueError`` sentences come out (no other exception, no
 traceback text, no Streamlit exception element), nothing hangs (a per-test timeout), and the data home's
@@ -40,10 +40,12 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from engine.data import load_dataset, make_synthetic_dataset, synthetic_sample
+from engine.training.data import load_dataset
+from engine.training.synthetic import make_synthetic_dataset, synthetic_sample
 from engine.imageio import encode_png, read_image
-from engine.infer import load_model
-from engine.train import TrainingConfig, train
+from engine.inference.predict import load_model
+from engine.training.config import TrainingConfig
+from engine.training.loop import train
 from storage import archives, paths
 from storage import db as store
 
@@ -284,7 +286,7 @@ def submit(folder: Path) -> Callable[[], Any]:
 
 def predict_on(image: np.ndarray, fov: np.ndarray | None = None) -> Callable[[Ctx], Callable[[], Any]]:
     def build(ctx: Ctx) -> Callable[[], Any]:
-        from engine.infer import predict
+        from engine.inference.predict import predict
 
         return lambda: predict(load_model(ctx.best), image, fov=fov)
     return build
@@ -422,7 +424,7 @@ def dataset_folder(folder: Path, ctx: Ctx) -> Seen:
 
 
 def train_on(args: tuple[dict, Path], ctx: Ctx) -> Seen:
-    """``engine.train.train``: a refusal must come before training starts (no 'start' event, no file)."""
+    """``engine.training.loop.train``: a refusal must come before training starts (no 'start' event, no file)."""
     overrides, folder = args
     events: list[dict] = []
     out = ctx.tmp / "train_out"
@@ -775,7 +777,7 @@ def test_streamlit_keeps_xsrf_protection_and_binds_to_localhost():
 def test_checkpoints_load_with_weights_only_everywhere():
     """Every torch.load in the program passes weights_only=True."""
     calls = []
-    for path in sorted([*ROOT.glob("engine/*.py"), *ROOT.glob("storage/*.py"), *ROOT.glob("pages/*.py"), ROOT / "app.py"]):
+    for path in sorted([*ROOT.glob("engine/**/*.py"), *ROOT.glob("storage/*.py"), *ROOT.glob("pages/*.py"), ROOT / "app.py"]):
         for line in path.read_text().splitlines():
             if "torch.load(" in line and not line.lstrip().startswith("#"):
                 calls.append((path.name, line.strip()))
@@ -799,7 +801,7 @@ def test_uploaded_zips_are_stored_under_generated_names(ctx):
 
 # --------------------------------------------------------------------------- batch inference
 def test_one_unreadable_file_fails_only_its_own_row_of_a_batch(ctx):
-    from engine.batch_inference import run_job
+    from engine.inference.batch import run_job
 
     folder = unreadable_file(ctx).parent
     (folder / "good.png").write_bytes(FUNDUS)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data import synthetic_sample
+from engine.training.synthetic import synthetic_sample
 from engine.imageio import encode_png
 from tests.browser_helpers import ROOT, chromium_path, dashboard, open_expander, set_number, slider_input, wait_idle, worker
 

@@ -45,7 +45,7 @@ def page(served):
 
 
 def synthetic_set(home: Path, name: str) -> Path:
-    from engine.data import make_synthetic_dataset
+    from engine.training.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(home / "datasets" / name, n_images=3, size=128)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data import synthetic_sample
+from engine.training.synthetic import synthetic_sample
 from engine.imageio import encode_png
 from tests.browser_helpers import chromium_path, dashboard, move_slider, slider_input, wait_idle
 
@@ -138,7 +138,7 @@ def test_batch_job_uses_the_models_recommended_settings_and_records_them(home, b
     """Switching Inference from the classical filter to the pretrained model starts from its recommended
     settings; a batch over a zip, with no tuner on screen, runs with them, says so, names the zip, and its
     results hold settings.json with them."""
-    from engine.infer import load_model
+    from engine.inference.predict import load_model
     from engine.postprocess import PostProcessConfig
     from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
     from engine.vesselness import BASELINE_NAME

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.infer import load_model, predict
-from engine.train import TrainingConfig, check_resume
+from engine.inference.predict import load_model, predict
+from engine.training.checkpoint import check_resume
+from engine.training.config import TrainingConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD = FIXTURES / "old_format.pt"

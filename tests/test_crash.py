@@ -16,7 +16,7 @@ nothing can move, and only then sends SIGKILL (otherwise SIGCONT and aim again):
   checkpoint folder.
 
 After each kill the worker is restarted, and: both SQLite files pass ``PRAGMA integrity_check``; the
-run is ``failed`` with a reason; every checkpoint row points at a file that ``engine.infer.load_model``
+run is ``failed`` with a reason; every checkpoint row points at a file that ``engine.inference.predict.load_model``
 loads; ``best.pt`` and ``last.pt`` load and ``last.pt`` never went back; no temporary file is left; the
 metrics rows are contiguous. Then the run is continued from ``last.pt`` on the new worker and must go
 on from the saved epoch; that continued run is the next trial's victim. Finally it is continued to
@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from engine import jobs
-from engine.data import make_synthetic_dataset
-from engine.infer import load_model
+from engine.training.synthetic import make_synthetic_dataset
+from engine.inference.predict import load_model
 from storage import db as store
 from storage import paths
 from tests.worker_helpers import Worker, load_checkpoint, wait_for

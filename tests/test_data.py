@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data import (DatasetError, PatchSampler, identifier, load_dataset, make_synthetic_dataset,
-                         normalization_stats, prepare_channels, preprocess, split_indices)
+from engine.training.data import (DatasetError, PatchSampler, identifier, load_dataset, normalization_stats,
+                                  prepare_channels, preprocess, split_indices)
+from engine.training.synthetic import make_synthetic_dataset
 
 
 def _save(path, array, mode=None):

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import Dataset, Sample, load_dataset, synthetic_sample
+from engine.training.data import Dataset, Sample, load_dataset
+from engine.training.synthetic import synthetic_sample
 from engine.fov import SCALE_TOLERANCE, estimate_fov, fov_diameter, rescale, scale_factor
 from engine.imageio import encode_png, read_image, read_mask
-from engine.infer import LoadedModel, build_model, parse_scale, predict, resolve_scale
-from engine.train import TrainingConfig
+from engine.fov import parse_scale
+from engine.inference.predict import LoadedModel, predict, resolve_scale
+from engine.training.checkpoint import build_model
+from engine.training.config import TrainingConfig
 
 torch.set_num_threads(1)
 
@@ -140,9 +143,9 @@ def test_parse_scale_refuses_with_a_sentence(text):
 @pytest.fixture(scope="module")
 def model_at_240(tmp_path_factory):
     """A small U-Net really trained (briefly) on synthetic photographs whose FOVs are ~241 px across."""
-    from engine.data import make_synthetic_dataset
-    from engine.infer import load_model
-    from engine.train import train
+    from engine.training.synthetic import make_synthetic_dataset
+    from engine.inference.predict import load_model
+    from engine.training.loop import train
 
     folder = make_synthetic_dataset(tmp_path_factory.mktemp("synth"), n_images=4, size=256, seed=2)
     config = TrainingConfig(base_channels=8, depth=2, batch_size=4, patch_size=64, steps_per_epoch=25, epochs=3,
@@ -252,7 +255,7 @@ def test_images_without_a_fov_mask_get_the_estimate(mixed_sizes):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """(data folder without FOV masks, last.pt of a real one-epoch training on it)."""
-    from engine.train import train
+    from engine.training.loop import train
 
     folder = tmp_path_factory.mktemp("no_fov")
     rng = np.random.default_rng(6)

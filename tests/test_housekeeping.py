@@ -20,7 +20,7 @@ import pytest
 
 from engine import housekeeping, jobs
 from engine.cli import main as cli_main
-from engine.data import make_synthetic_dataset
+from engine.training.synthetic import make_synthetic_dataset
 from storage import db as store
 from storage import paths
 from tests.browser_helpers import free_port

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import make_synthetic_dataset
-from engine.infer import CheckpointError, load_model, predict
-from engine.train import TrainingConfig, train
+from engine.training.synthetic import make_synthetic_dataset
+from engine.inference.predict import load_model, predict
+from engine.training.checkpoint import CheckpointError
+from engine.training.config import TrainingConfig
+from engine.training.loop import train
 
 torch.set_num_threads(1)
 

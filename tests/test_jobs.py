@@ -19,7 +19,7 @@ import torch
 
 from engine import jobs
 from engine.cli import main as cli_main
-from engine.data import make_synthetic_dataset
+from engine.training.synthetic import make_synthetic_dataset
 from storage import db as store
 from storage import paths
 from tests.worker_helpers import Worker, load_checkpoint, status_of, wait_for
@@ -344,7 +344,8 @@ def test_remove_temp_files_keeps_fresh_and_real_files(home):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, dataset) -> Path:
     """A real checkpoint trained in-process (one short epoch)."""
-    from engine.train import TrainingConfig, train
+    from engine.training.config import TrainingConfig
+    from engine.training.loop import train
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("ckpt")

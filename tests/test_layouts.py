@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data import DatasetError, identifier, load_dataset, synthetic_sample
+from engine.training.data import DatasetError, identifier, load_dataset
+from engine.training.synthetic import synthetic_sample
 from storage.archives import unpack_dataset_zip
 
 _FORMATS = {".tif": "TIFF", ".gif": "GIF", ".ppm": "PPM", ".png": "PNG", ".jpg": "JPEG"}

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import losses as L
-from engine.models import UNet
+from engine.training import losses as L
+from engine.training.models import UNet
 
 monai_losses = pytest.importorskip("monai.losses", reason="MONAI is a test-only dependency (requirements-dev.txt)")
 

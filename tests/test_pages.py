@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.data import synthetic_sample
+from engine.training.synthetic import synthetic_sample
 from engine.imageio import encode_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,8 +151,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint of a tiny U-Net trained for one epoch on 64×64 synthetic images."""
     import torch
 
-    from engine.data import make_synthetic_dataset
-    from engine.train import TrainingConfig, train
+    from engine.training.synthetic import make_synthetic_dataset
+    from engine.training.config import TrainingConfig
+    from engine.training.loop import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny")
@@ -226,7 +227,7 @@ def test_the_queued_message_goes_away_when_the_run_ends(home):
     (("completed", "failed"), "failed"),     # else the newest one
 ])
 def test_a_reloaded_train_page_keeps_the_last_runs_settings_and_shows_it(home, statuses, shown):
-    from engine.train import TrainingConfig
+    from engine.training.config import TrainingConfig
     from storage import db
 
     for epochs, status in zip((7, 9), statuses):
@@ -513,7 +514,7 @@ def test_the_same_file_uploaded_twice_is_listed_once(home):
     (["a", "a", "A"], ["a_mask.png", "a_2_mask.png", "A_3_mask.png"]),
 ])
 def test_mask_names_in_the_zip_never_collide(stems, names):
-    from engine.batch_inference import unique_names
+    from engine.inference.batch import unique_names
 
     assert unique_names(stems, "_mask.png") == names
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data import synthetic_sample
+from engine.training.synthetic import synthetic_sample
 from engine.fov import estimate_fov
 from engine.imageio import encode_png
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
@@ -54,7 +54,7 @@ def test_pretrained_model_masks_a_synthetic_photograph(home):
 
 @needs_pretrained
 def test_pretrained_model_opens_the_tuner_with_its_recommended_post_processing(home):
-    from engine.infer import load_model
+    from engine.inference.predict import load_model
     from engine.postprocess import PostProcessConfig
 
     recommended = PostProcessConfig.from_dict(load_model(PRETRAINED_PATH).recommended_postprocess).to_dict()
@@ -152,7 +152,7 @@ def model_page_with(home: Path, checkpoint: Path, image: np.ndarray):
 
 
 def test_scale_caption_shows_the_factor_for_an_upscaled_photograph(home, tiny_checkpoint):
-    from engine.infer import load_model, resolve_scale
+    from engine.inference.predict import load_model, resolve_scale
 
     image = enlarged_photograph(64, 3, seed=8)  # the tiny model was trained on 64-px photographs
     factor = resolve_scale(load_model(tiny_checkpoint), estimate_fov(image), "auto")

@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
-from engine.data import make_synthetic_dataset
-from engine.planner import Plan, PlanError, measure_step_seconds, plan_training
-from engine.train import TrainingConfig, native_bf16, train
+from engine.training.synthetic import make_synthetic_dataset
+from engine.training.planner import Plan, PlanError, measure_step_seconds, plan_training
+from engine.training.config import TrainingConfig
+from engine.training.device import native_bf16
+from engine.training.loop import train
 
 TINY = dict(base_channels=4, depth=2, patch_size=32, batch_size=2, num_threads=1)
 

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import load_dataset, split_indices, synthetic_sample
+from engine.training.data import load_dataset, split_indices
+from engine.training.synthetic import synthetic_sample
 from engine.fov import rescale
 from engine.imageio import encode_png
-from engine.infer import load_checkpoint_dict, load_model, predict
+from engine.inference.predict import load_model, predict
+from engine.training.checkpoint import load_checkpoint_dict
 from engine.pretrained import KEPT_KEYS, PRETRAINED_NAME, PRETRAINED_PATH, export_pretrained, pretrained_available
-from engine.train import TrainingConfig, train
+from engine.training.config import TrainingConfig
+from engine.training.loop import train
 
 torch.set_num_threads(1)
 # Its validation Dice at export was printed by `make pretrained` (README); the floor leaves room for
@@ -88,7 +91,7 @@ def test_it_scores_on_the_drive_images_it_did_not_train_on(shipped, drive_dir):
 
 
 def test_export_keeps_what_predicts_and_drops_the_optimiser(tmp_path):
-    from engine.data import make_synthetic_dataset
+    from engine.training.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(tmp_path / "synth", n_images=3, size=64, seed=0)
     config = TrainingConfig(base_channels=4, depth=2, batch_size=2, patch_size=32, steps_per_epoch=2, epochs=1,

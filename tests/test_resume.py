@@ -17,8 +17,10 @@ from streamlit.testing.v1 import AppTest
 
 from engine import jobs
 from engine.cli import main as cli_main
-from engine.data import make_synthetic_dataset
-from engine.train import TrainingConfig, TrainingError, check_resume, train
+from engine.training.synthetic import make_synthetic_dataset
+from engine.training.checkpoint import check_resume
+from engine.training.config import TrainingConfig, TrainingError
+from engine.training.loop import train
 from storage import db as store
 from storage import paths
 from tests.worker_helpers import Worker, load_checkpoint, status_of, wait_for

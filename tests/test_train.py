@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from engine.postprocess.calibration import CALIBRATION_MIN_GAIN, calibrate_postprocess
-from engine.data import make_synthetic_dataset
+from engine.training.synthetic import make_synthetic_dataset
 from engine.postprocess import PostProcessConfig
-from engine.train import EarlyStopping, TrainingConfig, TrainingError, parse_set_option, train
+from engine.training.callbacks import EarlyStopping
+from engine.training.config import TrainingConfig, TrainingError, parse_set_option
+from engine.training.loop import train
 
 torch.set_num_threads(1)
 
@@ -245,7 +247,7 @@ def test_too_small_dataset_is_refused(tmp_path):
 # --------------------------------------------------------------------------- weight average, precision
 
 def test_weight_average_warms_up_then_follows_slowly():
-    from engine.train import WeightAverage
+    from engine.training.callbacks import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     average = WeightAverage(model, decay=0.99)
@@ -266,13 +268,13 @@ def test_weight_average_warms_up_then_follows_slowly():
 
 @pytest.mark.parametrize("name, expected", [("fp32", None), ("bf16", torch.bfloat16)])
 def test_precision_is_resolved_as_asked(name, expected):
-    from engine.train import resolve_precision
+    from engine.training.device import resolve_precision
 
     assert resolve_precision(name, torch.device("cpu")) == expected
 
 
 def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
-    from engine.train import native_bf16, resolve_precision
+    from engine.training.device import native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)

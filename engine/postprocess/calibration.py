@@ -1,6 +1,6 @@
 """Post-processing calibration on validation images, and the pooled Dice it (and the trainer) scores by.
 
-At the end of training, ``engine.train.train`` calls ``calibrate_postprocess`` on the best checkpoint's
+At the end of training, ``engine.training.loop.train`` calls ``calibrate_postprocess`` on the best checkpoint's
 validation probability maps and stores the winner in the checkpoint as the model's recommended
 ``PostProcessConfig``, with the Dice before and after.
 """

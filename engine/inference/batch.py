@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from engine.errors import WorkerShutdown
 from engine.fov import estimate_fov
 from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, is_image_name, read_image
 from storage import archives, paths
@@ -34,10 +35,6 @@ from storage import db as store
 STATS_COLUMNS = ("image", "width", "height", "vessel_pixels", "vessel_fraction", "components", "mean_probability",
                  "threshold_used", "pixels_removed", "fov_fraction", "scale_factor", "seconds", "error")
 MAX_IMAGES = 10_000
-
-
-class WorkerShutdown(RuntimeError):
-    """The worker is shutting down; the job stops between two images."""
 
 
 def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, dict]:
@@ -95,7 +92,7 @@ def load_predictor(checkpoint: str, scale: str | float = "auto") -> Callable[[np
         from engine.vesselness import baseline_scale, vesselness_map
 
         return lambda image, fov: (vesselness_map(image, fov, scale), baseline_scale(fov, scale))
-    from engine.infer import load_model, predict, resolve_scale
+    from engine.inference.predict import load_model, predict, resolve_scale
 
     loaded = load_model(checkpoint)
     return lambda image, fov: (predict(loaded, image, fov=fov, scale=scale), resolve_scale(loaded, fov, scale))
@@ -131,7 +128,7 @@ def job_scale(row: dict) -> str | float:
 
 def job_settings(row: dict, pp_config) -> dict:
     """What a job's results were made with, written beside them as settings.json."""
-    from engine.train import versions
+    from engine.training.checkpoint import versions
 
     checkpoint = row["checkpoint_path"]
     return {"checkpoint": checkpoint, "model_id": row.get("model_id"),

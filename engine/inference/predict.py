@@ -8,40 +8,26 @@ window (as nnU-Net does), so memory stays bounded and tile borders do not show.
 """
 from __future__ import annotations
 
-import math
-import pickle
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from engine.data import preprocess
 from engine.fov import estimate_fov, fov_diameter, parse_scale, rescale, scale_factor
 from engine.imageio import MIN_SIDE
-from engine.models import UNet
-
-FORMAT_VERSION = 1
-ARCH = "unet"
-TILE_SIZE = 1024  # whole images up to this size go through the network in one piece
-TILE_OVERLAP = 0.25  # fraction of a tile shared with its neighbour
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be used; the message is meant for the user."""
-
-
-class StopRequested(Exception):
-    """Raised inside long loops when ``should_stop()`` turns true."""
+from engine.tiling import TILE_SIZE, sliding_window_logits
+from engine.training.checkpoint import CheckpointError, build_model, checkpoint_scale, load_checkpoint_dict
+from engine.training.config import TrainingConfig
+from engine.training.data import preprocess
 
 
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    config: Any  # engine.train.TrainingConfig
+    config: TrainingConfig
     epoch: int
     metrics: dict
     recommended_postprocess: dict | None
@@ -50,84 +36,6 @@ class LoadedModel:
     calibration: dict | None = None
     fov_diameter: float | None = None  # the scale of the training images (engine.fov); None: not recorded
 
-
-def build_model(config: Any) -> UNet:
-    """The U-Net a TrainingConfig describes."""
-    return UNet(3 if config.channel == "rgb" else 1, config.base_channels, config.depth, config.dropout_rate)
-
-
-def load_checkpoint_dict(path: str | Path) -> dict:
-    """The raw checkpoint dict, loaded with ``weights_only=True``.
-
-    Raises:
-        CheckpointError: no file, an empty or damaged file, a pickle that carries code, a dict that is not
-            this program's (no weights and config, no or an unknown ``format_version``, another ``arch``),
-            or fields of the wrong type (``state_dict`` not tensors, ``config`` / ``metrics`` /
-            ``recommended_postprocess`` / ``calibration`` not dicts, ``epoch`` not a whole number ≥ 0).
-    """
-    path = Path(path)
-    name = path.name
-    if not path.is_file():
-        raise CheckpointError(f"No checkpoint file at {path}: check the path.")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{name} is empty (0 bytes): it is not a checkpoint.")
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we report our own sentence
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "global" not in str(exc).lower() and "reduce" not in str(exc).lower():
-            raise CheckpointError(
-                f"{name} is not a readable checkpoint (truncated, damaged or another kind of file): "
-                "use a .pt file written by this program."
-            ) from None
-        raise CheckpointError(
-            f"{name} contains objects other than weights and settings (possibly code), so it was not loaded: "
-            "use a checkpoint written by this program."
-        ) from None
-    except Exception:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, …)
-        raise CheckpointError(
-            f"{name} is not a readable checkpoint (truncated, damaged or another kind of file): "
-            "use a .pt file written by this program."
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{name} is not a checkpoint of this program (no weights and config inside).")
-    version = ckpt.get("format_version")
-    if "format_version" not in ckpt:
-        raise CheckpointError(f"{name} is not a checkpoint of this program (it records no checkpoint format): "
-                              "use a .pt file written by this program's training.")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{name} has an unknown checkpoint format ({version!r}): "
-                              "use a .pt file written by this program's training.")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{name} has checkpoint format {version!r}, newer than this program's ({FORMAT_VERSION}): update the program."
-        )
-    if ckpt.get("arch") != ARCH:
-        raise CheckpointError(f"{name} holds a {ckpt.get('arch')!r} model; this program reads {ARCH!r} models only.")
-    _check_fields(ckpt, name)
-    return ckpt
-
-
-def _check_fields(ckpt: dict, name: str) -> None:
-    """Refuse a checkpoint whose fields have the wrong types (an edited or foreign file), with a sentence."""
-    damaged = "the file is damaged or was edited: use a checkpoint written by this program's training."
-    for key in ("state_dict", "train_state_dict"):  # train_state_dict: None when the run kept no moving average
-        weights = ckpt.get(key)
-        if key == "train_state_dict" and weights is None:
-            continue
-        if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                    for k, v in weights.items()):
-            raise CheckpointError(f"{name}: its weights ({key}) are not a table of tensors; {damaged}")
-    if not isinstance(ckpt["config"], dict):
-        raise CheckpointError(f"{name}: its settings (config) are not a table of options; {damaged}")
-    epoch = ckpt.get("epoch", 0)
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise CheckpointError(f"{name}: its epoch is {epoch!r}, not a whole number of at least 0; {damaged}")
-    for key in ("metrics", "recommended_postprocess", "calibration"):
-        value = ckpt.get(key)
-        if value is not None and not isinstance(value, dict):
-            raise CheckpointError(f"{name}: its {key} is a {type(value).__name__}, not a table; {damaged}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -144,8 +52,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         CheckpointError: the file is missing, damaged, foreign, carries code, or its fields or
             settings are not what this program writes (see :func:`load_checkpoint_dict`).
     """
-    from engine.train import TrainingConfig  # the config class lives with the trainer
-
     ckpt = load_checkpoint_dict(path)
     name = Path(path).name
     try:
@@ -166,54 +72,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
                        ckpt.get("recommended_postprocess"), Path(path), device, ckpt.get("calibration"),
                        checkpoint_scale(ckpt))
 
-
-def _window(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """Gaussian blending weights (sigma = size/8), floored so borders still count a little."""
-    def axis(n: int) -> torch.Tensor:
-        t = torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2
-        return torch.exp(-0.5 * (t / (n / 8)) ** 2)
-    win = axis(h)[:, None] * axis(w)[None, :]
-    return torch.clamp(win / win.max(), min=1e-3)
-
-
-def _starts(size: int, tile: int, step: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    return starts + [size - tile]
-
-
-def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, tile_size: int = TILE_SIZE,
-                          overlap: float = TILE_OVERLAP,
-                          should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Logits (H, W) for one input (C, H, W); tiles with Gaussian blending when larger than ``tile_size``."""
-    _, h, w = x.shape
-    if h <= tile_size and w <= tile_size:
-        return model(x[None])[0, 0]
-    th, tw = min(tile_size, h), min(tile_size, w)
-    step = max(1, int(tile_size * (1 - overlap)))
-    acc = torch.zeros((h, w), device=x.device)
-    norm = torch.zeros((h, w), device=x.device)
-    win = _window(th, tw, x.device)
-    for y in _starts(h, th, step):
-        for x0 in _starts(w, tw, step):
-            if should_stop is not None and should_stop():
-                raise StopRequested
-            out = model(x[None, :, y:y + th, x0:x0 + tw])[0, 0]
-            acc[y:y + th, x0:x0 + tw] += out * win
-            norm[y:y + th, x0:x0 + tw] += win
-    return acc / norm
-
-
-
-
-def checkpoint_scale(ckpt: dict) -> float | None:
-    """The FOV diameter (pixels) a checkpoint's training images had, or None when it records none."""
-    scale = ckpt.get("scale")
-    value = scale.get("fov_diameter") if isinstance(scale, dict) else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 16 <= value <= 100_000:
-        return float(value)
-    return None
 
 
 def resolve_scale(loaded: LoadedModel, fov: np.ndarray, scale: str | float = "auto") -> float:

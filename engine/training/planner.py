@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from engine.train import TrainingConfig, native_bf16, resolve_device, resolve_precision
+from engine.training.config import TrainingConfig
+from engine.training.device import native_bf16, resolve_device, resolve_precision
 
 # (patch side, batch size): about the same patch pixels per step (128² × 8 ≈ 96² × 16 ≈ 64² × 32)
 CANDIDATES = ((128, 8), (96, 16), (64, 32))
@@ -127,8 +128,8 @@ def measure_step_seconds(config: TrainingConfig, patch_size: int, batch_size: in
     Raises:
         PlanError: ``precision`` is not 'bf16' or 'fp32', or ``steps`` is below 1.
     """
-    from engine.infer import build_model
-    from engine.losses import build_loss
+    from engine.training.checkpoint import build_model
+    from engine.training.losses import build_loss
 
     if precision not in ("bf16", "fp32"):
         raise PlanError(f"precision must be 'bf16' or 'fp32' to be measured, not {precision!r}.")
@@ -211,7 +212,7 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
         PlanError: a name in ``user_fields`` is not a training option, or a measurement is not a positive number.
         TrainingError: ``config.device`` is not available.
     """
-    from engine.data import DatasetError, check_patch_size
+    from engine.training.data import DatasetError, check_patch_size
 
     user = set(user_fields)
     unknown = sorted(user - {f.name for f in fields(TrainingConfig)})
@@ -273,7 +274,7 @@ def plan_for_folder(config: TrainingConfig, user_fields: Iterable[str], folder: 
         DatasetError: ``folder`` is not a usable data set.
         PlanError, TrainingError: as ``plan_training``.
     """
-    from engine.data import load_dataset
+    from engine.training.data import load_dataset
 
     dataset = load_dataset(folder)
     if len(dataset) < 2:

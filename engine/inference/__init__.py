@@ -1,0 +1,2 @@
+"""Applying a trained model: ``predict`` (load a checkpoint, predict one photograph at its scale) and
+``batch`` (a queued job over a folder or a zip, with post-processing and a stats table)."""

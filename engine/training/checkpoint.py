@@ -1,0 +1,163 @@
+"""The checkpoint format: what training writes, what prediction and resuming read.
+
+A checkpoint is a plain dict that loads with ``torch.load(path, weights_only=True)`` (no code runs):
+``format_version`` (``FORMAT_VERSION``), ``arch`` (``ARCH``), ``state_dict``, ``train_state_dict``,
+``config`` (``TrainingConfig.to_dict()``), ``preprocessing``, ``epoch``, ``metrics``, ``versions``,
+``optimizer``, ``scheduler``, ``early_stopping``, ``history``, ``recommended_postprocess``,
+``calibration``, ``elapsed_seconds``, ``scale``, ``plan``. Both the training loop and prediction
+depend on this module; neither depends on the other.
+"""
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+from engine.training.config import ARCHITECTURE_KEYS, TrainingConfig, TrainingError
+from engine.training.models import UNet
+from storage.paths import atomic_write_bytes
+
+FORMAT_VERSION = 1
+ARCH = "unet"
+
+
+class CheckpointError(UserError):
+    """A checkpoint file cannot be used; the message is meant for the user."""
+
+
+def build_model(config: Any) -> UNet:
+    """The U-Net a TrainingConfig describes."""
+    return UNet(3 if config.channel == "rgb" else 1, config.base_channels, config.depth, config.dropout_rate)
+
+
+def load_checkpoint_dict(path: str | Path) -> dict:
+    """The raw checkpoint dict, loaded with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: no file, an empty or damaged file, a pickle that carries code, a dict that is not
+            this program's (no weights and config, no or an unknown ``format_version``, another ``arch``),
+            or fields of the wrong type (``state_dict`` not tensors, ``config`` / ``metrics`` /
+            ``recommended_postprocess`` / ``calibration`` not dicts, ``epoch`` not a whole number ≥ 0).
+    """
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint file at {path}: check the path.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{name} is empty (0 bytes): it is not a checkpoint.")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we report our own sentence
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower() and "reduce" not in str(exc).lower():
+            raise CheckpointError(
+                f"{name} is not a readable checkpoint (truncated, damaged or another kind of file): "
+                "use a .pt file written by this program."
+            ) from None
+        raise CheckpointError(
+            f"{name} contains objects other than weights and settings (possibly code), so it was not loaded: "
+            "use a checkpoint written by this program."
+        ) from None
+    except Exception:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, …)
+        raise CheckpointError(
+            f"{name} is not a readable checkpoint (truncated, damaged or another kind of file): "
+            "use a .pt file written by this program."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{name} is not a checkpoint of this program (no weights and config inside).")
+    version = ckpt.get("format_version")
+    if "format_version" not in ckpt:
+        raise CheckpointError(f"{name} is not a checkpoint of this program (it records no checkpoint format): "
+                              "use a .pt file written by this program's training.")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{name} has an unknown checkpoint format ({version!r}): "
+                              "use a .pt file written by this program's training.")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{name} has checkpoint format {version!r}, newer than this program's ({FORMAT_VERSION}): update the program."
+        )
+    if ckpt.get("arch") != ARCH:
+        raise CheckpointError(f"{name} holds a {ckpt.get('arch')!r} model; this program reads {ARCH!r} models only.")
+    _check_fields(ckpt, name)
+    return ckpt
+
+
+def _check_fields(ckpt: dict, name: str) -> None:
+    """Refuse a checkpoint whose fields have the wrong types (an edited or foreign file), with a sentence."""
+    damaged = "the file is damaged or was edited: use a checkpoint written by this program's training."
+    for key in ("state_dict", "train_state_dict"):  # train_state_dict: None when the run kept no moving average
+        weights = ckpt.get(key)
+        if key == "train_state_dict" and weights is None:
+            continue
+        if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                    for k, v in weights.items()):
+            raise CheckpointError(f"{name}: its weights ({key}) are not a table of tensors; {damaged}")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{name}: its settings (config) are not a table of options; {damaged}")
+    epoch = ckpt.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{name}: its epoch is {epoch!r}, not a whole number of at least 0; {damaged}")
+    for key in ("metrics", "recommended_postprocess", "calibration"):
+        value = ckpt.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{name}: its {key} is a {type(value).__name__}, not a table; {damaged}")
+
+
+def checkpoint_scale(ckpt: dict) -> float | None:
+    """The FOV diameter (pixels) a checkpoint's training images had, or None when it records none."""
+    scale = ckpt.get("scale")
+    value = scale.get("fov_diameter") if isinstance(scale, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 16 <= value <= 100_000:
+        return float(value)
+    return None
+
+
+
+def versions() -> dict[str, str]:
+    return {"torch": str(torch.__version__), "numpy": str(np.__version__), "python": platform.python_version()}
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def check_resume(checkpoint: str | Path, config: TrainingConfig) -> dict[str, Any]:
+    """The checkpoint dict when ``config`` can continue it; otherwise TrainingError saying what to change.
+
+    Refused: an unreadable file (CheckpointError), other architecture or preprocessing settings, no epoch
+    left (``epochs`` not above the saved epoch), an early stop that would trigger again at once (patience
+    not above the epochs already waited), a time budget already spent.
+    """
+    ckpt = load_checkpoint_dict(checkpoint)
+    missing = [k for k in ("state_dict", "optimizer", "early_stopping", "epoch", "config") if k not in ckpt]
+    if missing:
+        raise TrainingError(f"{Path(checkpoint).name} lacks {', '.join(missing)}, so training cannot continue "
+                            "from it: continue from a last.pt written by this program.")
+    changed = [k for k in ARCHITECTURE_KEYS if ckpt["config"].get(k) != getattr(config, k)]
+    if changed:
+        raise TrainingError(f"Cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
+                            "keep those settings as they were.")
+    done, waited = int(ckpt["epoch"]), int(ckpt["early_stopping"].get("wait", 0))
+    if done >= config.epochs:
+        raise TrainingError(f"The checkpoint already ran {done} epoch(s) and epochs is {config.epochs}: "
+                            f"raise epochs above {done} to continue.")
+    if config.early_stopping_patience and waited >= config.early_stopping_patience:
+        raise TrainingError(f"The run already went {waited} epoch(s) without improvement, which reaches "
+                            f"early_stopping_patience {config.early_stopping_patience}: raise the patience "
+                            f"above {waited} to continue.")
+    spent = float(ckpt.get("elapsed_seconds", 0.0)) / 60
+    if config.max_minutes and spent >= config.max_minutes:
+        raise TrainingError(f"The run already used its time budget ({spent:.1f} of max_minutes "
+                            f"{config.max_minutes:g}): raise max_minutes or set it to 0 to continue.")
+    return ckpt

@@ -1,0 +1,180 @@
+"""The training options: one frozen, validated dataclass, stored as JSON in the run's row and in every checkpoint.
+
+``TrainingConfig()`` holds the defaults (each with a comment); ``TrainingConfig.from_dict(d)`` and
+``with_updates(**kw)`` refuse unknown keys with a sentence naming the known ones; ``parse_set_option``
+reads the CLI's ``--set key=value``. ``CHOICES`` lists the allowed words of every option that takes one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from engine.errors import UserError
+from engine.training.data import CHANNELS, NORMALIZATIONS
+from engine.training.losses import LOSS_NAMES
+
+SCHEDULES = ("cosine", "plateau", "none")
+MONITORS = ("val_dice", "val_loss")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "bf16", "fp32")
+STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    # --- model
+    base_channels: int = 16  # channels of the first level (doubles per level); with bf16, 16 costs about what 8 does
+    depth: int = 3  # down-sampling steps; 3 sees 8× context, enough for retinal vessels
+    dropout_rate: float = 0.1  # Dropout2d at the bottleneck
+    # --- preprocessing (saved with the model, applied again at inference)
+    channel: str = "green"  # 'green' (best vessel contrast in fundus photos), 'gray' or 'rgb'
+    clahe: bool = True  # contrast-limited adaptive histogram equalisation (clip 2, 8×8 tiles)
+    normalization: str = "zscore"  # 'zscore' per image inside the FOV, or 'unit' (divide by 255)
+    # --- loss
+    loss_function: str = "combined_dice_focal"  # or 'dice', 'focal', 'tversky', 'bce'
+    dice_weight: float = 0.7  # combined loss = dice_weight·Dice + (1 − dice_weight)·Focal
+    focal_alpha: float = 0.25  # focal weight of vessel pixels (background gets 1 − alpha), Lin et al.
+    focal_gamma: float = 2.0  # focal focusing exponent, Lin et al.
+    tversky_alpha: float = 0.3  # Tversky weight of false positives
+    tversky_beta: float = 0.7  # Tversky weight of false negatives (> alpha favours thin vessels)
+    # --- optimisation
+    optimizer: str = "adamw"  # AdamW, the only optimiser offered
+    learning_rate: float = 3e-3  # peak learning rate (AdamW, cosine decay)
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    batch_size: int = 8  # patches per step
+    patch_size: int = 128  # side of the square training patches, in pixels: 128 gives more context than 64 per pixel
+    epochs: int = 60  # maximum number of epochs
+    steps_per_epoch: int = 250  # optimiser steps (batches) per epoch (~30 s on 2 CPU cores); validation runs after each
+    val_fraction: float = 0.2  # share of the images held out for validation (seeded split)
+    augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
+    max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off
+    any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps
+    ema_decay: float = 0.998  # validate and save an exponential moving average of the weights (~500 steps); 0 = off
+    # --- learning-rate schedule
+    lr_schedule: str = "cosine"  # 'cosine' (to min_learning_rate by the last epoch), 'plateau' or 'none'
+    min_learning_rate: float = 1e-5  # floor of the cosine schedule
+    plateau_factor: float = 0.5  # 'plateau': multiply the LR by this ...
+    plateau_patience: int = 5  # ... after this many epochs without improvement
+    # --- early stopping
+    early_stopping_monitor: str = "val_dice"  # 'val_dice' (higher is better) or 'val_loss' (lower is better)
+    early_stopping_patience: int = 15  # epochs without improvement before stopping; 0 = never stop early
+    min_delta: float = 1e-4  # smallest change that counts as an improvement
+    # --- run
+    max_minutes: float = 0.0  # wall-clock budget; 0 = none. With 'cosine' the LR anneals over this time
+    seed: int = 0  # seeds the split, the patches and the weights: same seed, same result on CPU
+    device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
+    precision: str = "auto"  # training arithmetic: 'auto' = bf16 where the chip does it natively, else 'fp32'
+    num_threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    checkpoint_every: int = 0  # also keep epoch_XXX.pt every this many epochs; 0 = off
+    calibrate_postprocess: bool = True  # search post-processing on the validation images at the end
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _FIELD_TYPES[f.name]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif kind is bool and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, not {value!r}.")
+            elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be a whole number, not {value!r}.")
+            elif kind is str and not isinstance(value, str):
+                raise ValueError(f"{f.name} must be text, not {value!r}.")
+            elif kind is float and (isinstance(value, bool) or not isinstance(value, float)):
+                raise ValueError(f"{f.name} must be a number, not {value!r}.")
+        for name, (low, high, low_open) in _RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}.")
+            if value < low or value > high or (low_open and value == low):
+                lower = f"greater than {low:g}" if low_open else f"at least {low:g}"
+                raise ValueError(f"{name} must be {lower} and at most {high:g}, not {value:g}.")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not known: choose one of {', '.join(allowed)}.")
+        if self.patch_size % 2 ** self.depth:
+            raise ValueError(
+                f"patch_size {self.patch_size} must be a multiple of 2**depth = {2 ** self.depth}: "
+                f"use {self.patch_size // 2 ** self.depth * 2 ** self.depth or 2 ** self.depth}."
+            )
+        if self.lr_schedule == "cosine" and self.min_learning_rate > self.learning_rate:
+            raise ValueError("min_learning_rate must not exceed learning_rate.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"A training config must be a JSON object, not {type(data).__name__}.")
+        unknown = sorted(set(data) - set(_FIELD_TYPES))
+        if unknown:
+            raise ValueError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+        return cls(**data)
+
+    def with_updates(self, **changes: Any) -> "TrainingConfig":
+        unknown = sorted(set(changes) - set(_FIELD_TYPES))
+        if unknown:
+            raise ValueError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+        return replace(self, **changes)
+
+
+_FIELD_TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+                                 for f in fields(TrainingConfig)}
+# name: (low, high, low is excluded)
+_RANGES = {
+    "base_channels": (1, 256, False), "depth": (1, 6, False), "dropout_rate": (0.0, 0.9, False),
+    "dice_weight": (0.0, 1.0, False), "focal_alpha": (0.0, 1.0, False), "focal_gamma": (0.0, 10.0, False),
+    "tversky_alpha": (0.0, 1.0, False), "tversky_beta": (0.0, 1.0, False),
+    "learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "batch_size": (1, 1024, False),
+    "patch_size": (16, 1024, False), "epochs": (1, 100_000, False), "steps_per_epoch": (1, 1_000_000, False),
+    "val_fraction": (0.0, 0.9, True), "ema_decay": (0.0, 0.99999, False), "max_zoom": (1.0, 2.0, False),
+    "min_learning_rate": (0.0, 1.0, False),
+    "plateau_factor": (0.0, 0.99, True),
+    "plateau_patience": (0, 1000, False), "early_stopping_patience": (0, 100_000, False),
+    "min_delta": (0.0, 1.0, False), "max_minutes": (0.0, 10_080.0, False), "seed": (0, 2**31 - 1, False),
+    "num_threads": (0, 256, False), "checkpoint_every": (0, 100_000, False),
+}
+# The allowed values of every option that takes one of a few words.
+CHOICES = {
+    "channel": CHANNELS, "normalization": NORMALIZATIONS, "loss_function": LOSS_NAMES, "optimizer": ("adamw",),
+    "lr_schedule": SCHEDULES, "early_stopping_monitor": MONITORS, "device": DEVICES,
+    "precision": PRECISIONS,
+}
+# Settings that shape the network or its input; a resumed run must keep them.
+ARCHITECTURE_KEYS = ("base_channels", "depth", "channel", "clahe", "normalization")
+
+
+def _known() -> str:
+    return "known options are " + ", ".join(_FIELD_TYPES) + "."
+
+
+def parse_set_option(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` (as given to ``--set``) into (key, value typed like the field)."""
+    key, sep, raw = str(text).partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ValueError(f"--set expects key=value (for example learning_rate=0.001), not {text!r}.")
+    if key not in _FIELD_TYPES:
+        raise ValueError(f"Unknown training option {key!r}: {_known()}")
+    kind = _FIELD_TYPES[key]
+    try:
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1", "yes", "on")
+        if kind is int:
+            return key, int(raw)
+        if kind is float:
+            return key, float(raw)
+    except ValueError:
+        what = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+        raise ValueError(f"{key} must be {what}, not {raw!r}.") from None
+    return key, raw
+
+
+
+
+class TrainingError(UserError):
+    """Training cannot go on with these settings; the message says which one to change."""

@@ -1,0 +1,46 @@
+"""Where and in which arithmetic a model trains: the device and the bf16 autocast decision."""
+from __future__ import annotations
+
+import torch
+
+from engine.training.config import TrainingError
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively (CPU: AMX or AVX512-BF16; CUDA: Ampere on)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training (None: plain float32).
+
+    bf16 autocast runs the convolutions in bfloat16 while weights, optimiser state, BatchNorm
+    statistics and the loss stay float32. A CPU without native bf16 would emulate it, slower than
+    float32, so 'auto' uses it only where the hardware has it (``native_bf16``; the README gives the
+    measured speed-up). Validation and prediction always run in float32.
+
+    Raises:
+        TrainingError: bf16 asked for on Apple MPS.
+    """
+    if name == "fp32" or (name == "auto" and not native_bf16(device)):
+        return None
+    if device.type == "mps":
+        raise TrainingError("precision 'bf16' is not available on Apple MPS: set precision to fp32 or auto.")
+    return torch.bfloat16
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was asked for but no CUDA GPU is available: use device=auto or cpu.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError("device 'mps' was asked for but Apple's MPS is not available: use device=auto or cpu.")
+    return torch.device(name)
