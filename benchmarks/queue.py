@@ -108,7 +108,7 @@ def bookkeeping_cost_ms_per_s(config: dict, dataset: Path) -> float:
     model_id = store.create_model("overhead", config, str(dataset))
     store.update_model(model_id, status="running")
     conn = store.connect()
-    stopper, progress = jobs._StopWatch(model_id, conn), jobs._Progress(model_id, conn)
+    stopper, progress = jobs.StopWatch(model_id, conn), jobs.ProgressRecorder(model_id, conn)
     progress({"type": "start", "start_epoch": 1, "total_epochs": 3, "steps_per_epoch": 20, "n_train": 4,
               "n_val": 1, "device": "cpu"})
 

@@ -19,3 +19,11 @@ class StopRequested(Exception):
 
 class WorkerShutdown(RuntimeError):
     """The worker is shutting down; a batch job stops between two images."""
+
+
+def error_text(exc: BaseException) -> str:
+    """What a job's row says about an exception: our ValueErrors already are sentences; anything else is
+    named, with a pointer to the worker log that holds its traceback."""
+    if isinstance(exc, (ValueError, WorkerShutdown)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (the traceback is in the worker log)"

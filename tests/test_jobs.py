@@ -229,7 +229,7 @@ def test_sigint_stops_the_worker_gracefully_and_the_run_is_not_left_running(tmp_
 # --------------------------------------------------------------------------- without a worker
 
 def _snapshot():
-    q = jobs._queue()
+    q = jobs.current_queue()
     return (store.list_models(), store.list_inference_jobs(), q.pending_count(), q.scheduled_count())
 
 
@@ -271,7 +271,7 @@ def test_a_queued_training_stops_without_starting(home, dataset):
     task_id = store.get_model(model_id)["task_id"]
     outcome = jobs.stop_training(model_id)
     row = store.get_model(model_id)
-    assert (outcome, row["status"], row["stop_reason"], row["error"], jobs._queue().is_revoked(task_id)) == (
+    assert (outcome, row["status"], row["stop_reason"], row["error"], jobs.current_queue().is_revoked(task_id)) == (
         "cancelled", "failed", "user_stop", "stopped by the user before it started", True)
 
 
@@ -283,7 +283,7 @@ def test_a_failed_run_can_be_resumed_from_last_pt(home, dataset, tiny_checkpoint
     shutil.copy(tiny_checkpoint, paths.checkpoints_dir(model_id) / "last.pt")
     task_id = jobs.start_training(model_id, {**TINY, "epochs": 5}, resume=True)
     row = store.get_model(model_id)
-    assert (row["status"], row["task_id"], row["error"], row["total_epochs"], jobs._queue().pending_count()) == (
+    assert (row["status"], row["task_id"], row["error"], row["total_epochs"], jobs.current_queue().pending_count()) == (
         "queued", task_id, None, 5, 1)
 
 

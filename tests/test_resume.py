@@ -165,10 +165,10 @@ def test_continuing_refuses_with_a_sentence_and_changes_nothing(home, synth, two
     target = paths.checkpoints_dir(model_id) / "last.pt"
     if last_pt:
         target.write_bytes(b"junk" if last_pt == "corrupt" else Path(two_then_four[3].last_checkpoint).read_bytes())
-    before = (store.get_model(model_id), jobs._queue().pending_count())
+    before = (store.get_model(model_id), jobs.current_queue().pending_count())
     with pytest.raises(ValueError, match=words):
         jobs.start_training(model_id, {**TINY, "epochs": 9}, resume=True)
-    assert (store.get_model(model_id), jobs._queue().pending_count()) == before
+    assert (store.get_model(model_id), jobs.current_queue().pending_count()) == before
 
 
 # --------------------------------------------------------------------------- dashboard
@@ -201,7 +201,7 @@ def test_models_page_continue_button_queues_the_run_with_raised_epochs(home, syn
     other_tab.button(key=f"models_continue_go_{model_id}").click().run()  # a second tab still shows the button
     row = store.get_model(model_id)
     assert (not at.exception, row["status"], json.loads(row["config"])["epochs"], row["total_epochs"],
-            jobs._queue().pending_count(), any("continues up to epoch 6" in s.value for s in at.success),
+            jobs.current_queue().pending_count(), any("continues up to epoch 6" in s.value for s in at.success),
             any("is already queued" in e.value for e in other_tab.error)) == (True, "queued", 6, 6, 1, True, True)
 
 
@@ -213,7 +213,7 @@ def test_train_monitor_offers_continue_for_a_stopped_run(home, synth, two_then_f
     field.set_value(7)
     at.button(key=f"train_continue_go_{model_id}").click().run()
     row = store.get_model(model_id)
-    assert (shown, row["status"], json.loads(row["config"])["epochs"], jobs._queue().pending_count()) == (
+    assert (shown, row["status"], json.loads(row["config"])["epochs"], jobs.current_queue().pending_count()) == (
         (8, 5), "queued", 7, 1)
 
 

@@ -1,77 +1,44 @@
-"""The background worker: a Huey queue on SQLite that trains models and runs batch inference.
-
-Start it with ``huey_consumer engine.jobs.huey -k thread -w 2 -m 0.5`` (``make run`` starts it). Use at least two
-worker threads, so a batch inference never waits behind a training, and ``-m 0.5`` (longest idle
-poll, seconds): with huey's default of 10 s a job queued after a quiet spell waits up to 10 s. The queue file is
-``paths.queue_path()`` of the ``ML_MANAGER_HOME`` the process had when it imported this module; the
-Python API below re-points the queue when the data home changes in-process (tests, scripts).
-
-The record of every job is its row in the run registry (``storage.db``), never a Huey result:
+"""Training through the queue: ``submit_training`` / ``start_training`` queue a run, ``train_model_task``
+runs it on the worker, ``stop_training`` and ``training_status`` follow it.
 
 * Trainings run one at a time (``ML_MANAGER_MAX_TRAININGS``, default 1). A training task that finds
   no free slot does not hold a worker thread: it asks Huey to retry it a second later and stays
   ``queued``; slots are granted first come, first served (``storage.db.claim_training_slot``). With
   two or more worker threads a batch inference therefore never waits behind a training.
 * ``stop_training`` marks a running run ``stopping``; the training loop's ``should_stop`` reads the
-  row at most every 0.5 s, so it stops within a second and saves ``last.pt``. The run then ends
-  ``completed`` with ``stop_reason='user_stop'`` when it saved a best checkpoint, otherwise
-  ``stopped`` (not a failure: no epoch had finished, the error column says so, and it can be started again). A run still waiting in the queue is revoked and
-  marked ``failed`` with ``stop_reason='user_stop'`` and the error "stopped by the user before it started".
+  row at most every ``STOP_POLL_S``, so it stops within a second and saves ``last.pt``. The run then
+  ends ``completed`` with ``stop_reason='user_stop'`` when it saved a best checkpoint, otherwise
+  ``stopped`` (not a failure: no epoch had finished, the error column says so, and it can be started
+  again). A run still waiting in the queue is revoked and marked ``failed`` with
+  ``stop_reason='user_stop'`` and the error "stopped by the user before it started".
 * A graceful shutdown of the worker (SIGINT) stops a running training the same way (``last.pt`` is
   kept) and marks it ``failed`` with an error that says so; ``start_training(..., resume=True)``
   continues it. Queued trainings stay in the queue for the next start.
-* Liveness: a background thread started with the worker beats every ``BEAT_S`` seconds for the
-  worker and for each run and job it executes. The periodic ``check_stale_runs`` (every minute) and
-  the start-up hook mark runs whose heartbeat is older than ``ML_MANAGER_STALE_AFTER_S`` (default
-  60 s) ``failed`` with "the worker stopped while training (last heartbeat …)"; at start-up a run
-  owned by a worker process that no longer exists is failed at once. Freeing those rows is what
-  releases the training slots a killed worker held (the slots are rows, not Huey locks). Start-up
-  also removes leftover temporary files. When no worker runs at all, ``recover_if_no_worker`` (called by
-  the dashboard, the API and ``python -m engine status``) does the same; each run is failed by one
-  conditional UPDATE, so a worker starting at that moment and the dashboard never both fail it.
 * Retention: after each ``epoch_XXX.pt`` it records, the worker deletes that model's epoch checkpoints
   beyond the newest ``ML_MANAGER_KEEP_EPOCH_CHECKPOINTS`` (``engine.housekeeping``).
 """
 from __future__ import annotations
 
-import gc
 import json
-import logging
 import os
-import shutil
-import socket
-import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from huey import SqliteHuey, crontab
 from huey.exceptions import RetryTask
 
-from engine.errors import WorkerShutdown
+from engine.errors import error_text
+from engine.jobs.liveness import ACTIVE
+from engine.jobs.queue import current_queue, huey, log, shutting_down
 from storage import db as store
 from storage import paths
 
-# A child of huey's logger, so our messages land in the worker log that huey_consumer sets up.
-log = logging.getLogger("huey.ml_manager")
-
-BEAT_S = 2.0  # worker / run heartbeat period
 STOP_POLL_S = 0.5  # how often a training reads its row for a stop request
 WAIT_RETRY_S = 1  # a training waiting for a slot asks again after this many seconds
 WAITER_FRESH_S = 30.0  # a queued run whose task has not asked for this long no longer holds its place
-TEMP_MAX_AGE_S = 3600.0  # temporary files older than this are removed by the periodic check
-RECOVER_EVERY_S = 10.0  # recover_if_no_worker looks at the registry at most this often per process
 STOPPED_EARLY = ("stopped by the user before the first epoch finished, so no checkpoint of a finished epoch "
                  "exists: start it again to train it")
 
-huey = SqliteHuey(name="ml_manager", filename=str(paths.queue_path()), results=False, strict_fifo=True, timeout=30)
-
-_ACTIVE_RUNS: set[str] = set()  # model ids this process is training
-_ACTIVE_JOBS: set[str] = set()  # inference job ids this process is running
-_STATE_LOCK = threading.Lock()
-_started_pid: int | None = None
-_consumer_stop_flag: Any = None
 
 
 def max_trainings() -> int:
@@ -82,43 +49,8 @@ def max_trainings() -> int:
         return 1
 
 
-def stale_after_s() -> float:
-    """Heartbeat age after which a running run counts as abandoned (``ML_MANAGER_STALE_AFTER_S``)."""
-    try:
-        return max(5.0, float(os.environ.get("ML_MANAGER_STALE_AFTER_S", "60")))
-    except ValueError:
-        return 60.0
 
-
-def _queue() -> SqliteHuey:
-    """The Huey instance, pointed at the current data home's queue file."""
-    wanted = str(paths.queue_path())
-    if huey.storage.filename != wanted:
-        with _STATE_LOCK:
-            if huey.storage.filename != wanted:
-                huey.storage_kwargs["filename"] = wanted
-                huey.storage = huey.create_storage()
-    return huey
-
-
-def _shutting_down() -> bool:
-    flag = _consumer_stop_flag
-    return bool(flag is not None and flag.is_set())
-
-
-def _find_consumer_stop_flag() -> Any:
-    """The running consumer's stop flag (set on SIGINT), so long tasks can end early and cleanly."""
-    from huey.consumer import Consumer
-
-    for obj in gc.get_objects():
-        if isinstance(obj, Consumer) and obj.huey is huey:
-            return obj.stop_flag
-    return None
-
-
-# --------------------------------------------------------------------------- training
-
-class _StopWatch:
+class StopWatch:
     """``should_stop`` for the training loop: a stop request in the row, or the worker shutting down."""
 
     def __init__(self, model_id: str, conn):
@@ -129,7 +61,7 @@ class _StopWatch:
     def __call__(self) -> bool:
         if self.reason:
             return True
-        if _shutting_down():
+        if shutting_down():
             self.reason = "shutdown"
             return True
         now = time.monotonic()
@@ -226,34 +158,21 @@ class ProgressRecorder:
             update(recommended_postprocess=event["recommended"])
 
 
-def _error_text(exc: BaseException) -> str:
-    """A user-facing sentence for an exception (our ValueErrors already are sentences)."""
-    if isinstance(exc, (ValueError, WorkerShutdown)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc} (the traceback is in the worker log)"
-
 
 @huey.task()
 def train_model_task(model_id: str, config: dict, resume_from: str | None = None) -> None:
     """Train one model (waits, without holding a worker thread, until a training slot is free)."""
-    with _STATE_LOCK:
-        _ACTIVE_RUNS.add(model_id)  # before the claim, so the stale check never sees it ownerless
-    try:
-        claimed = store.claim_training_slot(model_id, max_trainings(), WAITER_FRESH_S, store.this_worker_id())
-    except store.UnknownModelError:
-        claimed = None
-    if not claimed:
-        with _STATE_LOCK:
-            _ACTIVE_RUNS.discard(model_id)
-        if claimed is False:
-            raise RetryTask(delay=WAIT_RETRY_S)
-        log.info("training task of %s skipped: the run is no longer queued", model_id)
-        return
-    try:
+    with ACTIVE.run(model_id):  # before the claim, so the stale check never sees it ownerless
+        try:
+            claimed = store.claim_training_slot(model_id, max_trainings(), WAITER_FRESH_S, store.this_worker_id())
+        except store.UnknownModelError:
+            claimed = None
+        if not claimed:
+            if claimed is False:
+                raise RetryTask(delay=WAIT_RETRY_S)
+            log.info("training task of %s skipped: the run is no longer queued", model_id)
+            return
         _run_training(model_id, config, resume_from)
-    finally:
-        with _STATE_LOCK:
-            _ACTIVE_RUNS.discard(model_id)
 
 
 def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
@@ -266,7 +185,7 @@ def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
 
 def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn) -> None:
     budget = float(config.get("max_minutes") or 0.0) if isinstance(config, dict) else 0.0
-    stopper, progress = _StopWatch(model_id, conn), ProgressRecorder(model_id, conn, max_minutes=budget)
+    stopper, progress = StopWatch(model_id, conn), ProgressRecorder(model_id, conn, max_minutes=budget)
     finish = lambda **f: store.update_model(model_id, db=conn, only_if_status=("running", "stopping"),  # noqa: E731
                                             finished_at=store.utc_now(), eta_s=None, **f)
     try:
@@ -279,7 +198,7 @@ def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn
                        on_event=progress, should_stop=stopper, resume_from=resume_from, plan=plan)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
         log.exception("training of %s failed", model_id)
-        finish(status="failed", error=_error_text(exc))
+        finish(status="failed", error=error_text(exc))
         return
     if result.best_checkpoint is not None:  # the checkpoint event wrote this row already; this covers a lost write
         store.add_checkpoint(model_id, result.best_epoch, result.best_checkpoint, "best", result.best_metric, db=conn)
@@ -305,189 +224,6 @@ def stop_training_task(model_id: str) -> str:
     """``stop_training`` through the queue (jumps ahead of other tasks; ``stop_training`` itself never waits)."""
     return stop_training(model_id)
 
-
-# --------------------------------------------------------------------------- batch inference
-
-@huey.task()
-def run_inference_task(job_id: str) -> None:
-    """Predict every image of the job's folder or zip; outputs go to ``inference/<job_id>/``."""
-    from engine.inference.batch import run_job
-
-    row = store.get_inference_job(job_id)
-    if row["status"] != "queued":
-        log.info("inference job %s skipped: it is %s", job_id, row["status"])
-        return
-    with _STATE_LOCK:
-        _ACTIVE_JOBS.add(job_id)
-    try:
-        store.update_inference_job(job_id, status="running", started_at=store.utc_now(),
-                                   heartbeat_at=store.utc_now(), worker=store.this_worker_id())
-        run_job(job_id, should_stop=_shutting_down)
-    except Exception as exc:  # noqa: BLE001 - recorded on the job's row
-        log.exception("inference job %s failed", job_id)
-        store.update_inference_job(job_id, status="failed", finished_at=store.utc_now(), error=_error_text(exc))
-    finally:
-        with _STATE_LOCK:
-            _ACTIVE_JOBS.discard(job_id)
-
-
-# --------------------------------------------------------------------------- liveness and recovery
-
-def _worker_gone(worker: str | None) -> bool:
-    """True when ``worker`` (``host:pid:token``) is a process on this machine that no longer runs."""
-    if not worker:
-        return True
-    host, _, rest = worker.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False  # another machine: only the heartbeat's age can tell
-    if int(pid_text) == os.getpid():
-        return worker != store.this_worker_id()  # same pid, other token: this process was re-executed
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def recover_stale_runs(at_startup: bool = False) -> list[str]:
-    """Mark abandoned runs and inference jobs ``failed``; returns their ids."""
-    limit, me, failed = stale_after_s(), store.this_worker_id(), []
-    cutoff = datetime.fromtimestamp(time.time() - limit, timezone.utc).isoformat(timespec="milliseconds")
-    with _STATE_LOCK:
-        mine = set(_ACTIVE_RUNS) | set(_ACTIVE_JOBS)
-    conn = store.connect()
-    try:
-        candidates = [("model", r) for r in store.list_models(status=("running", "stopping"), db=conn)]
-        candidates += [("job", r) for r in store.list_inference_jobs(status="running", db=conn)]
-        for kind, row in candidates:
-            if row["worker"] == me and row["id"] in mine:
-                continue
-            age = store.age_seconds(row["heartbeat_at"])
-            gone = at_startup and _worker_gone(row["worker"])
-            if not (gone or age is None or age > limit):
-                continue
-            beat = row["heartbeat_at"] or "never"
-            # One conditional UPDATE decides: another process recovering the same row at once, or a worker
-            # whose beat arrived since we read it, makes it change nothing here.
-            stale_before = None if gone else cutoff
-            if kind == "model":
-                changed = store.fail_stale_model(
-                    row["id"], f"the worker stopped while training (last heartbeat {beat}); the checkpoints saved "
-                               "until then were kept, and Continue training carries on from last.pt",
-                    stale_before, db=conn)
-            else:
-                changed = store.fail_stale_job(
-                    row["id"], f"the worker stopped while this job ran (last heartbeat {beat}); submit it again",
-                    stale_before, db=conn)
-            if changed:
-                failed.append(row["id"])
-                log.warning("%s %s marked failed: last heartbeat %s", kind, row["id"], beat)
-                if kind == "model":  # its writer is gone: a half-written checkpoint is of no use to anyone
-                    for tmp in paths.checkpoints_dir(row["id"]).glob(".*.tmp"):
-                        tmp.unlink(missing_ok=True)
-    finally:
-        conn.close()
-    return failed
-
-
-_last_recovery = 0.0
-
-
-def recover_if_no_worker(force: bool = False) -> list[str]:
-    """Fail abandoned runs and jobs when no worker is alive to do it (for the dashboard, API and CLI).
-
-    Does nothing while a worker's heartbeat is younger than ``stale_after_s()`` (that worker's periodic
-    check takes care of it) and, unless ``force``, when this process looked less than ``RECOVER_EVERY_S``
-    ago. Queued runs are left alone: their tasks wait in the queue for the next worker.
-
-    Returns:
-        The ids of the runs and jobs marked ``failed`` by this call.
-    """
-    global _last_recovery
-    now = time.monotonic()
-    if not force and now - _last_recovery < RECOVER_EVERY_S:
-        return []
-    _last_recovery = now
-    beat = store.worker_heartbeat()
-    if beat is not None and store.age_seconds(beat.isoformat()) <= stale_after_s():
-        return []
-    return recover_stale_runs(at_startup=False)
-
-
-def remove_temp_files(max_age_s: float = TEMP_MAX_AGE_S) -> list[Path]:
-    """Delete leftovers of interrupted atomic writes and extractions (``.name.*`` entries) in the data home."""
-    home, removed = paths.data_home(), []
-    cutoff = time.time() - max_age_s
-    places = [home / "models", home / "inference", home / "datasets", home / "uploads"]
-    candidates = [p for place in places if place.is_dir() for p in place.glob(".*")]
-    candidates += list((home / "models").glob("*/checkpoints/.*.tmp")) + list((home / "inference").glob("*/.*"))
-    candidates += list((home / "inference").glob("*/*/.*.tmp"))
-    for path in candidates:
-        try:
-            if path.lstat().st_mtime > cutoff:
-                continue
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            removed.append(path)
-        except OSError:
-            continue
-    return removed
-
-
-@huey.periodic_task(crontab(minute="*"))
-def check_stale_runs() -> list[str]:
-    """Every minute: fail runs whose heartbeat is too old, remove old temporary files."""
-    failed = recover_stale_runs(at_startup=False)
-    remove_temp_files()
-    return failed
-
-
-def _beat_forever() -> None:
-    conn = None
-    while True:
-        try:
-            conn = conn or store.connect()
-            store.beat_worker(db=conn)
-            with _STATE_LOCK:
-                runs, jobs = list(_ACTIVE_RUNS), list(_ACTIVE_JOBS)
-            store.beat_active(runs, jobs, db=conn)
-        except Exception:  # noqa: BLE001 - keep beating; a locked moment passes
-            log.exception("heartbeat failed")
-            if conn is not None:
-                conn.close()
-            conn = None
-        time.sleep(BEAT_S)
-
-
-@huey.on_startup()
-def worker_started() -> None:
-    """Once per worker process: recover what a killed worker left, then start the heartbeat thread."""
-    global _started_pid, _consumer_stop_flag
-    with _STATE_LOCK:
-        if _started_pid == os.getpid():
-            return
-        _started_pid = os.getpid()
-    _consumer_stop_flag = _find_consumer_stop_flag()
-    store.beat_worker()
-    failed = recover_stale_runs(at_startup=True)
-    # Runs still queued keep their place in line: their tasks are in queue.db and ask again shortly.
-    store.beat_queued()
-    removed = remove_temp_files(max_age_s=60.0)
-    log.info("worker %s started: %d abandoned run(s) failed, %d temporary file(s) removed",
-             store.this_worker_id(), len(failed), len(removed))
-    threading.Thread(target=_beat_forever, name="ml-manager-heartbeat", daemon=True).start()
-    threading.Thread(target=_warm_up, name="ml-manager-warm-up", daemon=True).start()
-
-
-def _warm_up() -> None:
-    """Import torch and the trainer in the background, so the first training starts seconds sooner."""
-    try:
-        import engine.inference.predict  # noqa: F401
-        import engine.training.loop  # noqa: F401
-    except Exception:  # noqa: BLE001 - the training task will report the same error properly
-        log.exception("warming up the engine failed")
 
 
 # --------------------------------------------------------------------------- Python API
@@ -537,7 +273,7 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
                                         "saved): start it again without resume.")
         check_resume(last, TrainingConfig.from_dict(config))
         resume_from = str(last)
-    q = _queue()
+    q = current_queue()
     conn = store.connect()
     try:
         with store.immediate(conn):
@@ -609,7 +345,7 @@ def stop_training(model_id: str) -> str:
     if outcome == "cancelled":
         task_id = store.get_model(model_id)["task_id"]
         if task_id:
-            _queue().revoke_by_id(task_id)
+            current_queue().revoke_by_id(task_id)
     return outcome
 
 
@@ -643,59 +379,3 @@ def training_status(model_id: str) -> dict:
     }
 
 
-def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.PathLike, postprocess: dict | None,
-                    model_id: str | None = None, scale: str | float = "auto") -> str:
-    """Queue a batch inference over a folder of images or a .zip; returns the job id.
-
-    ``checkpoint_path`` is a ``.pt`` file or ``"baseline"`` (the classical vesselness filter); ``scale``
-    (``"auto"``, ``"none"`` or a factor; see ``engine.inference.predict.resolve_scale``) is how each photograph is
-    resized for the model. Raises ValueError with a sentence for anything unusable; nothing is queued then.
-    """
-    from engine.inference.batch import check_inputs
-    from engine.fov import parse_scale
-
-    scale = parse_scale(scale)
-    checkpoint, source, settings = check_inputs(checkpoint_path, input_path, postprocess)
-    if model_id is not None and model_id != store.BASELINE:
-        store.get_model(model_id)
-    q = _queue()
-    job_id = store.create_inference_job(checkpoint, source, settings, model_id=model_id, scale=str(scale))
-    task = run_inference_task.s(job_id)
-    store.update_inference_job(job_id, task_id=task.id)
-    try:
-        q.enqueue(task)
-    except Exception as exc:
-        store.update_inference_job(job_id, status="failed", error=f"could not be queued: {exc}")
-        raise
-    return job_id
-
-
-def cancel_inference(job_id: str) -> str:
-    """Cancel a batch job: ``"cancelled"`` when queued (revoked, never starts), ``"cancelling"`` when running
-    (it stops before its next image, keeping what it wrote). Unknown or finished jobs raise ValueError."""
-    outcome = store.request_cancel(job_id)
-    if outcome == "cancelled" and (task_id := store.get_inference_job(job_id)["task_id"]):
-        _queue().revoke_by_id(task_id)
-    return outcome
-
-
-def queue_length() -> int:
-    """How many tasks wait in the worker's queue (trainings waiting for a slot are retried, so they count)."""
-    return _queue().pending_count()
-
-
-def inference_status(job_id: str) -> dict:
-    """A batch inference job's state, counts and output files."""
-    row = store.get_inference_job(job_id)
-    out = Path(row["output_dir"])
-    results = out / "results.zip"
-    return {
-        "job_id": row["id"], "status": row["status"], "progress": row["progress"], "n_total": row["n_total"],
-        "n_done": row["n_done"], "n_failed": row["n_failed"], "error": row["error"], "model_id": row["model_id"],
-        "checkpoint_path": row["checkpoint_path"], "input_path": row["input_path"],
-        "postprocess": json.loads(row["postprocess"] or "{}"), "output_dir": str(out),
-        "stats_csv": str(out / "stats.csv") if (out / "stats.csv").exists() else None,
-        "results_zip": str(results) if results.exists() else None,
-        "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
-        "heartbeat_at": row["heartbeat_at"],
-    }

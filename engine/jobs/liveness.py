@@ -1,0 +1,237 @@
+"""Liveness and recovery: the worker's heartbeat, and failing the runs and jobs a dead worker left behind.
+
+A background thread started with the worker beats every ``BEAT_S`` seconds for the worker and for
+each run and job it executes (``ACTIVE``). The periodic ``check_stale_runs`` (every minute) and the
+start-up hook mark runs whose heartbeat is older than ``ML_MANAGER_STALE_AFTER_S`` (default 60 s)
+``failed``; at start-up a run owned by a worker process that no longer exists is failed at once.
+Freeing those rows is what releases the training slots a killed worker held (the slots are rows,
+not Huey locks). When no worker runs at all, ``recover_if_no_worker`` (called by the dashboard, the
+API and ``python -m engine status``) does the same; each run is failed by one conditional UPDATE, so
+a worker starting at that moment and the dashboard never both fail it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from huey import crontab
+
+from engine.jobs.queue import huey, log
+from storage import db as store
+from storage import paths
+
+BEAT_S = 2.0  # worker / run heartbeat period
+TEMP_MAX_AGE_S = 3600.0  # temporary files older than this are removed by the periodic check
+RECOVER_EVERY_S = 10.0  # recover_if_no_worker looks at the registry at most this often per process
+
+
+class ActiveWork:
+    """The runs and batch jobs this process executes: the heartbeat beats for them, recovery spares them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: set[str] = set()
+        self._jobs: set[str] = set()
+
+    @contextmanager
+    def run(self, model_id: str) -> Iterator[None]:
+        """Count ``model_id`` as trained by this process inside the ``with`` block."""
+        with self._lock:
+            self._runs.add(model_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs.discard(model_id)
+
+    @contextmanager
+    def job(self, job_id: str) -> Iterator[None]:
+        """Count ``job_id`` as run by this process inside the ``with`` block."""
+        with self._lock:
+            self._jobs.add(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._jobs.discard(job_id)
+
+    def snapshot(self) -> tuple[list[str], list[str]]:
+        """(run ids, job ids) at this moment."""
+        with self._lock:
+            return list(self._runs), list(self._jobs)
+
+
+ACTIVE = ActiveWork()
+_startup_lock = threading.Lock()
+_started_pid: int | None = None
+
+
+def stale_after_s() -> float:
+    """Heartbeat age after which a running run counts as abandoned (``ML_MANAGER_STALE_AFTER_S``)."""
+    try:
+        return max(5.0, float(os.environ.get("ML_MANAGER_STALE_AFTER_S", "60")))
+    except ValueError:
+        return 60.0
+
+
+def worker_gone(worker: str | None) -> bool:
+    """True when ``worker`` (``host:pid:token``) is a process on this machine that no longer runs."""
+    if not worker:
+        return True
+    host, _, rest = worker.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine: only the heartbeat's age can tell
+    if int(pid_text) == os.getpid():
+        return worker != store.this_worker_id()  # same pid, other token: this process was re-executed
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_stale_runs(at_startup: bool = False) -> list[str]:
+    """Mark abandoned runs and inference jobs ``failed``; returns their ids."""
+    limit, me, failed = stale_after_s(), store.this_worker_id(), []
+    cutoff = datetime.fromtimestamp(time.time() - limit, timezone.utc).isoformat(timespec="milliseconds")
+    runs, jobs = ACTIVE.snapshot()
+    mine = set(runs) | set(jobs)
+    conn = store.connect()
+    try:
+        candidates = [("model", r) for r in store.list_models(status=("running", "stopping"), db=conn)]
+        candidates += [("job", r) for r in store.list_inference_jobs(status="running", db=conn)]
+        for kind, row in candidates:
+            if row["worker"] == me and row["id"] in mine:
+                continue
+            age = store.age_seconds(row["heartbeat_at"])
+            gone = at_startup and worker_gone(row["worker"])
+            if not (gone or age is None or age > limit):
+                continue
+            beat = row["heartbeat_at"] or "never"
+            # One conditional UPDATE decides: another process recovering the same row at once, or a worker
+            # whose beat arrived since we read it, makes it change nothing here.
+            stale_before = None if gone else cutoff
+            if kind == "model":
+                changed = store.fail_stale_model(
+                    row["id"], f"the worker stopped while training (last heartbeat {beat}); the checkpoints saved "
+                               "until then were kept, and Continue training carries on from last.pt",
+                    stale_before, db=conn)
+            else:
+                changed = store.fail_stale_job(
+                    row["id"], f"the worker stopped while this job ran (last heartbeat {beat}); submit it again",
+                    stale_before, db=conn)
+            if changed:
+                failed.append(row["id"])
+                log.warning("%s %s marked failed: last heartbeat %s", kind, row["id"], beat)
+                if kind == "model":  # its writer is gone: a half-written checkpoint is of no use to anyone
+                    for tmp in paths.checkpoints_dir(row["id"]).glob(".*.tmp"):
+                        tmp.unlink(missing_ok=True)
+    finally:
+        conn.close()
+    return failed
+
+
+_last_recovery = 0.0
+
+
+def recover_if_no_worker(force: bool = False) -> list[str]:
+    """Fail abandoned runs and jobs when no worker is alive to do it (for the dashboard, API and CLI).
+
+    Does nothing while a worker's heartbeat is younger than ``stale_after_s()`` (that worker's periodic
+    check takes care of it) and, unless ``force``, when this process looked less than ``RECOVER_EVERY_S``
+    ago. Queued runs are left alone: their tasks wait in the queue for the next worker.
+
+    Returns:
+        The ids of the runs and jobs marked ``failed`` by this call.
+    """
+    global _last_recovery
+    now = time.monotonic()
+    if not force and now - _last_recovery < RECOVER_EVERY_S:
+        return []
+    _last_recovery = now
+    beat = store.worker_heartbeat()
+    if beat is not None and store.age_seconds(beat.isoformat()) <= stale_after_s():
+        return []
+    return recover_stale_runs(at_startup=False)
+
+
+def remove_temp_files(max_age_s: float = TEMP_MAX_AGE_S) -> list[Path]:
+    """Delete leftovers of interrupted atomic writes and extractions (``.name.*`` entries) in the data home."""
+    home, removed = paths.data_home(), []
+    cutoff = time.time() - max_age_s
+    places = [home / "models", home / "inference", home / "datasets", home / "uploads"]
+    candidates = [p for place in places if place.is_dir() for p in place.glob(".*")]
+    candidates += list((home / "models").glob("*/checkpoints/.*.tmp")) + list((home / "inference").glob("*/.*"))
+    candidates += list((home / "inference").glob("*/*/.*.tmp"))
+    for path in candidates:
+        try:
+            if path.lstat().st_mtime > cutoff:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+@huey.periodic_task(crontab(minute="*"))
+def check_stale_runs() -> list[str]:
+    """Every minute: fail runs whose heartbeat is too old, remove old temporary files."""
+    failed = recover_stale_runs(at_startup=False)
+    remove_temp_files()
+    return failed
+
+
+def _beat_forever() -> None:
+    conn = None
+    while True:
+        try:
+            conn = conn or store.connect()
+            store.beat_worker(db=conn)
+            runs, jobs = ACTIVE.snapshot()
+            store.beat_active(runs, jobs, db=conn)
+        except Exception:  # noqa: BLE001 - keep beating; a locked moment passes
+            log.exception("heartbeat failed")
+            if conn is not None:
+                conn.close()
+            conn = None
+        time.sleep(BEAT_S)
+
+
+@huey.on_startup()
+def worker_started() -> None:
+    """Once per worker process: recover what a killed worker left, then start the heartbeat thread."""
+    global _started_pid
+    with _startup_lock:
+        if _started_pid == os.getpid():
+            return
+        _started_pid = os.getpid()
+    store.beat_worker()
+    failed = recover_stale_runs(at_startup=True)
+    # Runs still queued keep their place in line: their tasks are in queue.db and ask again shortly.
+    store.beat_queued()
+    removed = remove_temp_files(max_age_s=60.0)
+    log.info("worker %s started: %d abandoned run(s) failed, %d temporary file(s) removed",
+             store.this_worker_id(), len(failed), len(removed))
+    threading.Thread(target=_beat_forever, name="ml-manager-heartbeat", daemon=True).start()
+    threading.Thread(target=_warm_up, name="ml-manager-warm-up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    """Import torch and the trainer in the background, so the first training starts seconds sooner."""
+    try:
+        import engine.inference.predict  # noqa: F401
+        import engine.training.loop  # noqa: F401
+    except Exception:  # noqa: BLE001 - the training task will report the same error properly
+        log.exception("warming up the engine failed")
+
