@@ -62,7 +62,7 @@ def export_pretrained(checkpoint: str | Path, dest: str | Path = PRETRAINED_PATH
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine.cli import ProgressBar
+    from engine.cli.train import ProgressBar
     from engine.training.data import DatasetError
     from engine.training.config import TrainingConfig
     from engine.training.loop import train

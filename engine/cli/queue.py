@@ -19,6 +19,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from engine.cli.common import planned, read_json, user_fields
+
 
 def register(subparsers) -> None:
     """Add the queue commands to ``python -m engine``'s sub-command parser."""
@@ -79,8 +81,6 @@ def _days(text: str) -> float:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    # shared with `train`; imported late: cli imports this module
-    from engine.cli import planned, read_json, user_fields
     from engine.jobs import submit_training
     from engine.training.config import TrainingConfig, parse_set_option
 

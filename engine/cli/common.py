@@ -1,0 +1,50 @@
+"""What several commands of ``python -m engine`` share: the user-error type, JSON files, the training plan."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class CliError(UserError):
+    """A problem with the command's arguments; the message is the sentence shown."""
+
+
+def read_json(path: str, what: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"The {what} file {p} does not exist.")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"The {what} file {p} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}).") from None
+    if not isinstance(data, dict):
+        raise CliError(f"The {what} file {p} must hold a JSON object.")
+    return data
+
+
+
+def planned(config: Any, user_fields: set[str], data: Path) -> tuple[Any, Any]:
+    """(config, Plan) for ``data`` on this machine; fields in ``user_fields`` (the keys of ``--config``
+    and ``--set``) are kept. A folder with fewer than 2 images is not planned for (Plan None): training
+    refuses it with a sentence.
+
+    Raises:
+        DatasetError: ``data`` is not a usable data set.
+    """
+    from engine.training.planner import plan_for_folder
+
+    return plan_for_folder(config, user_fields, data)
+
+
+def user_fields(args: argparse.Namespace) -> set[str]:
+    """The training options the command line set: the keys of ``--config`` and of every ``--set``."""
+    from engine.training.config import parse_set_option
+
+    keys = set(read_json(args.config, "config")) if args.config else set()
+    return keys | {parse_set_option(item)[0] for item in args.set or []}

@@ -1,0 +1,109 @@
+"""``python -m engine predict`` (probability and mask PNGs) and ``python -m engine evaluate`` (metrics as JSON)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.cli.common import CliError, read_json
+
+def _postprocess_config(args: argparse.Namespace, loaded) -> Any:
+    """The PostProcessConfig chosen by --postprocess / --recommended, or None for a plain threshold."""
+    from engine.postprocess import PostProcessConfig
+
+    if getattr(args, "postprocess", None):
+        return PostProcessConfig.from_dict(read_json(args.postprocess, "post-processing settings"))
+    if getattr(args, "recommended", False):
+        if not loaded.recommended_postprocess:
+            raise CliError(f"{loaded.path.name} has no recommended post-processing (training was stopped before "
+                           "calibration): pass --postprocess settings.json or --threshold instead.")
+        return PostProcessConfig.from_dict(loaded.recommended_postprocess)
+    return None
+
+
+def _binarise(prob: np.ndarray, cfg: Any, threshold: float, fov: np.ndarray | None) -> np.ndarray:
+    if cfg is None:
+        return (prob >= threshold).astype(np.uint8)
+    from engine.postprocess import enhanced_post_processing
+
+    return enhanced_post_processing(prob, config=cfg, fov=fov).mask
+
+
+def _input_images(path: Path) -> list[Path]:
+    from engine.imageio import IMAGE_EXTENSIONS, is_image_name
+
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p.name))
+        if not files:
+            raise CliError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)}, or these gzip-compressed).")
+        return files
+    raise CliError(f"The input {path} does not exist.")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from engine.fov import estimate_fov
+    from engine.imageio import encode_png, read_image
+    from engine.inference.predict import load_model, predict, resolve_scale
+    from storage.paths import atomic_write_bytes
+
+    loaded = load_model(args.checkpoint)
+    cfg = _postprocess_config(args, loaded)
+    files = _input_images(Path(args.input))
+    out = Path(args.output)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)  # the folder, or what would hold it
+    if existing is not None and not existing.is_dir():
+        raise CliError(f"--output must be a folder, but {existing} is a file: give a folder for the PNGs "
+                       "(it is created when missing).")
+    for path in files:
+        image = read_image(path)
+        fov = estimate_fov(image)
+        prob = predict(loaded, image, tta=args.tta, fov=fov, scale=args.scale)
+        mask = _binarise(prob, cfg, args.threshold, fov)  # nothing outside the FOV
+        atomic_write_bytes(out / f"{path.stem}_prob.png", encode_png((prob * 255 + 0.5).astype(np.uint8)))
+        atomic_write_bytes(out / f"{path.stem}_mask.png", encode_png(mask))
+        factor = resolve_scale(loaded, fov, args.scale)
+        print(f"{path.name}: {out / (path.stem + '_mask.png')} ({mask.mean() * 100:.1f}% vessel pixels; "
+              f"estimated field of view; resized ×{factor:.3g} for the model)")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.training.data import load_dataset
+    from engine.inference.predict import load_model, predict, resolve_scale
+    from engine.metrics import pooled_metrics, segmentation_metrics
+
+    loaded = load_model(args.checkpoint)
+    cfg = _postprocess_config(args, loaded)
+    ds = load_dataset(args.data)
+    probs, preds, masks, fovs, per_image = [], [], [], [], []
+    for i, sample in enumerate(ds.pairs):
+        image, mask, fov = ds.raw(i)  # the supplied FOV mask, or the estimated one
+        prob = predict(loaded, image, tta=args.tta, fov=fov, scale=args.scale)
+        pred = _binarise(prob, cfg, args.threshold, fov)
+        m = segmentation_metrics(pred, mask, fov, threshold=0.5)
+        m["roc_auc"] = segmentation_metrics(prob, mask, fov, threshold=args.threshold)["roc_auc"]
+        per_image.append({"id": sample.id, **_plain(m), "fov": "supplied" if sample.fov_path else "estimated",
+                          "scale_factor": resolve_scale(loaded, fov, args.scale)})
+        probs.append(prob), preds.append(pred), masks.append(mask), fovs.append(fov)
+    # Pooled over every FOV pixel of the set, as the papers count; AUC always ranks the probabilities.
+    pooled = pooled_metrics(list(zip(preds, masks, fovs)), threshold=0.5)
+    pooled["roc_auc"] = pooled_metrics(list(zip(probs, masks, fovs)), threshold=args.threshold)["roc_auc"]
+    result = {**_plain(pooled), "n_images": len(per_image), "layout": ds.layout, "checkpoint": str(loaded.path),
+              "model_fov_diameter": loaded.fov_diameter, "scale": args.scale,
+              "postprocess": cfg.to_dict() if cfg is not None else {"threshold": args.threshold},
+              "per_image": per_image}
+    print(json.dumps(result, indent=2))
+    return 0
