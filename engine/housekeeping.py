@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from engine.errors import UserError
 from storage import db as store
 from storage import paths
 
@@ -30,7 +31,7 @@ ALWAYS_KEPT = ("best.pt", "last.pt")
 DISK_KINDS = ("checkpoints", "inference results", "data sets", "uploads", "databases")
 
 
-class HousekeepingError(ValueError):
+class HousekeepingError(UserError):
     """A removal that is refused (the file is in use, is the only best checkpoint, or does not exist);
     the message says why and what to do."""
 

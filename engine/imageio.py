@@ -17,6 +17,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from engine.errors import UserError
+
 # Refuse images whose header claims more pixels than this, before decoding them.
 MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; DRIVE is 565 x 584
 MIN_SIDE = 16  # smaller images carry no usable vessels
@@ -45,7 +47,20 @@ def is_image_name(name: str) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-class ImageReadError(ValueError):
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (see :func:`is_image_name`), sorted by path.
+
+    Args:
+        folder: an existing folder.
+        recursive: also those in subfolders, leaving out hidden folders and macOS's ``__MACOSX``.
+    """
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name)
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
+
+
+class ImageReadError(UserError):
     """An image or mask could not be used; the message is meant for the user."""
 
 

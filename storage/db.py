@@ -32,10 +32,12 @@ BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before g
 # stopped: the user stopped the run before its first epoch ended, so no epoch's checkpoint exists; the ``error``
 # column says so in words, and the run can be started again (not continued).
 STATUSES = ("queued", "running", "stopping", "completed", "failed", "stopped")
-ACTIVE_STATUSES = ("queued", "running", "stopping")
+ACTIVE_STATUSES = ("queued", "running", "stopping")  # a run a worker holds or will start: not to be deleted
+TRAINING_STATUSES = ("running", "stopping")  # a worker is training it now
 STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")  # time_limit: max_minutes ran out
 CHECKPOINT_KINDS = ("best", "last", "epoch")
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+JOB_ACTIVE_STATUSES = ("queued", "running")  # a batch job waiting for or in the worker
 BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline
 
 _JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan"}
@@ -367,6 +369,20 @@ def claim_training_slot(model_id: str, max_running: int, fresh_s: float, worker:
         return True
 
 
+def run_progress(row: dict) -> float | None:
+    """The share of a run's epochs done, in [0, 1], counting the running epoch's batches; None when the
+    row records no number of epochs yet. A completed run is 1.0 even when early stopping ended it."""
+    total, done, epoch = row.get("total_epochs"), row.get("epochs_run") or 0, row.get("current_epoch")
+    if not total:
+        return None
+    if row.get("status") == "completed":
+        return 1.0
+    inside = 0.0
+    if row.get("batches") and row.get("status") in TRAINING_STATUSES and epoch and epoch > done:
+        inside = (row.get("batch") or 0) / row["batches"]
+    return min(1.0, (done + inside) / total)
+
+
 def request_stop(model_id: str, db: Database | None = None) -> str:
     """Ask a run to stop. Returns ``"cancelled"`` for a run that had not started (it is now failed with
     stop_reason user_stop) or ``"stopping"`` for a running one; a finished run raises ValueError."""
@@ -376,7 +392,7 @@ def request_stop(model_id: str, db: Database | None = None) -> str:
             db.execute("UPDATE models SET status = 'failed', stop_reason = 'user_stop', finished_at = ?, "
                        "error = 'stopped by the user before it started' WHERE id = ?", [utc_now(), model_id])
             return "cancelled"
-        if row["status"] in ("running", "stopping"):
+        if row["status"] in TRAINING_STATUSES:
             db.execute("UPDATE models SET status = 'stopping' WHERE id = ?", [model_id])
             return "stopping"
         raise WrongStateError(f"Model {model_id!r} has already finished ({row['status']}); there is nothing to stop.")

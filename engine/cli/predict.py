@@ -33,12 +33,12 @@ def _binarise(prob: np.ndarray, cfg: Any, threshold: float, fov: np.ndarray | No
 
 
 def _input_images(path: Path) -> list[Path]:
-    from engine.imageio import IMAGE_EXTENSIONS, is_image_name
+    from engine.imageio import IMAGE_EXTENSIONS, list_images
 
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p.name))
+        files = list_images(path)
         if not files:
             raise CliError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)}, or these gzip-compressed).")
         return files

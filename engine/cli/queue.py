@@ -133,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for status in statuses:
         print(_line(status))
     beat = store.worker_heartbeat()
-    if any(s["status"] in ("queued", "running", "stopping") for s in statuses) and (
+    if any(s["status"] in store.ACTIVE_STATUSES for s in statuses) and (
             beat is None or store.age_seconds(beat.isoformat()) > store.WORKER_FRESH_S):
         print(f"note: no worker has reported in the last {store.WORKER_FRESH_S:.0f} s; start one with `make worker`.",
               file=sys.stderr)

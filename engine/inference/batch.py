@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.errors import WorkerShutdown
 from engine.fov import estimate_fov
-from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, is_image_name, read_image
+from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, is_image_name, list_images, read_image
 from storage import archives, paths
 from storage import db as store
 
@@ -56,15 +56,10 @@ def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, di
                              "fundus photographs and upload that.")
     elif not source.is_dir():
         raise ValueError(f"{input_path} is neither a folder nor a .zip file: give a folder of images or a zip of them.")
-    elif not _image_files(source):
+    elif not list_images(source, recursive=True):
         raise ValueError(f"{input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)}): choose another folder.")
     settings = PostProcessConfig.from_dict(postprocess or {}).to_dict()
     return checkpoint, str(source.resolve()), settings
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name)
-                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
 
 
 def unique_names(stems: list[str], suffix: str) -> list[str]:
@@ -148,7 +143,7 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
         root = archives.safe_extract_zip(source, out / "input") if not (out / "input").exists() else out / "input"
     else:
         root = source
-    files = _image_files(root)
+    files = list_images(root, recursive=True)
     if not files:
         raise ValueError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     if len(files) > MAX_IMAGES:

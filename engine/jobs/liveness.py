@@ -108,7 +108,7 @@ def recover_stale_runs(at_startup: bool = False) -> list[str]:
     mine = set(runs) | set(jobs)
     conn = store.connect()
     try:
-        candidates = [("model", r) for r in store.list_models(status=("running", "stopping"), db=conn)]
+        candidates = [("model", r) for r in store.list_models(status=store.TRAINING_STATUSES, db=conn)]
         candidates += [("job", r) for r in store.list_inference_jobs(status="running", db=conn)]
         for kind, row in candidates:
             if row["worker"] == me and row["id"] in mine:

@@ -186,7 +186,7 @@ def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
 def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn) -> None:
     budget = float(config.get("max_minutes") or 0.0) if isinstance(config, dict) else 0.0
     stopper, progress = StopWatch(model_id, conn), ProgressRecorder(model_id, conn, max_minutes=budget)
-    finish = lambda **f: store.update_model(model_id, db=conn, only_if_status=("running", "stopping"),  # noqa: E731
+    finish = lambda **f: store.update_model(model_id, db=conn, only_if_status=store.TRAINING_STATUSES,  # noqa: E731
                                             finished_at=store.utc_now(), eta_s=None, **f)
     try:
         from engine.training.config import TrainingConfig
@@ -359,19 +359,15 @@ def training_status(model_id: str) -> dict:
         conn.close()
     total, epoch = row["total_epochs"], row["current_epoch"]
     done = row["epochs_run"] or 0
-    progress = None
-    if total:
-        inside = (row["batch"] or 0) / row["batches"] if row["batches"] and row["status"] in ("running", "stopping") else 0
-        progress = 1.0 if row["status"] == "completed" else min(1.0, (done + (inside if epoch and epoch > done else 0)) / total)
     return {
         "model_id": row["id"], "name": row["name"], "status": row["status"], "stop_reason": row["stop_reason"],
         "error": row["error"], "epoch": epoch, "total_epochs": total, "epochs_run": done,
-        "batch": row["batch"], "batches": row["batches"], "progress": progress,
+        "batch": row["batch"], "batches": row["batches"], "progress": store.run_progress(row),
         "latest": latest,
         "best": {"epoch": row["best_epoch"], "metric": row["best_metric"], "monitor": row["monitor"],
                  "val_dice": row["best_val_dice"]},
         "epochs_since_best": row["epochs_since_best"], "patience": row["patience"],
-        "eta_s": row["eta_s"] if row["status"] in ("running", "stopping") else None,
+        "eta_s": row["eta_s"] if row["status"] in store.TRAINING_STATUSES else None,
         "heartbeat_at": row["heartbeat_at"], "heartbeat_age_s": store.age_seconds(row["heartbeat_at"]),
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
         "dataset": row["dataset"], "task_id": row["task_id"],

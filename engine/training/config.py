@@ -18,7 +18,6 @@ SCHEDULES = ("cosine", "plateau", "none")
 MONITORS = ("val_dice", "val_loss")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "bf16", "fp32")
-STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,11 @@ from PIL import Image
 
 from engine.fov import estimate_fov, fov_diameter, rescale, scale_factor
 from engine.errors import UserError
-from engine.imageio import IMAGE_EXTENSIONS, is_image_name, read_image, read_mask
+from engine.imageio import IMAGE_EXTENSIONS, is_image_name, list_images, read_image, read_mask
 
 CHANNELS = ("green", "gray", "rgb")
 NORMALIZATIONS = ("zscore", "unit")  # z-score inside the FOV per image, or plain /255
-EXTENSIONS = tuple(sorted(set(IMAGE_EXTENSIONS) | {".bmp"}))
+EXTENSIONS = tuple(sorted(IMAGE_EXTENSIONS))  # alphabetically, for messages
 _SUFFIX = re.compile(
     r"[._\-](?:training|train|test|manual\d*|mask|masks|fov|gt|label|labels|seg|vessels?|annotation|"
     r"\d(?:st|nd|rd|th)_?ho|ah|vk)$",
@@ -90,10 +90,6 @@ def _without_extensions(name: str) -> str:
     return name
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
-
-
 def _names(paths: list[Path], limit: int = 5) -> str:
     shown = ", ".join(p.name for p in paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
@@ -106,7 +102,7 @@ def _by_id(folder: Path, files: list[Path] | None = None) -> dict[str, Path]:
         DatasetError: two files share an identifier.
     """
     found: dict[str, Path] = {}
-    for path in _image_files(folder) if files is None else files:
+    for path in list_images(folder) if files is None else files:
         key = identifier(path.name).lower()
         if key in found:
             raise DatasetError(
@@ -351,7 +347,7 @@ def load_dataset(path: str | Path) -> Dataset:
     if layout.observer is None:
         images, masks = _by_id(layout.image_dir), _by_id(layout.mask_dir)
     else:
-        files = _image_files(layout.image_dir)
+        files = list_images(layout.image_dir)
         images = _by_id(layout.image_dir, [p for p in files if _observer(p.name) is None])
         masks = _by_id(layout.mask_dir, [p for p in files if _observer(p.name) == layout.observer])
     fovs = _by_id(layout.fov_dir) if layout.fov_dir is not None else None

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from engine.errors import UserError
 from engine.training.config import TrainingConfig
 from engine.training.device import native_bf16, resolve_device, resolve_precision
 
@@ -32,7 +33,7 @@ PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs")
 _DEVICE_WORDS = {"cpu": "this CPU", "cuda": "this GPU", "mps": "this Mac's GPU"}
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """The run cannot be planned; the message says what to change."""
 
 
