@@ -26,12 +26,13 @@ from engine.metrics import segmentation_metrics
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing, warnings_for
 from engine.vesselness import vesselness_map
 from storage import paths
+from storage.db import BASELINE, TRAINING_STATUSES
 from storage.db import WORKER_FRESH_S  # noqa: F401 - the pages read it from here
 
 logger = logging.getLogger("ml_manager.dashboard")
 
 IMAGE_TYPES = sorted({ext.lstrip(".") for ext in IMAGE_EXTENSIONS})
-BASELINE_SOURCE = "baseline"  # stands for the classical filter wherever a checkpoint path goes (storage.db.BASELINE)
+BASELINE_SOURCE = BASELINE  # stands for the classical filter wherever a checkpoint path goes
 KEPT_RGB = (40, 230, 90)  # green: vessel pixels the post-processing keeps
 REMOVED_RGB = (255, 40, 220)  # magenta: pixels that passed the threshold but a filter removed
 FOV_RGB = (255, 200, 0)  # amber: the outline of the field of view
@@ -657,7 +658,7 @@ def run_duration(row: dict) -> float | None:
     from storage.db import parse_time, utc_now
 
     start = parse_time(row.get("started_at"))
-    end = parse_time(row.get("finished_at")) or (parse_time(utc_now()) if row.get("status") in ("running", "stopping") else None)
+    end = parse_time(row.get("finished_at")) or (parse_time(utc_now()) if row.get("status") in TRAINING_STATUSES else None)
     if not (start and end):
         return None
     earlier = sum(e.get("seconds") or 0.0 for e in query("model_metrics", row["id"])

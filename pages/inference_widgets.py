@@ -35,6 +35,7 @@ from pages.components import (
     upload_images,
 )
 from storage import paths
+from storage.db import BASELINE, JOB_ACTIVE_STATUSES
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,19 +355,19 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
 
     from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH
 
-    names = {m["id"]: m["name"] for m in query("list_models")} | {"baseline": BASELINE_NAME}
+    names = {m["id"]: m["name"] for m in query("list_models")} | {BASELINE: BASELINE_NAME}
     for row in jobs:
         job = inference_status(row["id"])
         source = names.get(job["model_id"], job["model_id"] or "a checkpoint")
         if job["checkpoint_path"] == str(PRETRAINED_PATH.resolve()):
             source = PRETRAINED_NAME
-        elif job["model_id"] != "baseline":
+        elif job["model_id"] != BASELINE:
             source += f" ({os.path.basename(job['checkpoint_path'])})"
         with st.container(border=True):
             st.write(f"Job `{job['job_id']}` · {source} on `{os.path.basename(job['input_path'])}` · "
                      f"**{job['status']}** · {job['n_done'] or 0} / {job['n_total'] or '?'} "
                      f"images" + (f", {job['n_failed']} failed" if job["n_failed"] else ""))
-            if job["status"] in ("queued", "running"):
+            if job["status"] in JOB_ACTIVE_STATUSES:
                 st.progress(float(job["progress"] or 0.0))
             if job["error"]:
                 st.error(job["error"])

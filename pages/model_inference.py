@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages.components import query, run_page
 from pages.inference_widgets import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
+from storage.db import TRAINING_STATUSES
 
 
 def pick_model(models: list[dict]) -> str | None:
@@ -42,7 +43,7 @@ def main() -> None:
         st.info(f"{model['name']} has no checkpoint yet ({model['status']}); the first one is written after "
                 "its first epoch.")
         return
-    if model["status"] in ("running", "stopping"):
+    if model["status"] in TRAINING_STATUSES:
         st.caption("This model is still training: best.pt is its best epoch so far and is reloaded when it changes.")
     by_label = {checkpoint_label(c, monitor_of(model)): c["path"] for c in ckpts}
     path = by_label[st.selectbox("Checkpoint", list(by_label), key="mi_ckpt")]

@@ -11,8 +11,8 @@ from pages.charts import curves_figure
 from pages.components import age_text, forget_queries, query, run_duration, run_page, stop_reason_text
 from pages.housekeeping_widgets import checkpoint_controls
 from pages.train_widgets import continue_controls, status_text
+from storage.db import ACTIVE_STATUSES as ACTIVE
 
-ACTIVE = ("queued", "running", "stopping")
 
 
 def table(models: list[dict]) -> None:

@@ -5,6 +5,7 @@ import streamlit as st
 from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
                               stop_reason_text, worker_age)
 from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
+from storage.db import TRAINING_STATUSES
 
 
 def worker_panel() -> None:
@@ -57,7 +58,7 @@ def live() -> None:
         forget_queries()
     worker_panel()
     models = query("list_models")
-    running = [m for m in models if m["status"] in ("running", "stopping")]
+    running = [m for m in models if m["status"] in TRAINING_STATUSES]
     queued = [m for m in models if m["status"] == "queued"]
     a, b, c = st.columns(3)
     a.metric("Running", len(running))

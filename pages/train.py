@@ -25,6 +25,7 @@ from pages.train_widgets import (
 )
 from storage import paths
 from storage.archives import unpack_dataset_zip
+from storage.db import ACTIVE_STATUSES
 
 SOURCES = ["Registered data set", "Folder path", "Upload a zip", "Generate a synthetic data set"]
 
@@ -113,7 +114,7 @@ def monitor() -> None:
     st.header("Training monitor")
     smoothing = st.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="train_smoothing",
                           help="Exponential moving average; the raw curve stays faint behind the smoothed one.")
-    rows = [m for m in query("list_models") if m["status"] in ("queued", "running", "stopping")]
+    rows = [m for m in query("list_models") if m["status"] in ACTIVE_STATUSES]
     watch = st.session_state.get("train_watch")
     if watch and all(m["id"] != watch for m in rows):
         rows += [m for m in query("list_models") if m["id"] == watch]  # keeps showing its final status

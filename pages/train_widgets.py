@@ -15,6 +15,7 @@ from engine.training.config import TrainingConfig
 from pages.charts import curves_figure
 from pages.components import age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text
 from storage import paths
+from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_progress
 
 # Field -> (group, help). Fields not listed go to "Advanced". Help says what a value does and its usual range.
 GROUPS = ("Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced")
@@ -110,7 +111,7 @@ def form_defaults() -> TrainingConfig:
     s = st.session_state
     if "train_cfg_epochs" not in s or "train_form_defaults" not in s:
         rows = query("list_models")
-        newest = next((m for m in rows if m["status"] in ("queued", "running", "stopping")), rows[0] if rows else None)
+        newest = next((m for m in rows if m["status"] in ACTIVE_STATUSES), rows[0] if rows else None)
         config = TrainingConfig()
         if newest is not None:
             try:
@@ -340,7 +341,7 @@ def submit_message() -> None:
     message = s.get("train_message")
     if message and message[0] == "success" and s.get("train_watch"):
         row = next((m for m in query("list_models") if m["id"] == s["train_watch"]), None)
-        if row is not None and row["status"] not in ("queued", "running", "stopping"):  # None: a read from before
+        if row is not None and row["status"] not in ACTIVE_STATUSES:  # None: a read from before
             message = s["train_message"] = None
     if message:
         getattr(st, message[0])(message[1])
@@ -507,10 +508,8 @@ def run_monitor(row: dict, smoothing: float) -> None:
     shown = status_text(row)
     st.subheader(f"{row['name']} · {shown}" + (f" ({stop_reason_text(row['stop_reason'])})"
                                                if row.get("stop_reason") and shown == status else ""))
-    if status in ("running", "stopping"):
-        inside = (row.get("batch") or 0) / row["batches"] if row.get("batches") else 0
-        done = (row.get("epochs_run") or 0) + (inside if epoch > (row.get("epochs_run") or 0) else 0)
-        st.progress(min(1.0, done / total),
+    if status in TRAINING_STATUSES:
+        st.progress(run_progress(row) or 0.0,
                     text=f"epoch {epoch} / {total}, batch {row.get('batch') or 0} / {row.get('batches') or '?'}, "
                          f"ETA {age_text(row.get('eta_s'))}")
     elif status == "queued":
