@@ -64,7 +64,7 @@ def _binarise_pred(pred: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
 
 
 def _skeleton(mask: np.ndarray) -> np.ndarray:
-    from skimage.morphology import skeletonize  # imported here: skimage's import costs ~0.3 s
+    from skimage.morphology import skeletonize  # imported here: importing skimage is slow, and most callers never skeletonize
 
     return skeletonize(mask) if mask.any() else mask
 

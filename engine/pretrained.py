@@ -25,7 +25,7 @@ from storage.paths import atomic_write_bytes
 PRETRAINED_ID = "pretrained"  # how the API and the CLI name it where a model id is expected
 PRETRAINED_NAME = "Pretrained U-Net (DRIVE)"
 PRETRAINED_PATH = Path(__file__).resolve().parent / "weights" / "drive_unet.pt"
-EPOCHS = 14  # about what the default 10-minute budget trains on a 2-core machine
+EPOCHS = 14  # a fixed count, so that a rebuild does not depend on the machine's speed
 # What a model needs to predict; the optimiser's state is what makes a checkpoint large.
 KEPT_KEYS = ("format_version", "arch", "state_dict", "config", "preprocessing", "epoch", "metrics", "versions",
              "recommended_postprocess", "calibration", "scale", "history", "elapsed_seconds")

@@ -42,10 +42,10 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "augment": ("Regularisation", "Flips, rotations, zoom and brightness/contrast jitter: keep on for small data "
                                   "sets."),
     "max_zoom": ("Regularisation", "With augmentation on, zoom patches by a random factor between 1/max_zoom and "
-                                   "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. On "
-                                   "DRIVE, one camera, it gained nothing (README)."),
+                                   "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. "
+                                   "Photographs from one camera rarely need it."),
     "any_angle": ("Regularisation", "With augmentation on, rotate patches by any angle instead of only by multiples "
-                                    "of 90°. On DRIVE it gained nothing (README)."),
+                                    "of 90°."),
     "early_stopping_monitor": ("Early stopping and LR", "val_dice (higher is better) or val_loss (lower is better)."),
     "early_stopping_patience": ("Early stopping and LR", "Epochs without improvement before stopping; 10–20 is a "
                                                          "good range. 0 never stops early."),
@@ -55,19 +55,18 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "plateau_factor": ("Early stopping and LR", "plateau: multiply the LR by this when stuck."),
     "plateau_patience": ("Early stopping and LR", "plateau: epochs without improvement before lowering the LR."),
     "max_minutes": ("Early stopping and LR", "Wall-clock budget in minutes; 0 = none."),
-    "base_channels": ("Advanced", "Channels of the first U-Net level (doubling per level); 16 trains about as "
-                                  "fast as 8 with bf16 on CPUs with AMX, and is more accurate."),
+    "base_channels": ("Advanced", "Channels of the first U-Net level (doubling per level); more channels learn "
+                                  "finer detail and take longer per step."),
     "depth": ("Advanced", "Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
     "channel": ("Advanced", "Input channel: green has the best vessel contrast in fundus photographs; rgb "
-                            "gives the model all three. On DRIVE, cross-validated over all 20 images, the two "
-                            "scored within 0.003 Dice of each other (README)."),
+                            "gives the model all three."),
     "clahe": ("Advanced", "Contrast-limited adaptive histogram equalisation before the network; saved with the "
                           "model and applied again at inference."),
     "normalization": ("Advanced", "zscore: per image inside the field of view; unit: divide by 255."),
     "optimizer": ("Advanced", "AdamW, the only optimiser offered."),
     "device": ("Advanced", "auto picks a CUDA GPU, then Apple MPS, then the CPU."),
-    "precision": ("Advanced", "auto trains in bfloat16 where the processor does it natively (about 2x faster "
-                              "on CPUs with AMX), else float32. Prediction is always float32."),
+    "precision": ("Advanced", "auto trains in bfloat16 where the processor does it natively (faster), else "
+                              "float32. Prediction is always float32."),
     "num_threads": ("Advanced", "Torch CPU threads; 0 leaves torch's default (all cores)."),
     "checkpoint_every": ("Advanced", "Also keep epoch_XXX.pt every this many epochs; 0 keeps only best.pt and "
                                      "last.pt."),

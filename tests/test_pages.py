@@ -89,7 +89,7 @@ def test_postprocess_upload_then_slider_changes_the_mask(home):
     assert at.session_state["pp__config"]["apply_opening"] is False
 
 
-def test_postprocess_defaults_follow_the_seed_advice(home):
+def test_postprocess_opens_with_threshold_0_6_size_50_opening_and_closing(home):
     at = upload_fundus(open_page("pages/postprocess.py"))
     config = at.session_state["pp__config"]
     assert (config["threshold"], config["min_component_size"], config["apply_opening"], config["apply_closing"]) == (
@@ -239,7 +239,7 @@ def test_a_reloaded_train_page_keeps_the_last_runs_settings_and_shows_it(home, s
             len(at.warning)) == (expected, [f"{shown} · {shown}"], 0)
 
 
-def test_train_form_shows_the_grouped_options_with_the_seed_advice(home):
+def test_train_form_groups_the_options_and_says_10_to_20_is_a_good_patience(home):
     at = open_page("pages/train.py")
     groups = [e.label for e in at.expander]
     assert groups[:5] == ["Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced"]

@@ -31,10 +31,8 @@ THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.30 … 0.70
 MIN_SIZES = (0, 10, 20, 30, 50, 80, 120)
 CONFIDENCES = (0.55, 0.6, 0.65, 0.7)  # minimum mean probability of a kept component
 VESSEL_RATIOS = (2.0, 3.0, 5.0)  # shape filter: minimum length / width of a kept component
-# A step must raise the pooled validation Dice by this much to be kept. With 3 validation images smaller
-# gains are noise: in 8 DRIVE runs (benchmarks/train_drive.py) steps that gained 0.0005-0.0011 on validation
-# cost up to 0.004 on the 4 unseen images; with this margin the recommended settings scored 0.0009 higher
-# there on average (from -0.0006 to +0.0041 per run).
+# A step must raise the pooled validation Dice by this much to be kept: with a few validation images,
+# smaller gains are noise that costs Dice on unseen images (the README's DRIVE results give the runs).
 CALIBRATION_MIN_GAIN = 0.002
 
 

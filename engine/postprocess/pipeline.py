@@ -108,8 +108,8 @@ def prepare_fov(fov: Any, shape: tuple) -> np.ndarray:
 def quantize_probabilities(prob: np.ndarray) -> np.ndarray:
     """uint8 levels 0..255 of a [0, 1] float32 map, rounded half to even; Otsu works on these.
 
-    ``cv2.convertScaleAbs`` gives exactly ``np.rint(prob * np.float32(255))`` on [0, 1]
-    (checked on 4M values including every exact half) in 2 ms instead of 22 ms at 2048x2048.
+    ``cv2.convertScaleAbs`` gives exactly ``np.rint(prob * np.float32(255))`` on [0, 1], every exact
+    half included, an order of magnitude faster than numpy.
     """
     return cv2.convertScaleAbs(prob, alpha=255.0)
 

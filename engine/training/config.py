@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @dataclass(frozen=True)
 class TrainingConfig:
     # --- model
-    base_channels: int = 16  # channels of the first level (doubles per level); with bf16, 16 costs about what 8 does
+    base_channels: int = 16  # channels of the first level (doubles per level)
     depth: int = 3  # down-sampling steps; 3 sees 8× context, enough for retinal vessels
     dropout_rate: float = 0.1  # Dropout2d at the bottleneck
     # --- preprocessing (saved with the model, applied again at inference)
@@ -44,7 +44,7 @@ class TrainingConfig:
     batch_size: int = 8  # patches per step
     patch_size: int = 128  # side of the square training patches, in pixels: 128 gives more context than 64 per pixel
     epochs: int = 60  # maximum number of epochs
-    steps_per_epoch: int = 250  # optimiser steps (batches) per epoch (~30 s on 2 CPU cores); validation runs after each
+    steps_per_epoch: int = 250  # optimiser steps (batches) per epoch; validation runs after each
     val_fraction: float = 0.2  # share of the images held out for validation (seeded split)
     augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
     max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off
