@@ -84,32 +84,34 @@ def _log_path() -> str:
         return "the terminal that runs the dashboard"
 
 
-def _in_apptest() -> bool:
-    from streamlit import config as st_config
-
-    return bool(st_config.get_option("global.appTest"))
+ENTRYPOINT_RAN = "app__entrypoint_ran"  # session-state flag app.py sets on every run, before its page runs
 
 
-def _leave_legacy_multipage_mode() -> None:
-    """Streamlit runs a ``pages/`` folder next to the main script as a legacy (v1) multipage app
-    until a session has run app.py's ``st.navigation`` once: a deep link such as
-    ``/model_inference?model=…`` opened first on a fresh server would bypass app.py (its layout,
-    logging and page list). Switch the process to app.py's navigation and rerun; the page keeps
-    its URL, since app.py's url paths equal the file names."""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a later Streamlit moved it; the legacy mode is then its own concern
+def _leave_legacy_multipage_mode(page_file: str) -> None:
+    """Make a page that was run without app.py go through app.py.
+
+    Streamlit runs a ``pages/`` folder next to the entrypoint as a legacy (v1) multipage app until some
+    session has called ``st.navigation``: a deep link such as ``/model_inference?model=…`` opened first
+    on a fresh server runs this page's file alone, without app.py's page config, logging and page list
+    (upstream: https://github.com/streamlit/streamlit/pull/10276, whose review found that a direct URL
+    with a ``pages`` folder "completely switch[es] back to MPAv1"; related issue #9624). Streamlit
+    documents the way out: "As soon as any session of your app executes the ``st.navigation`` command,
+    your app will ignore the ``pages/`` directory (across all sessions)". So a session that has not run
+    app.py yet calls ``st.navigation`` with this page alone and reruns; the rerun goes through app.py
+    and keeps the URL, since app.py's url paths equal the file names.
+    """
+    if st.session_state.get(ENTRYPOINT_RAN):
         return
-    # AppTest resets the flag before every run, so a rerun here would eat each button click; pages
-    # behave the same either way, so tests run them as they are.
-    if PagesManager.uses_pages_directory and not _in_apptest():
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    # Once per session: AppTest starts every run in the legacy mode (app.py, the first run, sets the flag),
+    # and a rerun on each of its runs would eat the button clicks of the tests.
+    st.session_state[ENTRYPOINT_RAN] = True
+    st.navigation([st.Page(page_file)], position="hidden")
+    st.rerun()
 
 
 def run_page(main: Callable[[], None], doing: str) -> None:
     """Run a page's ``main`` with logging configured and errors shown as sentences."""
-    _leave_legacy_multipage_mode()
+    _leave_legacy_multipage_mode(main.__code__.co_filename)
     with user_errors(doing):
         configure_logging()  # a data home that cannot be written is reported here, as a sentence
         main()
