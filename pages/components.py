@@ -105,8 +105,14 @@ def _leave_legacy_multipage_mode(page_file: str) -> None:
     # Once per session: AppTest starts every run in the legacy mode (app.py, the first run, sets the flag),
     # and a rerun on each of its runs would eat the button clicks of the tests.
     st.session_state[ENTRYPOINT_RAN] = True
-    st.navigation([st.Page(page_file)], position="hidden")
+    # The page must not be the default one: a default page's URL is "/", and the browser would report
+    # this page's URL as not found. The rerun replaces this page list with app.py's.
+    st.navigation([st.Page(_app_entrypoint, default=True), st.Page(page_file)], position="hidden")
     st.rerun()
+
+
+def _app_entrypoint() -> None:
+    """Stands for app.py in the page list above; never drawn (the rerun draws app.py's own)."""
 
 
 def run_page(main: Callable[[], None], doing: str) -> None:

@@ -227,7 +227,8 @@ def cold_deep_link(tmp_path_factory):
             wait_idle(page)
             links = page.locator("[data-testid='stSidebarNav'] a").all_inner_texts()
             shown = {"title": page.title(), "links": [t.split("\n")[-1].strip() for t in links], "url": page.url,
-                     "heading": page.get_by_role("heading").first.inner_text()}
+                     "heading": page.get_by_role("heading").first.inner_text(),
+                     "dialogs": page.locator("[role='dialog']").all_inner_texts()}
             browser.close()
     return shown, model_id
 
@@ -245,6 +246,11 @@ def test_a_cold_deep_link_gets_app_pys_page_config(cold_deep_link):
 def test_a_cold_deep_link_opens_the_linked_page(cold_deep_link):
     shown, _ = cold_deep_link
     assert shown["heading"] == "Model inference"
+
+
+def test_a_cold_deep_link_is_not_reported_as_a_page_not_found(cold_deep_link):
+    shown, _ = cold_deep_link
+    assert shown["dialogs"] == []
 
 
 def test_a_cold_deep_link_keeps_its_model_in_the_url(cold_deep_link):
