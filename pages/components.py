@@ -85,32 +85,40 @@ def _log_path() -> str:
         return "the terminal that runs the dashboard"
 
 
-def _in_apptest() -> bool:
-    from streamlit import config as st_config
-
-    return bool(st_config.get_option("global.appTest"))
+ENTRYPOINT_RAN = "app__entrypoint_ran"  # session-state flag app.py sets on every run, before its page runs
 
 
-def _leave_legacy_multipage_mode() -> None:
-    """Streamlit runs a ``pages/`` folder next to the main script as a legacy (v1) multipage app
-    until a session has run app.py's ``st.navigation`` once: a deep link such as
-    ``/model_inference?model=…`` opened first on a fresh server would bypass app.py (its layout,
-    logging and page list). Switch the process to app.py's navigation and rerun; the page keeps
-    its URL, since app.py's url paths equal the file names."""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a later Streamlit moved it; the legacy mode is then its own concern
+def _leave_legacy_multipage_mode(page_file: str) -> None:
+    """Make a page that was run without app.py go through app.py.
+
+    Streamlit runs a ``pages/`` folder next to the entrypoint as a legacy (v1) multipage app until some
+    session has called ``st.navigation``: a deep link such as ``/model_inference?model=…`` opened first
+    on a fresh server runs this page's file alone, without app.py's page config, logging and page list
+    (upstream: https://github.com/streamlit/streamlit/pull/10276, whose review found that a direct URL
+    with a ``pages`` folder "completely switch[es] back to MPAv1"; related issue #9624). Streamlit
+    documents the way out: "As soon as any session of your app executes the ``st.navigation`` command,
+    your app will ignore the ``pages/`` directory (across all sessions)". So a session that has not run
+    app.py yet calls ``st.navigation`` with this page alone and reruns; the rerun goes through app.py
+    and keeps the URL, since app.py's url paths equal the file names.
+    """
+    if st.session_state.get(ENTRYPOINT_RAN):
         return
-    # AppTest resets the flag before every run, so a rerun here would eat each button click; pages
-    # behave the same either way, so tests run them as they are.
-    if PagesManager.uses_pages_directory and not _in_apptest():
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    # Once per session: AppTest starts every run in the legacy mode (app.py, the first run, sets the flag),
+    # and a rerun on each of its runs would eat the button clicks of the tests.
+    st.session_state[ENTRYPOINT_RAN] = True
+    # The page must not be the default one: a default page's URL is "/", and the browser would report
+    # this page's URL as not found. The rerun replaces this page list with app.py's.
+    st.navigation([st.Page(_app_entrypoint, default=True), st.Page(page_file)], position="hidden")
+    st.rerun()
+
+
+def _app_entrypoint() -> None:
+    """Stands for app.py in the page list above; never drawn (the rerun draws app.py's own)."""
 
 
 def run_page(main: Callable[[], None], doing: str) -> None:
     """Run a page's ``main`` with logging configured and errors shown as sentences."""
-    _leave_legacy_multipage_mode()
+    _leave_legacy_multipage_mode(main.__code__.co_filename)
     with user_errors(doing):
         configure_logging()  # a data home that cannot be written is reported here, as a sentence
         main()
@@ -394,55 +402,61 @@ def _slider(key, field, label, lo, hi, step, help, disabled=False):
     return st.slider(label, lo, hi, step=step, key=_wkey(key, field), help=help, disabled=disabled)
 
 
-def _controls(key: str) -> None:
-    """Every PostProcessConfig option as a widget (values live in session state)."""
-    s = st.session_state
+def _controls(key: str, base: dict) -> PostProcessConfig:
+    """Every PostProcessConfig option as a widget; returns the settings they show.
+
+    Raises:
+        ValueError: the settings do not go together (e.g. hysteresis low above the threshold), with a
+            sentence saying which value to change.
+    """
+    v = {}
     with st.expander("Threshold", expanded=True):
-        st.segmented_control("Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"), required=True,
-                             help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
-                                  "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too.")
-        mode = s.get(_wkey(key, "threshold_mode")) or "fixed"
-        _slider(key, "threshold", "Threshold", 0.0, 1.0, 0.01, "0.6 is the usual start; lower keeps fainter vessels.",
-                disabled=mode == "otsu")
-        _slider(key, "hysteresis_low", "Hysteresis low", 0.0, 1.0, 0.01,
-                "Faint pixels at or above this are kept when connected to a confident one.", disabled=mode != "hysteresis")
+        v["threshold_mode"] = st.segmented_control(
+            "Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"), required=True,
+            help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
+                 "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too.")
+        mode = v["threshold_mode"] or "fixed"
+        v["threshold"] = _slider(key, "threshold", "Threshold", 0.0, 1.0, 0.01,
+                                 "0.6 is the usual start; lower keeps fainter vessels.", disabled=mode == "otsu")
+        v["hysteresis_low"] = _slider(key, "hysteresis_low", "Hysteresis low", 0.0, 1.0, 0.01,
+                                      "Faint pixels at or above this are kept when connected to a confident one.",
+                                      disabled=mode != "hysteresis")
     with st.expander("Morphology", expanded=True):
-        st.toggle("Opening (remove specks, thin bridges)", key=_wkey(key, "apply_opening"))
-        st.select_slider("Opening kernel (px)", _KERNELS, key=_wkey(key, "opening_kernel"),
-                         help="Odd side of the structuring element; larger removes more.",
-                         disabled=not s.get(_wkey(key, "apply_opening")))
-        st.toggle("Closing (fill small gaps)", key=_wkey(key, "apply_closing"))
-        st.select_slider("Closing kernel (px)", _KERNELS, key=_wkey(key, "closing_kernel"),
-                         help="Odd side of the structuring element; larger joins farther fragments.",
-                         disabled=not s.get(_wkey(key, "apply_closing")))
-        st.selectbox("Kernel shape", ["ellipse", "cross", "rect"], key=_wkey(key, "kernel_shape"))
+        v["apply_opening"] = st.toggle("Opening (remove specks, thin bridges)", key=_wkey(key, "apply_opening"))
+        v["opening_kernel"] = st.select_slider("Opening kernel (px)", _KERNELS, key=_wkey(key, "opening_kernel"),
+                                               help="Odd side of the structuring element; larger removes more.",
+                                               disabled=not v["apply_opening"])
+        v["apply_closing"] = st.toggle("Closing (fill small gaps)", key=_wkey(key, "apply_closing"))
+        v["closing_kernel"] = st.select_slider("Closing kernel (px)", _KERNELS, key=_wkey(key, "closing_kernel"),
+                                               help="Odd side of the structuring element; larger joins farther "
+                                                    "fragments.", disabled=not v["apply_closing"])
+        v["kernel_shape"] = st.selectbox("Kernel shape", ["ellipse", "cross", "rect"], key=_wkey(key, "kernel_shape"))
     with st.expander("Components", expanded=True):
-        _slider(key, "min_component_size", "Minimum component (px)", 0, 2000, 5,
-                "Connected pieces smaller than this are removed; 0 switches the filter off. Start at 50.")
-        st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"), required=True,
-                             help="8 joins pixels that touch at a corner; 4 only along edges.")
-        _slider(key, "confidence_threshold", "Component confidence", 0.0, 1.0, 0.01,
-                "A piece is removed when its mean probability is below this; 0 switches the filter off.")
+        v["min_component_size"] = _slider(key, "min_component_size", "Minimum component (px)", 0, 2000, 5,
+                                          "Connected pieces smaller than this are removed; 0 switches the filter "
+                                          "off. Start at 50.")
+        v["connectivity"] = st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"), required=True,
+                                                 help="8 joins pixels that touch at a corner; 4 only along edges.")
+        v["confidence_threshold"] = _slider(key, "confidence_threshold", "Component confidence", 0.0, 1.0, 0.01,
+                                            "A piece is removed when its mean probability is below this; 0 switches "
+                                            "the filter off.")
     with st.expander("Shape and holes"):
-        st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"))
-        off = not s.get(_wkey(key, "shape_filter"))
-        _slider(key, "min_elongation", "Minimum length / width", 1.0, 20.0, 0.5,
-                "Pieces shorter than this many times their width are removed, whatever their size: a disc "
-                "scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and branches score higher. "
-                "Start at 3.", disabled=off)
-        _slider(key, "fill_holes_below", "Fill holes below (px)", 0, 500, 1, "0 switches hole filling off.")
-        st.toggle("Input is logits", key=_wkey(key, "from_logits"), disabled=True,
-                  help="The maps shown here are already probabilities in [0, 1]; from_logits is for scripts "
-                       "that pass raw model outputs.")
-
-
-def _current_config(key: str, base: dict) -> PostProcessConfig:
-    values = {f: st.session_state.get(_wkey(key, f), v) for f, v in base.items()}
-    if values.get("threshold_mode") is None:  # segmented controls can be cleared by clicking again
-        values["threshold_mode"] = base.get("threshold_mode", "fixed")
-    if values.get("connectivity") is None:
-        values["connectivity"] = base.get("connectivity", 8)
-    return PostProcessConfig.from_dict(values)
+        v["shape_filter"] = st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"))
+        v["min_elongation"] = _slider(
+            key, "min_elongation", "Minimum length / width", 1.0, 20.0, 0.5,
+            "Pieces shorter than this many times their width are removed, whatever their size: a disc "
+            "scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and branches score higher. "
+            "Start at 3.", disabled=not v["shape_filter"])
+        v["fill_holes_below"] = _slider(key, "fill_holes_below", "Fill holes below (px)", 0, 500, 1,
+                                        "0 switches hole filling off.")
+        v["from_logits"] = st.toggle("Input is logits", key=_wkey(key, "from_logits"), disabled=True,
+                                     help="The maps shown here are already probabilities in [0, 1]; from_logits is "
+                                          "for scripts that pass raw model outputs.")
+    if v["threshold_mode"] is None:  # segmented controls can be cleared by clicking again
+        v["threshold_mode"] = base.get("threshold_mode", "fixed")
+    if v["connectivity"] is None:
+        v["connectivity"] = base.get("connectivity", 8)
+    return PostProcessConfig.from_dict({**base, **v})
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -510,21 +524,25 @@ def _show_metrics(result, prob_map, truth, fov, digests, fov_scope) -> None:
             col.metric(METRIC_LABELS[name], "—" if value is None else f"{value:.3f}")
 
 
-def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, reset_label):
+def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, reset_label) -> PostProcessConfig | None:
+    """The controls and the view; returns the settings the view used (None when they are invalid)."""
     left, right = st.columns([1, 3], gap="medium")
     with left:
-        _controls(key)
+        try:
+            config, error = _controls(key, base), None
+        except ValueError as exc:
+            config, error = None, str(exc)
         st.button(reset_label, key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
     with right:
-        return _view(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope)
+        if config is None:
+            st.error(error)
+            return None
+        _view(prob_map, image_rgb, key, config, fov, truth, digests, fov_scope)
+        return config
 
 
-def _view(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope):
-    try:
-        config = _current_config(key, base)
-    except ValueError as exc:
-        st.error(str(exc))
-        return None
+def _view(prob_map, image_rgb, key, config, fov, truth, digests, fov_scope) -> None:
+    # the settings the mask is made with, kept for _seed (widgets Streamlit dropped while no tuner was drawn)
     st.session_state[f"{key}__config"] = config.to_dict()
     result = enhanced_post_processing(prob_map, config=config, fov=fov)
     st.session_state[f"{key}__kept"] = int(result.mask.sum())  # read by tests
@@ -537,7 +555,6 @@ def _view(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope):
     if truth is not None:
         _show_metrics(result, prob_map, truth, fov, digests, fov_scope)
     st.session_state[f"{key}__holder"].update(config=config, mask=result.mask)  # read by the downloads
-    return result
 
 
 def _downloads(key: str, file_stem: str) -> None:
@@ -563,7 +580,7 @@ def postprocess_tuner(
     file_stem: str = "image",
     fov_scope: str = "inside the field of view",
     reset_label: str = "Reset to the defaults",
-) -> PostProcessResult | None:
+) -> PostProcessConfig:
     """Sliders and toggles for every post-processing option, the image, the probability heatmap,
     the mask overlaid on the image (removed pixels in a second colour), statistics, metrics when
     ``truth`` is given, and downloads. Controls and view are ``st.fragment``s: a slider re-runs
@@ -571,8 +588,10 @@ def postprocess_tuner(
     says in words where the metrics are counted. The reset button, labelled ``reset_label``, brings back
     ``defaults``; settings carry over when the photograph changes.
 
-    Returns the result on full-page runs (None when the settings are invalid). The current
-    settings are always in ``st.session_state[f"{key}__config"]`` (a dict).
+    Returns the settings the mask on screen is made with: those the controls show, or the last valid
+    ones while the controls show settings that do not go together (the view then says why). A slider
+    move re-runs only the tuner, so code after the call sees a move on its page's next full run (the
+    click of a button outside the tuner is one).
     """
     if prob_map.shape[:2] != image_rgb.shape[:2]:
         raise ValueError(
@@ -589,7 +608,7 @@ def postprocess_tuner(
     # One fragment holds the controls and the view: a slider re-runs only it. (Two fragments, the
     # controls' callbacks re-running the view with st.rerun(<key>), measured slower in the browser.)
     st.session_state.setdefault(f"{key}__holder", {})
-    result = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope,
+    config = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope,
                                                                  reset_label)
     _downloads(key, file_stem)
     # The photograph and its map never change with the sliders: drawn outside the fragment, once per page run.
@@ -597,13 +616,7 @@ def postprocess_tuner(
     a.image(_layers(digests["image"], image_rgb)[3], width="stretch", output_format="JPEG", caption="Image")
     b.image(heatmap_bytes(digests["prob"], prob_map), width="stretch", output_format="JPEG",
             caption="Probability map (bright = likely vessel)")
-    return result
-
-
-def current_postprocess(key: str) -> PostProcessConfig | None:
-    """The settings the tuner ``key`` shows now (None before it was drawn)."""
-    d = st.session_state.get(f"{key}__config")
-    return PostProcessConfig.from_dict(d) if d else None
+    return config or PostProcessConfig.from_dict(st.session_state[f"{key}__config"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,9 +43,9 @@ def main() -> None:
         if model and model.get("recommended_postprocess"):
             recommended = json.loads(model["recommended_postprocess"])
     start = start_from(model, "inf", recommended, scope=model_id)
-    scale = workspace(source, key="inf", start=start)  # None while no image is on screen
+    scale, tuned = workspace(source, key="inf", start=start)  # None, None while no image is on screen
     st.divider()
-    batch_controls(source, None if model is None else model["id"], "inf", start, scale)
+    batch_controls(source, None if model is None else model["id"], "inf", start, scale, tuned)
     batch_jobs("inf")
 
 

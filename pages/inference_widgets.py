@@ -23,7 +23,6 @@ from pages.components import (
     BASELINE_SOURCE,
     Upload,
     checkpoint_mtime,
-    current_postprocess,
     dashboard_checkpoint,
     forget_queries,
     load_checkpoint,
@@ -227,17 +226,17 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
     return StartPoint(config, pick, words)
 
 
-def workspace(source: str, *, key: str, start: StartPoint) -> str | float | None:
+def workspace(source: str, *, key: str, start: StartPoint) -> tuple[str | float | None, PostProcessConfig | None]:
     """Upload images, pick one to tune on, optional ground truth, the tuner, and all masks as a zip.
-    Returns the image scale the page uses (``"auto"``, ``"none"`` or a factor), None while no image is
-    uploaded (no tuner on screen)."""
+    Returns (the image scale the page uses: ``"auto"``, ``"none"`` or a factor; the settings the tuner's
+    mask is made with), both None while no image is uploaded (no tuner on screen)."""
     images = upload_images("Fundus images", key=f"{key}_images", multiple=True,
                            help="PNG, JPEG, TIFF, GIF, PPM or BMP, up to 40 megapixels each; several at once.")
     if not images:
         what = "the classical filter's" if source == BASELINE_SOURCE else "the model's"
         st.info(f"Upload one or more fundus photographs to see {what} vessel map (the images of a synthetic "
                 f"data set are in `{paths.datasets_dir()}/synthetic_…/images/`).")
-        return None
+        return None, None
     names = [u.name for u in images]
     index = st.selectbox("Image to tune on", range(len(images)), format_func=names.__getitem__,
                          key=f"{key}_pick") if len(images) > 1 else 0
@@ -252,13 +251,12 @@ def workspace(source: str, *, key: str, start: StartPoint) -> str | float | None
         scale = scale_control(source, key=key)
     prob = probability_map(source, image, fov.mask, scale)
     st.caption(scale_note(source, image.array, fov.mask, scale))
-    postprocess_tuner(prob, image.array, key=f"{key}_tuner", defaults=start.config, fov=fov.mask, truth=truth,
-                      file_stem=image.stem, fov_scope=fov.scope, reset_label=f"Reset to: {start.label}")
+    config = postprocess_tuner(prob, image.array, key=f"{key}_tuner", defaults=start.config, fov=fov.mask, truth=truth,
+                               file_stem=image.stem, fov_scope=fov.scope, reset_label=f"Reset to: {start.label}")
     if len(images) > 1:  # the others: the tuned image's field-of-view choice, with their own estimate
         fovs = [fov if u is image else default_fov(u, fov.choice) for u in images]
         maps = [(name, probability_map(source, u, f.mask, scale), f.mask)  # cached
                 for name, u, f in zip(unique_names([u.stem for u in images], "_mask.png"), images, fovs)]
-        config = current_postprocess(f"{key}_tuner") or PostProcessConfig()
 
         def all_masks() -> bytes:
             buf = io.BytesIO()
@@ -271,17 +269,17 @@ def workspace(source: str, *, key: str, start: StartPoint) -> str | float | None
 
         st.download_button(f"Download the masks of all {len(images)} images (zip)", all_masks,
                            file_name="masks.zip", mime="application/zip", key=f"{key}_all_masks", on_click="ignore")
-    return "auto" if source == BASELINE_SOURCE else scale  # the classical filter always brings its own scale
+    return "auto" if source == BASELINE_SOURCE else scale, config  # the classical filter always brings its own scale
 
 
-def save_preset_controls(model_id: str, key: str) -> None:
+def save_preset_controls(model_id: str, key: str, config: PostProcessConfig | None) -> None:
+    """Save ``config`` (the tuner's settings; None while no image is on screen) as a preset of the model."""
     a, b = st.columns([3, 1], vertical_alignment="bottom")
     name = a.text_input("Save the current settings as a preset named", key=f"{key}_preset_name",
                         placeholder="thin vessels")
     if b.button("Save preset", key=f"{key}_preset_save"):
         from storage.db import save_preset
 
-        config = current_postprocess(f"{key}_tuner")
         if config is None:
             st.error("Upload an image and tune the settings first; then save them.")
             return
@@ -303,16 +301,17 @@ def stored_upload_name(name: str) -> str:
 SCALE_WORDS = {"auto": "the scale is automatic", "none": "each image is used at its own size"}
 
 
-def batch_controls(source: str, model_id: str | None, key: str, start: StartPoint, scale: str | float | None) -> None:
-    """Queue a batch job over a folder or a zip with the settings the page shows: the tuner's and the image
-    scale's when an image is on screen (``scale`` is not None), else those chosen under 'Start the tuner
-    from' (``start``) and the automatic scale. A folder or zip the job could not read is refused here, with
+def batch_controls(source: str, model_id: str | None, key: str, start: StartPoint, scale: str | float | None,
+                   tuned: PostProcessConfig | None) -> None:
+    """Queue a batch job over a folder or a zip with the settings the page shows: the tuner's (``tuned``) and
+    the image scale's when an image is on screen (``scale`` is not None), else those chosen under 'Start the
+    tuner from' (``start``) and the automatic scale. A folder or zip the job could not read is refused here, with
     its sentence, and nothing is queued."""
     from engine.jobs import start_inference
 
     st.subheader("Batch inference")
     if scale is not None:
-        config, words = current_postprocess(f"{key}_tuner") or start.config or PostProcessConfig(), "with the settings on screen"
+        config, words = tuned or start.config or PostProcessConfig(), "with the settings on screen"
     else:
         config, words, scale = start.config or PostProcessConfig(), start.words, "auto"
     sentence = settings_sentence(config)

@@ -47,9 +47,9 @@ def main() -> None:
         st.caption("This model is still training: best.pt is its best epoch so far and is reloaded when it changes.")
     by_label = {checkpoint_label(c, monitor_of(model)): c["path"] for c in ckpts}
     path = by_label[st.selectbox("Checkpoint", list(by_label), key="mi_ckpt")]
-    workspace(path, key="mi", start=start_from(model, "mi"))
+    _, tuned = workspace(path, key="mi", start=start_from(model, "mi"))
     with st.expander("Save these settings as a preset of this model"):
-        save_preset_controls(model_id, "mi")
+        save_preset_controls(model_id, "mi", tuned)
 
 
 run_page(main, "showing the model inference page")

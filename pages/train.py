@@ -134,7 +134,7 @@ def main() -> None:
     usable = bool(dataset) and show_summary(dataset)
     with st.form("train_form"):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
-        training_form(defaults)
+        values = training_form(defaults)
         # The run is queued inside the button's callback with the key this form was drawn with; the
         # registry creates one run per key (in one transaction), so the second click of a double click,
         # whenever the server sees it, finds the first run. The button is drawn disabled for a few
@@ -146,7 +146,7 @@ def main() -> None:
                               help="One click queues one run: a double click does not queue it twice.")
         st.form_submit_button("Measure this machine", key="train_measure", disabled=not usable,
                               on_click=measure_callback, args=(defaults,))
-    plan_line(defaults)
+    plan_line(defaults, dataset, values)
     submit_message()
     monitor()
     if st.session_state.pop("train_scroll", False):

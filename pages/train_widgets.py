@@ -123,7 +123,9 @@ def form_defaults() -> TrainingConfig:
 
 
 def training_form(defaults: TrainingConfig) -> dict:
-    """Every TrainingConfig option, grouped; returns the raw values (validated by TrainingConfig)."""
+    """Every TrainingConfig option, grouped, opening on ``defaults``; returns the values the form shows, by
+    field name (checked when TrainingConfig is made of them). Inside ``st.form`` they are the values of the
+    last submission: edits count when Start training or Measure this machine is clicked."""
     values = {}
     by_group = {g: [] for g in GROUPS}
     for f in dataclasses.fields(TrainingConfig):
@@ -225,11 +227,22 @@ def submission_key(held: bool) -> str:
     return s["train_form_key"]
 
 
+def changed_fields(defaults: TrainingConfig, values: dict) -> dict:
+    """The fields of ``values`` that differ from ``defaults``: the ones the user set."""
+    return {k: v for k, v in values.items() if v != getattr(defaults, k)}
+
+
 def form_values(defaults: TrainingConfig) -> tuple[dict, dict]:
-    """(every training option as the form holds it, those the user changed from the form's defaults)."""
+    """(every training option as the submitted form holds it, those the user changed from the defaults), for
+    the callbacks of the form's buttons.
+
+    A callback runs before the script body, so it cannot be handed what ``training_form`` returns: that
+    was drawn before the user edited the form. The submitted values are in the widgets' session state
+    then, which is where Streamlit's forms-with-callbacks pattern reads them.
+    """
     s = st.session_state
     values = {f.name: s.get(f"train_cfg_{f.name}", getattr(defaults, f.name)) for f in dataclasses.fields(TrainingConfig)}
-    return values, {k: v for k, v in values.items() if v != getattr(defaults, k)}
+    return values, changed_fields(defaults, values)
 
 
 def _plan_key(dataset: str | None, changed: dict) -> str:
@@ -277,14 +290,14 @@ def planned_run(defaults: TrainingConfig) -> tuple[TrainingConfig, dict | None]:
     return TrainingConfig.from_dict(values), None
 
 
-def plan_line(defaults: TrainingConfig) -> None:
-    """The "Plan for this machine" line under the form."""
+def plan_line(defaults: TrainingConfig, dataset: str | None, values: dict) -> None:
+    """The "Plan for this machine" line under the form, for ``dataset`` and the form's ``values``."""
     s = st.session_state
     saved, error = s.get("train_plan"), s.get("train_plan_error")
-    _, changed = form_values(defaults)
+    changed = changed_fields(defaults, values)
     if error:
         st.error(error)
-    elif saved and saved["key"] == _plan_key(s.get("train_dataset"), changed):
+    elif saved and saved["key"] == _plan_key(dataset, changed):
         st.info(f"Plan for this machine: {saved['text']} Start training uses it; the fields you changed stay "
                 "as you set them.")
     elif saved:

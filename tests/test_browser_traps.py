@@ -203,3 +203,56 @@ def test_start_shows_the_monitor_and_generating_shows_a_spinner(served, page):
     run.wait_for()
     page.wait_for_function("h => { const r = h.getBoundingClientRect(); return r.top >= 0 && r.bottom < innerHeight; }",
                            arg=run.element_handle(), timeout=10_000)
+
+
+@pytest.fixture(scope="module")
+def cold_deep_link(tmp_path_factory):
+    """A model inference deep link opened first on a fresh server: (page title, sidebar links, texts, model id).
+
+    Streamlit runs a ``pages/`` folder next to app.py as a legacy multipage app until a session has run
+    ``st.navigation``; pages.components sends such a first page through app.py."""
+    from storage import db
+
+    home = tmp_path_factory.mktemp("cold") / "home"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ML_MANAGER_HOME", str(home))
+        model_id = db.create_model("deep-linked", {"epochs": 5}, str(home), db=db.connect(home / "ml_manager.db"))
+        with dashboard(home) as url, sync_api.sync_playwright() as p:
+            browser = launch(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/model_inference?model={model_id}")
+            page.get_by_text("deep-linked has no checkpoint yet").wait_for()
+            wait_idle(page)
+            links = page.locator("[data-testid='stSidebarNav'] a").all_inner_texts()
+            shown = {"title": page.title(), "links": [t.split("\n")[-1].strip() for t in links], "url": page.url,
+                     "heading": page.get_by_role("heading").first.inner_text(),
+                     "dialogs": page.locator("[role='dialog']").all_inner_texts()}
+            browser.close()
+    return shown, model_id
+
+
+def test_a_cold_deep_link_shows_app_pys_page_list(cold_deep_link):
+    shown, _ = cold_deep_link
+    assert shown["links"] == ["Overview", "Train", "Models", "Model inference", "Inference", "Post-processing"]
+
+
+def test_a_cold_deep_link_gets_app_pys_page_config(cold_deep_link):
+    shown, _ = cold_deep_link
+    assert "ML Manager" in shown["title"]
+
+
+def test_a_cold_deep_link_opens_the_linked_page(cold_deep_link):
+    shown, _ = cold_deep_link
+    assert shown["heading"] == "Model inference"
+
+
+def test_a_cold_deep_link_is_not_reported_as_a_page_not_found(cold_deep_link):
+    shown, _ = cold_deep_link
+    assert shown["dialogs"] == []
+
+
+def test_a_cold_deep_link_keeps_its_model_in_the_url(cold_deep_link):
+    shown, model_id = cold_deep_link
+    assert shown["url"].endswith(f"/model_inference?model={model_id}")

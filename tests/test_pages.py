@@ -64,6 +64,13 @@ def test_default_page_is_the_overview(home):
 
 
 # --------------------------------------------------------------------------- post-processing page
+def test_a_page_run_without_app_py_still_draws(home):
+    """Streamlit runs a page's file alone for a deep link on a fresh server; pages.components then calls
+    st.navigation and reruns (test_browser_traps checks the rerun goes through app.py)."""
+    at = AppTest.from_file(str(ROOT / "pages" / "models.py"), default_timeout=TIMEOUT).run()
+    assert at.title[0].value == "Models"
+
+
 def upload_fundus(at: AppTest, *, truth: bool = False, size: int = 96) -> AppTest:
     image, mask, fov = fundus_png(size)
     at.file_uploader(key="pp_image").set_value(("fundus.png", image, "image/png"))

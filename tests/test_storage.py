@@ -38,8 +38,12 @@ def _touch(path: Path, size: int = 10) -> Path:
 
 # --------------------------------------------------------------------------- connection and schema
 
-def test_connection_is_wal_with_busy_timeout(database):
-    assert (database.journal_mode, database.execute("PRAGMA busy_timeout").fetchone()[0]) == ("wal", 30000)
+def test_connection_is_in_wal_mode(database):
+    assert database.journal_mode == "wal"
+
+
+def test_connection_waits_30_s_for_a_lock(database):
+    assert database.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
 
 
 def test_migrations_are_recorded_once(home):
@@ -67,10 +71,18 @@ def test_storage_never_imports_torch_or_streamlit():
 
 # --------------------------------------------------------------------------- models
 
-def test_create_and_get_model(database, model_id):
-    row = store.get_model(model_id, db=database)
-    assert (row["name"], row["status"], json.loads(row["config"]), row["total_epochs"], row["patience"]) == (
-        "unet-a", "queued", CONFIG, 5, 3)
+@pytest.mark.parametrize("field, expected", [
+    ("name", "unet-a"),
+    ("status", "queued"),
+    ("total_epochs", 5),
+    ("patience", 3),
+])
+def test_create_and_get_model(database, model_id, field, expected):
+    assert store.get_model(model_id, db=database)[field] == expected
+
+
+def test_a_created_model_keeps_its_config_as_json(database, model_id):
+    assert json.loads(store.get_model(model_id, db=database)["config"]) == CONFIG
 
 
 def test_timestamps_are_iso_utc(database, model_id):
@@ -82,8 +94,8 @@ def test_list_models_newest_first_and_by_status(database):
     time.sleep(0.01)
     second = store.create_model("b", CONFIG, "d", db=database)
     store.update_model(first, status="completed", db=database)
-    assert ([m["id"] for m in store.list_models(db=database)],
-            [m["id"] for m in store.list_models(status="completed", db=database)]) == ([second, first], [first])
+    assert [m["id"] for m in store.list_models(db=database)] == [second, first]
+    assert [m["id"] for m in store.list_models(status="completed", db=database)] == [first]
 
 
 @pytest.mark.parametrize("call", [
@@ -133,7 +145,8 @@ def test_update_model_encodes_dicts_as_json(database, model_id):
 def test_update_model_compare_and_set(database, model_id, status, only_if, changed):
     store.update_model(model_id, status=status, db=database)
     result = store.update_model(model_id, only_if_status=only_if, status="failed", db=database)
-    assert (result, store.get_model(model_id, db=database)["status"]) == (changed, "failed" if changed else status)
+    assert result is changed
+    assert store.get_model(model_id, db=database)["status"] == ("failed" if changed else status)
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "stopping"])
@@ -151,7 +164,8 @@ def test_delete_removes_rows_and_folder(database, model_id):
     store.update_model(model_id, status="completed", db=database)
     store.delete_model(model_id, db=database)
     left = [database.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("models", "epochs", "checkpoints")]
-    assert (left, (paths.data_home() / "models" / model_id).exists()) == ([0, 0, 0], False)
+    assert left == [0, 0, 0]
+    assert not (paths.data_home() / "models" / model_id).exists()
 
 
 # --------------------------------------------------------------------------- state changes used by the worker
@@ -193,14 +207,15 @@ def test_claim_of_a_run_no_longer_queued_returns_none(database, model_id):
 ])
 def test_request_stop(database, model_id, status, outcome, after):
     store.update_model(model_id, status=status, db=database)
-    assert (store.request_stop(model_id, db=database), store.get_model(model_id, db=database)["status"]) == (
-        outcome, after)
+    assert store.request_stop(model_id, db=database) == outcome
+    assert store.get_model(model_id, db=database)["status"] == after
 
 
 def test_stop_before_start_is_recorded_as_user_stop(database, model_id):
     store.request_stop(model_id, db=database)
     row = store.get_model(model_id, db=database)
-    assert (row["stop_reason"], row["error"]) == ("user_stop", "stopped by the user before it started")
+    assert row["stop_reason"] == "user_stop"
+    assert row["error"] == "stopped by the user before it started"
 
 
 @pytest.mark.parametrize("status", ["completed", "failed"])
@@ -270,10 +285,12 @@ def test_inference_job_lifecycle(database, model_id):
     job = store.create_inference_job("/x/best.pt", "/in", {"threshold": 0.5}, model_id=model_id, db=database)
     store.update_inference_job(job, status="running", n_total=4, n_done=2, progress=0.5, db=database)
     row = store.get_inference_job(job, db=database)
-    assert (row["status"], row["progress"], json.loads(row["postprocess"]), row["output_dir"],
-            [j["id"] for j in store.list_inference_jobs(model_id=model_id, db=database)],
-            store.list_inference_jobs(status="completed", db=database)) == (
-        "running", 0.5, {"threshold": 0.5}, str(paths.data_home() / "inference" / job), [job], [])
+    assert row["status"] == "running"
+    assert row["progress"] == 0.5
+    assert json.loads(row["postprocess"]) == {"threshold": 0.5}
+    assert row["output_dir"] == str(paths.data_home() / "inference" / job)
+    assert [j["id"] for j in store.list_inference_jobs(model_id=model_id, db=database)] == [job]
+    assert store.list_inference_jobs(status="completed", db=database) == []
 
 
 @pytest.mark.parametrize("call, error", [
@@ -297,12 +314,14 @@ def test_presets_are_saved_per_model_and_overwritten_by_name(database, model_id)
 def test_worker_heartbeat(database):
     before = store.worker_heartbeat(db=database)
     store.beat_worker(db=database)
-    assert (before, store.age_seconds(store.worker_heartbeat(db=database).isoformat()) < 5) == (None, True)
+    assert before is None
+    assert store.age_seconds(store.worker_heartbeat(db=database).isoformat()) < 5
 
 
 def test_functions_open_the_current_home_without_db_argument(home):
     model_id = store.create_model("plain", CONFIG, "d")
-    assert (store.get_model(model_id)["name"], paths.db_path().exists()) == ("plain", True)
+    assert store.get_model(model_id)["name"] == "plain"
+    assert paths.db_path().exists()
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -337,7 +356,9 @@ def test_reader_never_sees_database_locked_while_another_process_writes(home, mo
     reader.start()
     out, err = writer.communicate(timeout=120)
     reader.join()
-    assert (out.strip(), errors, reads > 0) == ("done", [], True), err
+    assert out.strip() == "done", err
+    assert errors == []
+    assert reads > 0
 
 
 # --------------------------------------------------------------------------- one submission, one run
@@ -346,7 +367,8 @@ def test_a_submission_key_creates_one_run(database):
     first = store.create_model("unet-a", CONFIG, "/data/set", db=database, submission_key="k1")
     with pytest.raises(store.DuplicateSubmissionError) as caught:
         store.create_model("unet-a", CONFIG, "/data/set", db=database, submission_key="k1")
-    assert (caught.value.model_id, len(store.list_models(db=database))) == (first, 1)
+    assert caught.value.model_id == first
+    assert len(store.list_models(db=database)) == 1
 
 
 def test_runs_without_a_key_never_clash(database):
