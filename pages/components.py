@@ -641,6 +641,11 @@ def forget_queries() -> None:
     _query.clear()
 
 
+def val_dice_words(value: float | None) -> str:
+    """A model's best validation Dice in words; a run that trained on every image has none."""
+    return "no validation images" if value is None else f"val Dice {value:.3f}"
+
+
 STOP_REASONS = {
     "max_epochs": "reached its last epoch",
     "early_stopping": "early stopping (no better validation score for `patience` epochs)",

@@ -7,7 +7,8 @@ import streamlit as st
 
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
 from engine.vesselness import BASELINE_NAME
-from pages.components import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query, run_page
+from pages.components import (BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query,
+                              run_page, val_dice_words)
 from pages.inference_widgets import batch_controls, batch_jobs, checkpoint_label, monitor_of, start_from, workspace
 
 PRETRAINED_SOURCE = str(PRETRAINED_PATH)  # a path, so it can never be mistaken for a model id
@@ -19,7 +20,7 @@ def main() -> None:
     groups: dict[str, list[dict]] = {}
     for c in ckpts:
         groups.setdefault(c["model_id"], []).append(c)
-    names = {mid: f"{cs[0]['model_name']} (val Dice {cs[0].get('best_val_dice') or 0:.3f})" for mid, cs in groups.items()}
+    names = {mid: f"{cs[0]['model_name']} ({val_dice_words(cs[0].get('best_val_dice'))})" for mid, cs in groups.items()}
     names |= {BASELINE_SOURCE: BASELINE_NAME, PRETRAINED_SOURCE: PRETRAINED_NAME}
     # The pretrained model first: without a model of one's own, an upload gives a mask at once.
     options = ([PRETRAINED_SOURCE] if pretrained_available() else []) + [BASELINE_SOURCE, *groups]

@@ -13,7 +13,8 @@ import streamlit as st
 from engine.training import config as train_engine
 from engine.training.config import TrainingConfig
 from pages.charts import curves_figure
-from pages.components import age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text
+from pages.components import (age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text,
+                              val_dice_words)
 from storage import paths
 from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_progress
 
@@ -25,7 +26,8 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "patch_size": ("Basics", "Side of the square training patches; a multiple of 2^depth."),
     "steps_per_epoch": ("Basics", "Optimiser steps per epoch; validation runs after each epoch."),
     "learning_rate": ("Basics", "Peak learning rate of AdamW."),
-    "val_fraction": ("Basics", "Share of the images held out for validation."),
+    "val_fraction": ("Basics", "Share of the images held out for validation; 0 trains on every image and keeps "
+                     "the newest epoch (nothing is then calibrated or stopped early)."),
     "seed": ("Basics", "Same seed, same result on CPU: change it to check a result is not luck."),
     "loss_function": ("Loss", "Start with combined_dice_focal: Dice copes with thin vessels being a small "
                               "share of the pixels, focal with the hard pixels at their edges."),
@@ -532,8 +534,11 @@ def run_monitor(row: dict, smoothing: float) -> None:
     best = row.get("best_epoch")
     if metrics:
         since, patience = row.get("epochs_since_best"), row.get("patience")
-        st.caption(f"Best epoch {best or '—'} (val Dice {row.get('best_val_dice') or 0:.3f}) · epochs since best: "
-                   f"{since if since is not None else '—'} / {patience or '∞'}")
+        if row.get("best_val_dice") is None and best:
+            st.caption(f"Newest epoch {best}: every image trains, so no validation score judges the epochs.")
+        else:
+            st.caption(f"Best epoch {best or '—'} ({val_dice_words(row.get('best_val_dice'))}) · epochs since best: "
+                       f"{since if since is not None else '—'} / {patience or '∞'}")
         st.plotly_chart(curves_figure([(row["name"], metrics, best)], smoothing), key=f"train_curves_{mid}")
     if status in ("queued", "running"):
         st.button("Stop", key=f"train_stop_{mid}", on_click=_stop, args=(mid,))

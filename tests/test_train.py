@@ -49,7 +49,8 @@ def run(synth, tmp_path_factory):
     ("batch_size", 2.5, "whole number"),
     ("batch_size", True, "whole number"),
     ("dropout_rate", 1.0, "at most 0.9"),
-    ("val_fraction", 0.0, "greater than 0"),
+    ("val_fraction", -0.1, "at least 0"),
+    ("val_fraction", 0.95, "at most 0.9"),
     ("dice_weight", float("inf"), "finite"),
     ("patch_size", 60, "must be a multiple of"),
     ("loss_function", "hinge", "choose one of"),
@@ -228,6 +229,34 @@ def test_early_stopping_and_epoch_checkpoints(synth, tmp_path):
     result = train(config, synth, tmp_path)
     assert result.stop_reason == "early_stopping" and result.epochs_run == 2 and result.best_epoch == 1
     assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    assert result.recommended_postprocess is None
+
+
+@pytest.fixture(scope="module")
+def all_images_run(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("all_images")
+    result = train(TrainingConfig(**{**TINY, "val_fraction": 0.0, "early_stopping_patience": 1}), synth, out)
+    return result, out
+
+
+def test_without_validation_every_image_trains(all_images_run):
+    result, out = all_images_run
+    assert torch.load(out / "last.pt", weights_only=True)["config"]["val_fraction"] == 0.0
+    assert result.history[0]["val_dice"] is None
+
+
+def test_without_validation_patience_does_not_stop_the_run(all_images_run):
+    result, _ = all_images_run
+    assert result.epochs_run == TINY["epochs"]
+
+
+def test_without_validation_the_newest_epoch_is_best(all_images_run):
+    result, out = all_images_run
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == TINY["epochs"]
+
+
+def test_without_validation_nothing_is_calibrated(all_images_run):
+    result, _ = all_images_run
     assert result.recommended_postprocess is None
 
 

@@ -29,7 +29,9 @@ class ProgressBar:
             bar = "#" * self.width
             mark = " *best*" if event["is_best"] else ""
             print(f"\repoch {event['epoch']}/{event['total_epochs']} [{bar}] train_loss {event['train_loss']:.4f} "
-                  f"val_loss {event['val_loss']:.4f} val_dice {event['val_dice']:.4f} lr {event['lr']:.2e} "
+                  + (f"val_loss {event['val_loss']:.4f} val_dice {event['val_dice']:.4f} "
+                     if event["val_dice"] is not None else "(no validation images) ")
+                  + f"lr {event['lr']:.2e} "
                   f"{event['seconds']:.1f}s{mark}", file=self.stream, flush=True)
         elif kind == "calibration":
             r = event["recommended"]

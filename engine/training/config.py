@@ -45,7 +45,7 @@ class TrainingConfig:
     patch_size: int = 128  # side of the square training patches, in pixels: 128 gives more context than 64 per pixel
     epochs: int = 60  # maximum number of epochs
     steps_per_epoch: int = 250  # optimiser steps (batches) per epoch; validation runs after each
-    val_fraction: float = 0.2  # share of the images held out for validation (seeded split)
+    val_fraction: float = 0.2  # share of the images held out for validation (seeded split); 0 = train on all
     augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
     max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off
     any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps
@@ -128,7 +128,7 @@ _RANGES = {
     "tversky_alpha": (0.0, 1.0, False), "tversky_beta": (0.0, 1.0, False),
     "learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "batch_size": (1, 1024, False),
     "patch_size": (16, 1024, False), "epochs": (1, 100_000, False), "steps_per_epoch": (1, 1_000_000, False),
-    "val_fraction": (0.0, 0.9, True), "ema_decay": (0.0, 0.99999, False), "max_zoom": (1.0, 2.0, False),
+    "val_fraction": (0.0, 0.9, False), "ema_decay": (0.0, 0.99999, False), "max_zoom": (1.0, 2.0, False),
     "min_learning_rate": (0.0, 1.0, False),
     "plateau_factor": (0.0, 0.99, True),
     "plateau_patience": (0, 1000, False), "early_stopping_patience": (0, 100_000, False),

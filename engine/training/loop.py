@@ -166,15 +166,20 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
                 emit({"type": "batch", "epoch": epoch, "step": step, "steps": c.steps_per_epoch, "loss": losses[-1]})
         if stop_reason == "user_stop" or not losses:
             break
-        try:
-            val_loss, val_dice, _ = _validate(evaluated, val_x, val_y, val_masks, val_fovs, loss_fn, stop_requested)
-        except StopRequested:
-            stop_reason = "user_stop"
-            break
-        monitored = val_dice if c.early_stopping_monitor == "val_dice" else val_loss
-        schedule.after_epoch(monitored)
-        should_end, reason = stopper.evaluate(monitored)
-        is_best = stopper.update(monitored, epoch)
+        if val_idx:
+            try:
+                val_loss, val_dice, _ = _validate(evaluated, val_x, val_y, val_masks, val_fovs, loss_fn, stop_requested)
+            except StopRequested:
+                stop_reason = "user_stop"
+                break
+            monitored = val_dice if c.early_stopping_monitor == "val_dice" else val_loss
+            schedule.after_epoch(monitored)
+            should_end, reason = stopper.evaluate(monitored)
+            is_best = stopper.update(monitored, epoch)
+        else:  # every image trains: nothing to judge an epoch by, so the newest weights are the best
+            val_loss = val_dice = monitored = None
+            should_end, reason, is_best = False, "no validation images: the newest epoch is kept", True
+            stopper.best_epoch = epoch
         epoch_done = epoch
         seconds = time.monotonic() - t_epoch
         record = {"type": "epoch_end", "epoch": epoch, "total_epochs": c.epochs, "train_loss": float(np.mean(losses)),
