@@ -12,6 +12,9 @@ images held out (21-24, 25-28, ..., 37-40), so every one of the 20 images is sco
 never saw it; the Dice pools the FOV pixels of all 20 (as the papers pool their 20 test images) and
 a table shows each fold. The last fold is the single split above.
 
+The run is planned for this machine first, as ``python -m engine train`` plans it (``--no-plan``: train
+the options as given); ``--set`` fields are kept, like the options a user sets.
+
     .venv/bin/python benchmarks/train_drive.py [--minutes 10] [--threads 2] [--folds K] [--set key=value ...]
 
 Prints validation Dice against time, seconds per epoch and patches/s; writes a JSON summary and the
@@ -38,7 +41,8 @@ from engine.inference.predict import load_model, predict  # noqa: E402
 from engine.metrics import pooled_metrics  # noqa: E402
 from engine.postprocess import PostProcessConfig, enhanced_post_processing  # noqa: E402
 from engine.training.config import TrainingConfig, parse_set_option  # noqa: E402
-from engine.training.loop import train
+from engine.training.loop import train  # noqa: E402
+from engine.training.planner import plan_training  # noqa: E402
 from engine.vesselness import BASELINE_NAME, vesselness_map  # noqa: E402
 
 DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"
@@ -71,7 +75,7 @@ def pooled_dice_of(items: list[tuple]) -> float:
 def print_epoch(e: dict) -> None:
     if e["type"] == "epoch_end":
         print(f"{e['epoch']:5d} {e['elapsed']:9.1f} {e['seconds']:7.1f} {e['patches_per_s']:9.1f} "
-              f"{e['train_loss']:10.4f} {e['val_loss']:8.4f} {e['val_dice']:8.4f} {e['lr']:8.1e}"
+              f"{e['train_loss']:10.4f} {e['val_loss'] or 0:8.4f} {e['val_dice'] or 0:8.4f} {e['lr']:8.1e}"
               + (" *" if e["is_best"] else ""), flush=True)
     elif e["type"] == "calibration":
         print(f"calibration on validation images: Dice {e['dice_before']:.4f} -> {e['dice_after']:.4f}", flush=True)
@@ -121,7 +125,7 @@ def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Pa
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
     print(f"stopped: {result.stop_reason} after {result.epochs_run} epochs, {train_s / 60:.1f} min "
-          f"(including calibration); best epoch {result.best_epoch}, val Dice {result.best_metric:.4f}")
+          f"(including calibration); best epoch {result.best_epoch}, val Dice {result.best_metric or 0:.4f}")
     print(f"unseen test images, pooled FOV pixels: Dice {dice['raw']:.4f} at 0.5, AUC {raw['roc_auc']:.4f}"
           + (f"; Dice {summary['test_dice_postprocessed']:.4f} with the recommended post-processing" if post else "")
           + f"; Dice {summary['test_dice_tta']:.4f} at 0.5 averaging 4 flips (--tta)")
@@ -156,13 +160,18 @@ def cross_validate(config: TrainingConfig, full: Dataset, folds: int, out: Path)
     for k, (group, r) in enumerate(zip(groups, runs), start=1):
         s = r["summary"]
         cells = [r["dice"][key] for _, key in COLUMNS if key in pooled]
-        print(f"{k:4d} {group[0] + '-' + group[-1]:>12} {s['epochs']:6d} {s['best_val_dice']:8.4f} "
+        print(f"{k:4d} {group[0] + '-' + group[-1]:>12} {s['epochs']:6d} {s['best_val_dice'] or 0:8.4f} "
               + " ".join(f"{c:12.4f}" for c in cells))
     print(f"{'all':>4} {str(len(ids)) + ' images':>12} {'':>6} {'':>8} "
           + " ".join(f"{pooled[key]:12.4f}" for _, key in COLUMNS if key in pooled))
     print(f"U-Net (best.pt) / Frangi baseline = {pooled['raw'] / pooled['baseline']:.2f}")
+    full_metrics = pooled_metrics([item for r in runs for item in r["maps"]["raw"]], threshold=0.5)
+    predict_s = float(np.mean([r["summary"]["predict_seconds_per_image"] for r in runs]))
+    print(f"best.pt over all {len(ids)} images: Dice {full_metrics['dice']:.4f}, AUC {full_metrics['roc_auc']:.4f}, "
+          f"clDice {full_metrics['cldice']:.4f}; prediction {predict_s:.2f} s per image")
     summary = {"folds": folds, "budget_minutes": config.max_minutes, "threads": config.num_threads,
-               "pooled_dice": pooled, "fold_summaries": [r["summary"] for r in runs], "config": config.to_dict()}
+               "pooled_dice": pooled, "pooled_auc": full_metrics["roc_auc"], "pooled_cldice": full_metrics["cldice"],
+               "predict_seconds_per_image": predict_s, "fold_summaries": [r["summary"] for r in runs], "config": config.to_dict()}
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"summary: {out / 'cv_summary.json'}")
     return summary
@@ -177,6 +186,9 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=0,
                         help="cross-validate over this many folds of consecutive images instead (ignores --test-ids)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the default config")
+    parser.add_argument("--no-plan", action="store_true",
+                        help="train the options as given; by default the run is planned for this machine first, as "
+                             "`python -m engine train` does (--set fields are kept)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/out/drive_<time>)")
     args = parser.parse_args()
 
@@ -188,12 +200,19 @@ def main() -> int:
     if args.folds and not 2 <= args.folds <= len(full) // 2:
         print(f"--folds must be between 2 and {len(full) // 2} for {len(full)} images.", file=sys.stderr)
         return 2
-    config = TrainingConfig().with_updates(max_minutes=args.minutes, num_threads=args.threads,
-                                           **dict(parse_set_option(s) for s in args.set))
+    overrides = dict(parse_set_option(s) for s in args.set)
+    config = TrainingConfig().with_updates(max_minutes=args.minutes, num_threads=args.threads, **overrides)
+    plan = None
+    if not args.no_plan:
+        config, plan = plan_training(config, user_fields=set(overrides) | {"max_minutes", "num_threads"}, dataset=full)
+        print("plan:", plan.explain(), flush=True)
     out = Path(args.out or ROOT / "benchmarks" / "out" / time.strftime("drive_%Y%m%d_%H%M%S"))
     torch.set_num_threads(args.threads)
     print("config:", json.dumps({k: v for k, v in config.to_dict().items() if v != getattr(TrainingConfig(), k)}
                                 or "defaults"), "| defaults:", json.dumps(TrainingConfig().to_dict()))
+    if plan is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2))
     if args.folds:
         cross_validate(config, full, args.folds, out)
     else:

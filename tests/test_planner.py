@@ -95,8 +95,74 @@ def test_patches_larger_than_the_smallest_image_are_not_tried():
 
 def test_explain_names_the_choice_the_budget_and_the_comparison():
     _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
-    assert plan.explain() == ("fp32 on this CPU: 64×64 patches, batch 32, about 1,080 steps in 10 min "
+    assert plan.explain() == ("fp32 on this CPU: 64×64 patches, batch 32, U-Net width 8, about 1,080 steps in "
+                              "10 min (2.0× the patch pixels per second of 128×128 × 8); width 16 would get only "
+                              "about 1,080 steps (fewer than 4,000); every image trains and the last epoch is kept.")
+
+
+def test_explain_without_a_budget_names_no_width():
+    _, plan = plan_training(TrainingConfig(precision="fp32"), measure=BIG_SLOW, device="cpu")
+    assert plan.explain() == ("fp32 on this CPU: 64×64 patches, batch 32, about 0.5 s per step "
                               "(2.0× the patch pixels per second of 128×128 × 8).")
+
+
+def by_width(seconds: dict[int, float]):
+    """A measuring function that answers from ``{base_channels: seconds}`` whatever the shape."""
+    def measure(config, patch_size, batch_size, precision, device="cpu"):
+        measure.widths.append(config.base_channels)
+        return seconds[config.base_channels]
+    measure.widths = []
+    return measure
+
+
+@pytest.mark.parametrize("minutes, seconds, width", [
+    (10.0, {16: 0.2, 8: 0.1}, 8),     # 2,700 steps at width 16: too few, the narrower U-Net trains
+    (10.0, {16: 0.1, 8: 0.05}, 16),   # a machine twice as fast: 5,400 steps at width 16 are enough
+    (60.0, {16: 0.2, 8: 0.1}, 16),    # an hour on the slower machine: 16,200 steps at width 16
+    (1.0, {16: 2.0, 8: 1.0}, 8),      # too few steps at every width: the narrowest
+])
+def test_the_width_is_the_widest_that_gets_enough_steps(minutes, seconds, width):
+    planned, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=minutes), measure=by_width(seconds),
+                                  device="cpu")
+    assert planned.base_channels == width
+
+
+def test_the_planned_steps_are_those_of_the_chosen_width():
+    _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=by_width({16: 0.2, 8: 0.1}),
+                            device="cpu")
+    assert plan.planned_steps == 5400
+
+
+def test_a_width_the_user_set_is_kept_and_only_it_is_measured():
+    measure = by_width({16: 0.2, 8: 0.1, 32: 0.4})
+    planned, _ = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0, base_channels=32),
+                               user_fields={"base_channels"}, measure=measure, device="cpu")
+    assert planned.base_channels == 32
+    assert set(measure.widths) == {32}
+
+
+def test_without_a_budget_the_width_is_not_planned():
+    measure = by_width({16: 0.2, 8: 0.1})
+    planned, _ = plan_training(TrainingConfig(precision="fp32"), measure=measure, device="cpu")
+    assert planned.base_channels == 16
+    assert set(measure.widths) == {16}
+
+
+@pytest.mark.parametrize("minutes, user, expected", [
+    (10.0, {}, 0.0),                        # a budgeted run trains on every image
+    (0.0, {}, 0.2),                         # a run by epochs keeps its validation images
+    (10.0, {"val_fraction": 0.3}, 0.3),     # the user's choice wins
+])
+def test_a_budgeted_run_trains_on_every_image_unless_told_otherwise(minutes, user, expected):
+    config = TrainingConfig(precision="fp32", max_minutes=minutes).with_updates(**user)
+    planned, _ = plan_training(config, user_fields=user, measure=BIG_SLOW, device="cpu")
+    assert planned.val_fraction == expected
+
+
+def test_a_plan_saved_before_widths_were_planned_still_loads():
+    _, plan = plan_training(TrainingConfig(precision="fp32"), measure=BIG_SLOW, device="cpu")
+    old = {k: v for k, v in plan.to_dict().items() if k not in ("base_channels", "widths")}
+    assert Plan.from_dict(old).base_channels is None
 
 
 def test_the_plan_survives_json():

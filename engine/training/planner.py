@@ -29,7 +29,15 @@ from engine.training.device import native_bf16, resolve_device, resolve_precisio
 CANDIDATES = ((128, 8), (96, 16), (64, 32))
 VALIDATION_SHARE = 0.1  # share of a time budget left for validation after each epoch
 EPOCH_MARGIN = 1.5  # planned epochs cover this many times the planned steps, so the clock ends the run
-PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs")
+# U-Net widths (base_channels) tried under a time budget, widest first. A width is kept when the budget
+# gives it at least WIDE_ENOUGH_STEPS steps; otherwise the narrowest is used, which takes about twice
+# the steps in the same time (benchmarks/train_drive.py compares them).
+WIDTHS = (16, 8)
+WIDE_ENOUGH_STEPS = 4000
+# A budgeted run trains on every image and keeps its last epoch: with the clock fixed, the images held
+# out for validation cost more than picking an epoch by them gains (benchmarks/train_drive.py).
+BUDGET_VAL_FRACTION = 0.0
+PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs", "base_channels", "val_fraction")
 _DEVICE_WORDS = {"cpu": "this CPU", "cuda": "this GPU", "mps": "this Mac's GPU"}
 
 
@@ -51,6 +59,9 @@ class Plan:
         max_minutes: the time budget in minutes (None without one).
         device: the device measured ('cpu', 'cuda', 'mps').
         changed: the config fields the plan changed, with their new values.
+        base_channels: the U-Net width trained (None in plans made before widths were planned).
+        widths: the widths measured under the budget, as dicts with ``base_channels, seconds_per_step,
+            planned_steps``, widest first (empty when the width was not planned).
     """
 
     patch_size: int
@@ -63,11 +74,15 @@ class Plan:
     max_minutes: float | None = None
     device: str = "cpu"
     changed: dict = field(default_factory=dict)
+    base_channels: int | None = None
+    widths: list[dict] = field(default_factory=list)
 
     def explain(self) -> str:
         """One sentence for the user: the chosen shape, the steps it gets, and how it compared."""
         where = _DEVICE_WORDS.get(self.device, f"this {self.device}")
         text = f"{self.precision} on {where}: {self.patch_size}×{self.patch_size} patches, batch {self.batch_size}, "
+        if self.widths and self.base_channels is not None:
+            text += f"U-Net width {self.base_channels}, "
         if self.planned_steps is not None and self.max_minutes:
             text += f"about {self.planned_steps:,} steps in {self.max_minutes:g} min"
         else:
@@ -81,6 +96,12 @@ class Plan:
                      f"× {ref['batch_size']})")
         elif len(self.candidates) == 1:
             text += " (your patch size and batch size, measured)"
+        wider = [w for w in self.widths if self.base_channels is not None and w["base_channels"] > self.base_channels]
+        if wider:
+            text += (f"; width {wider[0]['base_channels']} would get only about {wider[0]['planned_steps']:,} steps "
+                     f"(fewer than {WIDE_ENOUGH_STEPS:,})")
+        if self.changed.get("val_fraction") == 0.0:
+            text += "; every image trains and the last epoch is kept"
         return text + "."
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,7 +123,8 @@ class Plan:
             raise PlanError(f"Unknown training plan key(s) {', '.join(map(repr, unknown))}.")
         try:
             return cls(**{**data, "candidates": [dict(c) for c in data.get("candidates") or []],
-                          "changed": dict(data.get("changed") or {})})
+                          "changed": dict(data.get("changed") or {}),
+                          "widths": [dict(w) for w in data.get("widths") or []]})
         except TypeError:
             missing = sorted(k for k in ("patch_size", "batch_size", "precision", "seconds_per_step",
                                          "pixels_per_second") if k not in data)
@@ -197,7 +219,10 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     whose precision is 'bf16' or 'fp32' keeps it); the one with the most patch pixels per second wins
     (the first one tried on a tie). With ``max_minutes > 0`` the planned steps are the budget, less
     validation's share, over the measured seconds per step, and ``epochs`` (unless user-set) is raised
-    to cover them with a margin, so the budget ends the run.
+    to cover them with a margin, so the budget ends the run. Under a budget the U-Net width
+    (``base_channels``, unless user-set) is the widest of ``WIDTHS`` (up to the config's) that still gets
+    ``WIDE_ENOUGH_STEPS`` steps, else the narrowest, and ``val_fraction`` (unless user-set) becomes
+    ``BUDGET_VAL_FRACTION``.
 
     Args:
         config: the training config as the user left it.
@@ -252,15 +277,37 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
         changes["precision"] = best["precision"]
     planned_steps = None
     budget = config.max_minutes if config.max_minutes > 0 else None
+    seconds_per_step, widths, width = best["seconds_per_step"], [], config.base_channels
+    if budget is not None and "base_channels" not in user:
+        for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}, reverse=True):
+            seconds = best["seconds_per_step"] if candidate == config.base_channels else float(measure(
+                config.with_updates(base_channels=candidate), best["patch_size"], best["batch_size"],
+                best["precision"], device=str(dev.type)))
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
+            widths.append({"base_channels": candidate, "seconds_per_step": seconds,
+                           "planned_steps": _steps(budget, seconds)})
+        if widths:
+            chosen = next((w for w in widths if w["planned_steps"] >= WIDE_ENOUGH_STEPS), widths[-1])
+            width, seconds_per_step = chosen["base_channels"], chosen["seconds_per_step"]
+            changes["base_channels"] = width
+    if budget is not None and "val_fraction" not in user:
+        changes["val_fraction"] = BUDGET_VAL_FRACTION
     if budget is not None:
-        planned_steps = max(1, int(budget * 60 * (1 - VALIDATION_SHARE) / best["seconds_per_step"]))
+        planned_steps = _steps(budget, seconds_per_step)
         needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / config.steps_per_epoch))
         if "epochs" not in user and needed > config.epochs:
             changes["epochs"] = needed
     changes = {k: v for k, v in changes.items() if getattr(config, k) != v}
-    plan = Plan(best["patch_size"], best["batch_size"], best["precision"], best["seconds_per_step"],
-                best["pixels_per_second"], tried, planned_steps, budget, dev.type, changes)
+    pixels_per_second = best["patch_size"] ** 2 * best["batch_size"] / seconds_per_step
+    plan = Plan(best["patch_size"], best["batch_size"], best["precision"], seconds_per_step, pixels_per_second,
+                tried, planned_steps, budget, dev.type, changes, width, widths)
     return config.with_updates(**changes), plan
+
+
+def _steps(budget_minutes: float, seconds_per_step: float) -> int:
+    """Optimisation steps that fit in the budget, less validation's share."""
+    return max(1, int(budget_minutes * 60 * (1 - VALIDATION_SHARE) / seconds_per_step))
 
 
 def plan_for_folder(config: TrainingConfig, user_fields: Iterable[str], folder: Any,
