@@ -108,7 +108,10 @@ def _leave_legacy_multipage_mode(page_file: str) -> None:
     st.session_state[ENTRYPOINT_RAN] = True
     # The page must not be the default one: a default page's URL is "/", and the browser would report
     # this page's URL as not found. The rerun replaces this page list with app.py's.
-    st.navigation([st.Page(_app_entrypoint, default=True), st.Page(page_file)], position="hidden")
+    # The title is given: Streamlit infers it from the file name, and refuses names it cannot read a
+    # title from (AppTest.from_function runs a page from a file named by a hash).
+    title = Path(page_file).stem.replace("_", " ").strip().capitalize() or "Page"
+    st.navigation([st.Page(_app_entrypoint, default=True), st.Page(page_file, title=title)], position="hidden")
     st.rerun()
 
 
