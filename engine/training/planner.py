@@ -34,10 +34,7 @@ EPOCH_MARGIN = 1.5  # planned epochs cover this many times the planned steps, so
 # the steps in the same time (benchmarks/train_drive.py compares them).
 WIDTHS = (16, 8)
 WIDE_ENOUGH_STEPS = 4000
-# A budgeted run trains on every image and keeps its last epoch: with the clock fixed, the images held
-# out for validation cost more than picking an epoch by them gains (benchmarks/train_drive.py).
-BUDGET_VAL_FRACTION = 0.0
-PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs", "base_channels", "val_fraction")
+PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs", "base_channels")
 _DEVICE_WORDS = {"cpu": "this CPU", "cuda": "this GPU", "mps": "this Mac's GPU"}
 
 
@@ -100,8 +97,6 @@ class Plan:
         if wider:
             text += (f"; width {wider[0]['base_channels']} would get only about {wider[0]['planned_steps']:,} steps "
                      f"(fewer than {WIDE_ENOUGH_STEPS:,})")
-        if self.changed.get("val_fraction") == 0.0:
-            text += "; every image trains and the last epoch is kept"
         return text + "."
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,8 +216,7 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     validation's share, over the measured seconds per step, and ``epochs`` (unless user-set) is raised
     to cover them with a margin, so the budget ends the run. Under a budget the U-Net width
     (``base_channels``, unless user-set) is the widest of ``WIDTHS`` (up to the config's) that still gets
-    ``WIDE_ENOUGH_STEPS`` steps, else the narrowest, and ``val_fraction`` (unless user-set) becomes
-    ``BUDGET_VAL_FRACTION``.
+    ``WIDE_ENOUGH_STEPS`` steps, else the narrowest.
 
     Args:
         config: the training config as the user left it.
@@ -291,8 +285,6 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
             chosen = next((w for w in widths if w["planned_steps"] >= WIDE_ENOUGH_STEPS), widths[-1])
             width, seconds_per_step = chosen["base_channels"], chosen["seconds_per_step"]
             changes["base_channels"] = width
-    if budget is not None and "val_fraction" not in user:
-        changes["val_fraction"] = BUDGET_VAL_FRACTION
     if budget is not None:
         planned_steps = _steps(budget, seconds_per_step)
         needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / config.steps_per_epoch))
