@@ -201,3 +201,17 @@ def test_cli_train_prints_the_plan_unless_told_not_to(tmp_path, capsys, extra, e
                  *[a for s in sets for a in ("--set", s)]])
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert (code, capsys.readouterr().out.startswith("plan: "), ckpt["plan"] is not None) == (0, expected, expected)
+
+
+def test_the_shape_is_chosen_again_for_the_narrower_width():
+    seconds = {(16, 128, 8): 0.3, (16, 64, 32): 0.2, (8, 128, 8): 0.1, (8, 64, 32): 0.15}
+
+    def measure(config, patch_size, batch_size, precision, device="cpu"):
+        return seconds.get((config.base_channels, patch_size, batch_size), 10.0)
+    planned, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=measure, device="cpu")
+    assert (planned.patch_size, planned.batch_size) == (128, 8)
+
+
+def test_the_plan_lists_the_shapes_of_the_width_it_chose():
+    _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
+    assert {c["base_channels"] for c in plan.candidates} == {8}

@@ -253,14 +253,23 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
             return False
         return True
 
-    tried = []
-    for precision in precisions:
-        for patch, batch in _shapes(config, user, fits):
-            seconds = float(measure(config, patch, batch, precision, device=str(dev.type)))
-            if not (math.isfinite(seconds) and seconds > 0):
-                raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
-            tried.append({"patch_size": patch, "batch_size": batch, "precision": precision,
-                          "seconds_per_step": seconds, "pixels_per_second": patch * patch * batch / seconds})
+    def measured(cfg: TrainingConfig, patch: int, batch: int, precision: str) -> float:
+        seconds = float(measure(cfg, patch, batch, precision, device=str(dev.type)))
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
+        return seconds
+
+    def shapes_of(cfg: TrainingConfig) -> list[dict]:
+        tried = []
+        for precision in precisions:
+            for patch, batch in _shapes(cfg, user, fits):
+                seconds = measured(cfg, patch, batch, precision)
+                tried.append({"patch_size": patch, "batch_size": batch, "precision": precision,
+                              "base_channels": cfg.base_channels, "seconds_per_step": seconds,
+                              "pixels_per_second": patch * patch * batch / seconds})
+        return tried
+
+    tried = shapes_of(config)
     best = max(tried, key=lambda c: c["pixels_per_second"])  # max keeps the first of equals
     changes: dict[str, Any] = {}
     if "patch_size" not in user:
@@ -274,17 +283,21 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     seconds_per_step, widths, width = best["seconds_per_step"], [], config.base_channels
     if budget is not None and "base_channels" not in user:
         for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}, reverse=True):
-            seconds = best["seconds_per_step"] if candidate == config.base_channels else float(measure(
-                config.with_updates(base_channels=candidate), best["patch_size"], best["batch_size"],
-                best["precision"], device=str(dev.type)))
-            if not (math.isfinite(seconds) and seconds > 0):
-                raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
+            seconds = best["seconds_per_step"] if candidate == config.base_channels else measured(
+                config.with_updates(base_channels=candidate), best["patch_size"], best["batch_size"], best["precision"])
             widths.append({"base_channels": candidate, "seconds_per_step": seconds,
                            "planned_steps": _steps(budget, seconds)})
         if widths:
             chosen = next((w for w in widths if w["planned_steps"] >= WIDE_ENOUGH_STEPS), widths[-1])
             width, seconds_per_step = chosen["base_channels"], chosen["seconds_per_step"]
             changes["base_channels"] = width
+            if width != config.base_channels:  # the best shape of the narrower U-Net may be another one
+                tried = shapes_of(config.with_updates(base_channels=width))
+                best = max(tried, key=lambda c: c["pixels_per_second"])
+                seconds_per_step = best["seconds_per_step"]
+                for field_name in ("patch_size", "batch_size", "precision"):
+                    if field_name in changes:
+                        changes[field_name] = best[field_name]
     if budget is not None:
         planned_steps = _steps(budget, seconds_per_step)
         needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / config.steps_per_epoch))
