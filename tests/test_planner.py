@@ -97,7 +97,7 @@ def test_explain_names_the_choice_the_budget_and_the_comparison():
     _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
     assert plan.explain() == ("fp32 on this CPU: 64×64 patches, batch 32, U-Net width 8, about 1,080 steps in "
                               "10 min (2.0× the patch pixels per second of 128×128 × 8); width 16 would get only "
-                              "about 1,080 steps (fewer than 4,000).")
+                              "about 1,080 steps (fewer than 4,000); every image trains and the last epoch is kept.")
 
 
 def test_explain_without_a_budget_names_no_width():
@@ -148,9 +148,15 @@ def test_without_a_budget_the_width_is_not_planned():
     assert set(measure.widths) == {16}
 
 
-def test_a_budgeted_run_keeps_its_validation_images():
-    planned, _ = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
-    assert planned.val_fraction == TrainingConfig().val_fraction
+@pytest.mark.parametrize("minutes, user, expected", [
+    (10.0, {}, 0.0),                        # a budgeted run trains on every image
+    (0.0, {}, 0.2),                         # a run by epochs keeps its validation images
+    (10.0, {"val_fraction": 0.3}, 0.3),     # the user's choice wins
+])
+def test_a_budgeted_run_trains_on_every_image_unless_told_otherwise(minutes, user, expected):
+    config = TrainingConfig(precision="fp32", max_minutes=minutes).with_updates(**user)
+    planned, _ = plan_training(config, user_fields=user, measure=BIG_SLOW, device="cpu")
+    assert planned.val_fraction == expected
 
 
 def test_a_plan_saved_before_widths_were_planned_still_loads():

@@ -34,7 +34,10 @@ EPOCH_MARGIN = 1.5  # planned epochs cover this many times the planned steps, so
 # the steps in the same time (benchmarks/train_drive.py compares them).
 WIDTHS = (16, 8)
 WIDE_ENOUGH_STEPS = 4000
-PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs", "base_channels")
+# A budgeted run trains on every image with a fixed schedule and keeps its last epoch: a few held-out
+# images pick an early epoch and stop the run before the schedule anneals (benchmarks/train_drive.py).
+BUDGET_VAL_FRACTION = 0.0
+PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs", "base_channels", "val_fraction")
 _DEVICE_WORDS = {"cpu": "this CPU", "cuda": "this GPU", "mps": "this Mac's GPU"}
 
 
@@ -97,6 +100,8 @@ class Plan:
         if wider:
             text += (f"; width {wider[0]['base_channels']} would get only about {wider[0]['planned_steps']:,} steps "
                      f"(fewer than {WIDE_ENOUGH_STEPS:,})")
+        if self.changed.get("val_fraction") == 0.0:
+            text += "; every image trains and the last epoch is kept"
         return text + "."
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,7 +221,8 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     validation's share, over the measured seconds per step, and ``epochs`` (unless user-set) is raised
     to cover them with a margin, so the budget ends the run. Under a budget the U-Net width
     (``base_channels``, unless user-set) is the widest of ``WIDTHS`` (up to the config's) that still gets
-    ``WIDE_ENOUGH_STEPS`` steps, else the narrowest.
+    ``WIDE_ENOUGH_STEPS`` steps, else the narrowest, and ``val_fraction`` (unless user-set) becomes
+    ``BUDGET_VAL_FRACTION``.
 
     Args:
         config: the training config as the user left it.
@@ -298,6 +304,8 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
                 for field_name in ("patch_size", "batch_size", "precision"):
                     if field_name in changes:
                         changes[field_name] = best[field_name]
+    if budget is not None and "val_fraction" not in user:
+        changes["val_fraction"] = BUDGET_VAL_FRACTION
     if budget is not None:
         planned_steps = _steps(budget, seconds_per_step)
         needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / config.steps_per_epoch))
