@@ -371,6 +371,15 @@ def test_model_page_lists_only_its_own_checkpoints_while_global_lists_completed(
     assert at.selectbox(key=f"inf_ckpt_{done}").options[0].startswith("best.pt")
 
 
+def test_a_model_trained_on_every_image_is_listed_without_a_validation_score(home, tiny_checkpoint):
+    from storage import db
+
+    model_id = add_model("all-images", "completed", tiny_checkpoint, epochs=1)
+    db.update_model(model_id, best_val_dice=None)
+    at = open_page("pages/inference.py")
+    assert "all-images (no validation images)" in at.selectbox(key="inf_model").options
+
+
 def test_model_page_upload_opens_the_tuner_with_recommended_settings(home, tiny_checkpoint):
     from storage import db
 
