@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 from huey import crontab
 
@@ -40,27 +40,23 @@ class ActiveWork:
         self._runs: set[str] = set()
         self._jobs: set[str] = set()
 
-    @contextmanager
-    def run(self, model_id: str) -> Iterator[None]:
+    def run(self, model_id: str) -> ContextManager[None]:
         """Count ``model_id`` as trained by this process inside the ``with`` block."""
-        with self._lock:
-            self._runs.add(model_id)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._runs.discard(model_id)
+        return self._held(self._runs, model_id)
+
+    def job(self, job_id: str) -> ContextManager[None]:
+        """Count ``job_id`` as run by this process inside the ``with`` block."""
+        return self._held(self._jobs, job_id)
 
     @contextmanager
-    def job(self, job_id: str) -> Iterator[None]:
-        """Count ``job_id`` as run by this process inside the ``with`` block."""
+    def _held(self, held: set[str], key: str) -> Iterator[None]:
         with self._lock:
-            self._jobs.add(job_id)
+            held.add(key)
         try:
             yield
         finally:
             with self._lock:
-                self._jobs.discard(job_id)
+                held.discard(key)
 
     def snapshot(self) -> tuple[list[str], list[str]]:
         """(run ids, job ids) at this moment."""
