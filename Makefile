@@ -11,7 +11,7 @@ PORT   ?= 8501
 WORKERS ?= 2
 export ML_MANAGER_HOME ?= $(CURDIR)/data
 
-.PHONY: run test worker dashboard bench bench-train bench-train-cv bench-scale pretrained screenshots clean-venv
+.PHONY: run test worker dashboard bench bench-train bench-train-cv bench-train-cv-2min bench-scale pretrained screenshots clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-train: $(STAMP_DEV)
 ## bench-train-cv: the same, 5-fold cross-validated over all 20 DRIVE images (five 10-minute models, ~55 min)
 bench-train-cv: $(STAMP_DEV)
 	$(PY) benchmarks/train_drive.py --minutes 10 --folds 5
+
+## bench-train-cv-2min: the 2-minute cross-validation, fp32 forced (~12 min)
+bench-train-cv-2min: $(STAMP_DEV)
+	$(PY) benchmarks/train_drive.py --minutes 2 --folds 5 --set precision=fp32
 
 ## bench-scale: the pretrained model on DRIVE photographs resized x0.75 to x6 (JPEG 80), scale auto vs none
 bench-scale: $(STAMP_DEV)
