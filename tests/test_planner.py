@@ -221,3 +221,13 @@ def test_the_shape_is_chosen_again_for_the_narrower_width():
 def test_the_plan_lists_the_shapes_of_the_width_it_chose():
     _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
     assert {c["base_channels"] for c in plan.candidates} == {8}
+
+
+def test_no_shape_is_measured_twice_when_the_width_changes():
+    calls = []
+
+    def measure(config, patch_size, batch_size, precision, device="cpu"):
+        calls.append((config.base_channels, patch_size, batch_size, precision))
+        return {16: 0.2, 8: 0.1}[config.base_channels]
+    plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=measure, device="cpu")
+    assert len(calls) == len(set(calls))

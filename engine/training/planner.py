@@ -259,11 +259,16 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
             return False
         return True
 
+    timings: dict[tuple, float] = {}  # the width step and the shapes of the chosen width share one shape
+
     def measured(cfg: TrainingConfig, patch: int, batch: int, precision: str) -> float:
-        seconds = float(measure(cfg, patch, batch, precision, device=str(dev.type)))
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
-        return seconds
+        key = (cfg.base_channels, patch, batch, precision)
+        if key not in timings:
+            seconds = float(measure(cfg, patch, batch, precision, device=str(dev.type)))
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
+            timings[key] = seconds
+        return timings[key]
 
     def shapes_of(cfg: TrainingConfig) -> list[dict]:
         tried = []
