@@ -72,10 +72,15 @@ def pooled_dice_of(items: list[tuple]) -> float:
     return pooled_dice(list(preds), list(masks), list(fovs))
 
 
+def _cell(value: float | None) -> str:
+    """A validation number, or a dash for a run that trained on every image (none to validate on)."""
+    return "—" if value is None else f"{value:.4f}"
+
+
 def print_epoch(e: dict) -> None:
     if e["type"] == "epoch_end":
         print(f"{e['epoch']:5d} {e['elapsed']:9.1f} {e['seconds']:7.1f} {e['patches_per_s']:9.1f} "
-              f"{e['train_loss']:10.4f} {e['val_loss'] or 0:8.4f} {e['val_dice'] or 0:8.4f} {e['lr']:8.1e}"
+              f"{e['train_loss']:10.4f} {_cell(e['val_loss']):>8} {_cell(e['val_dice']):>8} {e['lr']:8.1e}"
               + (" *" if e["is_best"] else ""), flush=True)
     elif e["type"] == "calibration":
         print(f"calibration on validation images: Dice {e['dice_before']:.4f} -> {e['dice_after']:.4f}", flush=True)
@@ -125,7 +130,7 @@ def run_split(config: TrainingConfig, full: Dataset, test_ids: set[str], out: Pa
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
     print(f"stopped: {result.stop_reason} after {result.epochs_run} epochs, {train_s / 60:.1f} min "
-          f"(including calibration); best epoch {result.best_epoch}, val Dice {result.best_metric or 0:.4f}")
+          f"(including calibration); best epoch {result.best_epoch}, val Dice {_cell(result.best_metric)}")
     print(f"unseen test images, pooled FOV pixels: Dice {dice['raw']:.4f} at 0.5, AUC {raw['roc_auc']:.4f}"
           + (f"; Dice {summary['test_dice_postprocessed']:.4f} with the recommended post-processing" if post else "")
           + f"; Dice {summary['test_dice_tta']:.4f} at 0.5 averaging 4 flips (--tta)")
@@ -160,7 +165,7 @@ def cross_validate(config: TrainingConfig, full: Dataset, folds: int, out: Path)
     for k, (group, r) in enumerate(zip(groups, runs), start=1):
         s = r["summary"]
         cells = [r["dice"][key] for _, key in COLUMNS if key in pooled]
-        print(f"{k:4d} {group[0] + '-' + group[-1]:>12} {s['epochs']:6d} {s['best_val_dice'] or 0:8.4f} "
+        print(f"{k:4d} {group[0] + '-' + group[-1]:>12} {s['epochs']:6d} {_cell(s['best_val_dice']):>8} "
               + " ".join(f"{c:12.4f}" for c in cells))
     print(f"{'all':>4} {str(len(ids)) + ' images':>12} {'':>6} {'':>8} "
           + " ".join(f"{pooled[key]:12.4f}" for _, key in COLUMNS if key in pooled))
