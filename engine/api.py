@@ -1,8 +1,8 @@
 """The HTTP API: JSON routes under ``/api/v1/``, thin wrappers over ``engine.jobs`` and ``storage.db``.
 
 ``server.py`` serves them next to the dashboard, on the dashboard's own host and port
-(``st.App("app.py", routes=api_routes())``, started by ``make run``). Every route answers JSON; every
-error a caller can cause is ``{"error": "<sentence>"}`` with the sentence the CLI prints:
+(``st.App("app.py", routes=api_routes())``, started by ``make run``). Every route answers JSON, except
+``GET /inference/results/{job_id}``, which answers the job's results zip; every error a caller can cause is ``{"error": "<sentence>"}`` with the sentence the CLI prints:
 
 ====  ==================================================================================
 400   bad input: malformed JSON, a wrong type, an unknown field, an invalid setting
@@ -37,10 +37,11 @@ from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Match, Route
 
 from engine import housekeeping, jobs
+from engine.training.config import config_with_changes
 from engine.pretrained import PRETRAINED_ID, PRETRAINED_PATH, pretrained_entry
 from storage import db as store
 from storage import paths
@@ -159,6 +160,14 @@ def _text(body: dict, key: str, example: str = "an id from GET /api/v1/models") 
     return _text_value(body.get(key), key, example)
 
 
+def _model_id(body: dict, key: str = "model_id") -> str:
+    """A model id from the body: text, or a whole number (older clients send ids as numbers)."""
+    value = body.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _text_value(value, key, "an id from GET /api/v1/models")
+
+
 def _flag(body: dict, key: str) -> bool:
     value = body.get(key, False)
     if not isinstance(value, bool):
@@ -206,9 +215,14 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
     model's answer carries ``plan`` (``Plan.to_dict()``, or None) and ``plan_text`` (a sentence, or None)."""
     if "model_id" in body:
         _fields(body, {"model_id"}, {"resume", "training_config"})
-        model_id, resume = _text(body, "model_id"), _flag(body, "resume")
+        model_id, resume = _model_id(body), _flag(body, "resume")
         row = store.get_model(model_id)
-        config = _object(body, "training_config") if "training_config" in body else json.loads(row["config"])
+        if row["status"] == "completed" and not resume:
+            raise store.WrongStateError(f"Model {model_id!r} has already completed: send \"resume\": true to continue "
+                                        "it from its last.pt, or create a new model to train again.")
+        # the stored config (the plan's choices included) is the base; only the fields sent change
+        changes = _object(body, "training_config") if "training_config" in body else {}
+        config = config_with_changes(json.loads(row["config"]), changes)
         task_id = jobs.start_training(model_id, config, resume=resume)
     else:
         _fields(body, {"name", "dataset"}, {"training_config", "plan"})
@@ -232,7 +246,7 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
 def training_stop(request: Request, body: dict) -> tuple[int, dict]:
     """POST /training/stop ``{model_id}``: outcome ``stopping`` (a running run) or ``cancelled`` (a queued one)."""
     _fields(body, {"model_id"})
-    model_id = _text(body, "model_id")
+    model_id = _model_id(body)
     return 200, {"model_id": model_id, "outcome": jobs.stop_training(model_id)}
 
 
@@ -285,7 +299,7 @@ def inference_start(request: Request, body: dict) -> tuple[int, dict]:
             raise ApiError(400, "'which' chooses a checkpoint of 'model_id'; with 'checkpoint' leave it out.")
         checkpoint = str(allowed_path(body["checkpoint"], "checkpoint"))
     else:
-        model_id = _text(body, "model_id")
+        model_id = _model_id(body)
         if model_id == PRETRAINED_ID:
             checkpoint, model_id = str(PRETRAINED_PATH), None
             if body.get("postprocess") == "recommended":
@@ -331,6 +345,20 @@ def inference_status(request: Request, body: None) -> tuple[int, dict]:
     return 200, jobs.inference_status(request.path_params["job_id"])
 
 
+def inference_results(request: Request, body: None) -> tuple[int, Path]:
+    """GET /inference/results/{job_id}: the job's results.zip (masks, probability maps, stats.csv,
+    settings.json) as ``application/zip``; 409 while it is not written yet."""
+    job_id = request.path_params["job_id"]
+    status = jobs.inference_status(job_id)
+    if status["results_zip"] is None:
+        if status["status"] in store.JOB_ACTIVE_STATUSES:
+            raise store.WrongStateError(f"Job {job_id!r} is {status['status']}: its results zip is written when it "
+                                        "ends; ask again once GET /api/v1/inference/status says completed.")
+        raise store.WrongStateError(f"Job {job_id!r} ended {status['status']} without a results zip"
+                                    + (f" ({status['error']})" if status.get("error") else "") + ".")
+    return 200, Path(status["results_zip"])
+
+
 def inference_cancel(request: Request, body: dict) -> tuple[int, dict]:
     """POST /inference/cancel ``{job_id}``: outcome ``cancelled`` (a queued job) or ``cancelling`` (a running one)."""
     _fields(body, {"job_id"})
@@ -342,7 +370,7 @@ def prune(request: Request, body: dict) -> tuple[int, dict]:
     """POST /prune ``{[model_id, keep, inference_older_than, dry_run]}``: ``python -m engine prune``; answers
     ``{"removed": [{kind, owner, path, size_bytes}], "freed_bytes", "dry_run"}``."""
     _fields(body, set(), {"model_id", "keep", "inference_older_than", "dry_run"})
-    model_id = _text(body, "model_id") if "model_id" in body else None
+    model_id = _model_id(body) if "model_id" in body else None
     keep = body.get("keep")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
         raise ApiError(400, f"'keep' must be a whole number of 0 or more, not {json.dumps(keep)}.")
@@ -446,6 +474,9 @@ class _Guard:
                 log.exception("API request %s %s failed", request.method, request.url.path)
                 return _json_response(500, {"error": "The server failed on this request; the details are in the "
                                                      "dashboard's log."})
+            if isinstance(data, Path):  # a file to download (the results zip)
+                return FileResponse(data, media_type="application/zip", filename=f"{data.parent.name}_{data.name}",
+                                    headers={"Cache-Control": "no-store"})
             return _json_response(status, data)
 
         return endpoint
@@ -464,7 +495,8 @@ def api_routes(token: str | None = None) -> list[Route]:
              ("POST", "/training/stop", training_stop), ("GET", "/training/status/{model_id}", training_status),
              ("GET", "/models", models), ("GET", "/models/{model_id}/checkpoints", model_checkpoints),
              ("GET", "/checkpoints", checkpoints), ("POST", "/inference/start", inference_start),
-             ("GET", "/inference/status/{job_id}", inference_status), ("POST", "/inference/cancel", inference_cancel),
+             ("GET", "/inference/status/{job_id}", inference_status),
+             ("GET", "/inference/results/{job_id}", inference_results), ("POST", "/inference/cancel", inference_cancel),
              ("POST", "/prune", prune)]
     routes = [Route(PREFIX + path, guard.wrap(func, method), methods=[method]) for method, path, func in table]
 

@@ -7,6 +7,7 @@ synthetic images, 4 base channels).
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from engine.cli import main as cli_main
+from engine.training.config import TrainingConfig
 from engine.training.synthetic import make_synthetic_dataset
 from engine.imageio import encode_png
 from storage import db as store
@@ -161,7 +163,8 @@ def test_missing_token_says_where_the_token_is(api):
     ("/api/v1/training/stop", b'{"model_id": ', "application/json", 400),
     ("/api/v1/training/stop", b'\xff\xfe', "application/json", 400),
     ("/api/v1/training/stop", b'["x"]', "application/json", 400),
-    ("/api/v1/training/stop", b'{"model_id": 5}', "application/json", 400),
+    ("/api/v1/training/stop", b'{"model_id": true}', "application/json", 400),
+    ("/api/v1/training/stop", b'{"model_id": 2.5}', "application/json", 400),
     ("/api/v1/training/stop", b'{"model_id": "x", "force": true}', "application/json", 400),
     ("/api/v1/training/stop", b'{}', "application/json", 400),
     ("/api/v1/training/start", b'{"model_id": "x", "resume": "yes"}', "application/json", 400),
@@ -339,6 +342,97 @@ def test_a_completed_model_continues_with_resume(api):
     assert status == 202
     assert body["task_id"] == store.get_model(model_id)["task_id"]
     assert [m["epoch"] for m in store.model_metrics(model_id)] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def resumed(api) -> tuple[str, int, dict]:
+    """A model trained one epoch with settings far from the defaults, then continued with the README's
+    body, which sends only the new epoch limit: (model id, HTTP status of the resume, its row's config)."""
+    first = {**TINY, "epochs": 1, "val_fraction": 0.5, "max_minutes": 30.0}
+    model_id = api.call("POST", "/api/v1/training/start",
+                        {"name": "resume-me", "dataset": "datasets/synth", "training_config": first})[1]["model_id"]
+    wait_for(lambda: store.get_model(model_id)["status"] == "completed", 60, 0.1, "the first run")
+    status, body = api.call("POST", "/api/v1/training/start",
+                            {"model_id": model_id, "resume": True, "training_config": {"epochs": 2}})
+    wait_for(lambda: store.get_model(model_id)["status"] in ("completed", "failed"), 60, 0.1, "the continued run")
+    return model_id, status, json.loads(store.get_model(model_id)["config"])
+
+
+def test_resume_over_the_api_is_accepted_with_only_the_epochs(api, resumed):
+    assert resumed[1] == 202
+
+
+@pytest.mark.parametrize("field, expected", [
+    ("epochs", 2),  # the one field sent
+    ("base_channels", 4), ("depth", 2), ("patch_size", 32), ("batch_size", 2), ("steps_per_epoch", 3),
+    ("val_fraction", 0.5), ("max_minutes", 30.0), ("num_threads", 1),  # every other one as stored
+])
+def test_resume_over_the_api_changes_only_the_fields_sent(api, resumed, field, expected):
+    assert resumed[2][field] == expected
+
+
+def test_resume_over_the_api_continues_the_curve(api, resumed):
+    assert [m["epoch"] for m in store.model_metrics(resumed[0])] == [1, 2]
+
+
+def test_a_restart_keeps_the_stored_settings_it_was_not_sent(api):
+    model_id = store.create_model("restart-me", {**TINY, "epochs": 3}, str(api.home / "datasets" / "synth"))
+    status, _ = api.call("POST", "/api/v1/training/start", {"model_id": model_id, "training_config": {"epochs": 1}})
+    config = json.loads(store.get_model(model_id)["config"])
+    wait_for(lambda: store.get_model(model_id)["status"] in ("completed", "failed"), 60, 0.1, "the run to end")
+    assert status == 202
+    assert config == {**TrainingConfig.from_dict(TINY).to_dict(), "epochs": 1}  # all as stored, but the epochs
+
+
+def test_a_model_id_may_be_a_number(api):
+    status, answer = api.call("POST", "/api/v1/training/start", {"model_id": 123, "training_config": {"epochs": 2}})
+    assert status == 404
+    assert "'123'" in answer["error"]
+
+
+def test_the_conflict_says_how_to_resume_in_json(api, trained):
+    assert '"resume": true' in api.call("POST", "/api/v1/training/start", {"model_id": trained})[1]["error"]
+
+
+def download(api, path: str, token: str | None = "") -> tuple[int, str, bytes]:
+    """GET ``path`` as bytes: (status, content type, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={} if token is None else {"Authorization": f"Bearer {token or api.token}"})
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def finished_job(api) -> str:
+    job_id = api.call("POST", "/api/v1/inference/start", {"model_id": "baseline", "input": "datasets/synth/images"})[1]
+    return wait_job(api, job_id["job_id"])["job_id"]
+
+
+def test_the_results_zip_downloads_over_the_api(api, finished_job):
+    status, kind, data = download(api, f"/api/v1/inference/results/{finished_job}")
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert (status, kind) == (200, "application/zip")
+    assert "settings.json" in names
+    assert len([n for n in names if n.startswith("masks/")]) == 4
+
+
+@pytest.mark.parametrize("token, job, expected", [
+    (None, "{job}", 401),              # still needs the token
+    ("", "no-such-job", 404),
+])
+def test_the_results_download_is_refused_without_token_or_job(api, finished_job, token, job, expected):
+    assert download(api, f"/api/v1/inference/results/{job.format(job=finished_job)}", token=token)[0] == expected
+
+
+def test_the_results_of_a_queued_job_are_a_conflict(api):
+    job_id = store.create_inference_job("baseline", str(api.home / "datasets" / "synth" / "images"), {})
+    status, _, data = download(api, f"/api/v1/inference/results/{job_id}")
+    api.call("POST", "/api/v1/inference/cancel", {"job_id": job_id})
+    assert status == 409
+    assert b"ask again" in data
 
 
 @pytest.mark.parametrize("body, expected", [

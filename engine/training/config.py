@@ -145,6 +145,26 @@ CHOICES = {
 ARCHITECTURE_KEYS = ("base_channels", "depth", "channel", "clahe", "normalization")
 
 
+def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The settings a restarted or continued run trains with: its stored config (what the plan chose
+    included) with only the fields in ``changes`` replaced; a field not sent keeps its stored value.
+
+    Args:
+        stored: the run's config as its registry row holds it (a ``TrainingConfig`` dict).
+        changes: the fields the caller sent, e.g. ``{"epochs": 40}``.
+    Returns:
+        A validated ``TrainingConfig`` dict.
+    Raises:
+        ValueError: ``changes`` is not an object, names an unknown option, or makes an invalid config
+            (the sentence names the option).
+    """
+    if not isinstance(changes, dict):
+        raise ValueError(f"The changed training options must be a JSON object such as {{\"epochs\": 40}}, "
+                         f"not {type(changes).__name__}.")
+    base = {k: v for k, v in (stored or {}).items() if k in _FIELD_TYPES}  # a retired option is dropped
+    return TrainingConfig.from_dict(base).with_updates(**changes).to_dict()
+
+
 def _known() -> str:
     return "known options are " + ", ".join(_FIELD_TYPES) + "."
 
