@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.components import ENTRYPOINT_RAN, configure_logging
+from pages.components import ENTRYPOINT_RAN, configure_logging, keep_page_inputs
 
 # The tab icon is a file shipped here: a material icon as favicon is fetched from a font server on the
 # internet, which a dashboard that must work offline cannot rely on.
@@ -53,6 +53,7 @@ pg = st.navigation(
     ]
 )
 st.session_state[ENTRYPOINT_RAN] = True  # the pages know they run under this navigation (pages.components)
+keep_page_inputs()  # a page's inputs survive a visit to another page
 warm_up = warm_up_imports()
 if pg.url_path != overview.url_path:
     # Other pages import the engine themselves; two threads importing the same modules at once

@@ -87,6 +87,26 @@ def _log_path() -> str:
 
 ENTRYPOINT_RAN = "app__entrypoint_ran"  # session-state flag app.py sets on every run, before its page runs
 
+# The inputs a page keeps for the browser session: widget keys, or prefixes ending in "_" (never a button's
+# or an uploader's key: their values cannot be set; uploads are kept by upload_images).
+KEPT_INPUTS = ("train_name", "train_source", "train_registered", "train_folder", "train_synth_n", "train_synth_size",
+               "train_synth_seed", "train_smoothing", "train_cfg_",
+               "inf_model", "inf_ckpt_", "inf_pick", "inf_fov_choice", "inf_scale", "inf_scale_factor",
+               "inf_batch_kind", "inf_batch_folder", "mi_ckpt", "mi_pick", "mi_fov_choice", "mi_scale",
+               "mi_scale_factor", "pp_fov_choice", "models_compare")
+
+
+def keep_page_inputs() -> None:
+    """Keep what was typed and chosen on a page when another page is shown (app.py calls it before every page).
+
+    Streamlit drops a widget's value at the end of a run that did not draw it, so the Train form came back
+    empty after a look at Models. Re-assigning the value through session state, before any page draws,
+    makes it the session's own (Streamlit's documented way to keep widget values across pages)."""
+    state = st.session_state
+    for name in list(state.keys()):
+        if any(name == kept or (kept.endswith("_") and name.startswith(kept)) for kept in KEPT_INPUTS):
+            state[name] = state[name]
+
 
 def _leave_legacy_multipage_mode(page_file: str) -> None:
     """Make a page that was run without app.py go through app.py.
@@ -168,15 +188,57 @@ def decode_upload(file, kind: str = "image") -> Upload:
     return Upload(file.name, digest, array, note)
 
 
+@dataclass(frozen=True)
+class KeptFile:
+    """An uploaded file kept for the browser session (an ``UploadedFile``'s ``name`` and ``getvalue()``)."""
+
+    name: str
+    data: bytes
+
+    def getvalue(self) -> bytes:
+        return self.data
+
+
+def _kept_uploads(key: str, files: list) -> list:
+    """The files of uploader ``key``: those it holds, else the ones kept from an earlier visit of the page.
+
+    Streamlit forgets what an uploader held once a run draws another page; the files are kept here, and
+    an uploader found without state (the page was left and opened again) shows them again until the user
+    uploads others or removes them."""
+    state, kept, restored = st.session_state, f"{key}__kept_files", f"{key}__restored"
+    if files:
+        state[kept] = [KeptFile(f.name, f.getvalue()) for f in files]
+        state.pop(restored, None)
+        return files
+    if state.get(restored) or (state.get(f"{key}__was_drawn") is False and state.get(kept)):
+        state[restored] = True
+        names = ", ".join(f.name for f in state[kept])
+        a, b = st.columns([4, 1], vertical_alignment="center")
+        a.caption(f"Kept from your last visit to this page: {names}. Upload others to replace them.")
+        b.button("Remove them", key=f"{key}__forget", on_click=_forget_uploads, args=(key,))
+        return list(state[kept])
+    state.pop(kept, None)  # the user removed them from the uploader
+    return []
+
+
+def _forget_uploads(key: str) -> None:
+    for suffix in ("__kept_files", "__restored"):
+        st.session_state.pop(f"{key}{suffix}", None)
+
+
 def upload_images(label: str, *, key: str, kind: str = "image", multiple: bool = False, help: str | None = None) -> list[Upload]:
-    """File uploader for images (``kind='image'``) or masks (``kind='mask'``).
+    """File uploader for images (``kind='image'``) or masks (``kind='mask'``); what it held is kept for the
+    browser session, so a photograph stays after a visit to another page.
 
     Bad files are reported with ``st.error`` (one sentence each) and left out of the result; a file
-    whose bytes equal an earlier one's is listed once.
+    whose bytes equal an earlier one's is listed once (with a note).
     """
+    # the uploader's own state is dropped when another page was drawn: then the kept files come back
+    st.session_state[f"{key}__was_drawn"] = key in st.session_state
     files = st.file_uploader(label, type=IMAGE_TYPES, key=key, accept_multiple_files=multiple, help=help)
     files = files if isinstance(files, list) else ([files] if files is not None else [])
-    uploads, seen = [], set()
+    files = _kept_uploads(key, files)
+    uploads, seen = [], {}
     for file in files:
         try:
             with st.spinner(f"Reading {file.name}…"):
@@ -185,8 +247,9 @@ def upload_images(label: str, *, key: str, kind: str = "image", multiple: bool =
             st.error(str(exc))
             continue
         if upload.digest in seen:  # the same file chosen twice is one image
+            st.caption(f"{file.name} holds the same image as {seen[upload.digest]}: it is used once.")
             continue
-        seen.add(upload.digest)
+        seen[upload.digest] = file.name
         if upload.note:
             st.info(upload.note)
         uploads.append(upload)
@@ -397,12 +460,40 @@ def _reset(key: str, d: dict) -> None:
     st.session_state[f"{key}__config"] = d
     for field, value in d.items():
         st.session_state[_wkey(key, field)] = value
+    _settings_changed(key)
 
 
 def _slider(key, field, label, lo, hi, step, help, disabled=False):
     value = st.session_state.get(_wkey(key, field), lo)
     hi = max(hi, value)  # a preset beyond the usual range still fits
-    return st.slider(label, lo, hi, step=step, key=_wkey(key, field), help=help, disabled=disabled)
+    return st.slider(label, lo, hi, step=step, key=_wkey(key, field), help=help, disabled=disabled,
+                     on_change=_settings_changed, args=(key,))
+
+
+def _settings_changed(key: str) -> None:
+    """Every control's on_change: with fragments linked to the tuner (``postprocess_tuner(linked=…)``, such as
+    the batch section's sentence), re-run them with the tuner, so whatever describes the settings shows the
+    new ones at once; without, the control's own fragment re-runs as usual."""
+    linked = st.session_state.get(f"{key}__linked")
+    if linked:
+        st.rerun([f"{key}__tuner", *linked])
+
+
+def tuner_settings(key: str) -> PostProcessConfig | None:
+    """The settings the controls of tuner ``key`` show now, read from their widgets' state (so a fragment
+    outside the tuner sees a move at once); None before the tuner was drawn or while they do not go together."""
+    state = st.session_state
+    base = state.get(f"{key}__config")
+    if base is None:
+        return None
+    values = {f: state[_wkey(key, f)] for f in base if _wkey(key, f) in state}
+    for field in ("threshold_mode", "connectivity"):  # segmented controls can be cleared
+        if values.get(field) is None:
+            values[field] = base[field]
+    try:
+        return PostProcessConfig.from_dict({**base, **values})
+    except ValueError:
+        return None
 
 
 def _controls(key: str, base: dict) -> PostProcessConfig:
@@ -413,9 +504,10 @@ def _controls(key: str, base: dict) -> PostProcessConfig:
             sentence saying which value to change.
     """
     v = {}
+    cb = {"on_change": _settings_changed, "args": (key,)}
     with st.expander("Threshold", expanded=True):
         v["threshold_mode"] = st.segmented_control(
-            "Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"), required=True,
+            "Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"), required=True, **cb,
             help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
                  "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too.")
         mode = v["threshold_mode"] or "fixed"
@@ -425,26 +517,26 @@ def _controls(key: str, base: dict) -> PostProcessConfig:
                                       "Faint pixels at or above this are kept when connected to a confident one.",
                                       disabled=mode != "hysteresis")
     with st.expander("Morphology", expanded=True):
-        v["apply_opening"] = st.toggle("Opening (remove specks, thin bridges)", key=_wkey(key, "apply_opening"))
-        v["opening_kernel"] = st.select_slider("Opening kernel (px)", _KERNELS, key=_wkey(key, "opening_kernel"),
+        v["apply_opening"] = st.toggle("Opening (remove specks, thin bridges)", key=_wkey(key, "apply_opening"), **cb)
+        v["opening_kernel"] = st.select_slider("Opening kernel (px)", _KERNELS, key=_wkey(key, "opening_kernel"), **cb,
                                                help="Odd side of the structuring element; larger removes more.",
                                                disabled=not v["apply_opening"])
-        v["apply_closing"] = st.toggle("Closing (fill small gaps)", key=_wkey(key, "apply_closing"))
-        v["closing_kernel"] = st.select_slider("Closing kernel (px)", _KERNELS, key=_wkey(key, "closing_kernel"),
+        v["apply_closing"] = st.toggle("Closing (fill small gaps)", key=_wkey(key, "apply_closing"), **cb)
+        v["closing_kernel"] = st.select_slider("Closing kernel (px)", _KERNELS, key=_wkey(key, "closing_kernel"), **cb,
                                                help="Odd side of the structuring element; larger joins farther "
                                                     "fragments.", disabled=not v["apply_closing"])
-        v["kernel_shape"] = st.selectbox("Kernel shape", ["ellipse", "cross", "rect"], key=_wkey(key, "kernel_shape"))
+        v["kernel_shape"] = st.selectbox("Kernel shape", ["ellipse", "cross", "rect"], key=_wkey(key, "kernel_shape"), **cb)
     with st.expander("Components", expanded=True):
         v["min_component_size"] = _slider(key, "min_component_size", "Minimum component (px)", 0, 2000, 5,
                                           "Connected pieces smaller than this are removed; 0 switches the filter "
                                           "off. Start at 50.")
-        v["connectivity"] = st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"), required=True,
+        v["connectivity"] = st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"), required=True, **cb,
                                                  help="8 joins pixels that touch at a corner; 4 only along edges.")
         v["confidence_threshold"] = _slider(key, "confidence_threshold", "Component confidence", 0.0, 1.0, 0.01,
                                             "A piece is removed when its mean probability is below this; 0 switches "
                                             "the filter off.")
     with st.expander("Shape and holes"):
-        v["shape_filter"] = st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"))
+        v["shape_filter"] = st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"), **cb)
         v["min_elongation"] = _slider(
             key, "min_elongation", "Minimum length / width", 1.0, 20.0, 0.5,
             "Pieces shorter than this many times their width are removed, whatever their size: a disc "
@@ -583,6 +675,7 @@ def postprocess_tuner(
     file_stem: str = "image",
     fov_scope: str = "inside the field of view",
     reset_label: str = "Reset to the defaults",
+    linked: tuple[str, ...] = (),
 ) -> PostProcessConfig:
     """Sliders and toggles for every post-processing option, the image, the probability heatmap,
     the mask overlaid on the image (removed pixels in a second colour), statistics, metrics when
@@ -594,7 +687,9 @@ def postprocess_tuner(
     Returns the settings the mask on screen is made with: those the controls show, or the last valid
     ones while the controls show settings that do not go together (the view then says why). A slider
     move re-runs only the tuner, so code after the call sees a move on its page's next full run (the
-    click of a button outside the tuner is one).
+    click of a button outside the tuner is one). ``linked`` names fragments (``st.fragment(key=…)``) drawn
+    on the same page that show what the settings do; they re-run with the tuner on every move and read the
+    settings with ``tuner_settings(key)``.
     """
     if prob_map.shape[:2] != image_rgb.shape[:2]:
         raise ValueError(
@@ -611,6 +706,7 @@ def postprocess_tuner(
     # One fragment holds the controls and the view: a slider re-runs only it. (Two fragments, the
     # controls' callbacks re-running the view with st.rerun(<key>), measured slower in the browser.)
     st.session_state.setdefault(f"{key}__holder", {})
+    st.session_state[f"{key}__linked"] = list(linked)
     config = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope,
                                                                  reset_label)
     _downloads(key, file_stem)

@@ -9,7 +9,8 @@ from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_avail
 from engine.vesselness import BASELINE_NAME
 from pages.components import (BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query,
                               run_page, val_dice_words)
-from pages.inference_widgets import batch_controls, batch_jobs, checkpoint_label, monitor_of, start_from, workspace
+from pages.inference_widgets import (batch_controls, batch_jobs, batch_sentence_key, checkpoint_label, monitor_of,
+                                    start_from, workspace)
 
 PRETRAINED_SOURCE = str(PRETRAINED_PATH)  # a path, so it can never be mistaken for a model id
 
@@ -44,7 +45,8 @@ def main() -> None:
         if model and model.get("recommended_postprocess"):
             recommended = json.loads(model["recommended_postprocess"])
     start = start_from(model, "inf", recommended, scope=model_id)
-    scale, tuned = workspace(source, key="inf", start=start)  # None, None while no image is on screen
+    # scale and tuned are None while no image is on screen
+    scale, tuned = workspace(source, key="inf", start=start, linked=(batch_sentence_key("inf"),))
     st.divider()
     batch_controls(source, None if model is None else model["id"], "inf", start, scale, tuned)
     batch_jobs("inf")

@@ -30,6 +30,7 @@ from pages.components import (
     postprocess_tuner,
     probability_map,
     query,
+    tuner_settings,
     upload_image,
     upload_images,
 )
@@ -226,8 +227,10 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
     return StartPoint(config, pick, words)
 
 
-def workspace(source: str, *, key: str, start: StartPoint) -> tuple[str | float | None, PostProcessConfig | None]:
-    """Upload images, pick one to tune on, optional ground truth, the tuner, and all masks as a zip.
+def workspace(source: str, *, key: str, start: StartPoint, linked: tuple[str, ...] = ()
+              ) -> tuple[str | float | None, PostProcessConfig | None]:
+    """Upload images, pick one to tune on, optional ground truth, the tuner (re-running the ``linked``
+    fragments with it), and all masks as a zip.
     Returns (the image scale the page uses: ``"auto"``, ``"none"`` or a factor; the settings the tuner's
     mask is made with), both None while no image is uploaded (no tuner on screen)."""
     images = upload_images("Fundus images", key=f"{key}_images", multiple=True,
@@ -252,7 +255,8 @@ def workspace(source: str, *, key: str, start: StartPoint) -> tuple[str | float 
     prob = probability_map(source, image, fov.mask, scale)
     st.caption(scale_note(source, image.array, fov.mask, scale))
     config = postprocess_tuner(prob, image.array, key=f"{key}_tuner", defaults=start.config, fov=fov.mask, truth=truth,
-                               file_stem=image.stem, fov_scope=fov.scope, reset_label=f"Reset to: {start.label}")
+                               file_stem=image.stem, fov_scope=fov.scope, reset_label=f"Reset to: {start.label}",
+                               linked=linked)
     if len(images) > 1:  # the others: the tuned image's field-of-view choice, with their own estimate
         fovs = [fov if u is image else default_fov(u, fov.choice) for u in images]
         maps = [(name, probability_map(source, u, f.mask, scale), f.mask)  # cached
@@ -301,6 +305,21 @@ def stored_upload_name(name: str) -> str:
 SCALE_WORDS = {"auto": "the scale is automatic", "none": "each image is used at its own size"}
 
 
+def batch_sentence_key(key: str) -> str:
+    """The key of the fragment that says what a batch job will do; the tuner re-runs it on every move."""
+    return f"{key}__batch_sentence"
+
+
+def _batch_sentence(tuner_key: str | None, config: PostProcessConfig, words: str, scale: str | float) -> None:
+    """What a click on Run on all images does, with the tuner's settings as they are now (``tuner_key``), else
+    ``config``: a fragment that re-runs with the tuner, so it never describes the settings of a move before."""
+    config = (tuner_settings(tuner_key) if tuner_key else None) or config
+    sentence = settings_sentence(config)
+    scaled = SCALE_WORDS.get(scale) or f"each image is resized ×{scale:.2f}"
+    st.caption(f"Every image is processed {words}: {sentence[0].lower()}{sentence[1:]} Each image's field of view "
+               f"is estimated from it, and {scaled}.")
+
+
 def batch_controls(source: str, model_id: str | None, key: str, start: StartPoint, scale: str | float | None,
                    tuned: PostProcessConfig | None) -> None:
     """Queue a batch job over a folder or a zip with the settings the page shows: the tuner's (``tuned``) and
@@ -314,10 +333,8 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
         config, words = tuned or start.config or PostProcessConfig(), "with the settings on screen"
     else:
         config, words, scale = start.config or PostProcessConfig(), start.words, "auto"
-    sentence = settings_sentence(config)
-    scaled = SCALE_WORDS.get(scale) or f"each image is resized ×{scale:.2f}"
-    st.caption(f"Every image is processed {words}: {sentence[0].lower()}{sentence[1:]} Each image's field of view "
-               f"is estimated from it, and {scaled}.")
+    st.fragment(_batch_sentence, key=batch_sentence_key(key))(f"{key}_tuner" if tuned is not None else None, config,
+                                                             words, scale)
     kind = st.radio("Images to process", ["Folder path", "Zip upload"], key=f"{key}_batch_kind", horizontal=True)
     folder, upload = None, None
     if kind == "Folder path":

@@ -11,7 +11,7 @@ from pages.train_widgets import (
     first_usable,
     form_defaults,
     generate_synthetic,
-    measure_callback,
+    measure_plan,
     plan_line,
     registered_datasets,
     release_start_button,
@@ -132,20 +132,26 @@ def main() -> None:
     dataset = choose_dataset()
     st.session_state["train_dataset"] = dataset
     usable = bool(dataset) and show_summary(dataset)
-    with st.form("train_form"):
+    # Not an st.form: a form sends what was typed only when submitted, so a name or a time budget typed
+    # before visiting another page was lost. Each field reaches the server as it is left, and the page's
+    # inputs are kept for the browser session (pages.components.keep_page_inputs).
+    with st.container(border=True):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
         values = training_form(defaults)
-        # The run is queued inside the button's callback with the key this form was drawn with; the
+        # The run is queued inside the button's callback with the key the form was drawn with; the
         # registry creates one run per key (in one transaction), so the second click of a double click,
         # whenever the server sees it, finds the first run. The button is drawn disabled for a few
         # seconds after a run was queued, and only then gets a new key.
         held = start_button_held()
         submission_key(held)
-        st.form_submit_button("Start training", type="primary", key="train_start", disabled=not usable or held,
-                              on_click=submit_callback, args=(defaults,),
-                              help="One click queues one run: a double click does not queue it twice.")
-        st.form_submit_button("Measure this machine", key="train_measure", disabled=not usable,
-                              on_click=measure_callback, args=(defaults,))
+        a, b = st.columns(2)
+        a.button("Start training", type="primary", key="train_start", disabled=not usable or held,
+                 on_click=submit_callback, args=(defaults,), width="stretch",
+                 help="One click queues one run: a double click does not queue it twice.")
+        if b.button("Measure this machine", key="train_measure", disabled=not usable, width="stretch"):
+            # in the script body, not a callback: the spinner shows while the steps are timed
+            with st.spinner("Measuring this machine: timing a few training steps…", show_time=True):
+                measure_plan(defaults)
     plan_line(defaults, dataset, values)
     submit_message()
     monitor()

@@ -16,7 +16,7 @@ from pages.charts import curves_figure
 from pages.components import (age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text,
                               val_dice_words)
 from storage import paths
-from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_progress
+from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_budget_s, run_progress
 
 # Field -> (group, help). Fields not listed go to "Advanced". Help says what a value does and its usual range.
 GROUPS = ("Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced")
@@ -56,7 +56,8 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "min_learning_rate": ("Early stopping and LR", "Floor of the cosine schedule."),
     "plateau_factor": ("Early stopping and LR", "plateau: multiply the LR by this when stuck."),
     "plateau_patience": ("Early stopping and LR", "plateau: epochs without improvement before lowering the LR."),
-    "max_minutes": ("Early stopping and LR", "Wall-clock budget in minutes; 0 = none."),
+    "max_minutes": ("Basics", "Minutes of training; the run ends when they are used up. 0 = no time limit, the "
+                              "epochs end it. Measure this machine then sizes the run to fit them."),
     "base_channels": ("Advanced", "Channels of the first U-Net level (doubling per level); more channels learn "
                                   "finer detail and take longer per step."),
     "depth": ("Advanced", "Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
@@ -126,8 +127,8 @@ def form_defaults() -> TrainingConfig:
 
 def training_form(defaults: TrainingConfig) -> dict:
     """Every TrainingConfig option, grouped, opening on ``defaults``; returns the values the form shows, by
-    field name (checked when TrainingConfig is made of them). Inside ``st.form`` they are the values of the
-    last submission: edits count when Start training or Measure this machine is clicked."""
+    field name (checked when TrainingConfig is made of them): the
+    values the widgets hold now."""
     values = {}
     by_group = {g: [] for g in GROUPS}
     for f in dataclasses.fields(TrainingConfig):
@@ -252,7 +253,7 @@ def _plan_key(dataset: str | None, changed: dict) -> str:
     return json.dumps([dataset, changed], sort_keys=True, default=str)
 
 
-def measure_callback(defaults: TrainingConfig) -> None:
+def measure_plan(defaults: TrainingConfig) -> None:
     """"Measure this machine": plan the form's run for this machine and its time budget, keeping the
     fields the user changed; the plan is kept for this data set and these changes until they change."""
     from engine.training.planner import plan_for_folder
@@ -447,38 +448,55 @@ def continue_controls(row: dict, key: str) -> None:
         return
     config = json.loads(row["config"])
     saved, patience, budget = point["epoch"], config.get("early_stopping_patience", 0), config.get("max_minutes", 0)
-    fields = {"epochs": max(saved + 1, config["epochs"] if config["epochs"] > saved else 2 * saved)}
-    if patience and point["wait"] >= patience:
-        fields["early_stopping_patience"] = point["wait"] + patience
-    if budget and point["minutes"] >= budget:
-        fields["max_minutes"] = round(point["minutes"] + budget, 1)
     with st.form(f"{key}_form_{mid}", border=False):
-        st.markdown(f"**Continue training** from last.pt (epoch {saved}): the curves, the optimiser, the schedule "
-                    "and early stopping carry on.")
+        st.markdown(f"**Continue training** from last.pt (epoch {saved}, {age_text(point['minutes'] * 60)} trained): "
+                    "the curves, the optimiser, the schedule and early stopping carry on.")
         cols = st.columns(3)
-        cols[0].number_input("Train until epoch", min_value=saved + 1, max_value=100_000, step=1,
-                             value=fields["epochs"], key=f"{key}_epochs_{mid}",
-                             help="Raise it to train longer than the original limit; with the cosine schedule "
-                                  "the learning rate follows the new length from here.")
-        if "early_stopping_patience" in fields:
+        if budget:  # a run with a time budget: asked in minutes, the epoch limit follows (more_time_changes)
+            plan = json.loads(row["plan"]) if row.get("plan") else {}
+            more = float((plan or {}).get("max_minutes") or budget)
+            cols[0].number_input("More minutes of training", min_value=0.1, max_value=10_080.0, value=more, step=0.5,
+                                 format="%g", key=f"{key}_more_minutes_{mid}",
+                                 help="How much longer it trains from here; the run ends when that time is up.")
+        else:
+            fields = {"epochs": max(saved + 1, config["epochs"] if config["epochs"] > saved else 2 * saved)}
+            cols[0].number_input("Train until epoch", min_value=saved + 1, max_value=100_000, step=1,
+                                 value=fields["epochs"], key=f"{key}_epochs_{mid}",
+                                 help="Raise it to train longer than the original limit; with the cosine schedule "
+                                      "the learning rate follows the new length from here.")
+        if patience and point["wait"] >= patience:
             cols[1].number_input("Early-stopping patience", min_value=point["wait"] + 1, max_value=100_000, step=1,
-                                 value=fields["early_stopping_patience"], key=f"{key}_early_stopping_patience_{mid}",
+                                 value=point["wait"] + patience, key=f"{key}_early_stopping_patience_{mid}",
                                  help=f"It stopped after {point['wait']} epochs without improvement; allow more.")
-        if "max_minutes" in fields:
-            cols[2].number_input("Time budget (minutes)", min_value=0.0, value=fields["max_minutes"],
-                                 key=f"{key}_max_minutes_{mid}", help="Its time budget is spent; 0 = no budget.")
         st.form_submit_button("Continue training", key=f"{key}_go_{mid}", on_click=_continue,
-                              args=(mid, config, key, fields))
+                              args=(mid, config, key, point))
 
 
-def _continue(model_id: str, config: dict, key: str, fields: dict) -> None:
-    from engine.jobs import start_training
+def continue_changes(model_id: str, config: dict, key: str, point: dict) -> dict:
+    """The fields the Continue form changes, from its widgets' values: more minutes for a run with a time
+    budget (its total budget and epoch limit follow), else the epoch to train until; the patience when shown."""
+    from engine.training.config import more_time_changes
 
     s = st.session_state
-    updates = {name: type(default)(s.get(f"{key}_{name}_{model_id}", default)) for name, default in fields.items()}
+    if config.get("max_minutes"):
+        changes = more_time_changes(config, point["minutes"], point["epoch"],
+                                    float(s[f"{key}_more_minutes_{model_id}"]))
+    else:
+        changes = {"epochs": int(s[f"{key}_epochs_{model_id}"])}
+    if f"{key}_early_stopping_patience_{model_id}" in s:
+        changes["early_stopping_patience"] = int(s[f"{key}_early_stopping_patience_{model_id}"])
+    return changes
+
+
+def _continue(model_id: str, config: dict, key: str, point: dict) -> None:
+    from engine.jobs import start_training
+    from engine.training.config import config_with_changes
+
+    s = st.session_state
     recent = time.monotonic() - s.get(f"{key}_queued_{model_id}", -1e9) < 15
     try:
-        start_training(model_id, {**config, **updates}, resume=True)
+        changes = continue_changes(model_id, config, key, point)
+        start_training(model_id, config_with_changes(config, changes), resume=True)
     except ValueError as exc:  # a second click of a double click finds the run queued already
         s[f"{key}_msg_{model_id}"] = ("info", "It was queued a moment ago; it was not queued twice.") if recent \
             else ("error", str(exc))
@@ -487,8 +505,10 @@ def _continue(model_id: str, config: dict, key: str, fields: dict) -> None:
         s[f"{key}_msg_{model_id}"] = ("error", "The run could not be queued because of an unexpected error; "
                                                "details are in logs/dashboard.log.")
     else:
-        s[f"{key}_msg_{model_id}"] = ("success", f"Queued: it continues up to epoch {updates['epochs']} as soon as "
-                                                 "the worker has a free slot (watch it on the Train page).")
+        how_long = (f"for {float(s[f'{key}_more_minutes_{model_id}']):g} more minutes" if config.get("max_minutes")
+                    else f"up to epoch {changes['epochs']}")
+        s[f"{key}_msg_{model_id}"] = ("success", f"Queued: it continues {how_long} as soon as the worker has a free "
+                                                 "slot (watch it on the Train page).")
         s["train_watch"], s[f"{key}_queued_{model_id}"] = model_id, time.monotonic()
     forget_queries()
 
@@ -500,6 +520,9 @@ def status_text(row: dict) -> str:
     """A run's status in words: a run the user stopped reads "stopped (by you) after epoch 2 of 5", not
     "completed" (the registry's status, which says it kept a best checkpoint)."""
     if row.get("stop_reason") == "user_stop" and row.get("status") in ("completed", "stopped"):
+        if run_budget_s(row) and row.get("trained_s") is not None:  # the budget, not the epoch limit, measures it
+            return (f"stopped (by you) after epoch {row.get('epochs_run') or 0}, {age_text(row['trained_s'])} of "
+                    f"{age_text(run_budget_s(row))} trained")
         return f"stopped (by you) after epoch {row.get('epochs_run') or 0} of {row.get('total_epochs') or '?'}"
     return row.get("status") or ""
 
@@ -523,9 +546,14 @@ def run_monitor(row: dict, smoothing: float) -> None:
     st.subheader(f"{row['name']} · {shown}" + (f" ({stop_reason_text(row['stop_reason'])})"
                                                if row.get("stop_reason") and shown == status else ""))
     if status in TRAINING_STATUSES:
-        st.progress(run_progress(row) or 0.0,
-                    text=f"epoch {epoch} / {total}, batch {row.get('batch') or 0} / {row.get('batches') or '?'}, "
-                         f"ETA {age_text(row.get('eta_s'))}")
+        batch = f"batch {row.get('batch') or 0} / {row.get('batches') or '?'}"
+        budget = run_budget_s(row)
+        if budget:  # the time budget ends the run, not the epoch limit the plan raised past it
+            text = (f"{age_text(row.get('trained_s'))} of {age_text(budget)} trained, epoch {epoch}, {batch}, "
+                    f"ETA {age_text(row.get('eta_s'))}")
+        else:
+            text = f"epoch {epoch} / {total}, {batch}, ETA {age_text(row.get('eta_s'))}"
+        st.progress(run_progress(row) or 0.0, text=text)
     elif status == "queued":
         st.info("Waiting for the worker to start it.")
     elif status == "failed" and row.get("error"):

@@ -130,3 +130,10 @@ def training_plan(db: Database) -> None:
     """A run records the plan that chose its patch size, batch size, precision and epochs for the machine
     and the time budget (``engine.training.planner.Plan.to_dict()`` as JSON); NULL for a run that was not planned."""
     db["models"].add_column("plan", str)
+
+
+@MIGRATIONS(name="0005_trained_seconds")
+def trained_seconds(db: Database) -> None:
+    """Seconds a run has trained, every round of a continued run counted (the worker writes it as it trains):
+    the progress of a run with a time budget is this share of its budget, not of its epoch limit."""
+    db["models"].add_column("trained_s", float)

@@ -434,3 +434,59 @@ def test_the_time_budget_caps_the_eta(home):
     recorder({"type": "batch", "epoch": 1, "step": 1, "steps": 100, "loss": 1.0})
     clock.now += 10  # 1 s a step would need 289 s more, but the budget ends 110 s from now
     assert recorder.eta(1, 11) == pytest.approx(110)
+
+
+def test_a_continued_run_s_eta_counts_the_minutes_it_trained_before(home):
+    from engine.jobs import ProgressRecorder
+    from storage import db as store
+
+    clock = Clock()
+    recorder = ProgressRecorder(store.create_model("eta", {}, str(home)), store.connect(), max_minutes=2, clock=clock)
+    recorder({"type": "start", "start_epoch": 4, "total_epochs": 60, "steps_per_epoch": 100, "elapsed_before": 80.0})
+    recorder({"type": "batch", "epoch": 4, "step": 1, "steps": 100, "loss": 1.0})
+    clock.now += 10  # 80 s trained before and 10 s now: 30 s of the 2-minute budget are left
+    assert recorder.eta(4, 11) == pytest.approx(30)
+
+
+def test_the_recorder_writes_the_seconds_trained_in_all_rounds(home):
+    from engine.jobs import ProgressRecorder
+    from storage import db as store
+
+    clock, model_id = Clock(), store.create_model("trained", {}, str(home))
+    recorder = ProgressRecorder(model_id, store.connect(), max_minutes=2, clock=clock)
+    recorder({"type": "start", "start_epoch": 4, "total_epochs": 60, "steps_per_epoch": 100, "elapsed_before": 80.0})
+    clock.now += 5
+    recorder({"type": "batch", "epoch": 4, "step": 100, "steps": 100, "loss": 1.0})
+    assert store.get_model(model_id)["trained_s"] == pytest.approx(85)
+
+
+@pytest.mark.parametrize("config, trained_s, expected", [
+    ({"max_minutes": 2.0}, 90.0, 0.75),   # budgeted: three quarters of the time spent, epoch 3 of 60
+    ({"max_minutes": 2.0}, None, 2.5 / 60),  # before the worker wrote the seconds: the epochs
+    ({"max_minutes": 0.0}, 90.0, 2.5 / 60),  # no budget: the epochs
+    ({"max_minutes": 2.0}, 500.0, 1.0),   # never above 1
+])
+def test_a_budgeted_run_s_progress_is_its_share_of_the_budget(config, trained_s, expected):
+    from storage.db import run_progress
+
+    row = {"status": "running", "total_epochs": 60, "epochs_run": 2, "current_epoch": 3, "batch": 20, "batches": 40,
+           "config": json.dumps(config), "trained_s": trained_s}
+    assert run_progress(row) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("trained, done, more, expected", [
+    (1.33, 3, 2.0, {"max_minutes": 3.33, "epochs": 60}),     # the stored 60 epochs are enough for 2 more minutes
+    (1.0, 10, 5.0, {"max_minutes": 6.0, "epochs": 86}),      # 0.1 min an epoch: 10 + 1.5 × 50 + 1
+])
+def test_more_time_raises_the_budget_by_the_minutes_asked(trained, done, more, expected):
+    from engine.training.config import more_time_changes
+
+    assert more_time_changes({"epochs": 60}, trained, done, more) == expected
+
+
+@pytest.mark.parametrize("more", [0, -1, "2", True])
+def test_more_time_must_be_a_positive_number(more):
+    from engine.training.config import more_time_changes
+
+    with pytest.raises(ValueError, match="above 0"):
+        more_time_changes({"epochs": 60}, 1.0, 2, more)

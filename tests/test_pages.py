@@ -614,6 +614,7 @@ def test_a_batch_runs_with_the_settings_the_page_shows(home, tmp_path, tuned, th
     if tuned:
         at.file_uploader(key="inf_images").set_value(("a.png", fundus_png(64)[0], "image/png")).run()
         at.slider(key="inf_tuner_threshold").set_value(threshold).run()
+        at.run()  # the move re-ran only the tuner and the batch sentence (fragments); a full run draws the rest
     at.text_input(key="inf_batch_folder").input(str(folder)).run()
     at.button(key="inf_batch_go").click().run()
     assert json.loads(db.list_inference_jobs()[0]["postprocess"])["threshold"] == pytest.approx(threshold)

@@ -88,6 +88,7 @@ class ProgressRecorder:
         self.max_minutes = max_minutes
         self.start_epoch, self.total_epochs, self.steps = 1, 1, 1
         self.started_at: float | None = None
+        self.elapsed_before = 0.0  # seconds a continued run trained before this start (its budget counts them)
         self.first_batch: tuple[float, int] | None = None  # (time, steps done) at the first batch report
         self.epochs_done = 0
         self._last_write = 0.0
@@ -104,8 +105,14 @@ class ProgressRecorder:
         per_step = (now - self.first_batch[0]) / (done - self.first_batch[1])
         left = max(0.0, per_step * (total - done))
         if self.max_minutes and self.started_at is not None:
-            left = min(left, max(0.0, self.started_at + self.max_minutes * 60 - now))
+            left = min(left, max(0.0, self.max_minutes * 60 - self.trained_s()))
         return left
+
+    def trained_s(self) -> float:
+        """Seconds the run has trained, the rounds before a resume included (0 before the start event)."""
+        if self.started_at is None:
+            return 0.0
+        return self.elapsed_before + self.clock() - self.started_at
 
     def __call__(self, event: dict) -> None:
         try:
@@ -119,6 +126,7 @@ class ProgressRecorder:
         update = lambda **f: store.update_model(self.model_id, db=self.conn, **f)  # noqa: E731
         if kind == "start":
             self.started_at = self.clock()
+            self.elapsed_before = float(event.get("elapsed_before") or 0.0)
             self.start_epoch, self.total_epochs = event["start_epoch"], event["total_epochs"]
             self.steps = max(1, event["steps_per_epoch"])
             resumed = {}
@@ -128,7 +136,7 @@ class ProgressRecorder:
                 resumed = dict(epochs_run=self.start_epoch - 1, best_epoch=event.get("best_epoch") or None,
                                best_metric=event.get("best_metric"), epochs_since_best=event.get("epochs_since_best"))
             update(total_epochs=self.total_epochs, batches=self.steps, current_epoch=self.start_epoch, batch=0,
-                   heartbeat_at=now, **resumed)
+                   heartbeat_at=now, trained_s=self.elapsed_before, **resumed)
         elif kind == "batch":
             if self.first_batch is None:
                 self.first_batch = (self.clock(), (event["epoch"] - self.start_epoch) * self.steps + event["step"])
@@ -136,14 +144,15 @@ class ProgressRecorder:
                 return
             self._last_write = self.clock()
             update(current_epoch=event["epoch"], batch=event["step"], batches=event["steps"],
-                   eta_s=self.eta(event["epoch"], event["step"]), heartbeat_at=now)
+                   eta_s=self.eta(event["epoch"], event["step"]), trained_s=self.trained_s(), heartbeat_at=now)
         elif kind == "epoch_end":
             self.epochs_done += 1
             store.log_epoch(self.model_id, event["epoch"], event["train_loss"], event["val_loss"], event["val_dice"],
                             event["lr"], event["seconds"], db=self.conn)
             fields = dict(epochs_run=event["epoch"], current_epoch=event["epoch"], best_epoch=event["best_epoch"],
                           best_metric=event["best_metric"], epochs_since_best=event["epochs_since_best"],
-                          patience=event["patience"], eta_s=self.eta(event["epoch"] + 1, 0), heartbeat_at=now)
+                          patience=event["patience"], eta_s=self.eta(event["epoch"] + 1, 0), trained_s=self.trained_s(),
+                          heartbeat_at=now)
             if event.get("is_best"):
                 fields["best_val_dice"] = event["val_dice"]
             update(**fields)

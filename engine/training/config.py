@@ -165,6 +165,33 @@ def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict
     return TrainingConfig.from_dict(base).with_updates(**changes).to_dict()
 
 
+def more_time_changes(config: dict[str, Any], trained_minutes: float, epochs_done: int,
+                      more_minutes: float) -> dict[str, Any]:
+    """The changes that continue a run with a time budget for ``more_minutes`` more minutes.
+
+    ``max_minutes`` is a run's total budget (the minutes trained before a resume count), so it becomes
+    ``trained_minutes + more_minutes``; ``epochs`` is raised, when needed, so that the time and not the
+    epoch limit ends the run (the planner's rule), assuming the epochs take as long as they did so far.
+
+    Args:
+        config: the run's stored config (a ``TrainingConfig`` dict).
+        trained_minutes: minutes the run has trained so far (its last.pt's ``elapsed_seconds`` / 60).
+        epochs_done: the epoch its last.pt holds.
+        more_minutes: how much longer to train, in minutes (greater than 0).
+    Returns:
+        ``{"max_minutes": …, "epochs": …}`` to pass to ``config_with_changes``.
+    Raises:
+        ValueError: ``more_minutes`` is not a positive number.
+    """
+    if isinstance(more_minutes, bool) or not isinstance(more_minutes, (int, float)) or not more_minutes > 0:
+        raise ValueError(f"The minutes to train on must be a number above 0, not {more_minutes!r}.")
+    per_epoch = max(trained_minutes, 1e-3) / max(epochs_done, 1)
+    # half again the epochs the time would fit at this pace, so a faster stretch still ends by the clock
+    needed = epochs_done + math.ceil(1.5 * more_minutes / per_epoch) + 1
+    epochs = min(max(int(config.get("epochs", 1)), needed), _RANGES["epochs"][1])
+    return {"max_minutes": round(trained_minutes + float(more_minutes), 2), "epochs": epochs}
+
+
 def _known() -> str:
     return "known options are " + ", ".join(_FIELD_TYPES) + "."
 

@@ -125,7 +125,8 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
     emit({"type": "start", "start_epoch": start_epoch, "total_epochs": c.epochs, "steps_per_epoch": c.steps_per_epoch,
           "n_train": len(train_idx), "n_val": len(val_idx), "device": str(device),
           "precision": "bf16" if autocast_dtype is not None else "fp32",
-          "best_epoch": stopper.best_epoch, "best_metric": stopper.best, "epochs_since_best": stopper.wait})
+          "best_epoch": stopper.best_epoch, "best_metric": stopper.best, "epochs_since_best": stopper.wait,
+          "elapsed_before": elapsed_before})
     stop_reason, epoch_done = "max_epochs", start_epoch - 1
     if c.max_minutes and elapsed() >= c.max_minutes * 60:
         stop_reason = "time_limit"
