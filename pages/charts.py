@@ -55,7 +55,9 @@ def curves_figure(runs: list[tuple[str, list[dict], int | None]], smoothing: flo
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("Loss", "Validation Dice", "Learning rate"))
+    validated = any(r.get("val_dice") is not None for _, rows, _ in runs for r in rows)
+    dice_title = "Validation Dice" if validated else "Validation Dice: none (every image trains)"
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Loss", dice_title, "Learning rate"))
     several = len(runs) > 1
     for i, (label, rows, best_epoch) in enumerate(runs):
         epochs = [r["epoch"] for r in rows]
@@ -65,6 +67,8 @@ def curves_figure(runs: list[tuple[str, list[dict], int | None]], smoothing: flo
         for j, (name, field, col, dash) in enumerate(series):
             colour = palette[(i if several else j) % len(palette)]
             raw = [r.get(field) for r in rows]
+            if all(v is None for v in raw):  # a run without validation images: no empty legend entry
+                continue
             full = f"{label}: {name}" if several else name
             if smoothing > 0 and field != "lr":
                 fig.add_trace(go.Scatter(x=epochs, y=raw, mode="lines", opacity=0.25, showlegend=False,
@@ -72,7 +76,7 @@ def curves_figure(runs: list[tuple[str, list[dict], int | None]], smoothing: flo
                 raw = smooth(raw, smoothing)
             fig.add_trace(go.Scatter(x=epochs, y=raw, mode="lines+markers" if len(rows) < 30 else "lines",
                                      name=full, line=dict(color=colour, dash=dash)), row=1, col=col)
-        if best_epoch and best_epoch in epochs:
+        if best_epoch and best_epoch in epochs and rows[epochs.index(best_epoch)].get("val_dice") is not None:
             best = rows[epochs.index(best_epoch)]
             star = qualitative.Plotly[i % len(qualitative.Plotly)] if several else "gold"  # the run's own colour
             fig.add_trace(go.Scatter(x=[best_epoch], y=[best.get("val_dice")], mode="markers",

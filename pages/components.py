@@ -621,14 +621,15 @@ def _show_metrics(result, prob_map, truth, fov, digests, fov_scope) -> None:
 
 def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, reset_label) -> PostProcessConfig | None:
     """The controls and the view; returns the settings the view used (None when they are invalid)."""
-    left, right = st.columns([1, 3], gap="medium")
+    # Controls wide enough for their labels at 1280 px; the view stays in sight while the lower sliders move
+    left, right = st.columns([2, 3], gap="medium")
     with left:
         try:
             config, error = _controls(key, base), None
         except ValueError as exc:
             config, error = None, str(exc)
         st.button(reset_label, key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
-    with right:
+    with right, st.container(key=f"{key}__view"):
         if config is None:
             st.error(error)
             return None
@@ -707,6 +708,9 @@ def postprocess_tuner(
     # controls' callbacks re-running the view with st.rerun(<key>), measured slower in the browser.)
     st.session_state.setdefault(f"{key}__holder", {})
     st.session_state[f"{key}__linked"] = list(linked)
+    # the mask stays on screen while the controls below it are used (its column sticks under the header)
+    st.html(f"<style>[data-testid='stLayoutWrapper']:has(> .st-key-{key}__view) "
+            "{position: sticky; top: 3.75rem; z-index: 2;}</style>")
     config = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope,
                                                                  reset_label)
     _downloads(key, file_stem)

@@ -11,6 +11,7 @@ import shutil
 import uuid
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -35,7 +36,7 @@ from pages.components import (
     upload_images,
 )
 from storage import paths
-from storage.db import BASELINE, JOB_ACTIVE_STATUSES
+from storage.db import BASELINE, JOB_ACTIVE_STATUSES, age_seconds
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,6 +360,18 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
         st.success(f"Queued job {job_id} {words}.")
 
 
+QUEUED_QUIET_S = 5.0  # a running worker picks a job up within a second or two: only a longer wait is worth a word
+
+
+def input_name(path: str) -> str:
+    """A batch job's input as a person tells it apart: the folder with its parent (``drive/images``), or
+    the uploaded zip's own name."""
+    p = Path(path)
+    if p.suffix.lower() == ".zip" or p.parent == p:
+        return p.name
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 @st.fragment(run_every=2)
 def batch_jobs(key: str, model_id: str | None = None) -> None:
     """Status, progress and results of recent batch jobs (refreshes every 2 s)."""
@@ -380,7 +393,8 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
         elif job["model_id"] != BASELINE:
             source += f" ({os.path.basename(job['checkpoint_path'])})"
         with st.container(border=True):
-            st.write(f"Job `{job['job_id']}` · {source} on `{os.path.basename(job['input_path'])}` · "
+            st.write(f"Job `{job['job_id']}` · {source} on `{input_name(job['input_path'])}` · "
+                     f"started {(job['created_at'] or '')[11:16]} UTC · "
                      f"**{job['status']}** · {job['n_done'] or 0} / {job['n_total'] or '?'} "
                      f"images" + (f", {job['n_failed']} failed" if job["n_failed"] else ""))
             if job["status"] in JOB_ACTIVE_STATUSES:
@@ -392,5 +406,5 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
                 st.download_button("Download results (zip)", lambda p=path: open(p, "rb").read(),
                                    file_name=f"inference_{job['job_id']}.zip", mime="application/zip",
                                    key=f"{key}_job_dl_{job['job_id']}", on_click="ignore")
-            elif job["status"] == "queued":
+            elif job["status"] == "queued" and (age_seconds(job["created_at"]) or 0) > QUEUED_QUIET_S:
                 st.caption("Waiting for the worker: is it running? See the Overview page.")

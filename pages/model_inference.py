@@ -1,19 +1,22 @@
 """Model inference: one model's checkpoints (also while it trains), images in, the tuner opening
-with the model's recommended settings, metrics against a ground truth, masks out, presets saved."""
+with the model's recommended settings, metrics against a ground truth, masks out, presets saved.
+The pretrained model shipped with the program is offered too, after the user's own models."""
 import streamlit as st
 
-from pages.components import query, run_page
+from engine.pretrained import PRETRAINED_ID, PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
+from pages.components import checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query, run_page
 from pages.inference_widgets import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
 from storage.db import TRAINING_STATUSES
 
 
 def pick_model(models: list[dict]) -> str | None:
     """The model named by ?model=<id>, or one chosen here (which then goes into the URL)."""
-    ids = [m["id"] for m in models]
+    ids = [m["id"] for m in models] + ([PRETRAINED_ID] if pretrained_available() else [])
     wanted = st.query_params.get("model")
     if wanted and wanted not in ids:
         st.error(f"There is no model with id {wanted!r}: it may have been deleted. Choose one below.")
-    label = {m["id"]: f"{m['name']} ({m['status']}, {m['id']})" for m in models}
+    label = {m["id"]: f"{m['name']} ({m['status']}, {m['id']})" for m in models} | {
+        PRETRAINED_ID: f"{PRETRAINED_NAME} (shipped with the program)"}
     if wanted in ids:
         index = ids.index(wanted)
     elif wanted:
@@ -30,12 +33,15 @@ def pick_model(models: list[dict]) -> str | None:
 def main() -> None:
     st.title("Model inference")
     models = query("list_models")
-    if not models:
-        st.info("No models yet: train one on the Train page. Meanwhile the Inference page's pretrained model and "
-                "the Post-processing page work on any photograph.")
+    if not models and not pretrained_available():
+        st.info("No models yet: train one on the Train page. Meanwhile the Post-processing page works on any "
+                "photograph.")
         return
     model_id = pick_model(models)
     if not model_id:
+        return
+    if model_id == PRETRAINED_ID:
+        shipped_model(bool(models))
         return
     model = next(m for m in models if m["id"] == model_id)
     ckpts = query("model_checkpoints", model_id)
@@ -50,6 +56,16 @@ def main() -> None:
     _, tuned = workspace(path, key="mi", start=start_from(model, "mi"))
     with st.expander("Save these settings as a preset of this model"):
         save_preset_controls(model_id, "mi", tuned)
+
+
+def shipped_model(own_models: bool) -> None:
+    """The pretrained model shipped with the program, with its recommended settings."""
+    source = str(PRETRAINED_PATH)
+    st.caption("A U-Net trained with this program's default recipe on the 20 DRIVE training images; for research "
+               "use, not for diagnosis." + ("" if own_models else " Models you train on the Train page are "
+                                            "listed here too."))
+    recommended = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).recommended_postprocess
+    workspace(source, key="mi", start=start_from(None, "mi", recommended, scope=PRETRAINED_ID))
 
 
 run_page(main, "showing the model inference page")

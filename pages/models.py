@@ -30,7 +30,9 @@ def checkpoints(model: dict) -> None:
     if not ckpts:
         st.caption("No checkpoint yet.")
         return
-    st.dataframe([{"file": c["name"], "kind": c["kind"], "epoch": c["epoch"], "metric": c["metric"],
+    monitor = model.get("monitor") or "val_dice"
+    st.dataframe([{"file": c["name"], "kind": c["kind"], "epoch": c["epoch"],
+                   monitor.replace("_", " "): "— (no validation images)" if c["metric"] is None else f"{c['metric']:.4f}",
                    "size (MB)": round((c["size_bytes"] or 0) / 1e6, 2)} for c in ckpts],
                  hide_index=True, width="stretch", key="models_ckpt_table")
     names = [c["name"] for c in ckpts]
@@ -82,7 +84,8 @@ def detail(model: dict) -> None:
         reason = stop_reason_text(model.get("stop_reason"))
         st.write(f"Ended because: **{reason or model.get('error') or 'unknown'}** · duration "
                  f"{age_text(run_duration(model))} · data set `{model.get('dataset')}`")
-    st.link_button("Open its inference page", f"/model_inference?model={mid}")
+    st.page_link("pages/model_inference.py", label="Open its inference page", icon=":material/search_insights:",
+                 query_params={"model": mid})  # in this tab: a new one would start a new browser session
     metrics = query("model_metrics", mid)
     if metrics:
         st.plotly_chart(curves_figure([(model["name"], metrics, model.get("best_epoch"))]), key="models_curves")
@@ -99,11 +102,27 @@ def detail(model: dict) -> None:
         if rec:
             st.json(json.loads(rec))
         else:
-            st.caption("Not calibrated (yet).")
+            st.caption(calibration_words(model))
     st.markdown("**Checkpoints**")
     checkpoints(model)
     continue_controls(model, "models_continue")
     delete_controls(model)
+
+
+def calibration_words(model: dict) -> str:
+    """Why a model has no recommended post-processing, in words."""
+    try:
+        config = json.loads(model.get("config") or "{}")
+    except ValueError:
+        config = {}
+    if not config.get("calibrate_postprocess", True):
+        return "None: calibration was switched off for this run; the tuner opens with the defaults."
+    if config.get("val_fraction", 0.2) == 0:
+        return ("None: every image trained, so none was left to calibrate the settings on; the tuner opens with "
+                "the defaults.")
+    if model["status"] in ACTIVE:
+        return "Calibrated on the validation images when the run ends."
+    return "None: the run ended before calibration (it runs at the end of a run that was not stopped)."
 
 
 def progress(models: list[dict]) -> list[tuple]:

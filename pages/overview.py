@@ -2,10 +2,11 @@
 disk use of the data home (inference results, data sets and uploads can be deleted here)."""
 import streamlit as st
 
+from engine.pretrained import PRETRAINED_NAME, pretrained_available
 from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
                               stop_reason_text, worker_age)
 from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
-from storage.db import TRAINING_STATUSES
+from storage.db import TRAINING_STATUSES, run_budget_s, run_progress
 
 
 def worker_panel() -> None:
@@ -65,14 +66,22 @@ def live() -> None:
     b.metric("Queued", len(queued))
     c.metric("Models", len(models))
     for m in running:
-        epoch, total = m.get("current_epoch") or 0, m.get("total_epochs") or 1
-        st.progress(min(1.0, epoch / total), text=f"{m['name']} ({m['status']}): epoch {epoch} / {total}, "
-                                                 f"ETA {age_text(m.get('eta_s'))}")
+        epoch, total, budget = m.get("current_epoch") or 0, m.get("total_epochs") or 1, run_budget_s(m)
+        done = (f"{age_text(m.get('trained_s'))} of {age_text(budget)} trained, epoch {epoch}" if budget
+                else f"epoch {epoch} / {total}")  # a time budget, not the epoch limit, ends a budgeted run
+        st.progress(run_progress(m) or 0.0, text=f"{m['name']} ({m['status']}): {done}, ETA {age_text(m.get('eta_s'))}")
     if not models:
-        st.info("No models yet: train one on the Train page, or tune post-processing on any image right away.")
+        shipped = pretrained_available()
+        st.info("No models of your own yet: train one on the Train page"
+                + (f", or try the {PRETRAINED_NAME} shipped with the program on a photograph right away."
+                   if shipped else ", or tune post-processing on any image right away."))
         st.page_link("pages/train.py", label="Train a first model (no data needed: generate a synthetic set)",
                      icon=":material/model_training:")
-        st.page_link("pages/postprocess.py", label="Tune post-processing on an image", icon=":material/tune:")
+        if shipped:
+            st.page_link("pages/inference.py", label=f"Try the {PRETRAINED_NAME} on a photograph",
+                         icon=":material/image_search:")
+        st.page_link("pages/postprocess.py", label="Tune post-processing on an image (classical filter, no model)",
+                     icon=":material/tune:")
         return
     model_table(models)
 

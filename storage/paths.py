@@ -34,9 +34,14 @@ def not_writable(path: str | os.PathLike, exc: BaseException | None = None) -> S
     )
 
 
+def data_home_path() -> Path:
+    """Where the data home is (``ML_MANAGER_HOME``, default ``./data``), without creating it."""
+    return Path(os.environ.get(HOME_ENV) or "data").expanduser().resolve()
+
+
 def data_home() -> Path:
     """The data home, created if missing. Read from the environment on every call."""
-    home = Path(os.environ.get(HOME_ENV) or "data").expanduser().resolve()
+    home = data_home_path()
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -81,3 +81,17 @@ def test_overlaid_runs_mark_their_best_epochs_in_their_own_colours():
     fig = curves_figure([("a", rows, 2), ("b", rows, 3)])
     stars = [t.marker.color for t in fig.data if t.marker.symbol == "star"]
     assert len(set(stars)) == 2
+
+
+def _unvalidated(n: int) -> list[dict]:
+    return [{"epoch": e, "train_loss": 1 / e, "val_loss": None, "val_dice": None, "lr": 1e-3} for e in range(1, n + 1)]
+
+
+def test_a_run_without_validation_draws_no_empty_series_or_best_epoch():
+    fig = curves_figure([("run a", _unvalidated(4), 4)])
+    assert [t.name for t in fig.data] == ["train loss", "LR"]
+
+
+def test_a_run_without_validation_says_so_in_the_dice_panel():
+    fig = curves_figure([("run a", _unvalidated(4), 4)])
+    assert "every image trains" in fig.layout.annotations[1].text

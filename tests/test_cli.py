@@ -126,3 +126,10 @@ def test_errors_in_a_subprocess_have_no_traceback(tmp_path, args, words):
     done = engine(*[a.format(tmp=tmp_path) for a in args])
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_status_outside_a_data_home_says_so_and_creates_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "ML_MANAGER_HOME"}
+    done = subprocess.run([sys.executable, "-m", "engine", "status"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert (done.returncode, "There is no data home" in done.stderr, (tmp_path / "data").exists()) == (2, True, False)

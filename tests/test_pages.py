@@ -436,7 +436,7 @@ def test_batch_jobs_name_their_model_checkpoint_and_input(home, tiny_checkpoint)
     db.create_inference_job("baseline", "/data/clinic/batch8.zip", {}, model_id="baseline")
     at = open_page("pages/inference.py")
     lines = [m.value for m in at.markdown if m.value.startswith("Job ")]
-    assert any("vessels-v2 (best.pt) on `batch7`" in line for line in lines), lines
+    assert any("vessels-v2 (best.pt) on `clinic/batch7`" in line for line in lines), lines  # with its parent
     assert any("Classical vesselness (Frangi) on `batch8.zip`" in line for line in lines), lines
 
 

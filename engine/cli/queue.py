@@ -19,7 +19,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from engine.cli.common import planned, read_json, user_fields
+from engine.cli.common import CliError, planned, read_json, user_fields
 
 
 def register(subparsers) -> None:
@@ -116,7 +116,13 @@ def _line(status: dict) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.jobs import recover_if_no_worker, training_status
+    from storage import paths
+
+    home = paths.data_home_path()
+    if not (home / "ml_manager.db").exists():  # reading the status must not make a data home where there is none
+        raise CliError(f"There is no data home at {home} (no ml_manager.db in it): run the command in the folder "
+                       f"where `make run` keeps ./data, or set {paths.HOME_ENV} to that data home.")
+    from engine.jobs import recover_if_no_worker, training_status  # opens the queue, in the data home
     from storage import db as store
 
     recover_if_no_worker()  # with no worker up, an abandoned run would otherwise read "running" forever
