@@ -16,9 +16,11 @@ from storage.db import ACTIVE_STATUSES as ACTIVE
 
 
 def table(models: list[dict]) -> None:
-    rows = [{"id": m["id"], "name": m["name"], "status": status_text(m), "best val Dice": m.get("best_val_dice"),
+    # the id last: it is the widest column and also in the "Details of" list, so at 1280 px it is the one cut
+    rows = [{"name": m["name"], "status": status_text(m), "best val Dice": m.get("best_val_dice"),
              "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run"), "stop reason": stop_reason_text(m.get("stop_reason")),
-             "duration (s)": run_duration(m), "created": m["created_at"][:19].replace("T", " ")} for m in models]
+             "duration (s)": run_duration(m), "created": m["created_at"][:19].replace("T", " "), "id": m["id"]}
+            for m in models]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="models_table",
                  column_config={"best val Dice": st.column_config.NumberColumn(format="%.3f"),
                                 "duration (s)": st.column_config.NumberColumn(format="%.0f"),
