@@ -375,6 +375,12 @@ def test_resume_over_the_api_continues_the_curve(api, resumed):
     assert [m["epoch"] for m in store.model_metrics(resumed[0])] == [1, 2]
 
 
+def test_the_status_counts_the_seconds_of_both_rounds(api, resumed):
+    trained_s = api.call("GET", f"/api/v1/training/status/{resumed[0]}")[1]["trained_s"]
+    first_round = sum(m["seconds"] for m in store.model_metrics(resumed[0])[:1])
+    assert trained_s > first_round
+
+
 def test_a_restart_keeps_the_stored_settings_it_was_not_sent(api):
     model_id = store.create_model("restart-me", {**TINY, "epochs": 3}, str(api.home / "datasets" / "synth"))
     status, _ = api.call("POST", "/api/v1/training/start", {"model_id": model_id, "training_config": {"epochs": 1}})
