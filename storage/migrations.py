@@ -130,3 +130,14 @@ def training_plan(db: Database) -> None:
     """A run records the plan that chose its patch size, batch size, precision and epochs for the machine
     and the time budget (``engine.training.planner.Plan.to_dict()`` as JSON); NULL for a run that was not planned."""
     db["models"].add_column("plan", str)
+
+
+@MIGRATIONS(name="0005_queues_and_workers")
+def queues_and_workers(db: Database) -> None:
+    """Several machines: a run and a batch job record the queue they were sent to (NULL: the default one),
+    and a worker's heartbeat names its device, its queues, what it works on and whether it writes this
+    registry itself (``local``) or reports over the HTTP API (``remote``)."""
+    db["models"].add_column("queue", str)
+    db["inference_jobs"].add_column("queue", str)
+    for column in ("device", "queues", "job", "kind"):
+        db["workers"].add_column(column, str)
