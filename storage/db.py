@@ -799,3 +799,12 @@ def queued_tasks(db: Database | None = None) -> list[dict]:
                           "WHERE status = 'queued' AND task_id IS NOT NULL")
                 + _rows(db, "SELECT 'job' AS kind, id, task_id, queue FROM inference_jobs "
                             "WHERE status = 'queued' AND task_id IS NOT NULL"))
+
+
+def replace_task_id(kind: str, key: str, old_task_id: str, new_task_id: str, db: Database | None = None) -> bool:
+    """Give a queued run (``kind`` "model") or batch job ("job") a new task id in place of ``old_task_id``
+    (its queue entry was lost and it is queued again); False when the row moved on meanwhile."""
+    table = {"model": "models", "job": "inference_jobs"}[kind]
+    with _use(db) as db:
+        return _write(db, f"UPDATE {table} SET task_id = ? WHERE id = ? AND status = 'queued' AND task_id = ?",
+                      [new_task_id, key, old_task_id]) > 0

@@ -135,9 +135,11 @@ def training_plan(db: Database) -> None:
 @MIGRATIONS(name="0005_queues_and_workers")
 def queues_and_workers(db: Database) -> None:
     """Several machines: a run and a batch job record the queue they were sent to (NULL: the default one),
-    and a worker's heartbeat names its device, its queues, what it works on and whether it writes this
+    a queued continuation records the checkpoint it starts from (so a lost queue entry can be queued
+    again), and a worker's heartbeat names its device, its queues, what it works on and whether it writes this
     registry itself (``local``) or reports over the HTTP API (``remote``)."""
     db["models"].add_column("queue", str)
+    db["models"].add_column("resume_from", str)  # the last.pt a queued continuation starts from (NULL: afresh)
     db["inference_jobs"].add_column("queue", str)
     for column in ("device", "queues", "job", "kind"):
         db["workers"].add_column(column, str)

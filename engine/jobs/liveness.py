@@ -66,6 +66,9 @@ class ActiveWork:
 
 
 ACTIVE = ActiveWork()
+# What the heartbeat says of this worker besides its job: ``device`` and ``queues`` (set by `python -m engine
+# worker`; huey_consumer on the SQLite queue file takes every job of its one queue).
+WORKER_INFO: dict[str, str] = {}
 _startup_lock = threading.Lock()
 _started_pid: int | None = None
 
@@ -132,8 +135,9 @@ def _beat_forever() -> None:
     while True:
         try:
             conn = conn or store.connect()
-            store.beat_worker(db=conn)
             runs, jobs = ACTIVE.snapshot()
+            job = f"training {runs[0]}" if runs else f"inference {jobs[0]}" if jobs else None
+            store.beat_worker(db=conn, job=job, **WORKER_INFO)
             store.beat_active(runs, jobs, db=conn)
         except Exception:  # noqa: BLE001 - keep beating; a locked moment passes
             log.exception("heartbeat failed")

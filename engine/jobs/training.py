@@ -191,7 +191,7 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
                                heartbeat_at=now, error=None, stop_reason=None, finished_at=None, started_at=None,
                                current_epoch=None, batch=None, eta_s=None, total_epochs=config["epochs"],
                                patience=config["early_stopping_patience"],
-                               monitor=config["early_stopping_monitor"], queue=queue,
+                               monitor=config["early_stopping_monitor"], queue=queue, resume_from=resume_from,
                                **({"plan": plan} if plan else {}))
             q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
     finally:
