@@ -88,5 +88,5 @@ def inference_status(job_id: str) -> dict:
         "stats_csv": str(out / "stats.csv") if (out / "stats.csv").exists() else None,
         "results_zip": str(results) if results.exists() else None,
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
-        "heartbeat_at": row["heartbeat_at"],
+        "heartbeat_at": row["heartbeat_at"], "queue": row.get("queue"), "worker": row.get("worker"),
     }
