@@ -5,6 +5,7 @@ import streamlit as st
 from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
                               stop_reason_text, worker_age)
 from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
+from pages.worker_widgets import workers_table
 from storage.db import TRAINING_STATUSES
 
 
@@ -57,6 +58,7 @@ def live() -> None:
     if recover_if_no_worker():  # runs whose worker died are failed here when no worker is up to do it
         forget_queries()
     worker_panel()
+    workers_table()
     models = query("list_models")
     running = [m for m in models if m["status"] in TRAINING_STATUSES]
     queued = [m for m in models if m["status"] == "queued"]

@@ -167,6 +167,14 @@ def queue_for(name: str | None) -> SqliteHuey | PriorityRedisHuey:
         return _instances[key]
 
 
+def worker_argv() -> list[str]:
+    """The arguments after ``python`` that start a worker on this machine for this data home: huey's consumer
+    on the SQLite queue file, or ``-m engine worker`` taking every named queue of the Redis queue."""
+    if redis_url() is None:
+        return ["-m", "huey.bin.huey_consumer", "engine.jobs.huey", "-k", "thread", "-w", "2", "-C"]
+    return ["-m", "engine", "worker", "--queues", ",".join(queue_names())]
+
+
 def set_remote(link: Any) -> None:
     """Make this process a worker on another machine: its tasks run through ``link`` (``engine.remote.worker``)."""
     _remote[:] = [link]
