@@ -66,6 +66,7 @@ UPLOAD_ENV = "ML_MANAGER_MAX_UPLOAD_MB"
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
 WATCH_EVERY_S = 1.0  # the watchdog's period: stale runs fail within the stale limit plus this
 LOST_CHECK_S = 3.0  # a queued task missing from Redis in two checks this far apart is queued again
+START_GRACE_S = 3 * BEAT_S  # after the dashboard starts, runs are judged stale only once workers could beat
 PREFIX = "/api/v1"
 EVENT_TYPES = ("start", "batch", "epoch_end", "calibration")  # what a remote training reports (checkpoints: PUT)
 
@@ -568,6 +569,7 @@ def start_watchdog() -> None:
 def _watch_forever() -> None:
     missing: dict[str, float] = {}
     last_lost_check = 0.0
+    time.sleep(START_GRACE_S)  # a dashboard that was down: the workers' next heartbeats arrive first
     while True:
         time.sleep(WATCH_EVERY_S)
         try:

@@ -5,14 +5,16 @@ import streamlit as st
 from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
                               stop_reason_text, worker_age)
 from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
-from pages.worker_widgets import workers_table
+from pages.worker_widgets import live_workers, workers_table
 from storage.db import TRAINING_STATUSES
 
 
 def worker_panel() -> None:
     age = worker_age()
     if age is not None and age <= WORKER_FRESH_S:
-        st.success(f"The worker is running (last heartbeat {age_text(age)} ago).", icon=":material/check_circle:")
+        n = len(live_workers())
+        who = f"{n} workers are" if n > 1 else "The worker is"
+        st.success(f"{who} running (last heartbeat {age_text(age)} ago).", icon=":material/check_circle:")
         return
     when = "has never run on this data home" if age is None else f"last reported {age_text(age)} ago"
     st.warning(

@@ -22,12 +22,14 @@ def workers_table() -> None:
     rows = query("list_workers", GONE_AFTER_S)
     if not rows:
         return
-    st.dataframe(
+    import pandas as pd
+
+    table = pd.DataFrame(
         [{"machine": w["host"], "state": "running" if (w["age_s"] or 1e9) <= WORKER_FRESH_S else "gone",
           "device": w.get("device") or "—", "queues": (w.get("queues") or "all").replace(",", ", "),
           "working on": w.get("job") or "idle", "last heartbeat": f"{age_text(w['age_s'])} ago",
-          "reports": "over the network" if w.get("kind") == "remote" else "on this machine"} for w in rows],
-        hide_index=True, width="stretch", key="overview_workers")
+          "reports": "over the network" if w.get("kind") == "remote" else "on this machine"} for w in rows])
+    st.table(table.set_index("machine"))  # a few rows of text: a plain table, readable and copyable
 
 
 def queue_picker(key: str, default: str = "training") -> str | None:

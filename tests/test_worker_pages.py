@@ -21,7 +21,8 @@ def two_workers(home):
 
 
 def _workers_table(at) -> dict:
-    return next(d.value for d in at.dataframe if "machine" in d.value.columns)
+    table = at.table[0].value
+    return {"machine": list(table.index), **{c: list(table[c]) for c in table.columns}}
 
 
 def test_the_overview_lists_every_worker_with_its_machine_device_and_job(two_workers):
