@@ -10,7 +10,8 @@ from pathlib import Path
 from engine.errors import error_text
 from engine.jobs import lifecycle
 from engine.jobs.liveness import ACTIVE
-from engine.jobs.queue import INFERENCE, check_queue, log, queue_for, queued_task, remote_link, shutting_down
+from engine.jobs.queue import (INFERENCE, check_queue, log, queue_for, queued_task, redis_errors, remote_link,
+                               shutting_down)
 from storage import db as store
 
 
@@ -57,7 +58,8 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
     task = run_inference_task.s(job_id)
     store.update_inference_job(job_id, task_id=task.id, queue=queue)
     try:
-        q.enqueue(task)
+        with redis_errors("queue the job"):
+            q.enqueue(task)
     except Exception as exc:
         store.update_inference_job(job_id, status="failed", error=f"could not be queued: {exc}")
         raise

@@ -19,7 +19,8 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from huey import PriorityRedisHuey, SqliteHuey
@@ -79,10 +80,29 @@ def shutting_down() -> bool:
 
 
 def queue_length() -> int:
-    """How many tasks wait in the worker's queue (trainings waiting for a slot are retried, so they count)."""
+    """How many tasks wait in the worker's queue (trainings waiting for a slot are retried, so they count).
+
+    Raises:
+        StorageError: the Redis queue cannot be reached (the sentence says where it was looked for).
+    """
     if redis_url() is None:
         return current_queue().pending_count()
-    return sum(queue_for(name).pending_count() for name in queue_names())
+    with redis_errors("count the waiting jobs"):
+        return sum(queue_for(name).pending_count() for name in queue_names())
+
+
+@contextmanager
+def redis_errors(doing: str) -> Iterator[None]:
+    """Turn a Redis connection failure inside the block into a StorageError sentence (a 503 from the API)."""
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except RedisError as exc:
+        where = urlsplit(redis_url() or "")
+        raise paths.StorageError(
+            f"The job queue (Redis at {where.hostname}:{where.port or 6379}) could not be reached to {doing} "
+            f"({exc}): start Redis, or check {QUEUE_ENV}; nothing was changed.") from None
 
 
 # --------------------------------------------------------------------------- several machines: Redis queues

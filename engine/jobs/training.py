@@ -31,7 +31,7 @@ from engine.errors import error_text
 from engine.jobs import lifecycle
 from engine.jobs.lifecycle import STOPPED_EARLY, ProgressRecorder, max_trainings
 from engine.jobs.liveness import ACTIVE
-from engine.jobs.queue import (TRAINING, check_queue, log, queue_for, queued_task, redis_url,
+from engine.jobs.queue import (TRAINING, check_queue, log, queue_for, queued_task, redis_errors, redis_url,
                                remote_link, shutting_down)
 from storage import db as store
 from storage import paths
@@ -193,7 +193,8 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
                                patience=config["early_stopping_patience"],
                                monitor=config["early_stopping_monitor"], queue=queue, resume_from=resume_from,
                                **({"plan": plan} if plan else {}))
-            q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
+            with redis_errors("queue the training"):
+                q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
     finally:
         conn.close()
     return task.id
