@@ -123,6 +123,40 @@ def test_workers_are_listed_with_host_device_and_queues(lab, trained):
             for w in (lab.w1, lab.w2)] == [(HOST, True, ["training", "inference", "cpu"]), (HOST, True, ["training", "gpu"])]
 
 
+# --------------------------------------------------------------------------- what a person sees
+
+@pytest.mark.browser
+def test_the_overview_in_a_browser_lists_both_workers(lab, trained):
+    import os
+    from pathlib import Path
+
+    from tests.browser_helpers import chromium_path, launch, wait_idle
+
+    if chromium_path() is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(lab.dashboard.url)
+            page.get_by_text("2 workers are running").wait_for(timeout=60_000)
+            wait_idle(page)
+            table = page.locator("[data-testid='stTable']").first
+            table.wait_for(timeout=30_000)
+            rows = sorted(r for r in table.locator("tbody tr").all_inner_texts() if "running" in r.split())
+            if os.environ.get("ML_MANAGER_SCREENSHOTS"):  # the whole page drawn, not its placeholders
+                page.get_by_text("Batch inference results", exact=True).wait_for(timeout=30_000)
+                wait_idle(page)
+                page.wait_for_timeout(2000)
+                page.screenshot(path=str(Path(os.environ["ML_MANAGER_SCREENSHOTS"]) / "overview_workers.png"))
+        finally:
+            browser.close()
+    assert [(r.split()[0], "training, inference, cpu" in r or "training, gpu" in r) for r in rows] == [
+        (HOST, True), (HOST, True)]
+
+
 # --------------------------------------------------------------------------- queues
 
 def test_a_job_on_the_gpu_queue_runs_on_the_worker_of_that_queue(lab):
@@ -304,36 +338,3 @@ def test_a_job_queued_while_redis_restarts_empty_still_runs(lab):
         spare.stop()
     assert (status["status"], spare.runs(status["worker"])) == ("completed", True)
 
-
-# --------------------------------------------------------------------------- what a person sees
-
-@pytest.mark.browser
-def test_the_overview_in_a_browser_lists_both_workers(lab, trained):
-    import os
-    from pathlib import Path
-
-    from tests.browser_helpers import chromium_path, launch, wait_idle
-
-    if chromium_path() is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(lab.dashboard.url)
-            page.get_by_text("2 workers are running").wait_for(timeout=60_000)
-            wait_idle(page)
-            table = page.locator("[data-testid='stTable']").first
-            table.wait_for(timeout=30_000)
-            rows = sorted(table.locator("tbody tr").all_inner_texts())
-            if os.environ.get("ML_MANAGER_SCREENSHOTS"):  # the whole page drawn, not its placeholders
-                page.get_by_text("Batch inference results", exact=True).wait_for(timeout=30_000)
-                wait_idle(page)
-                page.wait_for_timeout(2000)
-                page.screenshot(path=str(Path(os.environ["ML_MANAGER_SCREENSHOTS"]) / "overview_workers.png"))
-        finally:
-            browser.close()
-    assert [(r.split()[0], "training, inference, cpu" in r or "training, gpu" in r) for r in rows] == [
-        (HOST, True), (HOST, True)]

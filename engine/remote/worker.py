@@ -127,7 +127,8 @@ class RemoteLink:
             old.unlink()
         resume_from = None
         if reply.get("resume"):
-            resume_from = self.api.download(f"{base}/last.pt", out / "resume_from.pt", {"worker_id": self.worker_id})
+            target = paths.data_home() / "cache" / "resume" / f"{model_id}.pt"
+            resume_from = self.api.download(f"{base}/last.pt", target, {"worker_id": self.worker_id})
         config = TrainingConfig.from_dict(reply["config"])
         if self.device != "auto":
             config = config.with_updates(device=self.device)
