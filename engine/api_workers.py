@@ -573,7 +573,10 @@ def _watch_forever() -> None:
     while True:
         time.sleep(WATCH_EVERY_S)
         try:
-            lifecycle.recover_stale()
+            failed = set(lifecycle.recover_stale())
+            with _recorders_lock:  # the progress of runs that will not report again
+                for key in [k for k in _recorders if k[0] in failed]:
+                    _recorders.pop(key)
             if time.monotonic() - last_lost_check >= LOST_CHECK_S:
                 last_lost_check = time.monotonic()
                 requeue_lost(missing)

@@ -2,8 +2,8 @@
 on data home A, and two workers `python -m engine worker --server URL --token TOKEN` on data homes B and C
 of their own (they never get A's path: everything they have came over HTTP).
 
-Worker 1 takes the queues training, inference and cpu, worker 2 training and gpu; the queue spare has no
-worker until a test starts one.
+Worker 1 takes the queues training, inference and cpu, worker 2 training and gpu; the queues spare and
+local have no worker until a test starts one.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Lab:
         self.a = base / "A"
         make_synthetic_dataset(self.a / "datasets" / "synth", n_images=4, size=64, seed=1)
         self.redis = RedisServer(base / "redis", password="s3cret").start()
-        self.dashboard = Dashboard(self.a, {"ML_MANAGER_QUEUE": self.redis.url, "ML_MANAGER_QUEUES": "gpu,cpu,spare",
+        self.dashboard = Dashboard(self.a, {"ML_MANAGER_QUEUE": self.redis.url, "ML_MANAGER_QUEUES": "gpu,cpu,spare,local",
                                             "ML_MANAGER_STALE_AFTER_S": str(STALE_S), "ML_MANAGER_MAX_UPLOAD_MB": "2"})
         self.w1 = RemoteWorker(base / "B", self.dashboard, "training,inference,cpu").start(wait=False)
         self.w2 = RemoteWorker(base / "C", self.dashboard, "training,gpu").start(wait=False)
@@ -196,6 +196,29 @@ def test_a_second_run_on_the_same_data_set_downloads_nothing(lab, trained):
     status = lab.wait_end(lab.train({**TINY, "epochs": 1, "calibrate_postprocess": False}, queue="gpu"))
     after = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert (status["status"], lab.w2.runs(status["worker"]), after) == ("completed", True, before)
+
+
+def test_a_worker_on_the_dashboards_machine_writes_the_registry_itself(lab):
+    """What `make run` starts with the Redis queue: `python -m engine worker` without --server, on data home A."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.remote_helpers import ROOT
+
+    env = {**os.environ, "ML_MANAGER_HOME": str(lab.a), "ML_MANAGER_QUEUE": lab.redis.url, "OMP_NUM_THREADS": "1",
+           "ML_MANAGER_QUEUES": "gpu,cpu,spare,local"}
+    with open(lab.a / "logs" / "local-worker.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--queues", "local"], cwd=ROOT, env=env,
+                                stdout=log, stderr=log)
+    try:
+        status = lab.wait_end(lab.train({**TINY, "epochs": 1, "calibrate_postprocess": False}, queue="local"))
+        workers = {w["pid"]: w for w in lab.dashboard.call("GET", "/api/v1/workers")[1]["workers"]}
+    finally:
+        proc.send_signal(2)
+        proc.wait(30)
+    assert (status["status"], status["worker"].split(":")[1], workers[proc.pid]["kind"],
+            workers[proc.pid]["queues"]) == ("completed", str(proc.pid), "local", ["local"])
 
 
 # --------------------------------------------------------------------------- batch inference
