@@ -5,7 +5,9 @@
 (``train_model_task``, ``stop_training_task``), ``engine.jobs.inference`` (``run_inference_task``) and
 ``engine.jobs.liveness`` (the start-up hook and the periodic ``check_stale_runs``).
 
-The record of every job is its row in the run registry (``storage.db``), never a Huey result. The
+The record of every job is its row in the run registry (``storage.db``), never a Huey result; its states
+and their changes are ``engine.jobs.lifecycle``, shared with workers on other machines. With
+``ML_MANAGER_QUEUE=redis://...`` the same tasks go to named Redis queues (``engine.jobs.queue.queue_for``). The
 Python API below is what the pages, the HTTP API and the CLI call.
 """
 from engine.jobs.inference import cancel_inference, inference_status, run_inference_task, start_inference

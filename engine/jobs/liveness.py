@@ -7,17 +7,17 @@ start-up hook mark runs whose heartbeat is older than ``ML_MANAGER_STALE_AFTER_S
 Freeing those rows is what releases the training slots a killed worker held (the slots are rows,
 not Huey locks). When no worker runs at all, ``recover_if_no_worker`` (called by the dashboard, the
 API and ``python -m engine status``) does the same; each run is failed by one conditional UPDATE, so
-a worker starting at that moment and the dashboard never both fail it.
+a worker starting at that moment and the dashboard never both fail it. The check itself is
+``engine.jobs.lifecycle.recover_stale``; with the Redis queue the dashboard also runs it every second for
+the workers on other machines (``engine.api_workers``).
 """
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import ContextManager, Iterator
 
