@@ -9,9 +9,17 @@ STAMP_DEV  := $(VENV)/.installed-dev
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 WORKERS ?= 2
+# With ML_MANAGER_QUEUE=redis://... (several machines, see the README) the worker on this machine is
+# `python -m engine worker` and takes these queues; otherwise huey's consumer on the SQLite queue file.
+QUEUES ?= training,inference
+ifneq ($(filter redis% rediss% unix%,$(ML_MANAGER_QUEUE)),)
+WORKER_CMD = $(PY) -m engine worker --queues $(QUEUES)
+else
+WORKER_CMD = $(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -m 0.5 -C
+endif
 export ML_MANAGER_HOME ?= $(CURDIR)/data
 
-.PHONY: run test worker dashboard bench bench-train bench-train-cv bench-train-cv-2min bench-scale pretrained screenshots clean-venv
+.PHONY: run test worker dashboard bench bench-remote bench-train bench-train-cv bench-train-cv-2min bench-scale pretrained screenshots clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +34,12 @@ $(STAMP_DEV): requirements.txt requirements-dev.txt | $(PY)
 	touch $(STAMP_RUN) $@
 
 ## run: start the worker and the dashboard (with the HTTP API under /api/v1/, token printed at start-up)
-##      on http://$(HOST):$(PORT); Ctrl-C stops both
+##      on http://$(HOST):$(PORT) (HOST=0.0.0.0 serves the network); Ctrl-C stops both
 run: $(STAMP_RUN)
 	@mkdir -p "$(ML_MANAGER_HOME)/logs"
 	@echo "ML Manager data home: $(ML_MANAGER_HOME)"
 	@echo "Worker log: $(ML_MANAGER_HOME)/logs/worker.log"
-	@$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -m 0.5 -C -q \
+	@$(WORKER_CMD) $(if $(filter redis% rediss% unix%,$(ML_MANAGER_QUEUE)),,-q) \
 		>>"$(ML_MANAGER_HOME)/logs/worker.log" 2>&1 & worker=$$!; \
 	trap 'kill -INT $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT)
@@ -39,7 +47,7 @@ run: $(STAMP_RUN)
 ## worker: only the background worker (training and batch inference)
 worker: $(STAMP_RUN)
 	@mkdir -p "$(ML_MANAGER_HOME)/logs"
-	$(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) -m 0.5 -C
+	$(WORKER_CMD)
 
 ## dashboard: only the dashboard and its HTTP API
 dashboard: $(STAMP_RUN)
@@ -58,6 +66,10 @@ bench: $(STAMP_DEV)
 	$(PY) benchmarks/postprocess.py
 	$(PY) benchmarks/queue.py
 	$(PY) benchmarks/ui_latency.py
+
+## bench-remote: the same short training on a local and on a remote worker, DRIVE's download, status latency
+bench-remote: $(STAMP_DEV)
+	$(PY) benchmarks/remote.py
 
 ## bench-train: train the default config on DRIVE for 10 minutes and score it on unseen images
 bench-train: $(STAMP_DEV)

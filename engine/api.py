@@ -41,6 +41,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Match, Route
 
 from engine import housekeeping, jobs
+from engine.api_workers import worker_routes
 from engine.training.config import config_with_changes
 from engine.pretrained import PRETRAINED_ID, PRETRAINED_PATH, pretrained_entry
 from storage import db as store
@@ -214,7 +215,7 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
     (``engine.training.planner``; the keys of ``training_config`` are kept) unless ``"plan": false``. A new
     model's answer carries ``plan`` (``Plan.to_dict()``, or None) and ``plan_text`` (a sentence, or None)."""
     if "model_id" in body:
-        _fields(body, {"model_id"}, {"resume", "training_config"})
+        _fields(body, {"model_id"}, {"resume", "training_config", "queue"})
         model_id, resume = _model_id(body), _flag(body, "resume")
         row = store.get_model(model_id)
         if row["status"] == "completed" and not resume:
@@ -223,9 +224,9 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
         # the stored config (the plan's choices included) is the base; only the fields sent change
         changes = _object(body, "training_config") if "training_config" in body else {}
         config = config_with_changes(json.loads(row["config"]), changes)
-        task_id = jobs.start_training(model_id, config, resume=resume)
+        task_id = jobs.start_training(model_id, config, resume=resume, queue=body.get("queue"))
     else:
-        _fields(body, {"name", "dataset"}, {"training_config", "plan"})
+        _fields(body, {"name", "dataset"}, {"training_config", "plan", "queue"})
         name = _text(body, "name", "'unet-dice-v1'")
         folder = allowed_path(body["dataset"], "dataset")
         config = _object(body, "training_config") if "training_config" in body else {}
@@ -236,7 +237,8 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
 
             planned, plan = plan_for_folder(TrainingConfig.from_dict(config), set(config), folder)
             config = planned.to_dict()
-        model_id = jobs.submit_training(name, folder, config, plan=plan.to_dict() if plan else None)
+        model_id = jobs.submit_training(name, folder, config, plan=plan.to_dict() if plan else None,
+                                        queue=body.get("queue"))
         task_id = store.get_model(model_id)["task_id"]
         return 202, {"model_id": model_id, "task_id": task_id, "status": "queued",
                      "plan": plan.to_dict() if plan else None, "plan_text": plan.explain() if plan else None}
@@ -289,7 +291,7 @@ def inference_start(request: Request, body: dict) -> tuple[int, dict]:
     model); ``postprocess`` is an object of
     post-processing settings, ``"recommended"`` (the model's calibrated settings) or absent (the defaults).
     """
-    _fields(body, {"input"}, {"checkpoint", "model_id", "which", "postprocess", "scale"})
+    _fields(body, {"input"}, {"checkpoint", "model_id", "which", "postprocess", "scale", "queue"})
     if ("checkpoint" in body) == ("model_id" in body):
         raise ApiError(400, "Give either 'model_id' (with 'which': 'best' or 'last', or the id 'baseline') or "
                             "'checkpoint' (the path of a .pt file), not both or neither.")
@@ -315,7 +317,8 @@ def inference_start(request: Request, body: dict) -> tuple[int, dict]:
     elif settings is not None and not isinstance(settings, dict):
         raise ApiError(400, "'postprocess' must be an object of post-processing settings such as "
                             f"{{\"threshold\": 0.5}}, or \"recommended\"; got {json.dumps(settings)}.")
-    job_id = jobs.start_inference(checkpoint, source, settings, model_id=model_id, scale=body.get("scale", "auto"))
+    job_id = jobs.start_inference(checkpoint, source, settings, model_id=model_id, scale=body.get("scale", "auto"),
+                                  queue=body.get("queue"))
     return 202, {"job_id": job_id, "status": "queued"}
 
 
@@ -499,6 +502,7 @@ def api_routes(token: str | None = None) -> list[Route]:
              ("GET", "/inference/results/{job_id}", inference_results), ("POST", "/inference/cancel", inference_cancel),
              ("POST", "/prune", prune)]
     routes = [Route(PREFIX + path, guard.wrap(func, method), methods=[method]) for method, path, func in table]
+    routes += worker_routes(guard)  # engine.api_workers: what workers on other machines report through
 
     def no_route(request: Request, body: None) -> tuple[int, dict]:
         if any(route.matches(request.scope)[0] == Match.PARTIAL for route in routes):

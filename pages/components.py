@@ -801,10 +801,12 @@ def start_worker() -> int:
     import subprocess
     import sys
 
+    from engine.jobs.queue import worker_argv
+
     root = Path(__file__).resolve().parents[1]
     log = open(paths.logs_dir() / "worker.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "huey.bin.huey_consumer", "engine.jobs.huey", "-k", "thread", "-w", "2", "-C"],
+        [sys.executable, *worker_argv()],
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, paths.HOME_ENV: str(paths.data_home())},
     )

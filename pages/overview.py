@@ -6,13 +6,16 @@ from engine.pretrained import PRETRAINED_NAME, pretrained_available
 from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
                               stop_reason_text, worker_age)
 from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
+from pages.worker_widgets import live_workers, workers_table
 from storage.db import TRAINING_STATUSES, run_budget_s, run_progress
 
 
 def worker_panel() -> None:
     age = worker_age()
     if age is not None and age <= WORKER_FRESH_S:
-        st.success(f"The worker is running (last heartbeat {age_text(age)} ago).", icon=":material/check_circle:")
+        n = len(live_workers())
+        who = f"{n} workers are" if n > 1 else "The worker is"
+        st.success(f"{who} running (last heartbeat {age_text(age)} ago).", icon=":material/check_circle:")
         return
     when = "has never run on this data home" if age is None else f"last reported {age_text(age)} ago"
     st.warning(
@@ -58,6 +61,7 @@ def live() -> None:
     if recover_if_no_worker():  # runs whose worker died are failed here when no worker is up to do it
         forget_queries()
     worker_panel()
+    workers_table()
     models = query("list_models")
     running = [m for m in models if m["status"] in TRAINING_STATUSES]
     queued = [m for m in models if m["status"] == "queued"]

@@ -5,6 +5,7 @@ import streamlit as st
 
 from engine.training.data import load_dataset
 from pages.components import query, run_page
+from pages.worker_widgets import queue_picker
 from pages.train_widgets import (
     dataset_delete_controls,
     dataset_summary,
@@ -137,6 +138,7 @@ def main() -> None:
     # inputs are kept for the browser session (pages.components.keep_page_inputs).
     with st.container(border=True):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
+        queue_picker("train_queue")
         values = training_form(defaults)
         # The run is queued inside the button's callback with the key the form was drawn with; the
         # registry creates one run per key (in one transaction), so the second click of a double click,

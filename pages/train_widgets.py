@@ -325,7 +325,7 @@ def submit_callback(defaults: TrainingConfig) -> None:
     try:
         config, plan = planned_run(defaults)
         model_id = submit_training(name or f"unet-{time.strftime('%m%d-%H%M%S')}", dataset, config,
-                                   submission_key=key, plan=plan)
+                                   submission_key=key, plan=plan, queue=s.get("train_queue"))
     except DuplicateSubmissionError as exc:  # the second click of a double click: the first one's run stands
         s["train_watch"] = exc.model_id
         s["train_message"] = ("success", f"Queued model {exc.model_id}: it starts as soon as the worker has a free "

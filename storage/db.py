@@ -744,14 +744,28 @@ def beat_queued(db: Database | None = None) -> None:
 WORKER_FRESH_S = 30.0  # a worker whose heartbeat is older than this is not running (it beats every few seconds)
 
 
-def beat_worker(worker_id: str | None = None, db: Database | None = None) -> None:
-    """Record that the worker process is alive (called every few seconds by the worker)."""
+def beat_worker(worker_id: str | None = None, db: Database | None = None, *, host: str | None = None,
+                pid: int | None = None, device: str | None = None, queues: str | None = None,
+                job: str | None = None, kind: str = "local") -> None:
+    """Record that a worker process is alive (called every few seconds by each worker).
+
+    Args:
+        worker_id: ``host:pid:token`` (default: this process).
+        host, pid: where it runs (default: this machine and process); a remote worker names its own.
+        device: what it trains on, in words ("cuda: NVIDIA H100", "cpu: AMD EPYC 7B13").
+        queues: the queue names it takes jobs from, comma-separated.
+        job: what it works on now ("training <model id>", "inference <job id>"), or None when idle.
+        kind: ``local`` (writes this registry itself) or ``remote`` (reports over the HTTP API).
+    """
     worker_id = worker_id or this_worker_id()
     now = utc_now()
     with _use(db) as db:
-        _write(db, "INSERT INTO workers (id, host, pid, started_at, beat_at) VALUES (?, ?, ?, ?, ?) "
-                   "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
-               [worker_id, socket.gethostname(), os.getpid(), now, now])
+        _write(db, "INSERT INTO workers (id, host, pid, started_at, beat_at, device, queues, job, kind) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at, "
+                   "device = coalesce(excluded.device, device), queues = coalesce(excluded.queues, queues), "
+                   "job = excluded.job, kind = excluded.kind",
+               [worker_id, host or socket.gethostname(), pid if pid is not None else os.getpid(), now, now, device,
+                queues, job, kind])
 
 
 def worker_heartbeat(db: Database | None = None) -> datetime | None:
@@ -759,3 +773,54 @@ def worker_heartbeat(db: Database | None = None) -> datetime | None:
     with _use(db) as db:
         value = db.execute("SELECT max(beat_at) FROM workers").fetchone()[0]
     return parse_time(value)
+
+
+def list_workers(max_age_s: float | None = None, db: Database | None = None) -> list[dict]:
+    """The workers that ever reported, newest heartbeat first; with ``max_age_s`` only those that reported
+    within that many seconds. Each row has ``age_s`` (seconds since its last heartbeat)."""
+    with _use(db) as db:
+        rows = _rows(db, "SELECT * FROM workers ORDER BY beat_at DESC")
+    for row in rows:
+        row["age_s"] = age_seconds(row["beat_at"])
+    return [r for r in rows if max_age_s is None or (r["age_s"] is not None and r["age_s"] <= max_age_s)]
+
+
+def get_worker(worker_id: str, db: Database | None = None) -> dict | None:
+    """One worker's row, or None when it never reported."""
+    with _use(db) as db:
+        rows = _rows(db, "SELECT * FROM workers WHERE id = ?", [worker_id])
+    return rows[0] if rows else None
+
+
+def forget_workers(older_than_s: float, db: Database | None = None) -> int:
+    """Delete the rows of workers silent for longer than ``older_than_s``; returns how many went."""
+    cutoff = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - older_than_s, timezone.utc)
+    with _use(db) as db:
+        return _write(db, "DELETE FROM workers WHERE beat_at < ?", [cutoff.isoformat(timespec="milliseconds")])
+
+
+def claim_inference_job(job_id: str, worker: str, db: Database | None = None) -> bool:
+    """Move a queued batch job to ``running`` for ``worker`` in one conditional UPDATE; False when it is no
+    longer queued (cancelled, or claimed by another worker)."""
+    now = utc_now()
+    with _use(db) as db:
+        return _write(db, "UPDATE inference_jobs SET status = 'running', started_at = ?, heartbeat_at = ?, "
+                          "worker = ? WHERE id = ? AND status = 'queued'", [now, now, worker, job_id]) > 0
+
+
+def queued_tasks(db: Database | None = None) -> list[dict]:
+    """Every queued run and batch job that has a task in a queue: ``{kind: 'model'|'job', id, task_id, queue}``."""
+    with _use(db) as db:
+        return (_rows(db, "SELECT 'model' AS kind, id, task_id, queue FROM models "
+                          "WHERE status = 'queued' AND task_id IS NOT NULL")
+                + _rows(db, "SELECT 'job' AS kind, id, task_id, queue FROM inference_jobs "
+                            "WHERE status = 'queued' AND task_id IS NOT NULL"))
+
+
+def replace_task_id(kind: str, key: str, old_task_id: str, new_task_id: str, db: Database | None = None) -> bool:
+    """Give a queued run (``kind`` "model") or batch job ("job") a new task id in place of ``old_task_id``
+    (its queue entry was lost and it is queued again); False when the row moved on meanwhile."""
+    table = {"model": "models", "job": "inference_jobs"}[kind]
+    with _use(db) as db:
+        return _write(db, f"UPDATE {table} SET task_id = ? WHERE id = ? AND status = 'queued' AND task_id = ?",
+                      [new_task_id, key, old_task_id]) > 0

@@ -137,3 +137,16 @@ def trained_seconds(db: Database) -> None:
     """Seconds a run has trained, every round of a continued run counted (the worker writes it as it trains):
     the progress of a run with a time budget is this share of its budget, not of its epoch limit."""
     db["models"].add_column("trained_s", float)
+
+
+@MIGRATIONS(name="0006_queues_and_workers")
+def queues_and_workers(db: Database) -> None:
+    """Several machines: a run and a batch job record the queue they were sent to (NULL: the default one),
+    a queued continuation records the checkpoint it starts from (so a lost queue entry can be queued
+    again), and a worker's heartbeat names its device, its queues, what it works on and whether it writes this
+    registry itself (``local``) or reports over the HTTP API (``remote``)."""
+    db["models"].add_column("queue", str)
+    db["models"].add_column("resume_from", str)  # the last.pt a queued continuation starts from (NULL: afresh)
+    db["inference_jobs"].add_column("queue", str)
+    for column in ("device", "queues", "job", "kind"):
+        db["workers"].add_column(column, str)

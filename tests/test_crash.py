@@ -145,7 +145,7 @@ def check_after_restart(model_id: str, saved_before: int) -> int:
     loaded = {Path(path).name: (load_model(path).epoch, epoch) for path, epoch, _ in rows}
     best, last = (load_checkpoint(folder / name) for name in ("best.pt", "last.pt"))
     logged = epochs_of(model_id)
-    assert (checks, row["status"], "the worker stopped while training" in (row["error"] or ""),
+    assert (checks, row["status"], "stopped (last heartbeat" in (row["error"] or ""),
             sorted(p.name for p in folder.iterdir() if p.name.startswith(".")),
             all(file_epoch >= row_epoch for file_epoch, row_epoch in loaded.values()),
             last["epoch"] >= saved_before, best["epoch"] <= last["epoch"] + 1,

@@ -370,7 +370,7 @@ def test_recovery_without_a_worker(home, status, beat_age, worker_beat_age, expe
 def test_the_recovered_run_says_the_worker_stopped(home):
     model_id = _abandoned()
     jobs.recover_if_no_worker(force=True)
-    assert store.get_model(model_id)["error"].startswith("the worker stopped while training (last heartbeat")
+    assert store.get_model(model_id)["error"].startswith(f"the worker on {socket.gethostname()} stopped (last heartbeat")
 
 
 def test_concurrent_recoveries_fail_each_run_exactly_once(home):

@@ -8,6 +8,7 @@
     python -m engine cancel JOB_ID
     python -m engine prune [MODEL_ID] [--keep N] [--inference-older-than DAYS] [--dry-run]
     python -m engine backup DEST
+    python -m engine worker [--server URL --token TOKEN] [--queues training,inference] [--device auto|cpu|cuda]
 
 Errors are ValueErrors with a sentence; ``engine.cli.main`` prints them and exits with status 2.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--name", help="a name for the model (default: the data folder's name and the time)")
     p.add_argument("--no-plan", action="store_true", help="queue the options as given: do not measure this "
                    "machine to choose patch size, batch size, precision and epochs")
+    p.add_argument("--queue", help="with several machines (ML_MANAGER_QUEUE=redis://...): the queue to send it "
+                   "to (default training)")
     p.set_defaults(func=cmd_submit)
 
     p = subparsers.add_parser("status", help="state of one model, or of every model")
@@ -63,6 +67,20 @@ def register(subparsers) -> None:
     p.add_argument("dest", metavar="DEST", help="a new or empty folder outside the data home")
     p.set_defaults(func=cmd_backup)
 
+    p = subparsers.add_parser("worker", help="take jobs from the Redis queue, on this machine or on another one "
+                                             "(README: Several machines)")
+    p.add_argument("--server", default=os.environ.get("ML_MANAGER_SERVER"),
+                   help="the dashboard's address, e.g. http://lab-pc:8501 (or ML_MANAGER_SERVER); without it the "
+                        "worker writes this machine's data home itself")
+    p.add_argument("--token", default=os.environ.get("ML_MANAGER_TOKEN"),
+                   help="the dashboard's API token (or ML_MANAGER_TOKEN)")
+    p.add_argument("--queues", default="training,inference", help="comma-separated queues to take jobs from "
+                   "(default training,inference)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="what trainings run on here (default auto: a CUDA GPU when there is one)")
+    p.add_argument("--threads", type=int, default=1, help="jobs run at once per queue (default 1)")
+    p.set_defaults(func=cmd_worker)
+
 
 def _count(text: str) -> int:
     if not text.strip().isdigit():
@@ -93,7 +111,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     plan = None
     if not args.no_plan:
         config, plan = planned(config, user_fields(args), data)
-    model_id = submit_training(name, data, config, plan=plan.to_dict() if plan else None)
+    model_id = submit_training(name, data, config, plan=plan.to_dict() if plan else None, queue=args.queue)
     if plan is not None:  # once queued (a refusal is one line); on stderr: stdout is the model id alone, for scripts
         print(f"plan: {plan.explain()}", file=sys.stderr, flush=True)
     print(model_id)
@@ -194,3 +212,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     print(f"backed up {', '.join(done['databases']) or 'no database'} and {done['checkpoints']} checkpoint(s) "
           f"({_mb(done['bytes'])}) to {done['dest']}")
     return 0
+
+
+def cmd_worker(args) -> int:
+    """Run a worker until Ctrl-C (``engine.remote.worker.run_worker``)."""
+    import logging
+
+    from engine.remote.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s:%(name)s:%(threadName)s:%(message)s")
+    names = [q.strip() for q in args.queues.split(",") if q.strip()]
+    return run_worker(args.server, args.token, names, device=args.device, threads=max(1, args.threads))

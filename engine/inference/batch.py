@@ -35,6 +35,7 @@ from storage import db as store
 STATS_COLUMNS = ("image", "width", "height", "vessel_pixels", "vessel_fraction", "components", "mean_probability",
                  "threshold_used", "pixels_removed", "fov_fraction", "scale_factor", "seconds", "error")
 MAX_IMAGES = 10_000
+RESULT_PARTS = ("prob", "masks", "stats.csv", "settings.json")  # what results.zip holds
 
 
 def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, dict]:
@@ -134,11 +135,44 @@ def job_settings(row: dict, pp_config) -> dict:
 
 def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
     """Run one queued-and-claimed inference job to the end, recording progress on its row."""
+    row = store.get_inference_job(job_id)
+    outcome = run_images(
+        row, paths.inference_dir(job_id), source=Path(row["input_path"]),
+        on_progress=lambda **counts: store.update_inference_job(job_id, heartbeat_at=store.utc_now(), **counts),
+        cancelled=lambda: store.inference_cancelled(job_id), should_stop=should_stop)
+    store.update_inference_job(job_id, finished_at=store.utc_now(), **outcome)
+
+
+def job_outcome(n_total: int, n_failed: int, n_done: int, cancelled: bool) -> dict:
+    """The row's fields for a batch job that ended (without ``status`` when it was cancelled: the status
+    says so already)."""
+    if cancelled:
+        return {"error": f"cancelled by the user after {n_done} of {n_total} image(s); their results were kept"}
+    error = None
+    if n_failed:
+        error = f"{n_failed} of {n_total} image(s) could not be processed; see the error column of stats.csv"
+    return {"status": "failed" if n_failed == n_total else "completed", "error": error, "progress": 1.0}
+
+
+def run_images(row: dict, out: Path, source: Path, on_progress: Callable[..., None], cancelled: Callable[[], bool],
+               should_stop: Callable[[], bool] = lambda: False, checkpoint: str | None = None) -> dict:
+    """Predict every image of a job and write its outputs into ``out`` (prob/, masks/, stats.csv,
+    settings.json, results.zip); the registry is touched only through the callbacks, so a worker on
+    another machine runs the same code.
+
+    Args:
+        row: the job's row (``checkpoint_path``, ``postprocess``, ``scale``, ``input_path``).
+        out: the job's output folder.
+        source: the input folder or zip as found on this machine.
+        on_progress: called with ``n_total, n_done, n_failed, progress`` keywords as images finish.
+        cancelled: True once the user cancelled the job (read before each image).
+        should_stop: True when the worker shuts down (raises WorkerShutdown before the next image).
+        checkpoint: the checkpoint file on this machine (default: the row's ``checkpoint_path``).
+    Returns:
+        The fields that end the job's row (:func:`job_outcome`).
+    """
     from engine.postprocess import PostProcessConfig
 
-    row = store.get_inference_job(job_id)
-    out = paths.inference_dir(job_id)
-    source = Path(row["input_path"])
     if source.is_file():
         root = archives.safe_extract_zip(source, out / "input") if not (out / "input").exists() else out / "input"
     else:
@@ -149,14 +183,14 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
     if len(files) > MAX_IMAGES:
         raise ValueError(f"{source.name} holds {len(files)} images; the limit per job is {MAX_IMAGES}: split it.")
     pp_config = PostProcessConfig.from_dict(json.loads(row["postprocess"] or "{}"))
-    predictor = load_predictor(row["checkpoint_path"], job_scale(row))
-    store.update_inference_job(job_id, n_total=len(files), n_done=0, n_failed=0, progress=0.0)
-    stats, failed, cancelled = [], 0, False
+    predictor = load_predictor(checkpoint or row["checkpoint_path"], job_scale(row))
+    on_progress(n_total=len(files), n_done=0, n_failed=0, progress=0.0)
+    stats, failed, stopped = [], 0, False
     for i, (file, name) in enumerate(zip(files, _output_names(files, root)), start=1):
         if should_stop():
             raise WorkerShutdown(f"the worker was shut down after {i - 1} of {len(files)} images; submit the job again")
-        if store.inference_cancelled(job_id):  # storage.db.request_cancel: stop here, keep what is written
-            cancelled = True
+        if cancelled():  # storage.db.request_cancel: stop here, keep what is written
+            stopped = True
             break
         try:
             record = _one_image(file, name, out, predictor, pp_config)
@@ -168,21 +202,12 @@ def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> Non
             record = {"error": f"{file.name} could not be read or its results written ({exc.strerror or exc}): "
                                "check the file's permissions and the free disk space, then run the job again."}
         stats.append({"image": str(file.relative_to(root)), **record})
-        store.update_inference_job(job_id, n_done=i, n_failed=failed, progress=i / len(files),
-                                   heartbeat_at=store.utc_now())
+        on_progress(n_total=len(files), n_done=i, n_failed=failed, progress=i / len(files))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=STATS_COLUMNS, restval="")
     writer.writeheader()
     writer.writerows(stats)
     paths.atomic_write_bytes(out / "stats.csv", buf.getvalue().encode())
     paths.atomic_write_bytes(out / "settings.json", json.dumps(job_settings(row, pp_config), indent=2).encode())
-    archives.zip_folder(out, out / "results.zip", include=("prob", "masks", "stats.csv", "settings.json"))
-    if cancelled:  # the status already says cancelled; record when it ended and what was kept
-        store.update_inference_job(job_id, finished_at=store.utc_now(), error=(
-            f"cancelled by the user after {len(stats)} of {len(files)} image(s); their results were kept"))
-        return
-    error = None
-    if failed:
-        error = f"{failed} of {len(files)} image(s) could not be processed; see the error column of stats.csv"
-    status = "failed" if failed == len(files) else "completed"
-    store.update_inference_job(job_id, status=status, finished_at=store.utc_now(), error=error, progress=1.0)
+    archives.zip_folder(out, out / "results.zip", include=RESULT_PARTS)
+    return job_outcome(len(files), failed, len(stats), stopped)

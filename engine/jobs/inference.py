@@ -8,24 +8,27 @@ import os
 from pathlib import Path
 
 from engine.errors import error_text
+from engine.jobs import lifecycle
 from engine.jobs.liveness import ACTIVE
-from engine.jobs.queue import current_queue, huey, log, shutting_down
+from engine.jobs.queue import (INFERENCE, check_queue, log, queue_for, queued_task, redis_errors, remote_link,
+                               shutting_down)
 from storage import db as store
 
 
-@huey.task()
+@queued_task()
 def run_inference_task(job_id: str) -> None:
-    """Predict every image of the job's folder or zip; outputs go to ``inference/<job_id>/``."""
+    """Predict every image of the job's folder or zip; outputs go to ``inference/<job_id>/`` (on a worker
+    on another machine: through its remote link, which downloads the inputs and uploads the results)."""
     from engine.inference.batch import run_job
 
-    row = store.get_inference_job(job_id)
-    if row["status"] != "queued":
-        log.info("inference job %s skipped: it is %s", job_id, row["status"])
-        return
+    link = remote_link()
+    if link is not None:
+        return link.infer(job_id)
     with ACTIVE.job(job_id):
+        if not lifecycle.claim_job(job_id, store.this_worker_id()):
+            log.info("inference job %s skipped: it is no longer queued", job_id)
+            return
         try:
-            store.update_inference_job(job_id, status="running", started_at=store.utc_now(),
-                                       heartbeat_at=store.utc_now(), worker=store.this_worker_id())
             run_job(job_id, should_stop=shutting_down)
         except Exception as exc:  # noqa: BLE001 - recorded on the job's row
             log.exception("inference job %s failed", job_id)
@@ -34,26 +37,29 @@ def run_inference_task(job_id: str) -> None:
 
 
 def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.PathLike, postprocess: dict | None,
-                    model_id: str | None = None, scale: str | float = "auto") -> str:
+                    model_id: str | None = None, scale: str | float = "auto", queue: str | None = None) -> str:
     """Queue a batch inference over a folder of images or a .zip; returns the job id.
 
     ``checkpoint_path`` is a ``.pt`` file or ``"baseline"`` (the classical vesselness filter); ``scale``
     (``"auto"``, ``"none"`` or a factor; see ``engine.inference.predict.resolve_scale``) is how each photograph is
-    resized for the model. Raises ValueError with a sentence for anything unusable; nothing is queued then.
+    resized for the model; ``queue`` the named Redis queue (default ``inference``; ignored on the SQLite queue
+    file). Raises ValueError with a sentence for anything unusable; nothing is queued then.
     """
     from engine.inference.batch import check_inputs
     from engine.fov import parse_scale
 
     scale = parse_scale(scale)
+    queue = check_queue(queue, INFERENCE)
     checkpoint, source, settings = check_inputs(checkpoint_path, input_path, postprocess)
     if model_id is not None and model_id != store.BASELINE:
         store.get_model(model_id)
-    q = current_queue()
+    q = queue_for(queue)
     job_id = store.create_inference_job(checkpoint, source, settings, model_id=model_id, scale=str(scale))
     task = run_inference_task.s(job_id)
-    store.update_inference_job(job_id, task_id=task.id)
+    store.update_inference_job(job_id, task_id=task.id, queue=queue)
     try:
-        q.enqueue(task)
+        with redis_errors("queue the job"):
+            q.enqueue(task)
     except Exception as exc:
         store.update_inference_job(job_id, status="failed", error=f"could not be queued: {exc}")
         raise
@@ -64,8 +70,9 @@ def cancel_inference(job_id: str) -> str:
     """Cancel a batch job: ``"cancelled"`` when queued (revoked, never starts), ``"cancelling"`` when running
     (it stops before its next image, keeping what it wrote). Unknown or finished jobs raise ValueError."""
     outcome = store.request_cancel(job_id)
-    if outcome == "cancelled" and (task_id := store.get_inference_job(job_id)["task_id"]):
-        current_queue().revoke_by_id(task_id)
+    row = store.get_inference_job(job_id)
+    if outcome == "cancelled" and row["task_id"]:
+        queue_for(row.get("queue")).revoke_by_id(row["task_id"])
     return outcome
 
 
@@ -83,5 +90,5 @@ def inference_status(job_id: str) -> dict:
         "stats_csv": str(out / "stats.csv") if (out / "stats.csv").exists() else None,
         "results_zip": str(results) if results.exists() else None,
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
-        "heartbeat_at": row["heartbeat_at"],
+        "heartbeat_at": row["heartbeat_at"], "queue": row.get("queue"), "worker": row.get("worker"),
     }

@@ -7,22 +7,23 @@ start-up hook mark runs whose heartbeat is older than ``ML_MANAGER_STALE_AFTER_S
 Freeing those rows is what releases the training slots a killed worker held (the slots are rows,
 not Huey locks). When no worker runs at all, ``recover_if_no_worker`` (called by the dashboard, the
 API and ``python -m engine status``) does the same; each run is failed by one conditional UPDATE, so
-a worker starting at that moment and the dashboard never both fail it.
+a worker starting at that moment and the dashboard never both fail it. The check itself is
+``engine.jobs.lifecycle.recover_stale``; with the Redis queue the dashboard also runs it every second for
+the workers on other machines (``engine.api_workers``).
 """
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import ContextManager, Iterator
 
 from huey import crontab
 
+from engine.jobs.lifecycle import recover_stale, stale_after_s
 from engine.jobs.queue import huey, log
 from storage import db as store
 from storage import paths
@@ -65,76 +66,17 @@ class ActiveWork:
 
 
 ACTIVE = ActiveWork()
+# What the heartbeat says of this worker besides its job: ``device`` and ``queues`` (set by `python -m engine
+# worker`; huey_consumer on the SQLite queue file takes every job of its one queue).
+WORKER_INFO: dict[str, str] = {}
 _startup_lock = threading.Lock()
 _started_pid: int | None = None
 
 
-def stale_after_s() -> float:
-    """Heartbeat age after which a running run counts as abandoned (``ML_MANAGER_STALE_AFTER_S``)."""
-    try:
-        return max(5.0, float(os.environ.get("ML_MANAGER_STALE_AFTER_S", "60")))
-    except ValueError:
-        return 60.0
-
-
-def worker_gone(worker: str | None) -> bool:
-    """True when ``worker`` (``host:pid:token``) is a process on this machine that no longer runs."""
-    if not worker:
-        return True
-    host, _, rest = worker.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False  # another machine: only the heartbeat's age can tell
-    if int(pid_text) == os.getpid():
-        return worker != store.this_worker_id()  # same pid, other token: this process was re-executed
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def recover_stale_runs(at_startup: bool = False) -> list[str]:
-    """Mark abandoned runs and inference jobs ``failed``; returns their ids."""
-    limit, me, failed = stale_after_s(), store.this_worker_id(), []
-    cutoff = datetime.fromtimestamp(time.time() - limit, timezone.utc).isoformat(timespec="milliseconds")
-    runs, jobs = ACTIVE.snapshot()
-    mine = set(runs) | set(jobs)
-    conn = store.connect()
-    try:
-        candidates = [("model", r) for r in store.list_models(status=store.TRAINING_STATUSES, db=conn)]
-        candidates += [("job", r) for r in store.list_inference_jobs(status="running", db=conn)]
-        for kind, row in candidates:
-            if row["worker"] == me and row["id"] in mine:
-                continue
-            age = store.age_seconds(row["heartbeat_at"])
-            gone = at_startup and worker_gone(row["worker"])
-            if not (gone or age is None or age > limit):
-                continue
-            beat = row["heartbeat_at"] or "never"
-            # One conditional UPDATE decides: another process recovering the same row at once, or a worker
-            # whose beat arrived since we read it, makes it change nothing here.
-            stale_before = None if gone else cutoff
-            if kind == "model":
-                changed = store.fail_stale_model(
-                    row["id"], f"the worker stopped while training (last heartbeat {beat}); the checkpoints saved "
-                               "until then were kept, and Continue training carries on from last.pt",
-                    stale_before, db=conn)
-            else:
-                changed = store.fail_stale_job(
-                    row["id"], f"the worker stopped while this job ran (last heartbeat {beat}); submit it again",
-                    stale_before, db=conn)
-            if changed:
-                failed.append(row["id"])
-                log.warning("%s %s marked failed: last heartbeat %s", kind, row["id"], beat)
-                if kind == "model":  # its writer is gone: a half-written checkpoint is of no use to anyone
-                    for tmp in paths.checkpoints_dir(row["id"]).glob(".*.tmp"):
-                        tmp.unlink(missing_ok=True)
-    finally:
-        conn.close()
-    return failed
+    """Mark abandoned runs and inference jobs ``failed`` (``lifecycle.recover_stale``), sparing what this
+    process works on itself; returns their ids."""
+    return recover_stale(at_startup, ACTIVE.snapshot())
 
 
 _last_recovery = 0.0
@@ -193,8 +135,9 @@ def _beat_forever() -> None:
     while True:
         try:
             conn = conn or store.connect()
-            store.beat_worker(db=conn)
             runs, jobs = ACTIVE.snapshot()
+            job = f"training {runs[0]}" if runs else f"inference {jobs[0]}" if jobs else None
+            store.beat_worker(db=conn, job=job, **WORKER_INFO)
             store.beat_active(runs, jobs, db=conn)
         except Exception:  # noqa: BLE001 - keep beating; a locked moment passes
             log.exception("heartbeat failed")

@@ -5,15 +5,28 @@ The worker is started on it, as huey recommends: ``huey_consumer engine.jobs.hue
 behind a training, and ``-m 0.5`` (longest idle poll, seconds): with huey's default of 10 s a job queued
 after a quiet spell waits up to 10 s. Tasks are registered on ``huey`` by ``engine.jobs.training``,
 ``engine.jobs.inference`` and ``engine.jobs.liveness``; importing ``engine.jobs`` imports all three.
+
+Several machines (``ML_MANAGER_QUEUE=redis://[:password@]host:port/db``): every named queue is huey's own
+``PriorityRedisHuey`` on that server (the stop task jumps the line, which plain ``RedisHuey`` refuses), one
+instance per name (:func:`queue_for`): trainings go to ``training``, batch jobs to ``inference``, and
+``ML_MANAGER_QUEUES`` names more (``gpu,big-memory``). The tasks queued there are the ones registered with
+:func:`queued_task`, the same code as on the SQLite queue. Workers are then started with
+``python -m engine worker`` (``engine.remote.worker``), which consumes the queues it is told to.
 """
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
-from huey import SqliteHuey
+from huey import PriorityRedisHuey, SqliteHuey
 from huey.consumer import Consumer
 
+from engine.errors import UserError
 from storage import paths
 
 # A child of huey's logger, so our messages land in the worker log that huey_consumer sets up.
@@ -63,9 +76,130 @@ def current_queue() -> WorkerQueue:
 def shutting_down() -> bool:
     """True once this process's consumer was told to stop (SIGINT): long tasks end early and cleanly."""
     consumer = huey.consumer
-    return consumer is not None and consumer.stop_flag.is_set()
+    return (consumer is not None and consumer.stop_flag.is_set()) or STOPPING.is_set()
 
 
 def queue_length() -> int:
-    """How many tasks wait in the worker's queue (trainings waiting for a slot are retried, so they count)."""
-    return current_queue().pending_count()
+    """How many tasks wait in the worker's queue (trainings waiting for a slot are retried, so they count).
+
+    Raises:
+        StorageError: the Redis queue cannot be reached (the sentence says where it was looked for).
+    """
+    if redis_url() is None:
+        return current_queue().pending_count()
+    with redis_errors("count the waiting jobs"):
+        return sum(queue_for(name).pending_count() for name in queue_names())
+
+
+@contextmanager
+def redis_errors(doing: str) -> Iterator[None]:
+    """Turn a Redis connection failure inside the block into a StorageError sentence (a 503 from the API)."""
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except RedisError as exc:
+        where = urlsplit(redis_url() or "")
+        raise paths.StorageError(
+            f"The job queue (Redis at {where.hostname}:{where.port or 6379}) could not be reached to {doing} "
+            f"({exc}): start Redis, or check {QUEUE_ENV}; nothing was changed.") from None
+
+
+# --------------------------------------------------------------------------- several machines: Redis queues
+
+QUEUE_ENV = "ML_MANAGER_QUEUE"
+NAMES_ENV = "ML_MANAGER_QUEUES"
+TRAINING, INFERENCE = "training", "inference"  # the queues a training and a batch job go to unless told otherwise
+STOPPING = threading.Event()  # set by `python -m engine worker` when it is told to stop (its consumers' flag)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_QUEUED: list[tuple[Callable, int | None]] = []  # (function, priority) of every task a named queue runs
+_instances: dict[tuple[str, str], PriorityRedisHuey] = {}
+_remote: list[Any] = []  # the remote link of `python -m engine worker --server`, when this process is one
+
+
+def redis_url() -> str | None:
+    """The Redis queue's URL from ``ML_MANAGER_QUEUE``, or None for the SQLite queue file (unset or ``sqlite``).
+
+    Raises:
+        UserError: the setting is neither ``sqlite`` nor a ``redis://`` URL.
+    """
+    value = os.environ.get(QUEUE_ENV, "").strip()
+    if value in ("", "sqlite"):
+        return None
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise UserError(f"{QUEUE_ENV}={value!r} is not a queue this program knows: leave it unset (or 'sqlite') for "
+                        "the queue file in the data home, or give a Redis URL such as redis://:password@host:6379/0.")
+    return value
+
+
+def queue_names() -> list[str]:
+    """The queues jobs may be sent to: ``training``, ``inference``, then those named in ``ML_MANAGER_QUEUES``."""
+    extra = [n.strip().lower() for n in os.environ.get(NAMES_ENV, "").split(",") if n.strip()]
+    return list(dict.fromkeys([TRAINING, INFERENCE, *extra]))
+
+
+def check_queue(name: str | None, default: str) -> str | None:
+    """The queue a job goes to: ``name`` checked (None: ``default``); always None on the SQLite queue file,
+    which has one queue.
+
+    Raises:
+        UserError: an unknown queue name, or a named queue while ``ML_MANAGER_QUEUE`` is unset.
+    """
+    if name is None or name == "":
+        return default if redis_url() else None
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UserError(f"The queue name {name!r} is not usable: use lower-case letters, digits, '-' or '_' "
+                        "(at most 32), such as 'gpu'.")
+    if redis_url() is None:
+        if name in (TRAINING, INFERENCE):
+            return None
+        raise UserError(f"The queue {name!r} needs the Redis queue of several machines: start the dashboard and "
+                        f"workers with {QUEUE_ENV}=redis://host:6379/0 (see the README's Several machines).")
+    if name not in queue_names():
+        raise UserError(f"There is no queue {name!r}: choose one of {', '.join(queue_names())}, or add it to "
+                        f"{NAMES_ENV} (comma-separated) on the dashboard and the workers.")
+    return name
+
+
+def queued_task(priority: int | None = None) -> Callable:
+    """``huey.task(priority=...)`` that also registers the task on every named Redis queue (:func:`queue_for`)."""
+    def decorator(func: Callable):
+        _QUEUED.append((func, priority))
+        return huey.task(priority=priority)(func)
+    return decorator
+
+
+def queue_for(name: str | None) -> SqliteHuey | PriorityRedisHuey:
+    """The huey instance of a named queue: the SQLite queue file's ``huey`` when ``ML_MANAGER_QUEUE`` is
+    unset (it has one queue, whatever the name), else huey's ``PriorityRedisHuey`` named ``ml_manager.<name>``
+    on the Redis server, with every :func:`queued_task` registered (a task's name is its module and function,
+    so a message queued by the dashboard runs the same function on any worker)."""
+    url = redis_url()
+    if url is None or name is None:
+        return current_queue()
+    key = (url, name)
+    with _lock:
+        if key not in _instances:
+            instance = PriorityRedisHuey(name=f"ml_manager.{name}", url=url, results=False)
+            for func, priority in _QUEUED:
+                instance.task(priority=priority)(func)
+            _instances[key] = instance
+        return _instances[key]
+
+
+def worker_argv() -> list[str]:
+    """The arguments after ``python`` that start a worker on this machine for this data home: huey's consumer
+    on the SQLite queue file, or ``-m engine worker`` taking every named queue of the Redis queue."""
+    if redis_url() is None:
+        return ["-m", "huey.bin.huey_consumer", "engine.jobs.huey", "-k", "thread", "-w", "2", "-C"]
+    return ["-m", "engine", "worker", "--queues", ",".join(queue_names())]
+
+
+def set_remote(link: Any) -> None:
+    """Make this process a worker on another machine: its tasks run through ``link`` (``engine.remote.worker``)."""
+    _remote[:] = [link]
+
+
+def remote_link() -> Any:
+    """The remote link :func:`set_remote` installed, or None in a worker that writes the registry itself."""
+    return _remote[0] if _remote else None

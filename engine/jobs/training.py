@@ -23,30 +23,23 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from huey.exceptions import RetryTask
 
 from engine.errors import error_text
+from engine.jobs import lifecycle
+from engine.jobs.lifecycle import STOPPED_EARLY, ProgressRecorder, max_trainings
 from engine.jobs.liveness import ACTIVE
-from engine.jobs.queue import current_queue, huey, log, shutting_down
+from engine.jobs.queue import (TRAINING, check_queue, log, queue_for, queued_task, redis_errors, redis_url,
+                               remote_link, shutting_down)
 from storage import db as store
 from storage import paths
 
 STOP_POLL_S = 0.5  # how often a training reads its row for a stop request
 WAIT_RETRY_S = 1  # a training waiting for a slot asks again after this many seconds
-WAITER_FRESH_S = 30.0  # a queued run whose task has not asked for this long no longer holds its place
-STOPPED_EARLY = ("stopped by the user before the first epoch finished, so no checkpoint of a finished epoch "
-                 "exists: start it again to train it")
-
-
-
-def max_trainings() -> int:
-    """How many trainings may run at once (``ML_MANAGER_MAX_TRAININGS``, default 1)."""
-    try:
-        return max(1, int(os.environ.get("ML_MANAGER_MAX_TRAININGS", "1")))
-    except ValueError:
-        return 1
+__all__ = ["STOP_POLL_S", "STOPPED_EARLY", "ProgressRecorder", "StopWatch", "max_trainings", "start_training",
+           "stop_training", "stop_training_task", "submit_training", "train_model_task", "training_status"]
 
 
 
@@ -73,114 +66,26 @@ class StopWatch:
         return self.reason is not None
 
 
-class ProgressRecorder:
-    """``on_event`` for the training loop: writes progress, epochs, checkpoints to the registry.
+@queued_task()
+def train_model_task(model_id: str, config: dict | None = None, resume_from: str | None = None) -> None:
+    """Train one model (waits, without holding a worker thread, until a training slot is free).
 
-    Args:
-        model_id: the run's registry id.
-        conn: the worker's registry connection.
-        max_minutes: the run's time budget (0: none); the time left caps the ETA.
-        clock: seconds, monotonic (tests pass their own).
+    ``config`` None: the run's row holds it (the Redis queue carries only ids: the configuration was
+    validated once, when the run was submitted). On a worker on another machine the run goes through its
+    remote link (``engine.remote.worker``), which fetches all of it from the dashboard.
     """
-
-    def __init__(self, model_id: str, conn, max_minutes: float = 0.0, clock: Callable[[], float] = time.monotonic):
-        self.model_id, self.conn, self.clock = model_id, conn, clock
-        self.max_minutes = max_minutes
-        self.start_epoch, self.total_epochs, self.steps = 1, 1, 1
-        self.started_at: float | None = None
-        self.elapsed_before = 0.0  # seconds a continued run trained before this start (its budget counts them)
-        self.first_batch: tuple[float, int] | None = None  # (time, steps done) at the first batch report
-        self.epochs_done = 0
-        self._last_write = 0.0
-        self.failures = 0
-
-    def eta(self, epoch: int, step: int) -> float | None:
-        """Seconds left, from the speed measured since the first batch report (loading the images and the
-        first step's warm-up are not speed; validation is, once an epoch has ended); None until measured."""
-        now = self.clock()
-        done = (epoch - self.start_epoch) * self.steps + step
-        total = (self.total_epochs - self.start_epoch + 1) * self.steps
-        if self.first_batch is None or done <= self.first_batch[1] or now <= self.first_batch[0]:
-            return None
-        per_step = (now - self.first_batch[0]) / (done - self.first_batch[1])
-        left = max(0.0, per_step * (total - done))
-        if self.max_minutes and self.started_at is not None:
-            left = min(left, max(0.0, self.max_minutes * 60 - self.trained_s()))
-        return left
-
-    def trained_s(self) -> float:
-        """Seconds the run has trained, the rounds before a resume included (0 before the start event)."""
-        if self.started_at is None:
-            return 0.0
-        return self.elapsed_before + self.clock() - self.started_at
-
-    def __call__(self, event: dict) -> None:
-        try:
-            self._handle(event)
-        except Exception:  # noqa: BLE001 - a registry hiccup must not kill the training; it is logged
-            self.failures += 1
-            log.exception("could not record %s event of model %s", event.get("type"), self.model_id)
-
-    def _handle(self, event: dict) -> None:
-        kind, now = event.get("type"), store.utc_now()
-        update = lambda **f: store.update_model(self.model_id, db=self.conn, **f)  # noqa: E731
-        if kind == "start":
-            self.started_at = self.clock()
-            self.elapsed_before = float(event.get("elapsed_before") or 0.0)
-            self.start_epoch, self.total_epochs = event["start_epoch"], event["total_epochs"]
-            self.steps = max(1, event["steps_per_epoch"])
-            resumed = {}
-            if self.start_epoch > 1:  # a continued run: its curve goes on from the checkpoint's epoch
-                # rows of an epoch whose checkpoint a crash lost are run again
-                store.forget_epochs_from(self.model_id, self.start_epoch, db=self.conn)
-                resumed = dict(epochs_run=self.start_epoch - 1, best_epoch=event.get("best_epoch") or None,
-                               best_metric=event.get("best_metric"), epochs_since_best=event.get("epochs_since_best"))
-            update(total_epochs=self.total_epochs, batches=self.steps, current_epoch=self.start_epoch, batch=0,
-                   heartbeat_at=now, trained_s=self.elapsed_before, **resumed)
-        elif kind == "batch":
-            if self.first_batch is None:
-                self.first_batch = (self.clock(), (event["epoch"] - self.start_epoch) * self.steps + event["step"])
-            if self.clock() - self._last_write < 0.25 and event["step"] != event["steps"]:
-                return
-            self._last_write = self.clock()
-            update(current_epoch=event["epoch"], batch=event["step"], batches=event["steps"],
-                   eta_s=self.eta(event["epoch"], event["step"]), trained_s=self.trained_s(), heartbeat_at=now)
-        elif kind == "epoch_end":
-            self.epochs_done += 1
-            store.log_epoch(self.model_id, event["epoch"], event["train_loss"], event["val_loss"], event["val_dice"],
-                            event["lr"], event["seconds"], db=self.conn)
-            fields = dict(epochs_run=event["epoch"], current_epoch=event["epoch"], best_epoch=event["best_epoch"],
-                          best_metric=event["best_metric"], epochs_since_best=event["epochs_since_best"],
-                          patience=event["patience"], eta_s=self.eta(event["epoch"] + 1, 0), trained_s=self.trained_s(),
-                          heartbeat_at=now)
-            if event.get("is_best"):
-                fields["best_val_dice"] = event["val_dice"]
-            update(**fields)
-        elif kind == "checkpoint":
-            store.add_checkpoint(self.model_id, event["epoch"], event["path"], event["kind"], event["metric"],
-                                 db=self.conn)
-            if event["kind"] == "epoch":  # retention: epoch_XXX.pt files beyond the newest N go now
-                from engine.housekeeping import prune_checkpoints
-
-                prune_checkpoints(self.model_id)
-        elif kind == "calibration":
-            update(recommended_postprocess=event["recommended"])
-
-
-
-@huey.task()
-def train_model_task(model_id: str, config: dict, resume_from: str | None = None) -> None:
-    """Train one model (waits, without holding a worker thread, until a training slot is free)."""
+    link = remote_link()
+    if link is not None:
+        return link.train(model_id, resume=bool(resume_from))
     with ACTIVE.run(model_id):  # before the claim, so the stale check never sees it ownerless
-        try:
-            claimed = store.claim_training_slot(model_id, max_trainings(), WAITER_FRESH_S, store.this_worker_id())
-        except store.UnknownModelError:
-            claimed = None
+        claimed = lifecycle.claim_training(model_id, store.this_worker_id())
         if not claimed:
             if claimed is False:
                 raise RetryTask(delay=WAIT_RETRY_S)
             log.info("training task of %s skipped: the run is no longer queued", model_id)
             return
+        if config is None:
+            config = json.loads(store.get_model(model_id)["config"])
         _run_training(model_id, config, resume_from)
 
 
@@ -195,8 +100,6 @@ def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
 def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn) -> None:
     budget = float(config.get("max_minutes") or 0.0) if isinstance(config, dict) else 0.0
     stopper, progress = StopWatch(model_id, conn), ProgressRecorder(model_id, conn, max_minutes=budget)
-    finish = lambda **f: store.update_model(model_id, db=conn, only_if_status=store.TRAINING_STATUSES,  # noqa: E731
-                                            finished_at=store.utc_now(), eta_s=None, **f)
     try:
         from engine.training.config import TrainingConfig
         from engine.training.loop import train
@@ -207,28 +110,16 @@ def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn
                        on_event=progress, should_stop=stopper, resume_from=resume_from, plan=plan)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
         log.exception("training of %s failed", model_id)
-        finish(status="failed", error=error_text(exc))
+        lifecycle.fail_training(model_id, error_text(exc), conn)
         return
     if result.best_checkpoint is not None:  # the checkpoint event wrote this row already; this covers a lost write
         store.add_checkpoint(model_id, result.best_epoch, result.best_checkpoint, "best", result.best_metric, db=conn)
-    fields: dict[str, Any] = dict(epochs_run=result.epochs_run, best_epoch=result.best_epoch or None,
-                                  best_metric=result.best_metric)
-    if result.recommended_postprocess:
-        fields["recommended_postprocess"] = result.recommended_postprocess
-    if stopper.reason == "shutdown":
-        fields.update(status="failed", error=(
-            f"the worker was shut down during training after {result.epochs_run} epoch(s); last.pt was kept: "
-            "Continue training (or start_training with resume=True) carries on from it"))
-    elif result.stop_reason == "user_stop":
-        has_best = result.best_checkpoint is not None
-        fields.update(status="completed" if has_best else "stopped", stop_reason="user_stop",
-                      error=None if has_best else STOPPED_EARLY)
-    else:
-        fields.update(status="completed", stop_reason=result.stop_reason, error=None)
-    finish(**fields)
+    lifecycle.finish_training(model_id, lifecycle.training_outcome(
+        result.epochs_run, result.best_epoch, result.best_metric, result.best_checkpoint is not None,
+        result.stop_reason, stopper.reason, result.recommended_postprocess), conn)
 
 
-@huey.task(priority=100)
+@queued_task(priority=100)
 def stop_training_task(model_id: str) -> str:
     """``stop_training`` through the queue (jumps ahead of other tasks; ``stop_training`` itself never waits)."""
     return stop_training(model_id)
@@ -258,8 +149,12 @@ def _check_startable(row: dict, resume: bool) -> None:
     raise store.WrongStateError(f"Model {row['id']!r} {what}.")
 
 
-def start_training(model_id: str, training_config: Any, resume: bool = False, plan: dict | None = None) -> str:
+def start_training(model_id: str, training_config: Any, resume: bool = False, plan: dict | None = None,
+                   queue: str | None = None) -> str:
     """Queue the training of an existing model row and return the Huey task id.
+
+    ``queue``: with the Redis queue, the named queue to send it to (None: the one it went to before, or
+    ``training``); ignored on the SQLite queue file, which has one queue.
 
     ``plan``: the ``engine.training.planner.Plan.to_dict()`` that chose ``training_config``, written to the row
     (and by the worker into every checkpoint); None keeps the row's plan.
@@ -270,7 +165,9 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
     Anything else raises ValueError and changes nothing.
     """
     config = _training_config(training_config)
-    _check_startable(store.get_model(model_id), resume)
+    row = store.get_model(model_id)
+    _check_startable(row, resume)
+    queue = check_queue(queue, row.get("queue") or TRAINING)
     resume_from = None
     if resume:  # read the file before taking the registry's write lock
         from engine.training.checkpoint import check_resume
@@ -282,27 +179,32 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
                                         "saved): start it again without resume.")
         check_resume(last, TrainingConfig.from_dict(config))
         resume_from = str(last)
-    q = current_queue()
+    q = queue_for(queue)
     conn = store.connect()
     try:
         with store.immediate(conn):
             _check_startable(store.get_model(model_id, db=conn), resume)
-            task = train_model_task.s(model_id, config, resume_from)
+            # the Redis queue carries only the id: a worker on another machine fetches the rest from the row
+            task = train_model_task.s(model_id, None if redis_url() else config, resume_from)
             now = store.utc_now()
             store.update_model(model_id, db=conn, status="queued", task_id=task.id, config=config, queued_at=now,
                                heartbeat_at=now, error=None, stop_reason=None, finished_at=None, started_at=None,
                                current_epoch=None, batch=None, eta_s=None, total_epochs=config["epochs"],
                                patience=config["early_stopping_patience"],
-                               monitor=config["early_stopping_monitor"], **({"plan": plan} if plan else {}))
-            q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
+                               monitor=config["early_stopping_monitor"], queue=queue, resume_from=resume_from,
+                               **({"plan": plan} if plan else {}))
+            with redis_errors("queue the training"):
+                q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
     finally:
         conn.close()
     return task.id
 
 
 def submit_training(name: str, dataset: str | os.PathLike, config: Any, submission_key: str | None = None,
-                    plan: dict | None = None) -> str:
+                    plan: dict | None = None, queue: str | None = None) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id.
+
+    ``queue``: with the Redis queue, the named queue it goes to (default ``training``; see ``start_training``).
 
     ``plan``: the ``engine.training.planner.Plan.to_dict()`` that chose ``config`` (see ``engine.training.planner``), kept
     in the row and in every checkpoint; None for a run that was not planned.
@@ -320,6 +222,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
     from engine.training.data import DatasetError, check_patch_size, load_dataset
 
     config = _training_config(config)
+    queue = check_queue(queue, TRAINING)
     folder = Path(dataset).expanduser()
     for what, text in (("data folder's path", str(folder.resolve())), ("model name", str(name))):
         try:
@@ -339,7 +242,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
     check_patch_size(ds, int(config["patch_size"]))
     model_id = store.create_model(name, config, str(folder.resolve()), submission_key=submission_key, plan=plan)
     try:
-        start_training(model_id, config)
+        start_training(model_id, config, queue=queue)
     except BaseException:
         store.update_model(model_id, status="failed", error="could not be queued")
         store.delete_model(model_id)
@@ -352,9 +255,9 @@ def stop_training(model_id: str) -> str:
     queued one (revoked, never starts). A finished run raises ValueError and changes nothing."""
     outcome = store.request_stop(model_id)
     if outcome == "cancelled":
-        task_id = store.get_model(model_id)["task_id"]
-        if task_id:
-            current_queue().revoke_by_id(task_id)
+        row = store.get_model(model_id)
+        if row["task_id"]:
+            queue_for(row.get("queue")).revoke_by_id(row["task_id"])
     return outcome
 
 
@@ -380,7 +283,8 @@ def training_status(model_id: str) -> dict:
         "trained_s": row.get("trained_s"),  # every round of a continued run; its budget is max_minutes of them all
         "heartbeat_at": row["heartbeat_at"], "heartbeat_age_s": store.age_seconds(row["heartbeat_at"]),
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
-        "dataset": row["dataset"], "task_id": row["task_id"],
+        "dataset": row["dataset"], "task_id": row["task_id"], "queue": row.get("queue"),
+        "worker": row.get("worker"),
         "plan": json.loads(row["plan"]) if row.get("plan") else None,
     }
 

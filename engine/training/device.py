@@ -44,3 +44,21 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TrainingError("device 'mps' was asked for but Apple's MPS is not available: use device=auto or cpu.")
     return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    """The chip a worker trains on, in words: ``cuda: NVIDIA H100 80GB HBM3``, ``cpu: AMD EPYC 7B13 (2 cores)``."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}" + (" (bf16)" if native_bf16(device) else "")
+    if device.type == "cpu":
+        import os
+        import platform
+
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
+        except OSError:
+            pass
+        return f"cpu: {name} ({os.cpu_count()} cores)" + (" (bf16)" if native_bf16(device) else "")
+    return device.type

@@ -1,0 +1,59 @@
+"""Widgets for several machines: the table of workers (Overview) and the queue picker (Train page).
+
+Both draw nothing new for a dashboard on the SQLite queue file (``ML_MANAGER_QUEUE`` unset), apart from the
+table, which then lists the one worker on this machine."""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.components import age_text, query
+from storage.db import WORKER_FRESH_S
+
+GONE_AFTER_S = 3600.0  # workers silent for longer than this are left out of the table
+
+
+def live_workers() -> list[dict]:
+    """The workers whose heartbeat is fresh."""
+    return query("list_workers", WORKER_FRESH_S)
+
+
+def workers_table() -> None:
+    """Every worker heard from in the last hour: machine, chip, queues, what it does, and whether it is alive."""
+    rows = query("list_workers", GONE_AFTER_S)
+    if not rows:
+        return
+    import pandas as pd
+
+    table = pd.DataFrame(
+        [{"machine": w["host"], "state": "running" if (w["age_s"] or 1e9) <= WORKER_FRESH_S else "gone",
+          "device": w.get("device") or "—", "queues": (w.get("queues") or "all").replace(",", ", "),
+          "working on": w.get("job") or "idle", "last heartbeat": f"{age_text(w['age_s'])} ago",
+          "reports": "over the network" if w.get("kind") == "remote" else "on this machine"} for w in rows])
+    st.table(table.set_index("machine"))  # a few rows of text: a plain table, readable and copyable
+
+
+def queue_picker(key: str, default: str = "training") -> str | None:
+    """With the Redis queue: a choice among the queues that have a live worker (or a sentence that none
+    has); returns the queue chosen, None on the SQLite queue file (one queue, nothing to choose)."""
+    from engine.jobs import queue_names, redis_url
+
+    try:
+        if redis_url() is None:
+            return None
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+    serving: dict[str, list[str]] = {}
+    for worker in live_workers():
+        for name in (worker.get("queues") or "").split(","):
+            if name:
+                serving.setdefault(name, []).append(worker["host"])
+    offered = [name for name in queue_names() if name in serving and name != "inference"]
+    if not offered:
+        st.warning("No worker takes training jobs right now: a run queued now waits in the queue "
+                   f"{default!r} until a worker for it starts (python -m engine worker).", icon=":material/warning:")
+        return default
+    label = {name: f"{name} ({', '.join(sorted(set(serving[name])))})" for name in offered}
+    return st.selectbox("Queue", offered, key=key, format_func=label.get,
+                        index=offered.index(default) if default in offered else 0,
+                        help="Which workers may take this run: only queues with a running worker are offered.")
