@@ -34,8 +34,8 @@ def main() -> None:
         b.caption("The classical vesselness filter: the baseline trained models must beat.")
     elif model_id == PRETRAINED_SOURCE:
         source, model = PRETRAINED_SOURCE, None
-        b.caption("A U-Net trained with this program's default recipe on the 20 DRIVE training images. "
-                  "For research use, like the DRIVE images themselves; not for diagnosis.")
+        b.caption("A U-Net trained on the 20 DRIVE training images, with augmentation that imitates other "
+                  "cameras. For research use, like the DRIVE images themselves; not for diagnosis.")
         recommended = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).recommended_postprocess
     else:
         model = next((m for m in query("list_models", "completed") if m["id"] == model_id), None)
@@ -43,7 +43,11 @@ def main() -> None:
         source = by_label[b.selectbox("Checkpoint", list(by_label), key=f"inf_ckpt_{model_id}")]
         if model and model.get("recommended_postprocess"):
             recommended = json.loads(model["recommended_postprocess"])
-    start = start_from(model, "inf", recommended, scope=model_id)
+    why = None
+    if recommended and source != BASELINE_SOURCE:  # the calibration's sentences, kept in the checkpoint
+        why = (load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).calibration or {}).get(
+            "explanation")
+    start = start_from(model, "inf", recommended, scope=model_id, why=why)
     scale, tuned = workspace(source, key="inf", start=start)  # None, None while no image is on screen
     st.divider()
     batch_controls(source, None if model is None else model["id"], "inf", start, scale, tuned)

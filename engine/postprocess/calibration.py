@@ -125,7 +125,7 @@ def explain_calibration(recommended: dict, report: dict) -> list[str]:
         d_with = trial["with"]["True"]
         if recommended[key]:
             words.append(f"{name} on: it raised the validation Dice from {trial['without']:.3f} to {d_with:.3f}.")
-        elif d_with < trial["without"] - 0.0005:
+        elif d_with < trial["without"] - CALIBRATION_MIN_GAIN / 2:
             what = "erodes thin vessels and cuts them at their narrowest points" if key == "apply_opening" else \
                 "merges vessels that run close together and fills the gaps between them"
             words.append(f"No {name.lower()}: on this model's maps it {what} (validation Dice "
@@ -140,7 +140,7 @@ def explain_calibration(recommended: dict, report: dict) -> list[str]:
     if size:
         words.append(f"Smallest component {size} px: removing smaller pieces raised the validation Dice from "
                      f"{sizes['without']:.3f} to {sizes['with'][str(size)]:.3f} ({usual_sizes}).")
-    elif max(sizes["with"][str(m)] for m in USUAL_MIN_SIZES) < sizes["without"] - 0.0005:
+    elif max(sizes["with"][str(m)] for m in USUAL_MIN_SIZES) < sizes["without"] - CALIBRATION_MIN_GAIN / 2:
         words.append(f"No smallest component size: the small pieces on this model's maps are more often "
                      f"vessel (ends and short branches drawn apart from their vessel) than noise, so removing "
                      f"them costs Dice (validation Dice {sizes['without']:.3f} keeping every piece; {usual_sizes}).")
