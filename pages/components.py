@@ -325,9 +325,9 @@ def _probability_map(source: str, mtime: float, digest: str, fov_digest: str, sc
     if source == BASELINE_SOURCE:
         prob = vesselness_map(_image, _fov)
     else:
-        from engine.inference.predict import predict  # torch loads only on pages that need it
+        from engine.inference.predict import DASHBOARD_TTA, predict  # torch loads only on pages that need it
 
-        prob = predict(load_checkpoint(source, mtime), _image, fov=_fov, scale=scale)
+        prob = predict(load_checkpoint(source, mtime), _image, fov=_fov, scale=scale, tta=DASHBOARD_TTA)
     logger.info("probability map %s by %s, scale %s: %.1f s", _image.shape, Path(source).name, scale, time.monotonic() - t0)
     return prob
 

@@ -35,8 +35,8 @@ def main() -> None:
         b.caption("The classical vesselness filter: the baseline trained models must beat.")
     elif model_id == PRETRAINED_SOURCE:
         source, model = PRETRAINED_SOURCE, None
-        b.caption("A U-Net trained with this program's default recipe on the 20 DRIVE training images. "
-                  "For research use, like the DRIVE images themselves; not for diagnosis.")
+        b.caption("A U-Net trained on the 20 DRIVE training images, with augmentation that imitates other "
+                  "cameras. For research use, like the DRIVE images themselves; not for diagnosis.")
         recommended = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).recommended_postprocess
     else:
         model = next((m for m in query("list_models", "completed") if m["id"] == model_id), None)
@@ -44,7 +44,11 @@ def main() -> None:
         source = by_label[b.selectbox("Checkpoint", list(by_label), key=f"inf_ckpt_{model_id}")]
         if model and model.get("recommended_postprocess"):
             recommended = json.loads(model["recommended_postprocess"])
-    start = start_from(model, "inf", recommended, scope=model_id)
+    why = None
+    if recommended and source != BASELINE_SOURCE:  # the calibration's sentences, kept in the checkpoint
+        why = (load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).calibration or {}).get(
+            "explanation")
+    start = start_from(model, "inf", recommended, scope=model_id, why=why)
     # scale and tuned are None while no image is on screen
     scale, tuned = workspace(source, key="inf", start=start, linked=(batch_sentence_key("inf"),))
     st.divider()

@@ -115,6 +115,14 @@ def scale_note(source: str, image: np.ndarray, fov: np.ndarray, scale: str | flo
         return (f"Image scale: the classical filter sees the photograph ×{factor:.2f} ({round(w * factor):,}×"
                 f"{round(h * factor):,} px), so that its field of view is about {FOV_DIAMETER:,.0f} px across as its "
                 "filters expect; the map is resized back.")
+    from engine.inference.predict import DASHBOARD_TTA, TTA_WORDS
+
+    note = _scale_words(source, image, fov, scale)
+    return f"{note} {TTA_WORDS[0].upper()}{TTA_WORDS[1:]}." if DASHBOARD_TTA else note
+
+
+def _scale_words(source: str, image: np.ndarray, fov: np.ndarray, scale: str | float) -> str:
+    """What the image scale does to ``image`` with this model (not the classical filter), in words."""
     from engine.inference.predict import resolve_scale
 
     loaded = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source))
@@ -199,11 +207,13 @@ class StartPoint:
     words: str  # how a batch job run with them is described ("with the model's recommended settings")
 
 
-def start_from(model: dict | None, key: str, recommended: dict | None = None, scope: str = "") -> StartPoint:
+def start_from(model: dict | None, key: str, recommended: dict | None = None, scope: str = "",
+               why: list[str] | None = None) -> StartPoint:
     """'Start the tuner from': the model's recommended settings (its registry row's, else ``recommended``)
     first when there are any, then its saved presets, then the defaults. ``scope`` names what the choice
     belongs to (a model or checkpoint), so another model opens on its own first option. A preset saved
-    with retired options says what changed, with ``st.info``."""
+    with retired options says what changed, with ``st.info``; ``why`` (the calibration's sentences) is
+    shown under the recommended settings."""
     choices: dict[str, dict | None] = {}
     if model and model.get("recommended_postprocess"):
         recommended = json.loads(model["recommended_postprocess"])
@@ -225,6 +235,10 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
         st.warning(f"The saved settings cannot be used ({exc}); the tuner opens with the defaults.")
         return StartPoint(None, DEFAULTS_LABEL, "with the default settings")
     st.caption(settings_sentence(config or PostProcessConfig()))
+    if why and pick == "Recommended by training":
+        with st.expander("How these settings differ from the usual advice, and why"):
+            for sentence in why:
+                st.markdown(f"- {sentence}")
     return StartPoint(config, pick, words)
 
 
@@ -311,14 +325,16 @@ def batch_sentence_key(key: str) -> str:
     return f"{key}__batch_sentence"
 
 
-def _batch_sentence(tuner_key: str | None, config: PostProcessConfig, words: str, scale: str | float) -> None:
+def _batch_sentence(tuner_key: str | None, config: PostProcessConfig, words: str, scale: str | float,
+                    flips: str = "") -> None:
     """What a click on Run on all images does, with the tuner's settings as they are now (``tuner_key``), else
-    ``config``: a fragment that re-runs with the tuner, so it never describes the settings of a move before."""
+    ``config``: a fragment that re-runs with the tuner, so it never describes the settings of a move before.
+    ``flips``: the words saying test-time flips are on ("; ..."), or ""."""
     config = (tuner_settings(tuner_key) if tuner_key else None) or config
     sentence = settings_sentence(config)
     scaled = SCALE_WORDS.get(scale) or f"each image is resized ×{scale:.2f}"
     st.caption(f"Every image is processed {words}: {sentence[0].lower()}{sentence[1:]} Each image's field of view "
-               f"is estimated from it, and {scaled}.")
+               f"is estimated from it, and {scaled}{flips}.")
 
 
 def batch_controls(source: str, model_id: str | None, key: str, start: StartPoint, scale: str | float | None,
@@ -334,8 +350,11 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
         config, words = tuned or start.config or PostProcessConfig(), "with the settings on screen"
     else:
         config, words, scale = start.config or PostProcessConfig(), start.words, "auto"
+    from engine.inference.predict import DASHBOARD_TTA, TTA_WORDS
+
+    flips = f"; {TTA_WORDS}" if DASHBOARD_TTA and source != BASELINE_SOURCE else ""
     st.fragment(_batch_sentence, key=batch_sentence_key(key))(f"{key}_tuner" if tuned is not None else None, config,
-                                                             words, scale)
+                                                             words, scale, flips)
     kind = st.radio("Images to process", ["Folder path", "Zip upload"], key=f"{key}_batch_kind", horizontal=True)
     folder, upload = None, None
     if kind == "Folder path":

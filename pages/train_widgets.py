@@ -48,6 +48,10 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
                                    "Photographs from one camera rarely need it."),
     "any_angle": ("Regularisation", "With augmentation on, rotate patches by any angle instead of only by multiples "
                                     "of 90°."),
+    "camera_augment": ("Regularisation", "With augmentation on, the share of patches cut from the photograph as "
+                                         "another camera would take it: colour cast, gamma and contrast, uneven "
+                                         "illumination, blur or sharpening, JPEG, sensor noise. 0 turns it off; "
+                                         "for photographs of other cameras than the training set's."),
     "early_stopping_monitor": ("Early stopping and LR", "val_dice (higher is better) or val_loss (lower is better)."),
     "early_stopping_patience": ("Early stopping and LR", "Epochs without improvement before stopping; 10–20 is a "
                                                          "good range. 0 never stops early."),
@@ -77,7 +81,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
                                           "Dice on the validation images; the inference pages open with them."),
 }
 LABELS = {"ema_decay": "Weight-average decay", "lr_schedule": "LR schedule", "min_learning_rate": "Minimum learning rate", "clahe": "CLAHE",
-          "max_zoom": "Maximum zoom", "any_angle": "Rotate by any angle",
+          "max_zoom": "Maximum zoom", "any_angle": "Rotate by any angle", "camera_augment": "Other-camera share",
           "calibrate_postprocess": "Calibrate post-processing", "early_stopping_monitor": "Early-stopping monitor",
           "early_stopping_patience": "Early-stopping patience"}
 

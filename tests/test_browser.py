@@ -207,7 +207,7 @@ def test_pretrained_model_on_a_large_photograph_in_a_real_browser(home, tmp_path
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.set_default_timeout(60_000)
         page.goto(f"{url}/inference")
-        page.get_by_text("trained with this program's default recipe").wait_for()  # offered first: the default
+        page.get_by_text("trained on the 20 DRIVE training images, with augmentation").wait_for()  # offered first: the default
         page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(photograph))
         page.get_by_text("Mask on the image").wait_for(timeout=240_000)
         wait_idle(page, timeout=240_000)

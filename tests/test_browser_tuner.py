@@ -160,7 +160,7 @@ def test_batch_job_uses_the_models_recommended_settings_and_records_them(home, b
             page.get_by_role("combobox", name="Model", exact=True).click()
             page.get_by_role("option", name=name).click()
             page.get_by_role("combobox", name="Start the tuner from").wait_for()
-            wait_until(lambda: bool(page.get_by_text("trained with this program's default recipe").count()) == (
+            wait_until(lambda: bool(page.get_by_text("trained on the 20 DRIVE training images, with augmentation").count()) == (
                 name == PRETRAINED_NAME))
             wait_idle(page)
         page.wait_for_timeout(1000)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.cli import main
@@ -133,3 +134,85 @@ def test_status_outside_a_data_home_says_so_and_creates_nothing(tmp_path):
     done = subprocess.run([sys.executable, "-m", "engine", "status"], cwd=tmp_path, capture_output=True, text=True,
                           env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, timeout=120)
     assert (done.returncode, "There is no data home" in done.stderr, (tmp_path / "data").exists()) == (2, True, False)
+
+
+# --- which mask predict writes, and what evaluate scores ------------------------------------------
+
+RECOMMENDED = {"threshold": 0.35, "apply_opening": False, "apply_closing": True, "min_component_size": 20,
+               "confidence_threshold": 0.0}
+
+
+@pytest.fixture(scope="module")
+def with_and_without_recommended(trained):
+    """The trained best.pt twice: with distinctive recommended settings, and with none."""
+    import torch
+
+    base, _ = trained
+    ckpt = torch.load(base / "run" / "best.pt", weights_only=True)
+    paths = {}
+    for name, rec in (("recommended", RECOMMENDED), ("none", None)):
+        ckpt["recommended_postprocess"] = rec
+        paths[name] = base / f"{name}.pt"
+        torch.save(ckpt, paths[name])
+    return base, paths
+
+
+def expected_mask(checkpoint: Path, image_path: Path, settings) -> np.ndarray:
+    from engine.fov import estimate_fov
+    from engine.imageio import read_image
+    from engine.inference.predict import load_model, predict
+    from engine.postprocess import PostProcessConfig, enhanced_post_processing
+
+    image = read_image(image_path)
+    fov = estimate_fov(image)
+    prob = predict(load_model(checkpoint), image, fov=fov)
+    if isinstance(settings, float):
+        return (prob >= settings).astype(np.uint8)
+    return enhanced_post_processing(prob, config=PostProcessConfig(**settings), fov=fov).mask
+
+
+
+@pytest.mark.parametrize("model, options, settings", [
+    ("recommended", [], RECOMMENDED),  # the default: the model's recommended settings
+    ("recommended", ["--recommended"], RECOMMENDED),
+    ("none", [], {}),  # no recommended settings: the default post-processing
+    ("recommended", ["--raw"], 0.5),
+    ("recommended", ["--threshold", "0.3"], 0.3),
+])
+def test_predict_writes_the_recommended_mask_unless_raw_or_threshold(with_and_without_recommended, tmp_path,
+                                                                     model, options, settings, capsys):
+    from engine.imageio import read_mask
+
+    base, paths = with_and_without_recommended
+    image = base / "data" / "images" / "synth_002.png"
+    assert main(["predict", "--checkpoint", str(paths[model]), "--input", str(image), "--output", str(tmp_path),
+                 *options]) == 0
+    written = read_mask(tmp_path / "synth_002_mask.png")
+    assert np.array_equal(written, expected_mask(paths[model], image, settings))
+
+
+@pytest.mark.parametrize("model, options, words", [
+    ("recommended", [], "masks: the model's recommended settings"),
+    ("none", [], "masks: the default post-processing (the model has no recommended settings)"),
+    ("recommended", ["--raw"], "masks: the probability map at 0.5, not post-processed"),
+])
+def test_predict_says_which_settings_made_the_masks(with_and_without_recommended, tmp_path, model, options, words,
+                                                    capsys):
+    base, paths = with_and_without_recommended
+    image = base / "data" / "images" / "synth_002.png"
+    main(["predict", "--checkpoint", str(paths[model]), "--input", str(image), "--output", str(tmp_path), *options])
+    assert capsys.readouterr().out.splitlines()[-1] == words
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], {"threshold": 0.5}),  # evaluate keeps the plain 0.5 map, for comparability
+    (["--recommended"], "recommended"),
+])
+def test_evaluate_scores_the_plain_map_unless_recommended(with_and_without_recommended, options, expected, capsys):
+    from engine.postprocess import PostProcessConfig
+
+    base, paths = with_and_without_recommended
+    assert main(["evaluate", "--checkpoint", str(paths["recommended"]), "--data", str(base / "data"), *options]) == 0
+    result = json.loads(capsys.readouterr().out)
+    want = PostProcessConfig(**RECOMMENDED).to_dict() if expected == "recommended" else expected
+    assert result["postprocess"] == want

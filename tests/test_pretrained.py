@@ -16,7 +16,8 @@ from engine.fov import rescale
 from engine.imageio import encode_png
 from engine.inference.predict import load_model, predict
 from engine.training.checkpoint import load_checkpoint_dict
-from engine.pretrained import KEPT_KEYS, PRETRAINED_NAME, PRETRAINED_PATH, export_pretrained, pretrained_available
+from engine.pretrained import (KEPT_KEYS, PRETRAINED_NAME, PRETRAINED_PATH, RECIPE, export_pretrained,
+                               pretrained_available)
 from engine.training.config import TrainingConfig
 from engine.training.loop import train
 
@@ -46,6 +47,16 @@ def test_it_is_named_for_users():
 
 def test_it_records_drive_scale(shipped):
     assert shipped.fov_diameter == pytest.approx(540, abs=10)
+
+
+@pytest.mark.parametrize("field", sorted(RECIPE))
+def test_the_shipped_file_was_trained_with_the_recipe_make_pretrained_uses(shipped, field):
+    assert getattr(shipped.config, field) == RECIPE[field]
+
+
+def test_its_calibration_explains_the_recommended_settings(shipped):
+    explanation = load_checkpoint_dict(PRETRAINED_PATH)["calibration"]["explanation"]
+    assert explanation[-1].startswith("The usual advice at its best")
 
 
 def test_it_has_recommended_post_processing(shipped):

@@ -68,8 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data", required=True, help="data set folder with vessel masks, in any layout train reads")
         group = p.add_mutually_exclusive_group()
         group.add_argument("--postprocess", help="JSON file with PostProcessConfig settings")
-        group.add_argument("--recommended", action="store_true", help="use the checkpoint's calibrated settings")
-        group.add_argument("--threshold", type=_threshold, default=0.5, help="plain threshold (default 0.5)")
+        if name == "predict":
+            group.add_argument("--recommended", action="store_true",
+                               help="the mask with the model's recommended settings, or the default post-processing "
+                                    "where it has none (what predict does unless --raw, --threshold or --postprocess)")
+            group.add_argument("--raw", action="store_true", help="the mask is the probability map at 0.5, not "
+                               "post-processed")
+            group.add_argument("--threshold", type=_threshold, default=None,
+                               help="the mask is the probability map at this threshold, not post-processed")
+        else:
+            group.add_argument("--recommended", action="store_true",
+                               help="score the mask post-processed with the model's recommended settings (the "
+                                    "default post-processing where it has none) instead of the plain 0.5 map")
+            group.add_argument("--threshold", type=_threshold, default=0.5, help="plain threshold (default 0.5)")
         p.add_argument("--tta", action="store_true", help="average predictions of flipped images")
         p.add_argument("--scale", type=_scale, default="auto",
                        help="resize each image for the model: auto (to the scale of the model's training "

@@ -10,20 +10,25 @@ import numpy as np
 
 from engine.cli.common import CliError, read_json
 
-def _postprocess_config(args: argparse.Namespace, loaded) -> Any:
-    """The PostProcessConfig chosen by --postprocess / --recommended, or None for a plain threshold."""
+def _postprocess_config(args: argparse.Namespace, loaded) -> tuple[Any, str]:
+    """(PostProcessConfig or None for a plain threshold, words saying which) chosen by the options.
+
+    ``--postprocess`` reads a file; ``--recommended`` (and predict without ``--raw`` or ``--threshold``) takes
+    the model's recommended settings, or the default post-processing where it has none.
+    """
     from engine.postprocess import PostProcessConfig
 
     if getattr(args, "postprocess", None):
-        return PostProcessConfig.from_dict(read_json(args.postprocess, "post-processing settings"))
-    if getattr(args, "recommended", False):
-        if not loaded.recommended_postprocess:
-            raise CliError(f"{loaded.path.name} has no recommended post-processing (training was stopped before "
-                           "calibration): pass --postprocess settings.json or --threshold instead.")
-        return PostProcessConfig.from_dict(loaded.recommended_postprocess)
-    return None
-
-
+        return (PostProcessConfig.from_dict(read_json(args.postprocess, "post-processing settings")),
+                f"the settings in {args.postprocess}")
+    plain = getattr(args, "raw", False) or args.threshold is not None
+    if getattr(args, "recommended", False) or (args.command == "predict" and not plain):
+        if loaded.recommended_postprocess:
+            return PostProcessConfig.from_dict(loaded.recommended_postprocess), "the model's recommended settings"
+        return PostProcessConfig(), "the default post-processing (the model has no recommended settings)"
+    threshold = 0.5 if args.threshold is None else args.threshold
+    args.threshold = threshold
+    return None, f"the probability map at {threshold:g}, not post-processed"
 def _binarise(prob: np.ndarray, cfg: Any, threshold: float, fov: np.ndarray | None) -> np.ndarray:
     if cfg is None:
         return (prob >= threshold).astype(np.uint8)
@@ -52,7 +57,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from storage.paths import atomic_write_bytes
 
     loaded = load_model(args.checkpoint)
-    cfg = _postprocess_config(args, loaded)
+    cfg, settings_words = _postprocess_config(args, loaded)
     files = _input_images(Path(args.input))
     out = Path(args.output)
     existing = next((p for p in (out, *out.parents) if p.exists()), None)  # the folder, or what would hold it
@@ -68,7 +73,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / f"{path.stem}_mask.png", encode_png(mask))
         factor = resolve_scale(loaded, fov, args.scale)
         print(f"{path.name}: {out / (path.stem + '_mask.png')} ({mask.mean() * 100:.1f}% vessel pixels; "
-              f"estimated field of view; resized ×{factor:.3g} for the model)")
+              f"estimated field of view; resized ×{factor:.3g} for the model"
+              f"{'; flip test-time augmentation' if args.tta else ''})")
+    print(f"masks: {settings_words}")
     return 0
 
 
@@ -86,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.metrics import pooled_metrics, segmentation_metrics
 
     loaded = load_model(args.checkpoint)
-    cfg = _postprocess_config(args, loaded)
+    cfg, settings_words = _postprocess_config(args, loaded)
     ds = load_dataset(args.data)
     probs, preds, masks, fovs, per_image = [], [], [], [], []
     for i, sample in enumerate(ds.pairs):
@@ -104,6 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = {**_plain(pooled), "n_images": len(per_image), "layout": ds.layout, "checkpoint": str(loaded.path),
               "model_fov_diameter": loaded.fov_diameter, "scale": args.scale,
               "postprocess": cfg.to_dict() if cfg is not None else {"threshold": args.threshold},
+              "postprocess_used": settings_words, "tta": bool(args.tta),
               "per_image": per_image}
     print(json.dumps(result, indent=2))
     return 0

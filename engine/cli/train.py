@@ -39,6 +39,8 @@ class ProgressBar:
                   f"{event['dice_after']:.4f} (threshold {r['threshold']}, min_component_size "
                   f"{r['min_component_size']}, opening {r['apply_opening']}, closing {r['apply_closing']})",
                   file=self.stream, flush=True)
+            for line in event.get("explanation") or ():
+                print(f"  {line}", file=self.stream, flush=True)
         elif kind == "end":
             print(f"stopped: {event['stop_reason']} after {event['epochs_run']} epochs; best epoch "
                   f"{event['best_epoch']}", file=self.stream, flush=True)

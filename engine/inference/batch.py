@@ -88,10 +88,11 @@ def load_predictor(checkpoint: str, scale: str | float = "auto") -> Callable[[np
         from engine.vesselness import baseline_scale, vesselness_map
 
         return lambda image, fov: (vesselness_map(image, fov, scale), baseline_scale(fov, scale))
-    from engine.inference.predict import load_model, predict, resolve_scale
+    from engine.inference.predict import DASHBOARD_TTA, load_model, predict, resolve_scale
 
     loaded = load_model(checkpoint)
-    return lambda image, fov: (predict(loaded, image, fov=fov, scale=scale), resolve_scale(loaded, fov, scale))
+    return lambda image, fov: (predict(loaded, image, fov=fov, scale=scale, tta=DASHBOARD_TTA),
+                               resolve_scale(loaded, fov, scale))
 
 
 def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
@@ -124,12 +125,15 @@ def job_scale(row: dict) -> str | float:
 
 def job_settings(row: dict, pp_config) -> dict:
     """What a job's results were made with, written beside them as settings.json."""
+    from engine.inference.predict import DASHBOARD_TTA, TTA_WORDS
     from engine.training.checkpoint import versions
 
     checkpoint = row["checkpoint_path"]
+    baseline = checkpoint == store.BASELINE
     return {"checkpoint": checkpoint, "model_id": row.get("model_id"),
-            "model": "classical vesselness filter" if checkpoint == store.BASELINE else Path(checkpoint).name,
+            "model": "classical vesselness filter" if baseline else Path(checkpoint).name,
             "postprocess": pp_config.to_dict(), "scale": job_scale(row), "field_of_view": "estimated from each image",
+            "test_time_augmentation": TTA_WORDS if DASHBOARD_TTA and not baseline else "none",
             "input": row["input_path"], "versions": versions()}
 
 

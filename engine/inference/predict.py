@@ -19,6 +19,11 @@ import torch
 from engine.fov import estimate_fov, fov_diameter, parse_scale, rescale, scale_factor
 from engine.imageio import MIN_SIDE
 from engine.tiling import TILE_SIZE, sliding_window_logits
+
+# The dashboard's pages and batch jobs (from the pages or the API) predict with flip test-time augmentation
+# (``predict(tta=True)``); TTA_WORDS is how they say so. The command line takes it as asked (``--tta``).
+DASHBOARD_TTA = True
+TTA_WORDS = "each map averages the predictions of the photograph and of its three flips (test-time augmentation)"
 from engine.training.checkpoint import CheckpointError, build_model, checkpoint_scale, load_checkpoint_dict
 from engine.training.config import TrainingConfig
 from engine.training.data import preprocess

@@ -49,6 +49,8 @@ class TrainingConfig:
     augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
     max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off
     any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps
+    camera_augment: float = 0.0  # augment: share of patches cut from the image as another camera would take it
+    #                              (colour cast, gamma, uneven light, blur/sharpen, JPEG, noise); 0 = off
     ema_decay: float = 0.998  # validate and save an exponential moving average of the weights (~500 steps); 0 = off
     # --- learning-rate schedule
     lr_schedule: str = "cosine"  # 'cosine' (to min_learning_rate by the last epoch), 'plateau' or 'none'
@@ -129,6 +131,7 @@ _RANGES = {
     "learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "batch_size": (1, 1024, False),
     "patch_size": (16, 1024, False), "epochs": (1, 100_000, False), "steps_per_epoch": (1, 1_000_000, False),
     "val_fraction": (0.0, 0.9, False), "ema_decay": (0.0, 0.99999, False), "max_zoom": (1.0, 2.0, False),
+    "camera_augment": (0.0, 1.0, False),
     "min_learning_rate": (0.0, 1.0, False),
     "plateau_factor": (0.0, 0.99, True),
     "plateau_patience": (0, 1000, False), "early_stopping_patience": (0, 100_000, False),

@@ -206,18 +206,23 @@ class Dataset:
         return (f"Fields of view from {low:,.0f} to {high:,.0f} px across: {resized} of {len(self)} images are "
                 f"resized to {target:,.0f} px, the median, for training.")
 
+    def scaled(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image uint8 RGB, mask, fov) of sample ``i`` at the data set's one scale (:meth:`scales`)."""
+        image, mask, fov = self.raw(i)
+        factor = self.scales()["factors"][i] if len(self) > 1 else 1.0
+        if factor != 1.0:  # a mixed-size data set: every image at the median scale
+            image = rescale(image, factor)
+            mask = (rescale(mask.astype(np.float32), factor, "map") >= 0.5).astype(np.uint8)
+            fov = rescale(fov, factor, "mask")
+        return image, mask, fov
+
     def arrays(self, i: int, channel: str = "green", clahe: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(preprocessed float32 (C,H,W) in [0,1], mask, fov) of sample ``i`` at the data set's one scale
         (:meth:`scales`), decoded once and cached."""
         key = (i, channel, bool(clahe))
         with self._lock:
             if key not in self._cache:
-                image, mask, fov = self.raw(i)
-                factor = self.scales()["factors"][i] if len(self) > 1 else 1.0
-                if factor != 1.0:  # a mixed-size data set: every image at the median scale
-                    image = rescale(image, factor)
-                    mask = (rescale(mask.astype(np.float32), factor, "map") >= 0.5).astype(np.uint8)
-                    fov = rescale(fov, factor, "mask")
+                image, mask, fov = self.scaled(i)
                 self._cache[key] = (prepare_channels(image, channel, clahe), mask, fov)
             return self._cache[key]
 
@@ -484,6 +489,20 @@ class PatchSampler:
         self.patch, self.augment = patch_size, augment
         self.max_zoom, self.any_angle = max_zoom, any_angle
         self.centres = [np.argwhere(f > 0) if f.any() else np.argwhere(np.ones_like(f)) for f in fovs]
+        self.variants: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None] = [None] * len(images)
+        self.variant_share = 0.0
+
+    def set_variants(self, variants: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None],
+                     share: float) -> None:
+        """Other versions of the images (e.g. as another camera took them: same shape, same mask and FOV),
+        each with its normalisation stats, or None; a patch comes from image ``i``'s variant with
+        probability ``share``. Variants never change which pixels are drawn, only their values."""
+        if len(variants) != len(self.images):
+            raise ValueError(f"{len(variants)} variants for {len(self.images)} images: give one (or None) per image.")
+        for v, img in zip(variants, self.images):
+            if v is not None and v[0].shape != img.shape:
+                raise ValueError(f"A variant of shape {v[0].shape} cannot stand for an image of shape {img.shape}.")
+        self.variants, self.variant_share = list(variants), float(share)
 
     def _crop(self, a: np.ndarray, y: int, x: int) -> np.ndarray:
         p = self.patch
@@ -512,6 +531,9 @@ class PatchSampler:
         for _ in range(batch_size):
             i = int(rng.integers(len(self.images)))
             img, msk = self.images[i], self.masks[i]
+            mean, std = self.stats[i]
+            if self.variant_share > 0 and self.variants[i] is not None and rng.random() < self.variant_share:
+                img, (mean, std) = self.variants[i]
             cy, cx = self.centres[i][rng.integers(len(self.centres[i]))]
             if geometric:
                 zoom = math.exp(rng.uniform(math.log(1 / self.max_zoom), math.log(self.max_zoom))) \
@@ -534,7 +556,6 @@ class PatchSampler:
                     xi, yi = np.rot90(xi, k, (1, 2)), np.rot90(yi, k, (1, 2))
                 if rng.random() < 0.5:
                     xi, yi = xi[:, :, ::-1], yi[:, :, ::-1]
-            mean, std = self.stats[i]
             xs.append((xi - mean) / std)
             ys.append(yi)
         return np.ascontiguousarray(np.stack(xs), np.float32), np.ascontiguousarray(np.stack(ys), np.float32)

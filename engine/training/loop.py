@@ -18,6 +18,7 @@ from engine.errors import StopRequested
 from engine.fov import FOV_DIAMETER_MEASURE
 from engine.postprocess.calibration import calibrate_postprocess, pooled_dice
 from engine.tiling import sliding_window_logits
+from engine.training.camera import camera_variants
 from engine.training.callbacks import EarlyStopping, LRSchedule, WeightAverage
 from engine.training.checkpoint import ARCH, FORMAT_VERSION, build_model, check_resume, save_checkpoint, versions
 from engine.training.config import TrainingConfig, TrainingError
@@ -69,6 +70,8 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
     sampler = PatchSampler([prepared[i][0] for i in train_idx], [prepared[i][1] for i in train_idx],
                            [prepared[i][2] for i in train_idx], [stats[i] for i in train_idx], c.patch_size, c.augment,
                            c.max_zoom, c.any_angle)
+    # camera shifts: the training photographs as other cameras would take them, redrawn every epoch
+    camera_images = [ds.scaled(i)[0] for i in train_idx] if c.augment and c.camera_augment > 0 else None
     val_x = [torch.from_numpy((prepared[i][0] - stats[i][0]) / stats[i][1]).to(device) for i in val_idx]
     val_y = [torch.from_numpy(prepared[i][1].astype(np.float32)).to(device) for i in val_idx]
     val_masks = [prepared[i][1] for i in val_idx]
@@ -136,6 +139,10 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
         t_epoch = time.monotonic()
         model.train()
         rng = np.random.default_rng([c.seed, epoch])
+        if camera_images is not None:
+            sampler.set_variants(camera_variants(camera_images, [prepared[i][2] for i in train_idx], c.channel,
+                                                 c.clahe, c.normalization, np.random.default_rng([c.seed, epoch, 1])),
+                                 c.camera_augment)
         torch.manual_seed(c.seed * 100_003 + epoch)
         losses: list[float] = []
         last_emit = 0.0
@@ -222,7 +229,7 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
             ckpt["recommended_postprocess"], ckpt["calibration"] = recommended, calibration
             save_checkpoint(path, ckpt)
         emit({"type": "calibration", "recommended": recommended, "dice_before": calibration["dice_before"],
-              "dice_after": calibration["dice_after"]})
+              "dice_after": calibration["dice_after"], "explanation": calibration["explanation"]})
     emit({"type": "end", "stop_reason": stop_reason, "best_epoch": stopper.best_epoch, "best_metric": stopper.best,
           "epochs_run": epoch_done})
     return TrainResult(stop_reason, stopper.best_epoch, stopper.best, epoch_done,
