@@ -799,14 +799,13 @@ def start_worker() -> int:
     """Start the background worker (Huey consumer) for this data home; returns its process id."""
     import os
     import subprocess
-    import sys
 
-    from engine.jobs.queue import worker_argv
+    from engine.jobs.queue import worker_command
 
     root = Path(__file__).resolve().parents[1]
     log = open(paths.logs_dir() / "worker.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, *worker_argv()],
+        worker_command(),
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, paths.HOME_ENV: str(paths.data_home())},
     )
