@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from engine.metrics import segmentation_metrics
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing, warnings_for
 from engine.vesselness import vesselness_map
 from storage import paths
-from storage.db import BASELINE, TRAINING_STATUSES
+from storage.db import BASELINE, STOP_REASONS, TRAINING_STATUSES
 from storage.db import WORKER_FRESH_S  # noqa: F401 - the pages read it from here
 
 logger = logging.getLogger("ml_manager.dashboard")
@@ -727,21 +728,115 @@ def postprocess_tuner(
 # --------------------------------------------------------------------------------------------
 
 
-@st.cache_data(ttl=1.5, show_spinner=False, max_entries=256)
-def _query(home: str, name: str, args: tuple):
+# Each reader is a storage.db read, cached for 1.5 s per data home (pages poll them): the data home is part of
+# the key, so tests (and a user) that switch homes never see another home's rows.
+_READ_CACHE = dict(ttl=1.5, show_spinner=False, max_entries=256)
+
+
+@st.cache_data(**_READ_CACHE)
+def _list_models(home: str, status: str | tuple[str, ...] | None) -> list[dict]:
     from storage import db
 
-    return getattr(db, name)(*args)
+    return db.list_models(status)
 
 
-def query(name: str, *args):
-    """A storage.db read function's result, cached for 1.5 s per data home (pages poll it)."""
-    return _query(str(paths.data_home()), name, args)
+def list_models(status: str | tuple[str, ...] | None = None) -> list[dict]:
+    """Every model, newest first (``storage.db.list_models``); ``status`` keeps only runs in that status."""
+    return _list_models(str(paths.data_home()), status)
+
+
+@st.cache_data(**_READ_CACHE)
+def _model_checkpoints(home: str, model_id: str) -> list[dict]:
+    from storage import db
+
+    return db.model_checkpoints(model_id)
+
+
+def model_checkpoints(model_id: str) -> list[dict]:
+    """The checkpoints in one model's folder (``storage.db.model_checkpoints``)."""
+    return _model_checkpoints(str(paths.data_home()), model_id)
+
+
+@st.cache_data(**_READ_CACHE)
+def _all_checkpoints(home: str) -> list[dict]:
+    from storage import db
+
+    return db.all_checkpoints()
+
+
+def all_checkpoints() -> list[dict]:
+    """The checkpoints of every completed model, newest model first (``storage.db.all_checkpoints``)."""
+    return _all_checkpoints(str(paths.data_home()))
+
+
+@st.cache_data(**_READ_CACHE)
+def _model_metrics(home: str, model_id: str) -> list[dict]:
+    from storage import db
+
+    return db.model_metrics(model_id)
+
+
+def model_metrics(model_id: str) -> list[dict]:
+    """One model's per-epoch metrics in epoch order (``storage.db.model_metrics``)."""
+    return _model_metrics(str(paths.data_home()), model_id)
+
+
+@st.cache_data(**_READ_CACHE)
+def _list_workers(home: str, max_age_s: float | None) -> list[dict]:
+    from storage import db
+
+    return db.list_workers(max_age_s)
+
+
+def list_workers(max_age_s: float | None = None) -> list[dict]:
+    """The workers that reported, newest first; with ``max_age_s`` only recent ones (``storage.db.list_workers``)."""
+    return _list_workers(str(paths.data_home()), max_age_s)
+
+
+@st.cache_data(**_READ_CACHE)
+def _list_presets(home: str, model_id: str) -> list[dict]:
+    from storage import db
+
+    return db.list_presets(model_id)
+
+
+def list_presets(model_id: str) -> list[dict]:
+    """A model's saved post-processing presets, by name (``storage.db.list_presets``)."""
+    return _list_presets(str(paths.data_home()), model_id)
+
+
+@st.cache_data(**_READ_CACHE)
+def _list_inference_jobs(home: str, model_id: str | None, limit: int | None) -> list[dict]:
+    from storage import db
+
+    return db.list_inference_jobs(model_id, limit)
+
+
+def list_inference_jobs(model_id: str | None = None, limit: int | None = None) -> list[dict]:
+    """Batch inference jobs, newest first (``storage.db.list_inference_jobs``)."""
+    return _list_inference_jobs(str(paths.data_home()), model_id, limit)
+
+
+@st.cache_data(**_READ_CACHE)
+def _worker_heartbeat(home: str) -> datetime | None:
+    from storage import db
+
+    return db.worker_heartbeat()
+
+
+def worker_heartbeat() -> datetime | None:
+    """When any worker last reported on this data home (``storage.db.worker_heartbeat``)."""
+    return _worker_heartbeat(str(paths.data_home()))
+
+
+_READERS = (_list_models, _model_checkpoints, _all_checkpoints, _model_metrics, _list_workers, _list_presets,
+            _list_inference_jobs, _worker_heartbeat)
 
 
 def forget_queries() -> None:
     """Drop cached reads after this session wrote something."""
-    _query.clear()
+    for reader in _READERS:
+        reader.clear()
 
 
 def val_dice_words(value: float | None) -> str:
@@ -749,16 +844,9 @@ def val_dice_words(value: float | None) -> str:
     return "no validation images" if value is None else f"val Dice {value:.3f}"
 
 
-STOP_REASONS = {
-    "max_epochs": "reached its last epoch",
-    "early_stopping": "early stopping (no better validation score for `patience` epochs)",
-    "user_stop": "stopped by the user",
-    "time_limit": "its time budget ran out",
-}
-
-
 def stop_reason_text(reason: str | None) -> str:
-    """The stop reason in words, for people; the code stays in storage and the CLI's JSON."""
+    """The stop reason in words, for people (``storage.db.STOP_REASONS``); the code stays in storage and the
+    CLI's JSON."""
     return STOP_REASONS.get(reason or "", reason or "")
 
 
@@ -782,7 +870,7 @@ def run_duration(row: dict) -> float | None:
     end = parse_time(row.get("finished_at")) or (parse_time(utc_now()) if row.get("status") in TRAINING_STATUSES else None)
     if not (start and end):
         return None
-    earlier = sum(e.get("seconds") or 0.0 for e in query("model_metrics", row["id"])
+    earlier = sum(e.get("seconds") or 0.0 for e in model_metrics(row["id"])
                   if (logged := parse_time(e.get("logged_at"))) is not None and logged < start)
     return earlier + max(0.0, (end - start).total_seconds())
 
@@ -791,7 +879,7 @@ def worker_age() -> float | None:
     """Seconds since the worker last reported, None if it never ran on this data home."""
     from storage.db import age_seconds
 
-    beat = query("worker_heartbeat")
+    beat = worker_heartbeat()
     return age_seconds(beat.isoformat()) if beat else None
 
 

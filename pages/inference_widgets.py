@@ -21,19 +21,9 @@ from engine.fov import estimate_fov, fov_diameter
 from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
 from pages.components import (
-    BASELINE_SOURCE,
-    Upload,
-    checkpoint_mtime,
-    dashboard_checkpoint,
-    forget_queries,
-    load_checkpoint,
-    matching_mask,
-    postprocess_tuner,
-    probability_map,
-    query,
-    tuner_settings,
-    upload_image,
-    upload_images,
+    BASELINE_SOURCE, Upload, checkpoint_mtime, dashboard_checkpoint, forget_queries, list_inference_jobs,
+    list_models, list_presets, load_checkpoint, matching_mask, postprocess_tuner, probability_map, tuner_settings,
+    upload_image, upload_images,
 )
 from storage import paths
 from storage.db import BASELINE, JOB_ACTIVE_STATUSES, age_seconds
@@ -209,7 +199,7 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
         recommended = json.loads(model["recommended_postprocess"])
     if recommended:
         choices["Recommended by training"] = recommended
-    for preset in query("list_presets", model["id"]) if model else []:
+    for preset in list_presets(model["id"]) if model else []:
         choices[f"Preset: {preset['name']}"] = preset["config"]
     choices[DEFAULTS_LABEL] = None
     scope = scope or (model["id"] if model else "")
@@ -377,14 +367,14 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
     """Status, progress and results of recent batch jobs (refreshes every 2 s)."""
     from engine.jobs import inference_status
 
-    jobs = query("list_inference_jobs", model_id, 5)
+    jobs = list_inference_jobs(model_id, 5)
     if not jobs:
         return
     from engine.vesselness import BASELINE_NAME
 
     from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH
 
-    names = {m["id"]: m["name"] for m in query("list_models")} | {BASELINE: BASELINE_NAME}
+    names = {m["id"]: m["name"] for m in list_models()} | {BASELINE: BASELINE_NAME}
     for row in jobs:
         job = inference_status(row["id"])
         source = names.get(job["model_id"], job["model_id"] or "a checkpoint")

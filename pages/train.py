@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.training.data import load_dataset
-from pages.components import query, run_page
+from pages.components import list_models, run_page
 from pages.worker_widgets import queue_picker
 from pages.train_widgets import (
     dataset_delete_controls,
@@ -115,10 +115,10 @@ def monitor() -> None:
     st.header("Training monitor")
     smoothing = st.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="train_smoothing",
                           help="Exponential moving average; the raw curve stays faint behind the smoothed one.")
-    rows = [m for m in query("list_models") if m["status"] in ACTIVE_STATUSES]
+    rows = [m for m in list_models() if m["status"] in ACTIVE_STATUSES]
     watch = st.session_state.get("train_watch")
     if watch and all(m["id"] != watch for m in rows):
-        rows += [m for m in query("list_models") if m["id"] == watch]  # keeps showing its final status
+        rows += [m for m in list_models() if m["id"] == watch]  # keeps showing its final status
     release_start_button()
     if not rows:
         st.caption("No active run.")

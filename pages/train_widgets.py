@@ -13,8 +13,9 @@ import streamlit as st
 from engine.training import config as train_engine
 from engine.training.config import TrainingConfig
 from pages.charts import curves_figure
-from pages.components import (age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text,
-                              val_dice_words)
+from pages.components import (
+    age_text, forget_queries, list_models, logger, model_metrics, overlay_bytes, stop_reason_text, val_dice_words,
+)
 from storage import paths
 from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_budget_s, run_progress
 
@@ -112,7 +113,7 @@ def form_defaults() -> TrainingConfig:
     """
     s = st.session_state
     if "train_cfg_epochs" not in s or "train_form_defaults" not in s:
-        rows = query("list_models")
+        rows = list_models()
         newest = next((m for m in rows if m["status"] in ACTIVE_STATUSES), rows[0] if rows else None)
         config = TrainingConfig()
         if newest is not None:
@@ -355,7 +356,7 @@ def submit_message() -> None:
     s = st.session_state
     message = s.get("train_message")
     if message and message[0] == "success" and s.get("train_watch"):
-        row = next((m for m in query("list_models") if m["id"] == s["train_watch"]), None)
+        row = next((m for m in list_models() if m["id"] == s["train_watch"]), None)
         if row is not None and row["status"] not in ACTIVE_STATUSES:  # None: a read from before
             message = s["train_message"] = None
     if message:
@@ -558,7 +559,7 @@ def run_monitor(row: dict, smoothing: float) -> None:
         st.info("Waiting for the worker to start it.")
     elif status == "failed" and row.get("error"):
         st.error(f"The run failed: {row['error']}")
-    metrics = query("model_metrics", mid)
+    metrics = model_metrics(mid)
     best = row.get("best_epoch")
     if metrics:
         since, patience = row.get("epochs_since_best"), row.get("patience")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.components import age_text, query
+from pages.components import age_text, list_workers
 from storage.db import WORKER_FRESH_S
 
 GONE_AFTER_S = 3600.0  # workers silent for longer than this are left out of the table
@@ -14,12 +14,12 @@ GONE_AFTER_S = 3600.0  # workers silent for longer than this are left out of the
 
 def live_workers() -> list[dict]:
     """The workers whose heartbeat is fresh."""
-    return query("list_workers", WORKER_FRESH_S)
+    return list_workers(WORKER_FRESH_S)
 
 
 def workers_table() -> None:
     """Every worker heard from in the last hour: machine, chip, queues, what it does, and whether it is alive."""
-    rows = query("list_workers", GONE_AFTER_S)
+    rows = list_workers(GONE_AFTER_S)
     if not rows:
         return
     import pandas as pd

@@ -34,7 +34,13 @@ BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before g
 STATUSES = ("queued", "running", "stopping", "completed", "failed", "stopped")
 ACTIVE_STATUSES = ("queued", "running", "stopping")  # a run a worker holds or will start: not to be deleted
 TRAINING_STATUSES = ("running", "stopping")  # a worker is training it now
-STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")  # time_limit: max_minutes ran out
+# Why a training ended: the code stored in the row (and the CLI's JSON), and the words the dashboard shows.
+STOP_REASONS = {
+    "max_epochs": "reached its last epoch",
+    "early_stopping": "early stopping (no better validation score for `patience` epochs)",
+    "user_stop": "stopped by the user",
+    "time_limit": "its time budget ran out",  # max_minutes ran out
+}
 CHECKPOINT_KINDS = ("best", "last", "epoch")
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 JOB_ACTIVE_STATUSES = ("queued", "running")  # a batch job waiting for or in the worker
