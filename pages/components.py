@@ -29,6 +29,7 @@ from engine.vesselness import vesselness_map
 from storage import paths
 from storage.db import BASELINE, STOP_REASONS, TRAINING_STATUSES
 from storage.db import WORKER_FRESH_S  # noqa: F401 - the pages read it from here
+from engine.errors import UserError, user_error
 
 logger = logging.getLogger("ml_manager.dashboard")
 
@@ -65,13 +66,15 @@ def configure_logging() -> Path:
 
 @contextmanager
 def user_errors(doing: str):
-    """Show a ValueError's sentence; log anything else and show a sentence instead of a traceback."""
+    """Show a user's error as its sentence; log anything else (a bug) with its traceback and say where the
+    log is, instead of showing a traceback."""
     try:
         yield
-    except ValueError as exc:  # our errors are ValueError subclasses whose message is for the user
-        logger.info("refused while %s: %s", doing, exc, exc_info=True)
-        st.error(str(exc))
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - engine.errors.user_error tells a sentence from a bug
+        if (error := user_error(exc)) is not None:
+            logger.info("refused while %s: %s", doing, error, exc_info=True)
+            st.error(str(error))
+            return
         logger.exception("unexpected error while %s", doing)
         st.error(
             f"Something unexpected went wrong while {doing}. The details were written to the dashboard's log "
@@ -79,10 +82,18 @@ def user_errors(doing: str):
         )
 
 
+def sentence_of(exc: Exception) -> str:
+    """The sentence of a user's error, for a handler that shows it in its own place (``except Exception as
+    exc: s[key] = sentence_of(exc)``); re-raises anything else, a bug, for ``user_errors``/``run_page`` to log."""
+    if (error := user_error(exc)) is None:
+        raise exc
+    return str(error)
+
+
 def _log_path() -> str:
     try:
         return str(paths.logs_dir() / "dashboard.log")
-    except ValueError:  # the data home cannot be written: the log goes to the terminal instead
+    except UserError:  # the data home cannot be written: the log goes to the terminal instead
         return "the terminal that runs the dashboard"
 
 
@@ -244,7 +255,7 @@ def upload_images(label: str, *, key: str, kind: str = "image", multiple: bool =
         try:
             with st.spinner(f"Reading {file.name}…"):
                 upload = decode_upload(file, kind)
-        except ValueError as exc:
+        except UserError as exc:
             st.error(str(exc))
             continue
         if upload.digest in seen:  # the same file chosen twice is one image
@@ -271,7 +282,7 @@ def matching_mask(image: Upload, mask: Upload | None, what: str) -> np.ndarray |
         return None
     try:
         check_same_size(image.array, mask.array, what)
-    except ValueError as exc:
+    except UserError as exc:
         st.error(f"{exc} It is ignored until then.")
         return None
     if "field-of-view" in what and not mask.array.any():
@@ -304,7 +315,7 @@ def dashboard_checkpoint(path: str) -> str:
         return str(PRETRAINED_PATH.resolve())
     models = paths.models_dir()
     if not paths.is_inside(path, models):
-        raise ValueError(f"{path} is outside the data home's models folder ({models}): the dashboard loads only "
+        raise UserError(f"{path} is outside the data home's models folder ({models}): the dashboard loads only "
                          "checkpoints of models trained here. Copy a checkpoint into a run folder, or use the "
                          "command line (python -m engine predict --checkpoint …).")
     return str(Path(path).resolve())
@@ -316,7 +327,7 @@ def checkpoint_mtime(path: str) -> float:
     try:
         return Path(path).stat().st_mtime
     except FileNotFoundError:
-        raise ValueError(f"The checkpoint {path} no longer exists: pick another one.") from None
+        raise UserError(f"The checkpoint {path} no longer exists: pick another one.") from None
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -336,7 +347,7 @@ def _probability_map(source: str, mtime: float, digest: str, fov_digest: str, sc
 def probability_map(source: str, image: Upload, fov: np.ndarray | None = None, scale: str | float = "auto") -> np.ndarray:
     """float32 (H, W) probability map of ``image`` under a checkpoint path (or BASELINE_SOURCE), computed once per
     (model, image, ``fov``, ``scale``); 0 outside ``fov`` (uint8 (H, W); estimated when None). ``scale``: see
-    ``engine.inference.predict.resolve_scale``. Raises ValueError (a sentence) for a checkpoint the dashboard may not load."""
+    ``engine.inference.predict.resolve_scale``. Raises UserError (a sentence) for a checkpoint the dashboard may not load."""
     source = dashboard_checkpoint(source)
     fov_digest = "estimated" if fov is None else digest_array(fov)
     scale = "none" if source == BASELINE_SOURCE else scale  # one cache entry whatever the scale control says
@@ -493,7 +504,8 @@ def tuner_settings(key: str) -> PostProcessConfig | None:
             values[field] = base[field]
     try:
         return PostProcessConfig.from_dict({**base, **values})
-    except ValueError:
+    except Exception as exc:  # noqa: BLE001 - invalid settings: None; a bug is re-raised
+        sentence_of(exc)
         return None
 
 
@@ -627,8 +639,8 @@ def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, 
     with left:
         try:
             config, error = _controls(key, base), None
-        except ValueError as exc:
-            config, error = None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - invalid settings are a sentence; a bug is re-raised
+            config, error = None, sentence_of(exc)
         st.button(reset_label, key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
     with right, st.container(key=f"{key}__view"):
         if config is None:
@@ -694,7 +706,7 @@ def postprocess_tuner(
     settings with ``tuner_settings(key)``.
     """
     if prob_map.shape[:2] != image_rgb.shape[:2]:
-        raise ValueError(
+        raise UserError(
             f"The probability map is {prob_map.shape[1]}×{prob_map.shape[0]} but the image is "
             f"{image_rgb.shape[1]}×{image_rgb.shape[0]}: they must come from the same image."
         )

@@ -22,8 +22,8 @@ from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
 from pages.components import (
     BASELINE_SOURCE, Upload, checkpoint_mtime, dashboard_checkpoint, forget_queries, list_inference_jobs,
-    list_models, list_presets, load_checkpoint, matching_mask, postprocess_tuner, probability_map, tuner_settings,
-    upload_image, upload_images,
+    list_models, list_presets, load_checkpoint, matching_mask, postprocess_tuner, probability_map, sentence_of,
+    tuner_settings, upload_image, upload_images,
 )
 from storage import paths
 from storage.db import BASELINE, JOB_ACTIVE_STATUSES, age_seconds
@@ -140,7 +140,7 @@ def monitor_of(model: dict | None) -> str:
     """The validation score a model's checkpoints were judged by (its training config's early-stopping monitor)."""
     try:
         config = json.loads((model or {}).get("config") or "{}")
-    except (TypeError, ValueError):
+    except (TypeError, json.JSONDecodeError):
         config = {}
     return config.get("early_stopping_monitor") or "val_dice"
 
@@ -211,8 +211,8 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
             st.info(note)
     try:
         config = PostProcessConfig.from_dict(choices[pick]) if choices[pick] else None
-    except ValueError as exc:
-        st.warning(f"The saved settings cannot be used ({exc}); the tuner opens with the defaults.")
+    except Exception as exc:  # noqa: BLE001 - settings this version refuses are a sentence; a bug is raised
+        st.warning(f"The saved settings cannot be used ({sentence_of(exc)}); the tuner opens with the defaults.")
         return StartPoint(None, DEFAULTS_LABEL, "with the default settings")
     st.caption(settings_sentence(config or PostProcessConfig()))
     return StartPoint(config, pick, words)
@@ -340,10 +340,10 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
             folder = str(paths.atomic_write_bytes(stored, upload.getvalue()))
         try:
             job_id = start_inference(source, folder, config.to_dict(), model_id=model_id, scale=scale)
-        except ValueError as exc:  # checked before queuing: nothing is queued, the stored zip goes
+        except Exception as exc:  # noqa: BLE001 - checked before queuing: nothing is queued, the stored zip goes
             if stored is not None:
                 shutil.rmtree(stored.parent, ignore_errors=True)
-            st.error(str(exc))
+            st.error(sentence_of(exc))  # a bug is raised, for the page to log
             return
         st.session_state.setdefault(f"{key}_jobs", []).insert(0, job_id)
         forget_queries()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from engine.errors import UserError
 from pages.charts import curves_figure
 from pages.components import (
     age_text, forget_queries, list_models, model_checkpoints, model_metrics, run_duration, run_page,
@@ -70,7 +71,7 @@ def _delete(mid: str) -> None:
     st.session_state["models_confirm"] = None
     try:
         delete_model(mid)  # refuses, with a sentence, a run that started meanwhile
-    except ValueError as exc:
+    except UserError as exc:
         st.session_state["models_message"] = ("error", str(exc))
         return
     st.session_state["models_message"] = ("success", f"Deleted model {mid}.")
@@ -118,7 +119,7 @@ def calibration_words(model: dict) -> str:
     """Why a model has no recommended post-processing, in words."""
     try:
         config = json.loads(model.get("config") or "{}")
-    except ValueError:
+    except json.JSONDecodeError:
         config = {}
     if not config.get("calibrate_postprocess", True):
         return "None: calibration was switched off for this run; the tuner opens with the defaults."

@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.training.data import load_dataset
-from pages.components import list_models, run_page
+from pages.components import list_models, run_page, sentence_of
 from pages.worker_widgets import queue_picker
 from pages.train_widgets import (
     dataset_delete_controls,
@@ -86,15 +86,15 @@ def _unpack() -> None:
     st.session_state["train_unpack_error"] = None
     try:  # load_dataset judges the unpacked folder: a zip without a data set leaves nothing behind
         _use_registered(unpack_dataset_zip(up.getvalue(), up.name, check=load_dataset).name)
-    except ValueError as exc:
-        st.session_state["train_unpack_error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+        st.session_state["train_unpack_error"] = sentence_of(exc)
 
 
 def show_summary(path: str) -> bool:
     try:
         summary, sample = dataset_summary(path)
-    except ValueError as exc:
-        st.error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+        st.error(sentence_of(exc))
         return False
     a, b = st.columns([2, 1])
     with a:

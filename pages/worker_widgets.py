@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine.errors import UserError
 from pages.components import age_text, list_workers
 from storage.db import WORKER_FRESH_S
 
@@ -40,7 +41,7 @@ def queue_picker(key: str, default: str = "training") -> str | None:
     try:
         if redis_url() is None:
             return None
-    except ValueError as exc:
+    except UserError as exc:
         st.error(str(exc))
         return None
     serving: dict[str, list[str]] = {}

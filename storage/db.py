@@ -27,6 +27,7 @@ from sqlite_utils import Database
 
 from storage import paths
 from storage.migrations import MIGRATIONS
+from storage.errors import UserError
 
 BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before giving up
 # stopped: the user stopped the run before its first epoch ended, so no epoch's checkpoint exists; the ``error``
@@ -49,20 +50,20 @@ BASELINE = "baseline"  # model id / checkpoint path that stands for the classica
 _JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan"}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError):
     """No model with the given id exists."""
 
 
-class UnknownJobError(ValueError):
+class UnknownJobError(UserError):
     """No inference job with the given id exists."""
 
 
-class WrongStateError(ValueError):
+class WrongStateError(UserError):
     """The run or job is in a state that does not allow the request (starting a running model, stopping a
     finished one); the message says which state and what to do instead."""
 
 
-class DuplicateSubmissionError(ValueError):
+class DuplicateSubmissionError(UserError):
     """A run was already created with this submission key (a double click on Start); ``model_id`` is that run."""
 
     def __init__(self, model_id: str) -> None:
@@ -212,7 +213,7 @@ def _check_fields(table: str, fields: dict[str, Any], db: Database) -> None:
     columns = set(db[table].columns_dict)
     unknown = sorted(set(fields) - columns)
     if unknown:
-        raise ValueError(f"{table} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(columns))}.")
+        raise UserError(f"{table} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(columns))}.")
 
 
 def integrity_check(db: Database | None = None) -> str:
@@ -238,9 +239,9 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
         ValueError: an empty name or a config that is not a dict.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
+        raise UserError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
     if not isinstance(config, dict):
-        raise ValueError(f"config must be a dict of training settings, not {type(config).__name__}.")
+        raise UserError(f"config must be a dict of training settings, not {type(config).__name__}.")
     model_id = new_id()
     now = utc_now()
     record = {"id": model_id, "name": name.strip(), "status": "queued", "config": json.dumps(config, sort_keys=True),
@@ -284,9 +285,9 @@ def update_model(model_id: str, db: Database | None = None, only_if_status: tupl
     """Set fields of a model's row. With ``only_if_status``, change it only while its status is one of
     those (a compare-and-set) and return whether it changed."""
     if "status" in fields and fields["status"] not in STATUSES:
-        raise ValueError(f"status {fields['status']!r} is not one of {', '.join(STATUSES)}.")
+        raise UserError(f"status {fields['status']!r} is not one of {', '.join(STATUSES)}.")
     if fields.get("stop_reason") not in (None, *STOP_REASONS):
-        raise ValueError(f"stop_reason {fields['stop_reason']!r} is not one of {', '.join(STOP_REASONS)}.")
+        raise UserError(f"stop_reason {fields['stop_reason']!r} is not one of {', '.join(STOP_REASONS)}.")
     with _use(db) as db:
         get_model(model_id, db=db)
         if not fields:
@@ -307,7 +308,7 @@ def delete_model(model_id: str, db: Database | None = None) -> None:
         with immediate(db):
             row = get_model(model_id, db=db)
             if row["status"] in ACTIVE_STATUSES:
-                raise ValueError(f"Model {model_id!r} is {row['status']}; stop it and wait until it has ended "
+                raise UserError(f"Model {model_id!r} is {row['status']}; stop it and wait until it has ended "
                                  "before deleting it.")
             for table in ("epochs", "checkpoints", "presets"):
                 db.execute(f"DELETE FROM {table} WHERE model_id = ?", [model_id])
@@ -330,7 +331,7 @@ def delete_dataset(name: str, db: Database | None = None) -> None:
     root = paths.datasets_dir()
     folder = root / str(name)
     if not name or str(name).startswith(".") or folder.parent != root or not folder.is_dir():
-        raise ValueError(f"There is no data set {name!r} in {root}; reload the page to see the current list.")
+        raise UserError(f"There is no data set {name!r} in {root}; reload the page to see the current list.")
     where = str(folder.resolve())
     with _use(db) as db:
         with immediate(db):
@@ -448,7 +449,7 @@ def log_epoch(model_id: str, epoch: int, train_loss: float | None, val_loss: flo
               val_dice: float | None, lr: float | None, seconds: float | None, db: Database | None = None) -> None:
     """Record one epoch's metrics; logging the same (model, epoch) again replaces the earlier values."""
     if not isinstance(epoch, int) or epoch < 1:
-        raise ValueError(f"epoch must be a whole number from 1 up, not {epoch!r}.")
+        raise UserError(f"epoch must be a whole number from 1 up, not {epoch!r}.")
     record = {"model_id": model_id, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
               "val_dice": val_dice, "lr": lr, "seconds": seconds, "logged_at": utc_now()}
     with _use(db) as db:
@@ -469,7 +470,7 @@ def add_checkpoint(model_id: str, epoch: int | None, path: str | os.PathLike, ki
                    db: Database | None = None) -> None:
     """Record a checkpoint file; the same path recorded again replaces the earlier row."""
     if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"checkpoint kind {kind!r} is not one of {', '.join(CHECKPOINT_KINDS)}.")
+        raise UserError(f"checkpoint kind {kind!r} is not one of {', '.join(CHECKPOINT_KINDS)}.")
     path = Path(path).resolve()
     size = path.stat().st_size if path.exists() else None
     record = {"path": str(path), "model_id": model_id, "epoch": epoch, "kind": kind, "metric": metric,
@@ -574,7 +575,7 @@ def get_inference_job(job_id: str, db: Database | None = None) -> dict:
 def update_inference_job(job_id: str, db: Database | None = None, **fields: Any) -> None:
     """Set fields of an inference job's row."""
     if "status" in fields and fields["status"] not in JOB_STATUSES:
-        raise ValueError(f"job status {fields['status']!r} is not one of {', '.join(JOB_STATUSES)}.")
+        raise UserError(f"job status {fields['status']!r} is not one of {', '.join(JOB_STATUSES)}.")
     with _use(db) as db:
         get_inference_job(job_id, db=db)
         if fields:
@@ -677,9 +678,9 @@ def list_inference_jobs(model_id: str | None = None, limit: int | None = None, d
 def save_preset(model_id: str, name: str, config: dict, db: Database | None = None) -> None:
     """Save (or overwrite) a named post-processing preset for a model (or for ``"baseline"``)."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("A preset needs a name: give a short non-empty text such as 'thin vessels'.")
+        raise UserError("A preset needs a name: give a short non-empty text such as 'thin vessels'.")
     if not isinstance(config, dict):
-        raise ValueError(f"A preset's config must be a dict of post-processing settings, not {type(config).__name__}.")
+        raise UserError(f"A preset's config must be a dict of post-processing settings, not {type(config).__name__}.")
     now = utc_now()
     with _use(db) as db:
         if model_id != BASELINE:

@@ -1,4 +1,4 @@
-"""House rules that keep the layers and modules apart (STYLE.md habits 1 and 9).
+"""House rules that keep the layers and modules apart, as docs/ARCHITECTURE.md states them.
 
 Every check reads the source with ``ast``: it sees imports inside functions as well as at the top.
 """
@@ -146,3 +146,29 @@ def test_checkpoints_always_load_weights_only(path):
               and not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
                           for k in node.keywords)]
     assert unsafe == []
+
+
+# The faces: what turns an error into something a user reads (the dashboard, the HTTP API, the CLI).
+FACES = sorted([*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py"), ROOT / "engine/api.py", ROOT / "engine/api_workers.py",
+                *ROOT.glob("engine/cli/*.py"), ROOT / "app.py", ROOT / "server.py"])
+
+
+def _caught_names(tree: ast.AST) -> set[str]:
+    """The exception names every ``except`` clause in ``tree`` names (``except (A, b.C)`` gives A and C)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            for part in (node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]):
+                names.add(part.attr if isinstance(part, ast.Attribute) else getattr(part, "id", ""))
+    return names
+
+
+@pytest.mark.parametrize("path", FACES, ids=_id)
+def test_no_face_catches_value_error(path):
+    """A face turns only a UserError into a sentence (engine.errors.user_error decides); a ValueError from a
+    bug must reach the log, not the user as if it were a sentence for them."""
+    assert "ValueError" not in _caught_names(_tree(path))
+
+
+def test_a_caught_value_error_would_be_found():
+    assert "ValueError" in _caught_names(ast.parse("try:\n    pass\nexcept (OSError, builtins.ValueError):\n    pass"))
