@@ -7,12 +7,13 @@ import streamlit as st
 
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
 from engine.vesselness import BASELINE_NAME
-from pages.components import (
-    BASELINE_SOURCE, all_checkpoints, checkpoint_mtime, dashboard_checkpoint, list_models, load_checkpoint, run_page,
-    val_dice_words,
+from ui.formatting import val_dice_words
+from ui.maps import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint
+from ui.readers import all_checkpoints, list_models
+from ui.runtime import run_page
+from ui.inference_workspace import (
+    batch_controls, batch_jobs, batch_sentence_key, checkpoint_label, monitor_of, start_from, workspace,
 )
-from pages.inference_widgets import (batch_controls, batch_jobs, batch_sentence_key, checkpoint_label, monitor_of,
-                                    start_from, workspace)
 
 PRETRAINED_SOURCE = str(PRETRAINED_PATH)  # a path, so it can never be mistaken for a model id
 

@@ -4,10 +4,10 @@ The pretrained model shipped with the program is offered too, after the user's o
 import streamlit as st
 
 from engine.pretrained import PRETRAINED_ID, PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
-from pages.components import (
-    checkpoint_mtime, dashboard_checkpoint, list_models, load_checkpoint, model_checkpoints, run_page,
-)
-from pages.inference_widgets import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
+from ui.maps import checkpoint_mtime, dashboard_checkpoint, load_checkpoint
+from ui.readers import list_models, model_checkpoints
+from ui.runtime import run_page
+from ui.inference_workspace import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
 from storage.db import TRAINING_STATUSES
 
 

@@ -8,13 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from engine.errors import UserError
-from pages.charts import curves_figure
-from pages.components import (
-    age_text, forget_queries, list_models, model_checkpoints, model_metrics, run_duration, run_page,
-    stop_reason_text,
-)
-from pages.housekeeping_widgets import checkpoint_controls
-from pages.train_widgets import continue_controls, status_text
+from ui.charts import curves_figure
+from ui.formatting import age_text, run_duration, stop_reason_text
+from ui.readers import forget_queries, list_models, model_checkpoints, model_metrics
+from ui.runtime import run_page
+from ui.housekeeping import checkpoint_controls
+from ui.training_form import continue_controls, status_text
 from storage.db import ACTIVE_STATUSES as ACTIVE
 
 

@@ -4,25 +4,13 @@ from pathlib import Path
 import streamlit as st
 
 from engine.training.data import load_dataset
-from pages.components import list_models, run_page, sentence_of
-from pages.worker_widgets import queue_picker
-from pages.train_widgets import (
-    dataset_delete_controls,
-    dataset_summary,
-    first_usable,
-    form_defaults,
-    generate_synthetic,
-    measure_plan,
-    plan_line,
-    registered_datasets,
-    release_start_button,
-    run_monitor,
-    scroll_to_monitor,
-    start_button_held,
-    submission_key,
-    submit_callback,
-    submit_message,
-    training_form,
+from ui.readers import list_models
+from ui.runtime import run_page, sentence_of
+from ui.workers import queue_picker
+from ui.training_form import (
+    dataset_delete_controls, dataset_summary, first_usable, form_defaults, generate_synthetic, measure_plan,
+    plan_line, registered_datasets, release_start_button, run_monitor, scroll_to_monitor, start_button_held,
+    submission_key, submit_callback, submit_message, training_form,
 )
 from storage import paths
 from storage.archives import unpack_dataset_zip
@@ -135,7 +123,7 @@ def main() -> None:
     usable = bool(dataset) and show_summary(dataset)
     # Not an st.form: a form sends what was typed only when submitted, so a name or a time budget typed
     # before visiting another page was lost. Each field reaches the server as it is left, and the page's
-    # inputs are kept for the browser session (pages.components.keep_page_inputs).
+    # inputs are kept for the browser session (ui.runtime.keep_page_inputs).
     with st.container(border=True):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
         queue_picker("train_queue")

@@ -81,7 +81,7 @@ def test_number_or_none(text, expected):
 
 
 def _page_with_a_bug() -> None:
-    from pages.components import user_errors
+    from ui.runtime import user_errors
 
     with user_errors("drawing the test page"):
         raise ValueError("invalid literal for int() with base 10: 'secret internals'")
@@ -89,7 +89,7 @@ def _page_with_a_bug() -> None:
 
 def _page_with_a_user_error() -> None:
     from engine.errors import UserError
-    from pages.components import user_errors
+    from ui.runtime import user_errors
 
     with user_errors("drawing the test page"):
         raise UserError("Choose a data set first.")

@@ -16,7 +16,7 @@ LAYERS = {
     "storage": {"streamlit", "torch"},
 }
 PROGRAM = sorted([*ROOT.glob("engine/**/*.py"), *ROOT.glob("storage/*.py"), *ROOT.glob("pages/*.py"),
-                  ROOT / "app.py", ROOT / "server.py"])
+                  *ROOT.glob("ui/*.py"), ROOT / "app.py", ROOT / "server.py"])
 EVERYTHING = PROGRAM + sorted([*ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py")])
 SQL_START = ("SELECT ", "UPDATE ", "DELETE FROM", "INSERT ", "CREATE TABLE", "ALTER TABLE", "BEGIN", "PRAGMA")
 
@@ -172,3 +172,22 @@ def test_no_face_catches_value_error(path):
 
 def test_a_caught_value_error_would_be_found():
     assert "ValueError" in _caught_names(ast.parse("try:\n    pass\nexcept (OSError, builtins.ValueError):\n    pass"))
+
+
+def _app_pages() -> set[str]:
+    """The files app.py's navigation names in ``st.Page("pages/…")``."""
+    return {node.args[0].value for node in ast.walk(_tree(ROOT / "app.py"))
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Page"
+            and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+def test_pages_holds_only_the_page_scripts_app_py_navigates_to():
+    """Widgets shared by pages live in ui/; pages/ is what Streamlit lists as pages."""
+    assert {_id(p) for p in ROOT.glob("pages/*") if p.name != "__pycache__"} == _app_pages()
+
+
+@pytest.mark.parametrize("path", EVERYTHING, ids=_id)
+def test_nothing_imports_a_page_script(path):
+    imported = {node.module for node in _imports(path) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in _imports(path) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name == "pages" or name.startswith("pages.")} == set()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pages.components import stop_reason_text
+from ui.formatting import stop_reason_text
 from storage import db as store
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"

@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine import housekeeping
 from engine.errors import UserError
-from pages.components import forget_queries
+from ui.readers import forget_queries
 
 
 def mb(n: int | None) -> float:

@@ -13,11 +13,11 @@ import streamlit as st
 from engine.errors import UserError, user_error
 from engine.training import config as train_engine
 from engine.training.config import TrainingConfig
-from pages.charts import curves_figure
-from pages.components import (
-    age_text, forget_queries, list_models, logger, model_metrics, overlay_bytes, sentence_of, stop_reason_text,
-    val_dice_words,
-)
+from ui.charts import curves_figure
+from ui.formatting import age_text, stop_reason_text, val_dice_words
+from ui.overlays import overlay_bytes
+from ui.readers import forget_queries, list_models, model_metrics
+from ui.runtime import logger, sentence_of
 from storage import paths
 from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_budget_s, run_progress
 

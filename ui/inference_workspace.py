@@ -20,11 +20,11 @@ from engine.inference.batch import unique_names
 from engine.fov import estimate_fov, fov_diameter
 from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
-from pages.components import (
-    BASELINE_SOURCE, Upload, checkpoint_mtime, dashboard_checkpoint, forget_queries, list_inference_jobs,
-    list_models, list_presets, load_checkpoint, matching_mask, postprocess_tuner, probability_map, sentence_of,
-    tuner_settings, upload_image, upload_images,
-)
+from ui.maps import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, probability_map
+from ui.readers import forget_queries, list_inference_jobs, list_models, list_presets
+from ui.runtime import sentence_of
+from ui.tuner import postprocess_tuner, tuner_settings
+from ui.uploads import matching_mask, Upload, upload_image, upload_images
 from storage import paths
 from storage.db import BASELINE, JOB_ACTIVE_STATUSES, age_seconds
 
