@@ -255,8 +255,7 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
                 found = db.execute("SELECT id FROM models WHERE submission_key = ?", [submission_key]).fetchone()
                 if found:
                     raise DuplicateSubmissionError(found[0])
-            db.execute(f"INSERT INTO models ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
-                       list(record.values()))
+            db["models"].insert(record)  # a savepoint inside this transaction
     return model_id
 
 
@@ -294,12 +293,13 @@ def update_model(model_id: str, db: Database | None = None, only_if_status: tupl
             return True
         _check_fields("models", fields, db)
         fields = _encode(fields)
+        if not only_if_status:
+            db["models"].update(model_id, fields)
+            return True
+        # a compare-and-set, which Table.update cannot express
         sets = ", ".join(f"[{k}] = ?" for k in fields)
-        sql, params = f"UPDATE models SET {sets} WHERE id = ?", [*fields.values(), model_id]
-        if only_if_status:
-            sql += f" AND status IN ({', '.join('?' for _ in only_if_status)})"
-            params += list(only_if_status)
-        return _write(db, sql, params) > 0
+        sql = f"UPDATE models SET {sets} WHERE id = ? AND status IN ({', '.join('?' for _ in only_if_status)})"
+        return _write(db, sql, [*fields.values(), model_id, *only_if_status]) > 0
 
 
 def delete_model(model_id: str, db: Database | None = None) -> None:
@@ -580,9 +580,7 @@ def update_inference_job(job_id: str, db: Database | None = None, **fields: Any)
         get_inference_job(job_id, db=db)
         if fields:
             _check_fields("inference_jobs", fields, db)
-            fields = _encode(fields)
-            sets = ", ".join(f"[{k}] = ?" for k in fields)
-            _write(db, f"UPDATE inference_jobs SET {sets} WHERE id = ?", [*fields.values(), job_id])
+            db["inference_jobs"].update(job_id, _encode(fields))
 
 
 def request_cancel(job_id: str, db: Database | None = None) -> str:
