@@ -65,7 +65,7 @@ def delete_controls(model: dict) -> None:
 
 
 def _delete(mid: str) -> None:
-    from storage.db import delete_model
+    from engine.housekeeping import delete_model
 
     st.session_state["models_confirm"] = None
     try:

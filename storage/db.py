@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import sqlite3
 from datetime import datetime, timezone
@@ -302,8 +301,14 @@ def update_model(model_id: str, db: Database | None = None, only_if_status: tupl
         return _write(db, sql, [*fields.values(), model_id, *only_if_status]) > 0
 
 
-def delete_model(model_id: str, db: Database | None = None) -> None:
-    """Remove a finished model: its rows (epochs, checkpoints, presets) and its folder of checkpoints."""
+def forget_model(model_id: str, db: Database | None = None) -> None:
+    """Remove a finished model's rows (epochs, checkpoints, presets); ``engine.housekeeping.delete_model``
+    removes its folder of checkpoints too.
+
+    Raises:
+        UnknownModelError: no such model.
+        UserError: the run is queued, running or stopping (stop it and wait until it has ended).
+    """
     with _use(db) as db:
         with immediate(db):
             row = get_model(model_id, db=db)
@@ -313,16 +318,14 @@ def delete_model(model_id: str, db: Database | None = None) -> None:
             for table in ("epochs", "checkpoints", "presets"):
                 db.execute(f"DELETE FROM {table} WHERE model_id = ?", [model_id])
             db.execute("DELETE FROM models WHERE id = ?", [model_id])
-    folder = paths.data_home() / "models" / paths.check_id(model_id, "model id")
-    if folder.exists() and paths.is_inside(folder, paths.data_home() / "models"):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
-def delete_dataset(name: str, db: Database | None = None) -> None:
-    """Delete the registered data set ``datasets_dir()/name`` and all its files.
+def retire_dataset(name: str, db: Database | None = None) -> Path:
+    """Take the registered data set ``datasets_dir()/name`` out of use: move it to a hidden folder beside
+    it, which is returned for ``engine.housekeeping.delete_dataset`` to remove.
 
     The check that no run uses it and the folder's move out of sight happen under the registry's write
-    lock, so no run can be registered on it in between; the files are removed afterwards.
+    lock, so no run can be registered on it in between.
 
     Raises:
         ValueError: ``name`` is no registered data set.
@@ -344,7 +347,7 @@ def delete_dataset(name: str, db: Database | None = None) -> None:
                                       "ended, then delete the data set.")
             trash = folder.with_name(f".{folder.name}.deleting-{secrets.token_hex(4)}")
             os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    return trash
 
 
 def claim_training_slot(model_id: str, max_running: int, fresh_s: float, worker: str,
@@ -625,11 +628,10 @@ def active_inference_jobs(db: Database | None = None) -> list[dict]:
         return _rows(db, f"SELECT * FROM inference_jobs WHERE {_JOB_IN_USE} ORDER BY created_at DESC")
 
 
-def delete_inference_job(job_id: str, db: Database | None = None) -> Path | None:
-    """Remove a finished inference job's row and its output folder.
+def forget_inference_job(job_id: str, db: Database | None = None) -> None:
+    """Remove a finished inference job's row (``engine.housekeeping.delete_inference_results`` removes its
+    output folder too).
 
-    Returns:
-        The output folder that was removed (``<data home>/inference/<job_id>``), or None when there was none.
     Raises:
         UnknownJobError: no such job.
         WrongStateError: the job is queued or running (cancel it and wait until it has stopped).
@@ -640,12 +642,6 @@ def delete_inference_job(job_id: str, db: Database | None = None) -> Path | None
             if db.execute(f"DELETE FROM inference_jobs WHERE id = ? AND NOT {_JOB_IN_USE}", [job_id]).rowcount == 0:
                 raise WrongStateError(f"Inference job {job_id!r} is {row['status']} and still writing its results: "
                                       "cancel it and wait until it has stopped before deleting it.")
-    # The folder in this data home (a restored backup's rows still name the old home's folders).
-    folder = paths.data_home() / "inference" / paths.check_id(job_id, "job id")
-    if not folder.exists():
-        return None
-    shutil.rmtree(folder, ignore_errors=True)
-    return folder
 
 
 def inference_cancelled(job_id: str, db: Database | None = None) -> bool:

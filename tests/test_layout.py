@@ -191,3 +191,18 @@ def test_nothing_imports_a_page_script(path):
     imported = {node.module for node in _imports(path) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in _imports(path) if isinstance(node, ast.Import) for alias in node.names}
     assert {name for name in imported if name == "pages" or name.startswith("pages.")} == set()
+
+
+def _deletes_files(tree: ast.AST) -> bool:
+    return any(isinstance(node, ast.Attribute) and node.attr in ("rmtree", "unlink", "remove", "rmdir")
+               for node in ast.walk(tree))
+
+
+def test_the_registry_deletes_rows_never_files():
+    """File deletion belongs with engine.housekeeping; storage.db only forgets rows (and moves a data set
+    out of use under its lock)."""
+    assert not _deletes_files(_tree(ROOT / "storage" / "db.py"))
+
+
+def test_a_file_deletion_would_be_found():
+    assert _deletes_files(ast.parse("shutil.rmtree(folder)"))

@@ -336,7 +336,7 @@ def test_deletion_is_refused_for_a_running_model(home):
     assert at.button(key="models_delete").disabled
     assert any("stop it" in c.value for c in at.caption)
     with pytest.raises(ValueError, match="stop it"):
-        db.delete_model(running)  # the storage layer refuses too
+        db.forget_model(running)  # the storage layer refuses too
     assert db.get_model(running)["status"] == "running"
 
 

@@ -185,7 +185,7 @@ def dataset_delete_controls(name: str) -> None:
 
 
 def _delete_dataset(name: str) -> None:
-    from storage.db import delete_dataset
+    from engine.housekeeping import delete_dataset
 
     s = st.session_state
     s.pop("train_delete_confirm", None)
