@@ -1,4 +1,5 @@
-"""ML Manager dashboard: navigation only. Each page lives in pages/; shared widgets in pages/components.py."""
+"""ML Manager dashboard: navigation only, plus the once-per-server import warm-up. Each page lives in pages/;
+the widgets they share in ui/."""
 import gc
 import logging
 import threading
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.components import ENTRYPOINT_RAN, configure_logging, keep_page_inputs
+from ui.runtime import ENTRYPOINT_RAN, configure_logging, keep_page_inputs
 
 # The tab icon is a file shipped here: a material icon as favicon is fetched from a font server on the
 # internet, which a dashboard that must work offline cannot rely on.
@@ -52,7 +53,7 @@ pg = st.navigation(
         st.Page("pages/postprocess.py", title="Post-processing", icon=":material/tune:", url_path="postprocess"),
     ]
 )
-st.session_state[ENTRYPOINT_RAN] = True  # the pages know they run under this navigation (pages.components)
+st.session_state[ENTRYPOINT_RAN] = True  # the pages know they run under this navigation (ui.runtime)
 keep_page_inputs()  # a page's inputs survive a visit to another page
 warm_up = warm_up_imports()
 if pg.url_path != overview.url_path:

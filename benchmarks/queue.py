@@ -50,11 +50,11 @@ def wait_for(predicate, timeout: float, interval: float = 0.01):
 def start_worker(home: Path, max_delay: float) -> subprocess.Popen:
     from storage import db as store
 
+    from engine.jobs.queue import worker_command
+
     log = open(home / "worker.log", "ab")
-    consumer = Path(sys.executable).with_name("huey_consumer")
     env = {**os.environ, "ML_MANAGER_HOME": str(home)}
-    proc = subprocess.Popen([str(consumer), "engine.jobs.huey", "-k", "thread", "-w", "2", "-m", str(max_delay)],
-                            cwd=ROOT, env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen(worker_command(max_delay_s=max_delay), cwd=ROOT, env=env, stdout=log, stderr=log)
     wait_for(lambda: store.worker_heartbeat() is not None, 60, 0.1)
     return proc
 

@@ -106,7 +106,7 @@ def server_side_ms(image_path: Path, repeats: int = 20) -> tuple[float, float]:
     """Median ms of post-processing and of the overlay image, in-process, for context."""
     from engine.postprocess import enhanced_post_processing
     from engine.vesselness import vesselness_map
-    from pages.components import overlay_bytes
+    from ui.overlays import overlay_bytes
 
     image = read_image(image_path)
     prob = vesselness_map(image)

@@ -46,6 +46,7 @@ from engine.training.config import config_with_changes
 from engine.pretrained import PRETRAINED_ID, PRETRAINED_PATH, pretrained_entry
 from storage import db as store
 from storage import paths
+from engine.errors import UserError, user_error
 
 log = logging.getLogger("ml_manager.api")
 
@@ -57,7 +58,7 @@ _JSON_COLUMNS = ("config", "recommended_postprocess", "postprocess")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-class ApiError(ValueError):
+class ApiError(UserError):
     """A request the API refuses, with the HTTP status to answer and a sentence for the caller."""
 
     def __init__(self, status: int, message: str):
@@ -413,7 +414,7 @@ def _status_of(exc: Exception) -> int:
         return 409
     if isinstance(exc, paths.StorageError):
         return 503
-    return 400  # every other ValueError / OSError of the engine is a sentence about the request
+    return 400  # every other user error of the engine is a sentence about the request
 
 
 class _Guard:
@@ -453,7 +454,7 @@ class _Guard:
             raise ApiError(413, f"The body is {len(raw)} bytes; requests take at most {MAX_BODY_BYTES}.")
         try:
             body = json.loads(raw)
-        except ValueError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"The body is not valid JSON ({exc}): send an object such as "
                                 "{\"model_id\": \"…\"}.") from None
         if not isinstance(body, dict):
@@ -467,16 +468,16 @@ class _Guard:
                 self.check(request)
                 body = await self.body(request) if method == "POST" else None
                 status, data = await run_in_threadpool(route, request, body)
-            except (ValueError, OSError) as exc:
-                status = _status_of(exc) if isinstance(exc, ValueError) else 400
-                message = str(exc) if isinstance(exc, ValueError) else (
+            except Exception as exc:  # noqa: BLE001 - a user's error is a sentence, anything else a logged 500
+                if (error := user_error(exc)) is None and not isinstance(exc, OSError):
+                    log.exception("API request %s %s failed", request.method, request.url.path)
+                    return _json_response(500, {"error": "The server failed on this request; the details are in "
+                                                         "the dashboard's log."})
+                status = _status_of(exc) if error is not None else 400
+                message = str(error) if error is not None else (
                     f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
                 return _json_response(status, {"error": message}, headers)
-            except Exception:  # noqa: BLE001 - a bug, not the caller's fault: the traceback goes to the log
-                log.exception("API request %s %s failed", request.method, request.url.path)
-                return _json_response(500, {"error": "The server failed on this request; the details are in the "
-                                                     "dashboard's log."})
             if isinstance(data, Path):  # a file to download (the results zip)
                 return FileResponse(data, media_type="application/zip", filename=f"{data.parent.name}_{data.name}",
                                     headers={"Cache-Control": "no-store"})

@@ -54,7 +54,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from engine import jobs
-from engine.errors import UserError
+from engine.errors import UserError, number_or_none, user_error
 from engine.jobs import lifecycle
 from engine.jobs.liveness import BEAT_S
 from storage import archives, paths
@@ -81,10 +81,8 @@ class UploadRefused(UserError):
 
 def max_upload_bytes() -> int:
     """The largest checkpoint or results upload accepted (``ML_MANAGER_MAX_UPLOAD_MB``, default 512)."""
-    try:
-        return int(float(os.environ.get(UPLOAD_ENV, "512")) * 1024 * 1024)
-    except ValueError:
-        return 512 * 1024 * 1024
+    megabytes = number_or_none(os.environ.get(UPLOAD_ENV, "512"))
+    return int((512 if megabytes is None else megabytes) * 1024 * 1024)
 
 
 # --------------------------------------------------------------------------- content-addressed archives
@@ -227,7 +225,7 @@ def beat(request: Request, body: dict) -> tuple[int, dict]:
 def _holds(get: Callable[[str], dict], key: str, worker: str) -> bool:
     try:
         return get(key)["worker"] == worker
-    except ValueError:
+    except UserError:  # the run or job is gone
         return False
 
 
@@ -251,7 +249,7 @@ def training_claim(request: Request, body: dict) -> tuple[int, dict]:
         if resume and not (paths.checkpoints_dir(model_id) / "last.pt").is_file():
             raise UserError(f"Model {model_id!r} has no last.pt on the dashboard to continue from: start it again "
                             "without resume.")
-    except (ValueError, OSError) as exc:
+    except (UserError, OSError) as exc:
         lifecycle.fail_training(model_id, str(exc))
         raise
     return 200, {"claimed": True, "name": row["name"], "config": json.loads(row["config"]),
@@ -313,7 +311,7 @@ def check_checkpoint(path: Path, model_id: str) -> dict:
 
     try:
         return load_checkpoint_dict(path)
-    except ValueError as exc:
+    except UserError as exc:
         raise UploadRefused(400, f"The checkpoint uploaded for model {model_id} was refused: {exc} Nothing was "
                                  "registered.") from None
 
@@ -384,7 +382,7 @@ def job_claim(request: Request, body: dict) -> tuple[int, dict]:
                 raise UserError(f"The checkpoint {path.name} is no longer on the dashboard's machine: choose another.")
             checkpoint = {"sha256": file_hash(path), "name": path.name}
         digest, _ = _job_input(row)
-    except (ValueError, OSError) as exc:
+    except (UserError, OSError) as exc:
         store.update_inference_job(job_id, status="failed", finished_at=store.utc_now(), error=str(exc))
         raise
     fields = {k: row[k] for k in ("checkpoint_path", "postprocess", "scale", "input_path", "model_id")}
@@ -442,7 +440,7 @@ def _register_results(job_id: str, data: bytes) -> dict:
         upload.write_bytes(data)
         try:
             archives.safe_extract_zip(upload, unpacked)
-        except ValueError as exc:
+        except UserError as exc:
             raise UploadRefused(400, f"The results uploaded for job {job_id} were refused: {exc} Nothing was "
                                      "registered.") from None
         for part in RESULT_PARTS:
@@ -516,7 +514,8 @@ def _error(exc: Exception) -> Response:
         status = 409
     else:
         status = getattr(exc, "status", 400)
-    message = str(exc) if isinstance(exc, ValueError) else f"{getattr(exc, 'strerror', None) or exc}"
+    error = user_error(exc)
+    message = str(error) if error is not None else f"{getattr(exc, 'strerror', None) or exc}"
     return Response(json.dumps({"error": message}), status_code=status, media_type="application/json",
                     headers={"Cache-Control": "no-store", **({"WWW-Authenticate": "Bearer"} if status == 401 else {})})
 
@@ -526,11 +525,11 @@ def _file_endpoint(guard: Any, route: Callable[[Request, None], Path]):
         try:
             guard.check(request)
             path = await run_in_threadpool(route, request, None)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a user's error is a sentence, anything else a logged 500
+            if user_error(exc) is None and not isinstance(exc, OSError):
+                log.exception("worker download %s failed", request.url.path)
+                return _error(UploadRefused(500, "The server failed on this request; the details are in its log."))
             return _error(exc)
-        except Exception:  # noqa: BLE001 - a bug: the traceback goes to the log
-            log.exception("worker download %s failed", request.url.path)
-            return _error(UploadRefused(500, "The server failed on this request; the details are in its log."))
         return FileResponse(path, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
     return endpoint
@@ -541,11 +540,11 @@ def _upload_endpoint(guard: Any, route: Callable[[Request], Any]):
         try:
             guard.check(request)
             data = await route(request)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a user's error is a sentence, anything else a logged 500
+            if user_error(exc) is None and not isinstance(exc, OSError):
+                log.exception("worker upload %s failed", request.url.path)
+                return _error(UploadRefused(500, "The server failed on this request; the details are in its log."))
             return _error(exc)
-        except Exception:  # noqa: BLE001 - a bug: the traceback goes to the log
-            log.exception("worker upload %s failed", request.url.path)
-            return _error(UploadRefused(500, "The server failed on this request; the details are in its log."))
         return Response(json.dumps(data), status_code=200, media_type="application/json",
                         headers={"Cache-Control": "no-store"})
 

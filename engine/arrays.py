@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from engine.errors import UserError
 
 
 def to_numpy(value: Any, what: str) -> np.ndarray:
@@ -19,13 +20,13 @@ def to_numpy(value: Any, what: str) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
         value = value.detach().cpu()
         if value.dtype.is_complex:
-            raise ValueError(f"{what} is a complex tensor: pass real probabilities or logits.")
+            raise UserError(f"{what} is a complex tensor: pass real probabilities or logits.")
         value = value.float().numpy()
     arr = np.asarray(value)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{what} must be a numeric array; got dtype {arr.dtype}.")
+        raise UserError(f"{what} must be a numeric array; got dtype {arr.dtype}.")
     if np.iscomplexobj(arr):
-        raise ValueError(f"{what} is complex: pass real probabilities or logits.")
+        raise UserError(f"{what} is complex: pass real probabilities or logits.")
     return arr
 
 
@@ -39,10 +40,10 @@ def squeeze_to_2d(arr: np.ndarray, what: str) -> np.ndarray:
     while arr.ndim > 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
-        raise ValueError(
+        raise UserError(
             f"{what} must be a 2-D map (H, W), optionally with leading size-1 dimensions; got shape "
             f"{tuple(shape)}: pass a single channel, e.g. output[0, 0] or the vessel class only."
         )
     if min(arr.shape) == 0:
-        raise ValueError(f"{what} is empty (shape {tuple(shape)}): pass a map with at least one pixel.")
+        raise UserError(f"{what} is empty (shape {tuple(shape)}): pass a map with at least one pixel.")
     return arr

@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from engine.errors import UserError
 
 # A pixel is inside when it is brighter than the surround by this share of the (disc - surround)
 # contrast, and by at least MIN_STEP grey levels.
@@ -42,7 +43,7 @@ def _as_rgb_or_gray(image: np.ndarray) -> np.ndarray:
         return arr[..., :3].max(axis=2)
     if arr.ndim == 2:
         return arr
-    raise ValueError(f"A field of view needs an image of shape (H, W) or (H, W, 3); got shape {arr.shape}.")
+    raise UserError(f"A field of view needs an image of shape (H, W) or (H, W, 3); got shape {arr.shape}.")
 
 
 def estimate_fov(image: np.ndarray) -> np.ndarray:
@@ -165,8 +166,8 @@ def parse_scale(value: Any) -> str | float:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"scale must be auto, none or a resize factor such as 0.5, not {value!r}.") from None
+            raise UserError(f"scale must be auto, none or a resize factor such as 0.5, not {value!r}.") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not 0.05 <= value <= 20:
-        raise ValueError(f"scale must be auto, none or a resize factor between 0.05 and 20, not {value!r}.")
+        raise UserError(f"scale must be auto, none or a resize factor between 0.05 and 20, not {value!r}.")
     return float(value)

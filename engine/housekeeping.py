@@ -220,14 +220,41 @@ def delete_inference_results(job_id: str, dry_run: bool = False) -> Removal:
         WrongStateError: the job is queued or still running.
     """
     store.get_inference_job(job_id)
+    # The folder in this data home (a restored backup's rows still name the old home's folders).
     folder = paths.data_home() / "inference" / paths.check_id(job_id, "job id")
     removal = Removal("inference results", job_id, str(folder), size_of(folder))
     if not dry_run:
-        store.delete_inference_job(job_id)
+        store.forget_inference_job(job_id)
+        shutil.rmtree(folder, ignore_errors=True)
     elif job_id in {j["id"] for j in store.active_inference_jobs()}:
         raise store.WrongStateError(f"Inference job {job_id!r} is still writing its results: cancel it and wait "
                                     "until it has stopped before deleting it.")
     return removal
+
+
+def delete_model(model_id: str) -> None:
+    """Delete a finished model: its rows (epochs, checkpoints, presets), then its folder of checkpoints.
+
+    Raises:
+        UnknownModelError: no such model.
+        UserError: the run is queued, running or stopping (stop it and wait until it has ended).
+    """
+    store.forget_model(model_id)
+    models = paths.data_home() / "models"
+    folder = models / paths.check_id(model_id, "model id")
+    if folder.exists() and paths.is_inside(folder, models):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def delete_dataset(name: str) -> None:
+    """Delete the registered data set ``datasets_dir()/name`` and all its files: the registry takes it out of
+    use under its write lock (``storage.db.retire_dataset``), then its files are removed.
+
+    Raises:
+        UserError: ``name`` is no registered data set.
+        WrongStateError: a queued, running or stopping run trains on it (the message names the runs).
+    """
+    shutil.rmtree(store.retire_dataset(name), ignore_errors=True)
 
 
 def check_days(days: object) -> float:

@@ -37,6 +37,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from engine.arrays import squeeze_to_2d, to_numpy
+from engine.errors import UserError
 
 METRIC_KEYS = ("dice", "iou", "precision", "sensitivity", "specificity", "accuracy", "roc_auc", "cldice")
 
@@ -52,9 +53,9 @@ def _binarise_pred(pred: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     pred = pred.astype(np.float32, copy=False)
     low, high = float(pred.min()), float(pred.max())
     if np.isnan(low) or np.isnan(high):
-        raise ValueError("pred contains NaN values: check the model output before scoring it.")
+        raise UserError("pred contains NaN values: check the model output before scoring it.")
     if low < 0.0 or high > 1.0:
-        raise ValueError(
+        raise UserError(
             f"pred has values from {low:.4g} to {high:.4g}, outside [0, 1]: pass probabilities "
             "(apply a sigmoid to logits) or a binary mask."
         )
@@ -74,15 +75,15 @@ def _image_counts(pred: Any, target: Any, fov: Any, threshold: float) -> dict:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not (
         0.0 <= float(threshold) <= 1.0
     ):
-        raise ValueError(f"threshold must be a number between 0 and 1; got {threshold!r}.")
+        raise UserError(f"threshold must be a number between 0 and 1; got {threshold!r}.")
     pred_arr, target_arr = _as_map(pred, "pred"), _as_map(target, "target")
     if pred_arr.shape != target_arr.shape:
-        raise ValueError(
+        raise UserError(
             f"pred is {pred_arr.shape[1]}x{pred_arr.shape[0]} (width x height) but target is "
             f"{target_arr.shape[1]}x{target_arr.shape[0]}: score a prediction against the mask of the same image."
         )
     if target_arr.dtype.kind == "f" and np.isnan(target_arr).any():
-        raise ValueError("target contains NaN values: pass a binary ground-truth mask.")
+        raise UserError("target contains NaN values: pass a binary ground-truth mask.")
     binary, prob = _binarise_pred(pred_arr, float(threshold))
     truth = target_arr != 0
     if fov is None:
@@ -90,12 +91,12 @@ def _image_counts(pred: Any, target: Any, fov: Any, threshold: float) -> dict:
     else:
         inside = _as_map(fov, "fov") != 0
         if inside.shape != truth.shape:
-            raise ValueError(
+            raise UserError(
                 f"fov is {inside.shape[1]}x{inside.shape[0]} (width x height) but the masks are "
                 f"{truth.shape[1]}x{truth.shape[0]}: use the FOV mask that belongs to this image."
             )
         if not inside.any():
-            raise ValueError("the FOV mask is empty (no pixel inside): pass the image's real FOV mask, or none.")
+            raise UserError("the FOV mask is empty (no pixel inside): pass the image's real FOV mask, or none.")
     p, t = binary & inside, truth & inside
     tp = int(np.count_nonzero(p & t))
     n_p, n_t, n = int(np.count_nonzero(p)), int(np.count_nonzero(t)), int(np.count_nonzero(inside))
@@ -177,7 +178,7 @@ def pooled_metrics(items: Iterable[tuple[Any, Any, Any]], threshold: float = 0.5
         try:
             pred, target, fov = item
         except (TypeError, ValueError):
-            raise ValueError(
+            raise UserError(
                 f"item {n_images} must be a (pred, target, fov) tuple; use fov=None when there is no FOV mask."
             ) from None
         c = _image_counts(pred, target, fov, threshold)
@@ -189,7 +190,7 @@ def pooled_metrics(items: Iterable[tuple[Any, Any, Any]], threshold: float = 0.5
             scores.append(c["scores"])
             labels.append(c["labels"])
     if n_images == 0:
-        raise ValueError("pooled_metrics needs at least one (pred, target, fov) image.")
+        raise UserError("pooled_metrics needs at least one (pred, target, fov) image.")
     if probabilistic:
         result = _metrics_from_counts(totals, np.concatenate(scores), np.concatenate(labels))
     else:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from engine.fov import estimate_fov, fov_diameter, parse_scale, rescale, scale_factor
+from engine.errors import UserError
 
 BASELINE_NAME = "Classical vesselness (Frangi)"
 SIGMAS = (2.0, 3.0, 4.0)  # vessel half-widths probed, in pixels (DRIVE vessels are 1-10 px wide)
@@ -37,14 +38,14 @@ FOV_DIAMETER = 540.0  # the FOV diameter (pixels) the sigmas suit: DRIVE's photo
 def _check_image(image_rgb: Any) -> np.ndarray:
     image = np.asarray(image_rgb)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
+        raise UserError(
             f"vesselness_map needs an RGB image of shape (H, W, 3); got shape {image.shape}: "
             "read the file with engine.imageio.read_image."
         )
     if image.dtype != np.uint8:
-        raise ValueError(f"vesselness_map needs uint8 RGB pixels; got dtype {image.dtype}: use read_image.")
+        raise UserError(f"vesselness_map needs uint8 RGB pixels; got dtype {image.dtype}: use read_image.")
     if min(image.shape[:2]) < 16:
-        raise ValueError(f"the image is {image.shape[1]}x{image.shape[0]}; it must be at least 16x16 pixels.")
+        raise UserError(f"the image is {image.shape[1]}x{image.shape[0]}; it must be at least 16x16 pixels.")
     return image
 
 
@@ -75,13 +76,13 @@ def vesselness_map(image_rgb: Any, fov: Any = None, scale: str | float = "auto")
     else:
         inside = np.asarray(fov)
         if inside.shape != image.shape[:2]:
-            raise ValueError(
+            raise UserError(
                 f"fov is {inside.shape[-1]}x{inside.shape[0]} (width x height) but the image is "
                 f"{image.shape[1]}x{image.shape[0]}: use the FOV mask that belongs to this image."
             )
         inside = (inside != 0).astype(np.uint8)
     if not inside.any():
-        raise ValueError("the FOV mask is empty (no pixel inside): pass the image's real FOV mask, or none.")
+        raise UserError("the FOV mask is empty (no pixel inside): pass the image's real FOV mask, or none.")
     factor = baseline_scale(inside, scale)
     if factor == 1.0:
         return _vesselness(image, inside)

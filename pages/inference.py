@@ -7,17 +7,20 @@ import streamlit as st
 
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
 from engine.vesselness import BASELINE_NAME
-from pages.components import (BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query,
-                              run_page, val_dice_words)
-from pages.inference_widgets import (batch_controls, batch_jobs, batch_sentence_key, checkpoint_label, monitor_of,
-                                    start_from, workspace)
+from ui.formatting import val_dice_words
+from ui.maps import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint
+from ui.readers import all_checkpoints, list_models
+from ui.runtime import run_page
+from ui.inference_workspace import (
+    batch_controls, batch_jobs, batch_sentence_key, checkpoint_label, monitor_of, start_from, workspace,
+)
 
 PRETRAINED_SOURCE = str(PRETRAINED_PATH)  # a path, so it can never be mistaken for a model id
 
 
 def main() -> None:
     st.title("Inference")
-    ckpts = query("all_checkpoints")  # completed models only
+    ckpts = all_checkpoints()  # completed models only
     groups: dict[str, list[dict]] = {}
     for c in ckpts:
         groups.setdefault(c["model_id"], []).append(c)
@@ -39,7 +42,7 @@ def main() -> None:
                   "cameras. For research use, like the DRIVE images themselves; not for diagnosis.")
         recommended = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).recommended_postprocess
     else:
-        model = next((m for m in query("list_models", "completed") if m["id"] == model_id), None)
+        model = next((m for m in list_models("completed") if m["id"] == model_id), None)
         by_label = {checkpoint_label(c, monitor_of(model)): c["path"] for c in groups[model_id]}
         source = by_label[b.selectbox("Checkpoint", list(by_label), key=f"inf_ckpt_{model_id}")]
         if model and model.get("recommended_postprocess"):

@@ -4,8 +4,10 @@ The pretrained model shipped with the program is offered too, after the user's o
 import streamlit as st
 
 from engine.pretrained import PRETRAINED_ID, PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
-from pages.components import checkpoint_mtime, dashboard_checkpoint, load_checkpoint, query, run_page
-from pages.inference_widgets import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
+from ui.maps import checkpoint_mtime, dashboard_checkpoint, load_checkpoint
+from ui.readers import list_models, model_checkpoints
+from ui.runtime import run_page
+from ui.inference_workspace import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
 from storage.db import TRAINING_STATUSES
 
 
@@ -32,7 +34,7 @@ def pick_model(models: list[dict]) -> str | None:
 
 def main() -> None:
     st.title("Model inference")
-    models = query("list_models")
+    models = list_models()
     if not models and not pretrained_available():
         st.info("No models yet: train one on the Train page. Meanwhile the Post-processing page works on any "
                 "photograph.")
@@ -44,7 +46,7 @@ def main() -> None:
         shipped_model(bool(models))
         return
     model = next(m for m in models if m["id"] == model_id)
-    ckpts = query("model_checkpoints", model_id)
+    ckpts = model_checkpoints(model_id)
     if not ckpts:
         st.info(f"{model['name']} has no checkpoint yet ({model['status']}); the first one is written after "
                 "its first epoch.")

@@ -7,10 +7,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.charts import curves_figure
-from pages.components import age_text, forget_queries, query, run_duration, run_page, stop_reason_text
-from pages.housekeeping_widgets import checkpoint_controls
-from pages.train_widgets import continue_controls, status_text
+from engine.errors import UserError
+from ui.charts import curves_figure
+from ui.formatting import age_text, run_duration, stop_reason_text
+from ui.readers import forget_queries, list_models, model_checkpoints, model_metrics
+from ui.runtime import run_page
+from ui.housekeeping import checkpoint_controls
+from ui.training_form import continue_controls, status_text
 from storage.db import ACTIVE_STATUSES as ACTIVE
 
 
@@ -28,7 +31,7 @@ def table(models: list[dict]) -> None:
 
 
 def checkpoints(model: dict) -> None:
-    ckpts = query("model_checkpoints", model["id"])
+    ckpts = model_checkpoints(model["id"])
     if not ckpts:
         st.caption("No checkpoint yet.")
         return
@@ -62,12 +65,12 @@ def delete_controls(model: dict) -> None:
 
 
 def _delete(mid: str) -> None:
-    from storage.db import delete_model
+    from engine.housekeeping import delete_model
 
     st.session_state["models_confirm"] = None
     try:
         delete_model(mid)  # refuses, with a sentence, a run that started meanwhile
-    except ValueError as exc:
+    except UserError as exc:
         st.session_state["models_message"] = ("error", str(exc))
         return
     st.session_state["models_message"] = ("success", f"Deleted model {mid}.")
@@ -88,7 +91,7 @@ def detail(model: dict) -> None:
                  f"{age_text(run_duration(model))} · data set `{model.get('dataset')}`")
     st.page_link("pages/model_inference.py", label="Open its inference page", icon=":material/search_insights:",
                  query_params={"model": mid})  # in this tab: a new one would start a new browser session
-    metrics = query("model_metrics", mid)
+    metrics = model_metrics(mid)
     if metrics:
         st.plotly_chart(curves_figure([(model["name"], metrics, model.get("best_epoch"))]), key="models_curves")
         st.download_button("Export metrics (CSV)", pd.DataFrame(metrics).to_csv(index=False),
@@ -115,7 +118,7 @@ def calibration_words(model: dict) -> str:
     """Why a model has no recommended post-processing, in words."""
     try:
         config = json.loads(model.get("config") or "{}")
-    except ValueError:
+    except json.JSONDecodeError:
         config = {}
     if not config.get("calibrate_postprocess", True):
         return "None: calibration was switched off for this run; the tuner opens with the defaults."
@@ -134,7 +137,7 @@ def progress(models: list[dict]) -> list[tuple]:
 @st.fragment(run_every=3)
 def refresh_while_active(drawn: list[tuple]) -> None:
     """While a run is queued or running, redraw the page when a run's status or epoch count changed."""
-    if progress(query("list_models")) != drawn:
+    if progress(list_models()) != drawn:
         st.rerun(scope="app")
 
 
@@ -147,7 +150,7 @@ def main() -> None:
     message = st.session_state.pop("models_message", None)
     if message:
         getattr(st, message[0])(message[1])
-    models = query("list_models")
+    models = list_models()
     if not models:
         st.info("No models yet: start one on the Train page.")
         return
@@ -162,7 +165,7 @@ def main() -> None:
     compare = st.multiselect("Overlay the curves of", ids, format_func=label.get, key="models_compare")
     if compare:
         by_id = {m["id"]: m for m in models}
-        runs = [(by_id[i]["name"], query("model_metrics", i), by_id[i].get("best_epoch")) for i in compare]
+        runs = [(by_id[i]["name"], model_metrics(i), by_id[i].get("best_epoch")) for i in compare]
         st.plotly_chart(curves_figure(runs), key="models_overlay")
     pick = st.selectbox("Details of", ids, format_func=label.get, key="models_detail", index=None,
                         placeholder="Choose a model")

@@ -3,10 +3,13 @@ disk use of the data home (inference results, data sets and uploads can be delet
 import streamlit as st
 
 from engine.pretrained import PRETRAINED_NAME, pretrained_available
-from pages.components import (WORKER_FRESH_S, age_text, forget_queries, query, run_duration, run_page, start_worker,
-                              stop_reason_text, worker_age)
-from pages.housekeeping_widgets import disk_use_summary, inference_results_controls, stored_data_controls
-from pages.worker_widgets import live_workers, workers_table
+from storage.db import WORKER_FRESH_S
+from ui.formatting import age_text, run_duration, stop_reason_text
+from ui.readers import forget_queries, list_models
+from ui.runtime import run_page
+from ui.workers import start_worker, worker_age
+from ui.housekeeping import disk_use_summary, inference_results_controls, stored_data_controls
+from ui.workers import live_workers, workers_table
 from storage.db import TRAINING_STATUSES, run_budget_s, run_progress
 
 
@@ -62,7 +65,7 @@ def live() -> None:
         forget_queries()
     worker_panel()
     workers_table()
-    models = query("list_models")
+    models = list_models()
     running = [m for m in models if m["status"] in TRAINING_STATUSES]
     queued = [m for m in models if m["status"] == "queued"]
     a, b, c = st.columns(3)

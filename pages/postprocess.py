@@ -3,15 +3,11 @@ view (estimated, an uploaded mask, or the whole image) and tune every post-proce
 classical vesselness map, live."""
 import streamlit as st
 
-from pages.components import (
-    BASELINE_SOURCE,
-    matching_mask,
-    postprocess_tuner,
-    probability_map,
-    run_page,
-    upload_image,
-)
-from pages.inference_widgets import field_of_view
+from ui.maps import BASELINE_SOURCE, probability_map
+from ui.runtime import run_page
+from ui.tuner import postprocess_tuner
+from ui.uploads import matching_mask, upload_image
+from ui.inference_workspace import field_of_view
 from storage import paths
 
 

@@ -4,25 +4,13 @@ from pathlib import Path
 import streamlit as st
 
 from engine.training.data import load_dataset
-from pages.components import query, run_page
-from pages.worker_widgets import queue_picker
-from pages.train_widgets import (
-    dataset_delete_controls,
-    dataset_summary,
-    first_usable,
-    form_defaults,
-    generate_synthetic,
-    measure_plan,
-    plan_line,
-    registered_datasets,
-    release_start_button,
-    run_monitor,
-    scroll_to_monitor,
-    start_button_held,
-    submission_key,
-    submit_callback,
-    submit_message,
-    training_form,
+from ui.readers import list_models
+from ui.runtime import run_page, sentence_of
+from ui.workers import queue_picker
+from ui.training_form import (
+    dataset_delete_controls, dataset_summary, first_usable, form_defaults, generate_synthetic, measure_plan,
+    plan_line, registered_datasets, release_start_button, run_monitor, scroll_to_monitor, start_button_held,
+    submission_key, submit_callback, submit_message, training_form,
 )
 from storage import paths
 from storage.archives import unpack_dataset_zip
@@ -86,15 +74,15 @@ def _unpack() -> None:
     st.session_state["train_unpack_error"] = None
     try:  # load_dataset judges the unpacked folder: a zip without a data set leaves nothing behind
         _use_registered(unpack_dataset_zip(up.getvalue(), up.name, check=load_dataset).name)
-    except ValueError as exc:
-        st.session_state["train_unpack_error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+        st.session_state["train_unpack_error"] = sentence_of(exc)
 
 
 def show_summary(path: str) -> bool:
     try:
         summary, sample = dataset_summary(path)
-    except ValueError as exc:
-        st.error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+        st.error(sentence_of(exc))
         return False
     a, b = st.columns([2, 1])
     with a:
@@ -115,10 +103,10 @@ def monitor() -> None:
     st.header("Training monitor")
     smoothing = st.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="train_smoothing",
                           help="Exponential moving average; the raw curve stays faint behind the smoothed one.")
-    rows = [m for m in query("list_models") if m["status"] in ACTIVE_STATUSES]
+    rows = [m for m in list_models() if m["status"] in ACTIVE_STATUSES]
     watch = st.session_state.get("train_watch")
     if watch and all(m["id"] != watch for m in rows):
-        rows += [m for m in query("list_models") if m["id"] == watch]  # keeps showing its final status
+        rows += [m for m in list_models() if m["id"] == watch]  # keeps showing its final status
     release_start_button()
     if not rows:
         st.caption("No active run.")
@@ -135,7 +123,7 @@ def main() -> None:
     usable = bool(dataset) and show_summary(dataset)
     # Not an st.form: a form sends what was typed only when submitted, so a name or a time budget typed
     # before visiting another page was lost. Each field reaches the server as it is left, and the page's
-    # inputs are kept for the browser session (pages.components.keep_page_inputs).
+    # inputs are kept for the browser session (ui.runtime.keep_page_inputs).
     with st.container(border=True):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
         queue_picker("train_queue")

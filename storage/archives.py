@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Union
 
 from storage import paths
+from storage.errors import UserError
 
 MAX_EXTRACT_ENV = "ML_MANAGER_MAX_EXTRACT_MB"
 DEFAULT_MAX_EXTRACT_MB = 2048  # inflated size of one archive: room for a large fundus data set
@@ -41,7 +42,7 @@ _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 ZipSource = Union[str, os.PathLike, bytes, BinaryIO]
 
 
-class ArchiveError(ValueError):
+class ArchiveError(UserError):
     """A zip archive could not be used; the message is meant for the user."""
 
 

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import sqlite3
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from sqlite_utils import Database
 
 from storage import paths
 from storage.migrations import MIGRATIONS
+from storage.errors import UserError
 
 BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before giving up
 # stopped: the user stopped the run before its first epoch ended, so no epoch's checkpoint exists; the ``error``
@@ -34,7 +34,13 @@ BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another writer before g
 STATUSES = ("queued", "running", "stopping", "completed", "failed", "stopped")
 ACTIVE_STATUSES = ("queued", "running", "stopping")  # a run a worker holds or will start: not to be deleted
 TRAINING_STATUSES = ("running", "stopping")  # a worker is training it now
-STOP_REASONS = ("max_epochs", "early_stopping", "user_stop", "time_limit")  # time_limit: max_minutes ran out
+# Why a training ended: the code stored in the row (and the CLI's JSON), and the words the dashboard shows.
+STOP_REASONS = {
+    "max_epochs": "reached its last epoch",
+    "early_stopping": "early stopping (no better validation score for `patience` epochs)",
+    "user_stop": "stopped by the user",
+    "time_limit": "its time budget ran out",  # max_minutes ran out
+}
 CHECKPOINT_KINDS = ("best", "last", "epoch")
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 JOB_ACTIVE_STATUSES = ("queued", "running")  # a batch job waiting for or in the worker
@@ -43,20 +49,20 @@ BASELINE = "baseline"  # model id / checkpoint path that stands for the classica
 _JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan"}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError):
     """No model with the given id exists."""
 
 
-class UnknownJobError(ValueError):
+class UnknownJobError(UserError):
     """No inference job with the given id exists."""
 
 
-class WrongStateError(ValueError):
+class WrongStateError(UserError):
     """The run or job is in a state that does not allow the request (starting a running model, stopping a
     finished one); the message says which state and what to do instead."""
 
 
-class DuplicateSubmissionError(ValueError):
+class DuplicateSubmissionError(UserError):
     """A run was already created with this submission key (a double click on Start); ``model_id`` is that run."""
 
     def __init__(self, model_id: str) -> None:
@@ -206,7 +212,7 @@ def _check_fields(table: str, fields: dict[str, Any], db: Database) -> None:
     columns = set(db[table].columns_dict)
     unknown = sorted(set(fields) - columns)
     if unknown:
-        raise ValueError(f"{table} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(columns))}.")
+        raise UserError(f"{table} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(columns))}.")
 
 
 def integrity_check(db: Database | None = None) -> str:
@@ -232,9 +238,9 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
         ValueError: an empty name or a config that is not a dict.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
+        raise UserError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
     if not isinstance(config, dict):
-        raise ValueError(f"config must be a dict of training settings, not {type(config).__name__}.")
+        raise UserError(f"config must be a dict of training settings, not {type(config).__name__}.")
     model_id = new_id()
     now = utc_now()
     record = {"id": model_id, "name": name.strip(), "status": "queued", "config": json.dumps(config, sort_keys=True),
@@ -248,8 +254,7 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
                 found = db.execute("SELECT id FROM models WHERE submission_key = ?", [submission_key]).fetchone()
                 if found:
                     raise DuplicateSubmissionError(found[0])
-            db.execute(f"INSERT INTO models ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
-                       list(record.values()))
+            db["models"].insert(record)  # a savepoint inside this transaction
     return model_id
 
 
@@ -278,44 +283,49 @@ def update_model(model_id: str, db: Database | None = None, only_if_status: tupl
     """Set fields of a model's row. With ``only_if_status``, change it only while its status is one of
     those (a compare-and-set) and return whether it changed."""
     if "status" in fields and fields["status"] not in STATUSES:
-        raise ValueError(f"status {fields['status']!r} is not one of {', '.join(STATUSES)}.")
+        raise UserError(f"status {fields['status']!r} is not one of {', '.join(STATUSES)}.")
     if fields.get("stop_reason") not in (None, *STOP_REASONS):
-        raise ValueError(f"stop_reason {fields['stop_reason']!r} is not one of {', '.join(STOP_REASONS)}.")
+        raise UserError(f"stop_reason {fields['stop_reason']!r} is not one of {', '.join(STOP_REASONS)}.")
     with _use(db) as db:
         get_model(model_id, db=db)
         if not fields:
             return True
         _check_fields("models", fields, db)
         fields = _encode(fields)
+        if not only_if_status:
+            db["models"].update(model_id, fields)
+            return True
+        # a compare-and-set, which Table.update cannot express
         sets = ", ".join(f"[{k}] = ?" for k in fields)
-        sql, params = f"UPDATE models SET {sets} WHERE id = ?", [*fields.values(), model_id]
-        if only_if_status:
-            sql += f" AND status IN ({', '.join('?' for _ in only_if_status)})"
-            params += list(only_if_status)
-        return _write(db, sql, params) > 0
+        sql = f"UPDATE models SET {sets} WHERE id = ? AND status IN ({', '.join('?' for _ in only_if_status)})"
+        return _write(db, sql, [*fields.values(), model_id, *only_if_status]) > 0
 
 
-def delete_model(model_id: str, db: Database | None = None) -> None:
-    """Remove a finished model: its rows (epochs, checkpoints, presets) and its folder of checkpoints."""
+def forget_model(model_id: str, db: Database | None = None) -> None:
+    """Remove a finished model's rows (epochs, checkpoints, presets); ``engine.housekeeping.delete_model``
+    removes its folder of checkpoints too.
+
+    Raises:
+        UnknownModelError: no such model.
+        UserError: the run is queued, running or stopping (stop it and wait until it has ended).
+    """
     with _use(db) as db:
         with immediate(db):
             row = get_model(model_id, db=db)
             if row["status"] in ACTIVE_STATUSES:
-                raise ValueError(f"Model {model_id!r} is {row['status']}; stop it and wait until it has ended "
+                raise UserError(f"Model {model_id!r} is {row['status']}; stop it and wait until it has ended "
                                  "before deleting it.")
             for table in ("epochs", "checkpoints", "presets"):
                 db.execute(f"DELETE FROM {table} WHERE model_id = ?", [model_id])
             db.execute("DELETE FROM models WHERE id = ?", [model_id])
-    folder = paths.data_home() / "models" / paths.check_id(model_id, "model id")
-    if folder.exists() and paths.is_inside(folder, paths.data_home() / "models"):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
-def delete_dataset(name: str, db: Database | None = None) -> None:
-    """Delete the registered data set ``datasets_dir()/name`` and all its files.
+def retire_dataset(name: str, db: Database | None = None) -> Path:
+    """Take the registered data set ``datasets_dir()/name`` out of use: move it to a hidden folder beside
+    it, which is returned for ``engine.housekeeping.delete_dataset`` to remove.
 
     The check that no run uses it and the folder's move out of sight happen under the registry's write
-    lock, so no run can be registered on it in between; the files are removed afterwards.
+    lock, so no run can be registered on it in between.
 
     Raises:
         ValueError: ``name`` is no registered data set.
@@ -324,7 +334,7 @@ def delete_dataset(name: str, db: Database | None = None) -> None:
     root = paths.datasets_dir()
     folder = root / str(name)
     if not name or str(name).startswith(".") or folder.parent != root or not folder.is_dir():
-        raise ValueError(f"There is no data set {name!r} in {root}; reload the page to see the current list.")
+        raise UserError(f"There is no data set {name!r} in {root}; reload the page to see the current list.")
     where = str(folder.resolve())
     with _use(db) as db:
         with immediate(db):
@@ -337,7 +347,7 @@ def delete_dataset(name: str, db: Database | None = None) -> None:
                                       "ended, then delete the data set.")
             trash = folder.with_name(f".{folder.name}.deleting-{secrets.token_hex(4)}")
             os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    return trash
 
 
 def claim_training_slot(model_id: str, max_running: int, fresh_s: float, worker: str,
@@ -442,7 +452,7 @@ def log_epoch(model_id: str, epoch: int, train_loss: float | None, val_loss: flo
               val_dice: float | None, lr: float | None, seconds: float | None, db: Database | None = None) -> None:
     """Record one epoch's metrics; logging the same (model, epoch) again replaces the earlier values."""
     if not isinstance(epoch, int) or epoch < 1:
-        raise ValueError(f"epoch must be a whole number from 1 up, not {epoch!r}.")
+        raise UserError(f"epoch must be a whole number from 1 up, not {epoch!r}.")
     record = {"model_id": model_id, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
               "val_dice": val_dice, "lr": lr, "seconds": seconds, "logged_at": utc_now()}
     with _use(db) as db:
@@ -463,7 +473,7 @@ def add_checkpoint(model_id: str, epoch: int | None, path: str | os.PathLike, ki
                    db: Database | None = None) -> None:
     """Record a checkpoint file; the same path recorded again replaces the earlier row."""
     if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"checkpoint kind {kind!r} is not one of {', '.join(CHECKPOINT_KINDS)}.")
+        raise UserError(f"checkpoint kind {kind!r} is not one of {', '.join(CHECKPOINT_KINDS)}.")
     path = Path(path).resolve()
     size = path.stat().st_size if path.exists() else None
     record = {"path": str(path), "model_id": model_id, "epoch": epoch, "kind": kind, "metric": metric,
@@ -568,14 +578,12 @@ def get_inference_job(job_id: str, db: Database | None = None) -> dict:
 def update_inference_job(job_id: str, db: Database | None = None, **fields: Any) -> None:
     """Set fields of an inference job's row."""
     if "status" in fields and fields["status"] not in JOB_STATUSES:
-        raise ValueError(f"job status {fields['status']!r} is not one of {', '.join(JOB_STATUSES)}.")
+        raise UserError(f"job status {fields['status']!r} is not one of {', '.join(JOB_STATUSES)}.")
     with _use(db) as db:
         get_inference_job(job_id, db=db)
         if fields:
             _check_fields("inference_jobs", fields, db)
-            fields = _encode(fields)
-            sets = ", ".join(f"[{k}] = ?" for k in fields)
-            _write(db, f"UPDATE inference_jobs SET {sets} WHERE id = ?", [*fields.values(), job_id])
+            db["inference_jobs"].update(job_id, _encode(fields))
 
 
 def request_cancel(job_id: str, db: Database | None = None) -> str:
@@ -620,11 +628,10 @@ def active_inference_jobs(db: Database | None = None) -> list[dict]:
         return _rows(db, f"SELECT * FROM inference_jobs WHERE {_JOB_IN_USE} ORDER BY created_at DESC")
 
 
-def delete_inference_job(job_id: str, db: Database | None = None) -> Path | None:
-    """Remove a finished inference job's row and its output folder.
+def forget_inference_job(job_id: str, db: Database | None = None) -> None:
+    """Remove a finished inference job's row (``engine.housekeeping.delete_inference_results`` removes its
+    output folder too).
 
-    Returns:
-        The output folder that was removed (``<data home>/inference/<job_id>``), or None when there was none.
     Raises:
         UnknownJobError: no such job.
         WrongStateError: the job is queued or running (cancel it and wait until it has stopped).
@@ -635,12 +642,6 @@ def delete_inference_job(job_id: str, db: Database | None = None) -> Path | None
             if db.execute(f"DELETE FROM inference_jobs WHERE id = ? AND NOT {_JOB_IN_USE}", [job_id]).rowcount == 0:
                 raise WrongStateError(f"Inference job {job_id!r} is {row['status']} and still writing its results: "
                                       "cancel it and wait until it has stopped before deleting it.")
-    # The folder in this data home (a restored backup's rows still name the old home's folders).
-    folder = paths.data_home() / "inference" / paths.check_id(job_id, "job id")
-    if not folder.exists():
-        return None
-    shutil.rmtree(folder, ignore_errors=True)
-    return folder
 
 
 def inference_cancelled(job_id: str, db: Database | None = None) -> bool:
@@ -671,9 +672,9 @@ def list_inference_jobs(model_id: str | None = None, limit: int | None = None, d
 def save_preset(model_id: str, name: str, config: dict, db: Database | None = None) -> None:
     """Save (or overwrite) a named post-processing preset for a model (or for ``"baseline"``)."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("A preset needs a name: give a short non-empty text such as 'thin vessels'.")
+        raise UserError("A preset needs a name: give a short non-empty text such as 'thin vessels'.")
     if not isinstance(config, dict):
-        raise ValueError(f"A preset's config must be a dict of post-processing settings, not {type(config).__name__}.")
+        raise UserError(f"A preset's config must be a dict of post-processing settings, not {type(config).__name__}.")
     now = utc_now()
     with _use(db) as db:
         if model_id != BASELINE:

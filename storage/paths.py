@@ -16,12 +16,13 @@ import os
 import re
 import secrets
 from pathlib import Path
+from storage.errors import UserError
 
 HOME_ENV = "ML_MANAGER_HOME"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """The data home or its database cannot be used; the message says what to change."""
 
 
@@ -62,7 +63,7 @@ def _subdir(*parts: str) -> Path:
 def check_id(value: str, what: str = "id") -> str:
     """Refuse ids that could escape their folder (``..``, slashes, empty)."""
     if not isinstance(value, str) or not _SAFE_ID.match(value):
-        raise ValueError(f"{what} {value!r} is not valid: use letters, digits, '-' or '_' only.")
+        raise UserError(f"{what} {value!r} is not valid: use letters, digits, '-' or '_' only.")
     return value
 
 

@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from engine.jobs.queue import worker_command
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -49,8 +51,7 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGINT, wait: float = 15) -> None:
 def worker(home: Path):
     """A real Huey consumer (engine.jobs.huey) on ``home``; stopped gracefully at the end."""
     log = open(home / "worker_test.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "huey.bin.huey_consumer", "engine.jobs.huey", "-k", "thread",
-                             "-w", "2"], cwd=ROOT, env=_env(home), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(worker_command(), cwd=ROOT, env=_env(home), stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:

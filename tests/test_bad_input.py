@@ -382,7 +382,9 @@ def dashboard_save_preset(model_id: str, ctx: Ctx) -> Seen:
 def _typed_checkpoint_page():  # an AppTest script: a text field whose path goes to the pages' shared loader
     import streamlit as st
 
-    from pages.components import probability_map, run_page, upload_image
+    from ui.maps import probability_map
+    from ui.runtime import run_page
+    from ui.uploads import upload_image
 
     def main():
         path = st.text_input("Checkpoint file", key="typed_ckpt")

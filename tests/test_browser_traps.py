@@ -210,7 +210,7 @@ def cold_deep_link(tmp_path_factory):
     """A model inference deep link opened first on a fresh server: (page title, sidebar links, texts, model id).
 
     Streamlit runs a ``pages/`` folder next to app.py as a legacy multipage app until a session has run
-    ``st.navigation``; pages.components sends such a first page through app.py."""
+    ``st.navigation``; ui.runtime sends such a first page through app.py."""
     from storage import db
 
     home = tmp_path_factory.mktemp("cold") / "home"

@@ -1,11 +1,11 @@
-"""The training-curve figure and its smoothing (pages.charts): pure functions, no Streamlit."""
+"""The training-curve figure and its smoothing (ui.charts): pure functions, no Streamlit."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from pages.charts import curves_figure, smooth
+from ui.charts import curves_figure, smooth
 
 
 @pytest.mark.parametrize("values, weight, expected", [
@@ -61,13 +61,13 @@ def test_overlaid_runs_are_named_by_run_and_smoothing_adds_faint_raw_curves():
     ([None, 0.0], None),
 ])
 def test_lr_ticks(values, expected):
-    from pages.charts import lr_ticks
+    from ui.charts import lr_ticks
 
     assert lr_ticks(values) == (None if expected is None else pytest.approx(expected))
 
 
 def test_an_lr_within_one_decade_gets_tick_labels():
-    from pages.charts import curves_figure
+    from ui.charts import curves_figure
 
     rows = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.5, "val_dice": 0.5, "lr": lr}
             for e, lr in enumerate([3e-4, 6e-4, 9e-4], start=1)]
@@ -75,7 +75,7 @@ def test_an_lr_within_one_decade_gets_tick_labels():
 
 
 def test_overlaid_runs_mark_their_best_epochs_in_their_own_colours():
-    from pages.charts import curves_figure
+    from ui.charts import curves_figure
 
     rows = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.5, "val_dice": 0.1 * e, "lr": 1e-3} for e in (1, 2, 3)]
     fig = curves_figure([("a", rows, 2), ("b", rows, 3)])

@@ -1,4 +1,4 @@
-"""House rules that keep the layers and modules apart (STYLE.md habits 1 and 9).
+"""House rules that keep the layers and modules apart, as docs/ARCHITECTURE.md states them.
 
 Every check reads the source with ``ast``: it sees imports inside functions as well as at the top.
 """
@@ -16,7 +16,7 @@ LAYERS = {
     "storage": {"streamlit", "torch"},
 }
 PROGRAM = sorted([*ROOT.glob("engine/**/*.py"), *ROOT.glob("storage/*.py"), *ROOT.glob("pages/*.py"),
-                  ROOT / "app.py", ROOT / "server.py"])
+                  *ROOT.glob("ui/*.py"), ROOT / "app.py", ROOT / "server.py"])
 EVERYTHING = PROGRAM + sorted([*ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py")])
 SQL_START = ("SELECT ", "UPDATE ", "DELETE FROM", "INSERT ", "CREATE TABLE", "ALTER TABLE", "BEGIN", "PRAGMA")
 
@@ -146,3 +146,63 @@ def test_checkpoints_always_load_weights_only(path):
               and not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
                           for k in node.keywords)]
     assert unsafe == []
+
+
+# The faces: what turns an error into something a user reads (the dashboard, the HTTP API, the CLI).
+FACES = sorted([*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py"), ROOT / "engine/api.py", ROOT / "engine/api_workers.py",
+                *ROOT.glob("engine/cli/*.py"), ROOT / "app.py", ROOT / "server.py"])
+
+
+def _caught_names(tree: ast.AST) -> set[str]:
+    """The exception names every ``except`` clause in ``tree`` names (``except (A, b.C)`` gives A and C)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            for part in (node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]):
+                names.add(part.attr if isinstance(part, ast.Attribute) else getattr(part, "id", ""))
+    return names
+
+
+@pytest.mark.parametrize("path", FACES, ids=_id)
+def test_no_face_catches_value_error(path):
+    """A face turns only a UserError into a sentence (engine.errors.user_error decides); a ValueError from a
+    bug must reach the log, not the user as if it were a sentence for them."""
+    assert "ValueError" not in _caught_names(_tree(path))
+
+
+def test_a_caught_value_error_would_be_found():
+    assert "ValueError" in _caught_names(ast.parse("try:\n    pass\nexcept (OSError, builtins.ValueError):\n    pass"))
+
+
+def _app_pages() -> set[str]:
+    """The files app.py's navigation names in ``st.Page("pages/…")``."""
+    return {node.args[0].value for node in ast.walk(_tree(ROOT / "app.py"))
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Page"
+            and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+def test_pages_holds_only_the_page_scripts_app_py_navigates_to():
+    """Widgets shared by pages live in ui/; pages/ is what Streamlit lists as pages."""
+    assert {_id(p) for p in ROOT.glob("pages/*") if p.name != "__pycache__"} == _app_pages()
+
+
+@pytest.mark.parametrize("path", EVERYTHING, ids=_id)
+def test_nothing_imports_a_page_script(path):
+    imported = {node.module for node in _imports(path) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in _imports(path) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name == "pages" or name.startswith("pages.")} == set()
+
+
+def _deletes_files(tree: ast.AST) -> bool:
+    return any(isinstance(node, ast.Attribute) and node.attr in ("rmtree", "unlink", "remove", "rmdir")
+               for node in ast.walk(tree))
+
+
+def test_the_registry_deletes_rows_never_files():
+    """File deletion belongs with engine.housekeeping; storage.db only forgets rows (and moves a data set
+    out of use under its lock)."""
+    assert not _deletes_files(_tree(ROOT / "storage" / "db.py"))
+
+
+def test_a_file_deletion_would_be_found():
+    assert _deletes_files(ast.parse("shutil.rmtree(folder)"))

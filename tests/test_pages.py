@@ -65,7 +65,7 @@ def test_default_page_is_the_overview(home):
 
 # --------------------------------------------------------------------------- post-processing page
 def test_a_page_run_without_app_py_still_draws(home):
-    """Streamlit runs a page's file alone for a deep link on a fresh server; pages.components then calls
+    """Streamlit runs a page's file alone for a deep link on a fresh server; ui.runtime then calls
     st.navigation and reruns (test_browser_traps checks the rerun goes through app.py)."""
     at = AppTest.from_file(str(ROOT / "pages" / "models.py"), default_timeout=TIMEOUT).run()
     assert at.title[0].value == "Models"
@@ -213,7 +213,7 @@ def test_train_form_queues_a_real_run_on_a_generated_synthetic_set(home):
 
 
 def test_the_queued_message_goes_away_when_the_run_ends(home):
-    from pages.components import forget_queries
+    from ui.readers import forget_queries
     from storage import db
 
     at = open_page("pages/train.py")
@@ -336,7 +336,7 @@ def test_deletion_is_refused_for_a_running_model(home):
     assert at.button(key="models_delete").disabled
     assert any("stop it" in c.value for c in at.caption)
     with pytest.raises(ValueError, match="stop it"):
-        db.delete_model(running)  # the storage layer refuses too
+        db.forget_model(running)  # the storage layer refuses too
     assert db.get_model(running)["status"] == "running"
 
 
@@ -455,7 +455,7 @@ def zip_of(files: dict[str, bytes]) -> bytes:
 def test_step_by_step_rows_add_up_to_the_kept_pixels():
     """The expander's table follows the engine's identity: thresholded + added - removed == kept."""
     from engine.postprocess import PostProcessConfig, enhanced_post_processing
-    from pages.components import step_rows
+    from ui.tuner import step_rows
 
     image, truth, fov = synthetic_sample(128, np.random.default_rng(2))
     prob = np.clip(truth.astype(np.float32) * 0.8 + np.random.default_rng(3).random(truth.shape) * 0.3, 0, 1)
@@ -492,7 +492,7 @@ def test_reset_names_the_start_option_and_returns_to_it(home, tiny_checkpoint):
 
 @pytest.mark.parametrize("monitor, shown", [("val_dice", "val Dice 0.829"), ("val_loss", "val loss 0.829")])
 def test_checkpoint_labels_name_their_score(monitor, shown):
-    from pages.inference_widgets import checkpoint_label
+    from ui.inference_workspace import checkpoint_label
 
     label = checkpoint_label({"name": "best.pt", "kind": "best", "epoch": 7, "metric": 0.8291, "size_bytes": 2e6},
                              monitor)
@@ -572,7 +572,7 @@ def test_a_large_photograph_says_what_is_being_computed(home):
     """The spinner over the probability map names the size the model sees (a large photograph is shrunk)."""
     from engine.fov import estimate_fov
     from engine.pretrained import PRETRAINED_PATH, pretrained_available
-    from pages.components import map_progress_text
+    from ui.maps import map_progress_text
 
     if not pretrained_available():
         pytest.skip(f"the pretrained model file {PRETRAINED_PATH} is absent (make pretrained)")
@@ -587,7 +587,7 @@ def test_a_large_photograph_says_what_is_being_computed(home):
 def test_the_duration_of_a_continued_run_counts_every_part(home):
     from datetime import datetime, timedelta, timezone
 
-    from pages.components import run_duration
+    from ui.formatting import run_duration
     from storage import db as store
 
     model_id = store.create_model("continued", {}, str(home))

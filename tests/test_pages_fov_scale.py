@@ -90,7 +90,7 @@ def test_models_page_never_offers_the_pretrained_model_for_deletion(home):
     ("another file beside it", False),
 ])
 def test_dashboard_loads_the_pretrained_file_and_nothing_else_outside_the_models_folder(home, tmp_path, where, accepted):
-    from pages.components import dashboard_checkpoint
+    from ui.maps import dashboard_checkpoint
 
     path = {"the shipped file": PRETRAINED_PATH, "a copy outside the models folder": tmp_path / PRETRAINED_PATH.name,
             "another file beside it": PRETRAINED_PATH.with_name("other.pt")}[where]
@@ -134,7 +134,7 @@ def test_overlay_outlines_the_field_of_view_when_there_is_one(home, choice, outl
 
 @pytest.mark.parametrize("with_fov, differs", [("a disc", True), ("the whole image", False)])
 def test_overlay_draws_the_edge_of_a_field_of_view(with_fov, differs):
-    from pages.components import overlay_bytes
+    from ui.overlays import overlay_bytes
 
     image, mask, disc = synthetic_sample(64, np.random.default_rng(0))
     fov = disc if with_fov == "a disc" else np.ones_like(disc)

@@ -1,13 +1,17 @@
 """The queue object: it follows the data home, and it keeps the consumer huey_consumer starts on it."""
 from __future__ import annotations
 
+import re
 import signal
+from pathlib import Path
 
 import pytest
 
 from engine import jobs
-from engine.jobs.queue import WorkerQueue
+from engine.jobs.queue import WorkerQueue, worker_command
 from storage import paths
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -56,3 +60,41 @@ def test_each_data_home_has_its_own_queue(tmp_path, monkeypatch):
     monkeypatch.setenv("ML_MANAGER_HOME", str(tmp_path / "a"))
     assert counts == {"a": 1, "b": 0}
     assert jobs.queue_length() == 1  # back in home a, its task is still there
+
+
+def _makefile_worker_lines() -> dict[str, list[str]]:
+    """The Makefile's two WORKER_CMD lines (Redis, SQLite queue file) as words after the program, with its
+    variables' defaults filled in."""
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    defaults = dict(re.findall(r"^(\w+)\s*\?=\s*(\S+)$", text, re.M))
+    lines = re.findall(r"^WORKER_CMD = \S+ (.*)$", text, re.M)
+    words = [[re.sub(r"\$\((\w+)\)", lambda m: defaults.get(m[1], m[0]), w) for w in line.split()] for line in lines]
+    return {"redis" if "worker" in line[:3] else "sqlite": line for line in words}
+
+
+@pytest.mark.parametrize("queue, setting", [("sqlite", None), ("redis", "redis://127.0.0.1:1/0")])
+def test_make_run_starts_the_worker_that_worker_command_names(queue, setting, monkeypatch):
+    monkeypatch.delenv("ML_MANAGER_QUEUES", raising=False)
+    if setting:
+        monkeypatch.setenv("ML_MANAGER_QUEUE", setting)
+    else:
+        monkeypatch.delenv("ML_MANAGER_QUEUE", raising=False)
+    command = worker_command()
+    # huey's console script in the Makefile, `python -m huey.bin.huey_consumer` here: the same consumer
+    after_program = command[3:] if queue == "sqlite" else command[1:]
+    assert _makefile_worker_lines()[queue] == after_program
+
+
+def test_the_worker_command_polls_an_idle_queue_file_often(monkeypatch):
+    monkeypatch.delenv("ML_MANAGER_QUEUE", raising=False)
+    command = worker_command()
+    assert float(command[command.index("-m", 2) + 1]) <= 0.5
+
+
+@pytest.mark.parametrize("path", sorted(p for p in [*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py"),
+                                                     *ROOT.glob("engine/**/*.py"), *ROOT.glob("tests/*.py"),
+                                                     *ROOT.glob("benchmarks/*.py")]),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_spells_the_worker_command_itself(path):
+    spelled = re.search(r'"engine\.jobs\.huey",\s*"-k"', path.read_text()) is not None
+    assert not spelled or str(path.relative_to(ROOT)) == "engine/jobs/queue.py"

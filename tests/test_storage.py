@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import housekeeping
 from storage import db as store
 from storage import paths
 
@@ -102,7 +103,7 @@ def test_list_models_newest_first_and_by_status(database):
 @pytest.mark.parametrize("call", [
     lambda d: store.get_model("nope", db=d),
     lambda d: store.update_model("nope", status="failed", db=d),
-    lambda d: store.delete_model("nope", db=d),
+    lambda d: store.forget_model("nope", db=d),
     lambda d: store.log_epoch("nope", 1, 0.1, 0.1, 0.5, 1e-3, 1.0, db=d),
     lambda d: store.model_metrics("nope", db=d),
     lambda d: store.add_checkpoint("nope", 1, "/tmp/x.pt", "best", 0.5, db=d),
@@ -154,7 +155,7 @@ def test_update_model_compare_and_set(database, model_id, status, only_if, chang
 def test_delete_refuses_active_runs(database, model_id, status):
     store.update_model(model_id, status=status, db=database)
     with pytest.raises(ValueError, match=f"is {status}; stop it"):
-        store.delete_model(model_id, db=database)
+        store.forget_model(model_id, db=database)
     assert store.get_model(model_id, db=database)["status"] == status
 
 
@@ -163,7 +164,7 @@ def test_delete_removes_rows_and_folder(database, model_id):
     store.add_checkpoint(model_id, 1, ckpt, "best", 0.5, db=database)
     store.log_epoch(model_id, 1, 0.3, 0.3, 0.5, 1e-3, 1.0, db=database)
     store.update_model(model_id, status="completed", db=database)
-    store.delete_model(model_id, db=database)
+    housekeeping.delete_model(model_id)
     left = [database.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("models", "epochs", "checkpoints")]
     assert left == [0, 0, 0]
     assert not (paths.data_home() / "models" / model_id).exists()
@@ -399,7 +400,7 @@ def _dataset(name: str) -> Path:
 
 def test_delete_dataset_removes_its_folder(database):
     folder = _dataset("spare")
-    store.delete_dataset("spare", db=database)
+    housekeeping.delete_dataset("spare")
     assert sorted(p.name for p in paths.datasets_dir().iterdir()) == []
     assert not folder.exists()
 
@@ -411,7 +412,7 @@ def test_delete_dataset_is_refused_while_a_run_uses_it(database, status, refused
     mid = store.create_model("busy-run", CONFIG, str(folder.resolve() / "images"), db=database)
     store.update_model(mid, db=database, status=status)
     try:
-        store.delete_dataset("busy", db=database)
+        housekeeping.delete_dataset("busy")
     except store.WrongStateError as exc:
         assert "busy-run" in str(exc)
     assert folder.exists() == refused
@@ -421,4 +422,4 @@ def test_delete_dataset_is_refused_while_a_run_uses_it(database, status, refused
 def test_delete_dataset_refuses_what_is_not_a_data_set(database, name):
     paths.datasets_dir().mkdir(parents=True, exist_ok=True)
     with pytest.raises(ValueError, match="no data set"):
-        store.delete_dataset(name, db=database)
+        housekeeping.delete_dataset(name)

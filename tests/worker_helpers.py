@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from engine.jobs.queue import worker_command
 from storage import db as store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +42,9 @@ class Worker:
     def start(self) -> "Worker":
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "ML_MANAGER_HOME": str(self.home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        consumer = Path(sys.executable).with_name("huey_consumer")
-        command = ([str(consumer)] if consumer.exists() else
-                   [sys.executable, "-c", "from huey.bin.huey_consumer import consumer_main; consumer_main()"])
         since = time.time()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(command + ["engine.jobs.huey", "-k", "thread", "-w", str(self.workers),
-                                                    "-m", "0.5"], cwd=ROOT, env=env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(worker_command(self.workers), cwd=ROOT, env=env, stdout=log, stderr=log)
         wait_for(lambda: self._beat_since(since), 60, 0.1, "the worker's first heartbeat")
         return self
 

@@ -15,13 +15,13 @@ from typing import Sequence
 
 from engine.cli import predict, queue, train
 from engine.cli.common import EXIT_USER_ERROR
+from engine.errors import UserError, number_or_none, user_error
 
 
 def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}") from None
+    value = number_or_none(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}")
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {text}")
     return value
@@ -32,7 +32,7 @@ def _scale(text: str) -> str | float:
 
     try:
         return parse_scale(text)
-    except ValueError as exc:
+    except UserError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("scale ").rstrip(".")) from None
 
 
@@ -108,13 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sqlite3.Error as exc:  # storage turns known cases into sentences; this is the backstop
         print(f"error: the run registry could not be used ({exc}); nothing was changed.", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (ValueError, OSError) as exc:  # DatasetError, CheckpointError, ImageReadError, config errors, CliError
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-            message = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
-        print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
-        return EXIT_USER_ERROR
-    except Exception as exc:  # a bug, not a user error: one line here, the traceback in the log
+    except Exception as exc:  # noqa: BLE001 - a user's error (or a file the user named) is one sentence
+        error = user_error(exc)
+        if error is not None or isinstance(exc, OSError):
+            message = str(error if error is not None else exc) or type(exc).__name__
+            if error is None and not isinstance(exc, FileNotFoundError):
+                message = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+            print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
+            return EXIT_USER_ERROR
+        # a bug, not a user error: one line here, the traceback in the log
         where = _log_traceback()
         print(f"error: the command stopped on an unexpected {type(exc).__name__} ({' '.join(str(exc).split())}); "
               f"this is a fault in the program{f', details are in {where}' if where else ''}.", file=sys.stderr)

@@ -10,7 +10,7 @@
     python -m engine backup DEST
     python -m engine worker [--server URL --token TOKEN] [--queues training,inference] [--device auto|cpu|cuda]
 
-Errors are ValueErrors with a sentence; ``engine.cli.main`` prints them and exits with status 2.
+Errors are UserErrors with a sentence; ``engine.cli.main`` prints them and exits with status 2.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from engine.cli.common import CliError, planned, read_json, user_fields
+from engine.errors import UserError, number_or_none
 
 
 def register(subparsers) -> None:
@@ -89,11 +90,8 @@ def _count(text: str) -> int:
 
 
 def _days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
+    value = number_or_none(text)
+    if value is None or value < 0:
         raise argparse.ArgumentTypeError(f"--inference-older-than takes a number of days of 0 or more, not {text!r}")
     return value
 
@@ -106,7 +104,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config = config.with_updates(**dict(parse_set_option(item) for item in args.set or []))
     data = Path(args.data)
     if not data.is_dir():
-        raise ValueError(f"The data folder {data} does not exist.")
+        raise UserError(f"The data folder {data} does not exist.")
     name = args.name or f"{data.resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
     plan = None
     if not args.no_plan:

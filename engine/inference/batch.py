@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.errors import WorkerShutdown
+from engine.errors import UserError, WorkerShutdown
 from engine.fov import estimate_fov
 from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, is_image_name, list_images, read_image
 from storage import archives, paths
@@ -47,18 +47,18 @@ def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, di
     if checkpoint != store.BASELINE:
         ckpt = Path(checkpoint).expanduser()
         if not ckpt.is_file():
-            raise ValueError(f"No checkpoint file at {checkpoint}: choose a checkpoint from the list, or 'baseline'.")
+            raise UserError(f"No checkpoint file at {checkpoint}: choose a checkpoint from the list, or 'baseline'.")
         checkpoint = str(ckpt.resolve())
     source = Path(input_path).expanduser()
     if source.is_file() and source.suffix.lower() == ".zip":
         members = archives.check_zip(source)  # ArchiveError (a ValueError) for unsafe or broken archives
         if not any(is_image_name(rel.name) and not any(p.startswith(".") for p in rel.parts) for _, rel in members):
-            raise ValueError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}): zip a folder of "
+            raise UserError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}): zip a folder of "
                              "fundus photographs and upload that.")
     elif not source.is_dir():
-        raise ValueError(f"{input_path} is neither a folder nor a .zip file: give a folder of images or a zip of them.")
+        raise UserError(f"{input_path} is neither a folder nor a .zip file: give a folder of images or a zip of them.")
     elif not list_images(source, recursive=True):
-        raise ValueError(f"{input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)}): choose another folder.")
+        raise UserError(f"{input_path} holds no images ({', '.join(IMAGE_EXTENSIONS)}): choose another folder.")
     settings = PostProcessConfig.from_dict(postprocess or {}).to_dict()
     return checkpoint, str(source.resolve()), settings
 
@@ -183,9 +183,9 @@ def run_images(row: dict, out: Path, source: Path, on_progress: Callable[..., No
         root = source
     files = list_images(root, recursive=True)
     if not files:
-        raise ValueError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        raise UserError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     if len(files) > MAX_IMAGES:
-        raise ValueError(f"{source.name} holds {len(files)} images; the limit per job is {MAX_IMAGES}: split it.")
+        raise UserError(f"{source.name} holds {len(files)} images; the limit per job is {MAX_IMAGES}: split it.")
     pp_config = PostProcessConfig.from_dict(json.loads(row["postprocess"] or "{}"))
     predictor = load_predictor(checkpoint or row["checkpoint_path"], job_scale(row))
     on_progress(n_total=len(files), n_done=0, n_failed=0, progress=0.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -187,12 +188,30 @@ def queue_for(name: str | None) -> SqliteHuey | PriorityRedisHuey:
         return _instances[key]
 
 
-def worker_argv() -> list[str]:
-    """The arguments after ``python`` that start a worker on this machine for this data home: huey's consumer
-    on the SQLite queue file, or ``-m engine worker`` taking every named queue of the Redis queue."""
+MAX_DELAY_S = 0.5  # the consumer's longest wait between polls of an idle queue file: a queued job starts within it
+# (huey's default, 10 s, made a job queued from the Overview wait that long)
+
+
+def worker_command(workers: int = 2, max_delay_s: float = MAX_DELAY_S) -> list[str]:
+    """The one command that starts a worker on this machine for this data home (``make run``'s own line is
+    checked against it by ``tests/test_layout.py``).
+
+    Args:
+        workers: worker threads of huey's consumer on the SQLite queue file.
+        max_delay_s: its longest wait between polls of an idle queue file.
+
+    Returns:
+        argv starting with this Python: huey's consumer on the SQLite queue file
+        (``-k thread -w N -m 0.5 -C``: threads, a short poll delay, no health-check thread), or
+        ``-m engine worker`` taking every named queue of the Redis queue.
+
+    Raises:
+        UserError: ``ML_MANAGER_QUEUE`` is set to something that is not a queue.
+    """
     if redis_url() is None:
-        return ["-m", "huey.bin.huey_consumer", "engine.jobs.huey", "-k", "thread", "-w", "2", "-C"]
-    return ["-m", "engine", "worker", "--queues", ",".join(queue_names())]
+        return [sys.executable, "-m", "huey.bin.huey_consumer", "engine.jobs.huey", "-k", "thread",
+                "-w", str(workers), "-m", str(max_delay_s), "-C"]
+    return [sys.executable, "-m", "engine", "worker", "--queues", ",".join(queue_names())]
 
 
 def set_remote(link: Any) -> None:

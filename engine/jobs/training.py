@@ -244,8 +244,10 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
     try:
         start_training(model_id, config, queue=queue)
     except BaseException:
+        from engine.housekeeping import delete_model
+
         store.update_model(model_id, status="failed", error="could not be queued")
-        store.delete_model(model_id)
+        delete_model(model_id)
         raise
     return model_id
 

@@ -7,7 +7,8 @@ from typing import Any, Callable
 import streamlit as st
 
 from engine import housekeeping
-from pages.components import forget_queries
+from engine.errors import UserError
+from ui.readers import forget_queries
 
 
 def mb(n: int | None) -> float:
@@ -40,7 +41,7 @@ def _run(key: str, section: str, action: Callable[..., str], args: tuple) -> Non
     st.session_state[f"{key}_ask"] = None
     try:
         st.session_state[f"hk_msg_{section}"] = ("success", action(*args))
-    except ValueError as exc:  # in use, only best, gone meanwhile: a sentence
+    except UserError as exc:  # in use, only best, gone meanwhile: a sentence
         st.session_state[f"hk_msg_{section}"] = ("error", str(exc))
     forget_queries()
 
@@ -115,7 +116,7 @@ def checkpoint_controls(model: dict, ckpts: list[dict]) -> None:
     st.caption(f"{len(ckpts)} checkpoint(s), {mb(sum(c['size_bytes'] or 0 for c in ckpts))} MB in all.")
     try:
         default_keep = housekeeping.keep_epoch_checkpoints()
-    except ValueError as exc:
+    except UserError as exc:
         st.warning(str(exc))
         default_keep = housekeeping.DEFAULT_KEEP
     a, b = st.columns(2)

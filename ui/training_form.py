@@ -10,11 +10,14 @@ import time
 import numpy as np
 import streamlit as st
 
+from engine.errors import UserError, user_error
 from engine.training import config as train_engine
 from engine.training.config import TrainingConfig
-from pages.charts import curves_figure
-from pages.components import (age_text, forget_queries, logger, overlay_bytes, query, stop_reason_text,
-                              val_dice_words)
+from ui.charts import curves_figure
+from ui.formatting import age_text, stop_reason_text, val_dice_words
+from ui.overlays import overlay_bytes
+from ui.readers import forget_queries, list_models, model_metrics
+from ui.runtime import logger, sentence_of
 from storage import paths
 from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_budget_s, run_progress
 
@@ -116,14 +119,16 @@ def form_defaults() -> TrainingConfig:
     """
     s = st.session_state
     if "train_cfg_epochs" not in s or "train_form_defaults" not in s:
-        rows = query("list_models")
+        rows = list_models()
         newest = next((m for m in rows if m["status"] in ACTIVE_STATUSES), rows[0] if rows else None)
         config = TrainingConfig()
         if newest is not None:
             try:
                 config = TrainingConfig.from_dict(json.loads(newest["config"]))
-            except (ValueError, TypeError):  # settings of an older version: the defaults then
+            except (json.JSONDecodeError, TypeError):  # settings of an older version: the defaults then
                 pass
+            except Exception as exc:  # noqa: BLE001 - the same for settings this version refuses; a bug is raised
+                sentence_of(exc)
             s.setdefault("train_watch", newest["id"])
         s["train_form_defaults"] = config.to_dict()
     return TrainingConfig.from_dict(s["train_form_defaults"])
@@ -161,7 +166,8 @@ def first_usable(names: list[str]) -> int:
     for i, name in enumerate(names):
         try:
             dataset_summary(str(paths.datasets_dir() / name))
-        except ValueError:
+        except Exception as exc:  # noqa: BLE001 - a data set that does not load is skipped; a bug is raised
+            sentence_of(exc)
             continue
         return i
     return 0
@@ -183,13 +189,13 @@ def dataset_delete_controls(name: str) -> None:
 
 
 def _delete_dataset(name: str) -> None:
-    from storage.db import delete_dataset
+    from engine.housekeeping import delete_dataset
 
     s = st.session_state
     s.pop("train_delete_confirm", None)
     try:
         delete_dataset(name)
-    except ValueError as exc:
+    except UserError as exc:
         s["train_delete_msg"] = ("error", str(exc))
         return
     s.pop("train_registered", None)
@@ -271,10 +277,10 @@ def measure_plan(defaults: TrainingConfig) -> None:
         return
     try:
         config, plan = plan_for_folder(TrainingConfig.from_dict(values), set(changed), dataset)
-    except ValueError as exc:
-        s["train_plan_error"] = str(exc)
-        return
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is logged
+        if (error := user_error(exc)) is not None:
+            s["train_plan_error"] = str(error)
+            return
         logger.exception("could not measure this machine")
         s["train_plan_error"] = ("The machine could not be measured because of an unexpected error; details are in "
                                  "logs/dashboard.log. Start training still works with the form's values.")
@@ -336,10 +342,10 @@ def submit_callback(defaults: TrainingConfig) -> None:
                                          "slot (a second click did not queue it twice).")
         forget_queries()
         return
-    except ValueError as exc:
-        s["train_message"] = ("error", str(exc))
-        return
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is logged
+        if (error := user_error(exc)) is not None:
+            s["train_message"] = ("error", str(error))
+            return
         logger.exception("could not queue a training run")
         s["train_message"] = ("error", "The run could not be queued because of an unexpected error; details are in "
                                        "logs/dashboard.log.")
@@ -359,7 +365,7 @@ def submit_message() -> None:
     s = st.session_state
     message = s.get("train_message")
     if message and message[0] == "success" and s.get("train_watch"):
-        row = next((m for m in query("list_models") if m["id"] == s["train_watch"]), None)
+        row = next((m for m in list_models() if m["id"] == s["train_watch"]), None)
         if row is not None and row["status"] not in ACTIVE_STATUSES:  # None: a read from before
             message = s["train_message"] = None
     if message:
@@ -408,7 +414,7 @@ def resume_point(path: str, mtime: float) -> dict:
     """What last.pt holds for continuing: its epoch, epochs without improvement, minutes trained."""
     from engine.training.checkpoint import load_checkpoint_dict
 
-    ckpt = load_checkpoint_dict(path)  # CheckpointError (a ValueError) with a sentence; not cached
+    ckpt = load_checkpoint_dict(path)  # CheckpointError (a UserError) with a sentence; not cached
     stopper = ckpt.get("early_stopping") or {}
     return {"epoch": int(ckpt.get("epoch") or 0), "wait": int(stopper.get("wait") or 0),
             "minutes": float(ckpt.get("elapsed_seconds") or 0.0) / 60}
@@ -421,8 +427,8 @@ def _restart(model_id: str, config_json: str, key: str) -> None:
     try:
         start_training(model_id, json.loads(config_json))
         st.session_state[f"{key}_msg_{model_id}"] = ("success", "Queued again from the start.")
-    except ValueError as exc:
-        st.session_state[f"{key}_msg_{model_id}"] = ("error", str(exc))
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+        st.session_state[f"{key}_msg_{model_id}"] = ("error", sentence_of(exc))
     forget_queries()
 
 
@@ -447,8 +453,8 @@ def continue_controls(row: dict, key: str) -> None:
         return
     try:
         point = resume_point(str(last), last.stat().st_mtime)
-    except ValueError as exc:
-        st.warning(f"This run cannot be continued: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+        st.warning(f"This run cannot be continued: {sentence_of(exc)}")
         return
     config = json.loads(row["config"])
     saved, patience, budget = point["epoch"], config.get("early_stopping_patience", 0), config.get("max_minutes", 0)
@@ -501,13 +507,14 @@ def _continue(model_id: str, config: dict, key: str, point: dict) -> None:
     try:
         changes = continue_changes(model_id, config, key, point)
         start_training(model_id, config_with_changes(config, changes), resume=True)
-    except ValueError as exc:  # a second click of a double click finds the run queued already
-        s[f"{key}_msg_{model_id}"] = ("info", "It was queued a moment ago; it was not queued twice.") if recent \
-            else ("error", str(exc))
-    except Exception:
-        logger.exception("could not continue model %s", model_id)
-        s[f"{key}_msg_{model_id}"] = ("error", "The run could not be queued because of an unexpected error; "
-                                               "details are in logs/dashboard.log.")
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is logged
+        if (error := user_error(exc)) is not None:  # a second click of a double click finds it queued already
+            s[f"{key}_msg_{model_id}"] = ("info", "It was queued a moment ago; it was not queued twice.") if recent \
+                else ("error", str(error))
+        else:
+            logger.exception("could not continue model %s", model_id)
+            s[f"{key}_msg_{model_id}"] = ("error", "The run could not be queued because of an unexpected error; "
+                                                   "details are in logs/dashboard.log.")
     else:
         how_long = (f"for {float(s[f'{key}_more_minutes_{model_id}']):g} more minutes" if config.get("max_minutes")
                     else f"up to epoch {changes['epochs']}")
@@ -536,7 +543,7 @@ def _stop(model_id: str) -> None:
 
     try:
         st.session_state[f"train_stop_msg_{model_id}"] = stop_training(model_id)
-    except ValueError as exc:
+    except UserError as exc:
         st.session_state[f"train_stop_msg_{model_id}"] = str(exc)
     st.session_state["train_watch"] = model_id  # keep showing it once it stopped, with Continue training
     forget_queries()
@@ -562,7 +569,7 @@ def run_monitor(row: dict, smoothing: float) -> None:
         st.info("Waiting for the worker to start it.")
     elif status == "failed" and row.get("error"):
         st.error(f"The run failed: {row['error']}")
-    metrics = query("model_metrics", mid)
+    metrics = model_metrics(mid)
     best = row.get("best_epoch")
     if metrics:
         since, patience = row.get("epochs_since_best"), row.get("patience")

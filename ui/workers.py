@@ -1,25 +1,32 @@
-"""Widgets for several machines: the table of workers (Overview) and the queue picker (Train page).
+"""The background worker in the dashboard: its age and the Overview's "Start the worker", the table of
+workers (Overview) and the queue picker (Train page).
 
 Both draw nothing new for a dashboard on the SQLite queue file (``ML_MANAGER_QUEUE`` unset), apart from the
 table, which then lists the one worker on this machine."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from pages.components import age_text, query
+from engine.errors import UserError
+from storage import paths
 from storage.db import WORKER_FRESH_S
+from ui.formatting import age_text
+from ui.readers import list_workers, worker_heartbeat
+from ui.runtime import logger
 
 GONE_AFTER_S = 3600.0  # workers silent for longer than this are left out of the table
 
 
 def live_workers() -> list[dict]:
     """The workers whose heartbeat is fresh."""
-    return query("list_workers", WORKER_FRESH_S)
+    return list_workers(WORKER_FRESH_S)
 
 
 def workers_table() -> None:
     """Every worker heard from in the last hour: machine, chip, queues, what it does, and whether it is alive."""
-    rows = query("list_workers", GONE_AFTER_S)
+    rows = list_workers(GONE_AFTER_S)
     if not rows:
         return
     import pandas as pd
@@ -40,7 +47,7 @@ def queue_picker(key: str, default: str = "training") -> str | None:
     try:
         if redis_url() is None:
             return None
-    except ValueError as exc:
+    except UserError as exc:
         st.error(str(exc))
         return None
     serving: dict[str, list[str]] = {}
@@ -57,3 +64,30 @@ def queue_picker(key: str, default: str = "training") -> str | None:
     return st.selectbox("Queue", offered, key=key, format_func=label.get,
                         index=offered.index(default) if default in offered else 0,
                         help="Which workers may take this run: only queues with a running worker are offered.")
+
+
+def worker_age() -> float | None:
+    """Seconds since the worker last reported, None if it never ran on this data home."""
+    from storage.db import age_seconds
+
+    beat = worker_heartbeat()
+    return age_seconds(beat.isoformat()) if beat else None
+
+
+def start_worker() -> int:
+    """Start the background worker (Huey consumer) for this data home; returns its process id."""
+    import os
+    import subprocess
+
+    from engine.jobs.queue import worker_command
+
+    root = Path(__file__).resolve().parents[1]
+    log = open(paths.logs_dir() / "worker.log", "ab")
+    proc = subprocess.Popen(
+        worker_command(),
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, paths.HOME_ENV: str(paths.data_home())},
+    )
+    log.close()
+    logger.info("started a worker, pid %s", proc.pid)
+    return proc.pid

@@ -20,21 +20,11 @@ from engine.inference.batch import unique_names
 from engine.fov import estimate_fov, fov_diameter
 from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
-from pages.components import (
-    BASELINE_SOURCE,
-    Upload,
-    checkpoint_mtime,
-    dashboard_checkpoint,
-    forget_queries,
-    load_checkpoint,
-    matching_mask,
-    postprocess_tuner,
-    probability_map,
-    query,
-    tuner_settings,
-    upload_image,
-    upload_images,
-)
+from ui.maps import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, probability_map
+from ui.readers import forget_queries, list_inference_jobs, list_models, list_presets
+from ui.runtime import sentence_of
+from ui.tuner import postprocess_tuner, tuner_settings
+from ui.uploads import matching_mask, Upload, upload_image, upload_images
 from storage import paths
 from storage.db import BASELINE, JOB_ACTIVE_STATUSES, age_seconds
 
@@ -158,7 +148,7 @@ def monitor_of(model: dict | None) -> str:
     """The validation score a model's checkpoints were judged by (its training config's early-stopping monitor)."""
     try:
         config = json.loads((model or {}).get("config") or "{}")
-    except (TypeError, ValueError):
+    except (TypeError, json.JSONDecodeError):
         config = {}
     return config.get("early_stopping_monitor") or "val_dice"
 
@@ -219,7 +209,7 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
         recommended = json.loads(model["recommended_postprocess"])
     if recommended:
         choices["Recommended by training"] = recommended
-    for preset in query("list_presets", model["id"]) if model else []:
+    for preset in list_presets(model["id"]) if model else []:
         choices[f"Preset: {preset['name']}"] = preset["config"]
     choices[DEFAULTS_LABEL] = None
     scope = scope or (model["id"] if model else "")
@@ -231,8 +221,8 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
             st.info(note)
     try:
         config = PostProcessConfig.from_dict(choices[pick]) if choices[pick] else None
-    except ValueError as exc:
-        st.warning(f"The saved settings cannot be used ({exc}); the tuner opens with the defaults.")
+    except Exception as exc:  # noqa: BLE001 - settings this version refuses are a sentence; a bug is raised
+        st.warning(f"The saved settings cannot be used ({sentence_of(exc)}); the tuner opens with the defaults.")
         return StartPoint(None, DEFAULTS_LABEL, "with the default settings")
     st.caption(settings_sentence(config or PostProcessConfig()))
     if why and pick == "Recommended by training":
@@ -369,10 +359,10 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
             folder = str(paths.atomic_write_bytes(stored, upload.getvalue()))
         try:
             job_id = start_inference(source, folder, config.to_dict(), model_id=model_id, scale=scale)
-        except ValueError as exc:  # checked before queuing: nothing is queued, the stored zip goes
+        except Exception as exc:  # noqa: BLE001 - checked before queuing: nothing is queued, the stored zip goes
             if stored is not None:
                 shutil.rmtree(stored.parent, ignore_errors=True)
-            st.error(str(exc))
+            st.error(sentence_of(exc))  # a bug is raised, for the page to log
             return
         st.session_state.setdefault(f"{key}_jobs", []).insert(0, job_id)
         forget_queries()
@@ -396,14 +386,14 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
     """Status, progress and results of recent batch jobs (refreshes every 2 s)."""
     from engine.jobs import inference_status
 
-    jobs = query("list_inference_jobs", model_id, 5)
+    jobs = list_inference_jobs(model_id, 5)
     if not jobs:
         return
     from engine.vesselness import BASELINE_NAME
 
     from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH
 
-    names = {m["id"]: m["name"] for m in query("list_models")} | {BASELINE: BASELINE_NAME}
+    names = {m["id"]: m["name"] for m in list_models()} | {BASELINE: BASELINE_NAME}
     for row in jobs:
         job = inference_status(row["id"])
         source = names.get(job["model_id"], job["model_id"] or "a checkpoint")
