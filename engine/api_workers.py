@@ -68,7 +68,8 @@ WATCH_EVERY_S = 1.0  # the watchdog's period: stale runs fail within the stale l
 LOST_CHECK_S = 3.0  # a queued task missing from Redis in two checks this far apart is queued again
 START_GRACE_S = 3 * BEAT_S  # after the dashboard starts, runs are judged stale only once workers could beat
 PREFIX = "/api/v1"
-EVENT_TYPES = ("start", "batch", "epoch_end", "calibration")  # what a remote training reports (checkpoints: PUT)
+# what a remote training reports (checkpoints: PUT); "plan": the run planned again on the worker's device
+EVENT_TYPES = ("plan", "start", "batch", "epoch_end", "calibration")
 
 
 class UploadRefused(UserError):
@@ -299,9 +300,33 @@ def training_events(request: Request, body: dict) -> tuple[int, dict]:
         raise UserError(f"'events' must be a list of training events of the types {', '.join(EVENT_TYPES)}.")
     recorder = _recorder(model_id, worker, row)
     for event in events:
-        recorder(event)
+        if event["type"] == "plan":
+            record_worker_plan(model_id, row, event)
+        else:
+            recorder(event)
     store.beat_active([model_id], [])
     return 200, {"status": store.model_status(model_id)}
+
+
+def record_worker_plan(model_id: str, row: dict, event: dict) -> None:
+    """A worker on another kind of device planned the run again (``planner.replan_for_device``): its config
+    and plan replace the registry's, once both are valid and only the planned fields (and the device) changed.
+
+    Raises:
+        UserError: the config or plan is not valid, or a field the user chose changed.
+    """
+    from engine.training.config import TrainingConfig
+    from engine.training.planner import PLANNED_FIELDS, Plan
+
+    if not isinstance(event.get("config"), dict) or not isinstance(event.get("plan"), dict):
+        raise UserError("A plan event must carry the planned 'config' and 'plan' as JSON objects.")
+    config = TrainingConfig.from_dict(event["config"]).to_dict()
+    plan = Plan.from_dict(event["plan"]).to_dict()
+    stored = TrainingConfig.from_dict(json.loads(row["config"])).to_dict()
+    changed = sorted(k for k in config if config[k] != stored.get(k) and k not in (*PLANNED_FIELDS, "device"))
+    if changed:
+        raise UserError(f"A worker's plan may change only the planned fields, not {', '.join(changed)}.")
+    store.update_model(model_id, config=config, plan=plan)
 
 
 def check_checkpoint(path: Path, model_id: str) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.training.synthetic import make_synthetic_dataset
-from engine.training.planner import Plan, PlanError, measure_step_seconds, plan_training
+from engine.training.planner import Plan, PlanError, measure_step_seconds, plan_training, replan_for_device
 from engine.training.config import TrainingConfig
 from engine.training.device import native_bf16
 from engine.training.loop import train
@@ -231,3 +231,39 @@ def test_no_shape_is_measured_twice_when_the_width_changes():
         return {16: 0.2, 8: 0.1}[config.base_channels]
     plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=measure, device="cpu")
     assert len(calls) == len(set(calls))
+
+
+# --- a run planned on one kind of device, trained on another (a remote GPU worker) ------------------------
+
+CUDA_PLAN = Plan(128, 8, "bf16", 0.01, 128 * 128 * 8 / 0.01, device="cuda", max_minutes=10.0,
+                 changed={"precision": "bf16", "base_channels": 16, "epochs": 3000}).to_dict()
+
+
+def test_a_plan_made_on_this_kind_of_device_is_kept():
+    cpu_plan = {**CUDA_PLAN, "device": "cpu"}
+    assert replan_for_device(TrainingConfig(max_minutes=10.0), cpu_plan, device="cpu", measure=BIG_SLOW) is None
+
+
+def test_a_run_without_a_plan_is_not_planned_on_the_worker():
+    assert replan_for_device(TrainingConfig(), None, device="cpu", measure=BIG_SLOW) is None
+
+
+@pytest.mark.parametrize("field, expected", [
+    ("device", "cpu"),          # the plan now says where it was measured
+    ("patch_size", 64),         # the worker's own best shape (BIG_SLOW: 64×64 × 32)
+    ("batch_size", 32),
+    ("precision", "fp32"),      # the first plan's bf16 was planned, so it is planned again here
+])
+def test_a_plan_from_another_device_is_measured_again_here(field, expected):
+    planned = TrainingConfig(max_minutes=10.0, precision="bf16", epochs=3000, learning_rate=3e-3)
+    config, plan = replan_for_device(planned, CUDA_PLAN, device="cpu", measure=BIG_SLOW)
+    got = plan.device if field == "device" else getattr(config, field)
+    assert got == expected
+
+
+def test_fields_the_first_plan_did_not_change_are_kept_on_the_worker():
+    planned = TrainingConfig(max_minutes=10.0, precision="bf16", epochs=3000, learning_rate=3e-3,
+                             patch_size=96, batch_size=16)
+    config, _ = replan_for_device(planned, {**CUDA_PLAN, "changed": {"precision": "bf16"}}, device="cpu",
+                                  measure=BIG_SLOW)
+    assert (config.learning_rate, config.patch_size, config.batch_size) == (3e-3, 96, 16)

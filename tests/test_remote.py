@@ -8,6 +8,7 @@ local have no worker until a test starts one.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import time
@@ -361,3 +362,36 @@ def test_a_job_queued_while_redis_restarts_empty_still_runs(lab):
         spare.stop()
     assert (status["status"], spare.runs(status["worker"])) == ("completed", True)
 
+
+
+# --------------------------------------------------------------------------- a plan made on the worker
+
+def _registry_row(lab, model_id: str) -> dict:
+    import sqlite_utils
+
+    return sqlite_utils.Database(lab.a / "ml_manager.db")["models"].get(model_id)
+
+
+def _plan_event(config: dict) -> dict:
+    from engine.training.planner import Plan
+
+    plan = Plan(32, 4, "fp32", 0.01, 32 * 32 * 4 / 0.01, device="cuda", changed={"batch_size": 4}).to_dict()
+    return {"worker_id": "testhost:1:abc", "events": [{"type": "plan", "config": config, "plan": plan}]}
+
+
+def test_a_plan_made_on_the_workers_device_replaces_the_registrys(lab, held_run):
+    config = {**json.loads(_registry_row(lab, held_run)["config"]), "batch_size": 4}
+    status, _ = lab.dashboard.call("POST", f"/api/v1/workers/trainings/{held_run}/events", _plan_event(config))
+    row = _registry_row(lab, held_run)
+    assert status == 200
+    assert json.loads(row["config"])["batch_size"] == 4
+    assert json.loads(row["plan"])["device"] == "cuda"
+
+
+def test_a_workers_plan_that_changes_a_users_field_is_refused(lab, held_run):
+    before = _registry_row(lab, held_run)["config"]
+    config = {**json.loads(before), "learning_rate": 0.5}
+    status, body = lab.dashboard.call("POST", f"/api/v1/workers/trainings/{held_run}/events", _plan_event(config))
+    assert status == 400
+    assert "learning_rate" in body["error"]
+    assert _registry_row(lab, held_run)["config"] == before

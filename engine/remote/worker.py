@@ -132,9 +132,12 @@ class RemoteLink:
         config = TrainingConfig.from_dict(reply["config"])
         if self.device != "auto":
             config = config.with_updates(device=self.device)
+        plan = reply.get("plan")
         recorder, stopper = RemoteRecorder(self, model_id), RemoteStop(self, model_id)
+        if resume_from is None:  # a continued run keeps its shapes: its checkpoint was trained with them
+            config, plan = self.plan_here(model_id, config, plan, dataset)
         result = train(config, dataset, out, on_event=recorder, should_stop=stopper, resume_from=resume_from,
-                       plan=reply.get("plan"))
+                       plan=plan)
         recorder.flush()
         for path, name in ((result.best_checkpoint, "best.pt"), (result.last_checkpoint, "last.pt")):
             if path is not None and recorder.uploaded.get(name) != Path(path).stat().st_mtime_ns:
@@ -143,6 +146,21 @@ class RemoteLink:
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "best_metric": result.best_metric,
             "has_best": result.best_checkpoint is not None, "stop_reason": result.stop_reason,
             "stop_cause": stopper.reason, "recommended_postprocess": result.recommended_postprocess})
+
+    def plan_here(self, model_id: str, config: Any, plan: dict | None, dataset: Path) -> tuple[Any, dict | None]:
+        """A run planned on another kind of device (the dashboard's CPU) is planned again on this worker's
+        (a GPU): shapes, precision and width measured here; the dashboard records the new plan."""
+        from engine.training.data import load_dataset
+        from engine.training.planner import replan_for_device
+
+        replanned = replan_for_device(config, plan, dataset=load_dataset(dataset)) if plan else None
+        if replanned is None:
+            return config, plan
+        config, new_plan = replanned
+        log.info("training %s planned again on this worker: %s", model_id, new_plan.explain())
+        self.post(f"/workers/trainings/{model_id}/events",
+                  {"events": [{"type": "plan", "config": config.to_dict(), "plan": new_plan.to_dict()}]})
+        return config, new_plan.to_dict()
 
     def dataset(self, model_id: str, info: dict) -> Path:
         """The run's data set in this worker's cache (``<data home>/cache/datasets/<sha256>``), downloaded

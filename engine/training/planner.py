@@ -328,6 +328,44 @@ def _steps(budget_minutes: float, seconds_per_step: float) -> int:
     return max(1, int(budget_minutes * 60 * (1 - VALIDATION_SHARE) / seconds_per_step))
 
 
+def replan_for_device(config: TrainingConfig, plan: dict | None, device: str | None = None, dataset: Any = None,
+                      measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan] | None:
+    """The plan again, measured on ``device``, when the run was planned on another kind of device.
+
+    A run is planned where it is submitted (the dashboard's machine); a worker on another machine (a GPU
+    server) trains it on its own device, whose best shape, precision and width differ. The planned fields
+    that the first plan changed, or that are at their defaults, go back to their defaults and are planned
+    again here; every other field (the user's) is kept.
+
+    Args:
+        config: the run's config as planned (the registry's).
+        plan: the first plan (``Plan.to_dict()``), or None (the run was not planned: nothing to do).
+        device: the device this worker trains on; None resolves ``config.device``.
+        dataset: a Dataset or (height, width) pairs, as for ``plan_training``.
+        measure: as for ``plan_training``.
+
+    Returns:
+        (the config planned here, the Plan), or None when there was no plan or it was made on this kind of
+        device.
+
+    Raises:
+        PlanError: ``plan`` is not a plan; TrainingError: the device is not available.
+    """
+    if not plan:
+        return None
+    first = Plan.from_dict(plan)
+    dev = resolve_device(config.device) if device is None else resolve_device(device)
+    if dev.type == first.device:
+        return None
+    defaults = TrainingConfig()
+    # the fields the first plan changed, and those still at their defaults (a plan drops a field it chose
+    # to leave at its default from ``changed``), are planned again; the rest are the user's
+    free = {name for name in PLANNED_FIELDS
+            if name in first.changed or getattr(config, name) == getattr(defaults, name)}
+    unplanned = config.with_updates(**{name: getattr(defaults, name) for name in free})
+    return plan_training(unplanned, set(PLANNED_FIELDS) - free, measure=measure, device=str(dev), dataset=dataset)
+
+
 def plan_for_folder(config: TrainingConfig, user_fields: Iterable[str], folder: Any,
                     measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan | None]:
     """``plan_training`` for the data set in ``folder``: patches larger than its smallest image are not tried.
