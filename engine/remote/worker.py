@@ -22,15 +22,15 @@ import signal
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from huey.exceptions import RetryTask
 
 from engine.errors import UserError, error_text
 from engine.jobs import queue as queues
+from engine.jobs.liveness import ActiveWork
 from engine.remote.client import Dashboard, DashboardError
 from storage import archives, paths
 from storage import db as store
@@ -66,23 +66,11 @@ class RemoteLink:
 
     def __init__(self, dashboard: Dashboard, worker_id: str, device: str = "auto"):
         self.api, self.worker_id, self.device = dashboard, worker_id, device
-        self._lock = threading.Lock()
-        self.runs: set[str] = set()
-        self.jobs: set[str] = set()
-
-    @contextmanager
-    def _holding(self, held: set[str], key: str) -> Iterator[None]:
-        with self._lock:
-            held.add(key)
-        try:
-            yield
-        finally:
-            with self._lock:
-                held.discard(key)
+        self.active = ActiveWork()  # what this worker runs now: its heartbeat names it
 
     def current(self) -> tuple[list[str], list[str]]:
-        with self._lock:
-            return sorted(self.runs), sorted(self.jobs)
+        runs, jobs = self.active.snapshot()
+        return sorted(runs), sorted(jobs)
 
     def post(self, path: str, body: dict | None = None) -> Any:
         return self.api.call("POST", path, {"worker_id": self.worker_id, **(body or {})})
@@ -92,7 +80,7 @@ class RemoteLink:
     def train(self, model_id: str, resume: bool) -> None:
         """Claim a queued run, train it here, report it to the dashboard (RetryTask while no slot is free)."""
         base = f"/workers/trainings/{model_id}"
-        with self._holding(self.runs, model_id):
+        with self.active.run(model_id):
             try:
                 reply = self.post(f"{base}/claim", {"resume": resume})
             except DashboardError as exc:
@@ -190,7 +178,7 @@ class RemoteLink:
         from engine.inference.batch import run_images
 
         base = f"/workers/inference/{job_id}"
-        with self._holding(self.jobs, job_id):
+        with self.active.job(job_id):
             reply = self.post(f"{base}/claim")
             if not reply["claimed"]:
                 log.info("inference job %s skipped: it is no longer queued", job_id)
