@@ -14,15 +14,10 @@ be continued.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
-
-import torch
-
-from storage.paths import atomic_write_bytes
 
 PRETRAINED_ID = "pretrained"  # how the API and the CLI name it where a model id is expected
 PRETRAINED_NAME = "Pretrained U-Net (DRIVE)"
@@ -62,12 +57,11 @@ def pretrained_entry() -> dict | None:
 
 def export_pretrained(checkpoint: str | Path, dest: str | Path = PRETRAINED_PATH) -> Path:
     """Write the predicting part of ``checkpoint`` (a best.pt) to ``dest``, atomically; returns ``dest``."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    from engine.training.checkpoint import load_checkpoint_dict, save_checkpoint
+    ckpt = load_checkpoint_dict(checkpoint)
     slim = {k: ckpt[k] for k in KEPT_KEYS if k in ckpt}
     slim["name"] = PRETRAINED_NAME
-    buf = io.BytesIO()
-    torch.save(slim, buf)
-    return atomic_write_bytes(Path(dest), buf.getvalue())
+    return save_checkpoint(Path(dest), slim)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

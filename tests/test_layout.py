@@ -148,6 +148,32 @@ def test_checkpoints_always_load_weights_only(path):
     assert unsafe == []
 
 
+# The one module that reads checkpoint files: the format's owner. Everything else (training, resuming,
+# prediction, the shipped model, the pages, the API) reads through its functions.
+CHECKPOINT_READERS = {"engine/training/checkpoint.py"}
+
+
+def _torch_loads(tree: ast.AST) -> list[int]:
+    """Lines of every ``torch.load(...)`` call in ``tree``."""
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"]
+
+
+@pytest.mark.parametrize("path", [p for p in PROGRAM if _id(p) not in CHECKPOINT_READERS], ids=_id)
+def test_only_the_checkpoint_module_calls_torch_load(path):
+    assert _torch_loads(_tree(path)) == []
+
+
+def test_the_checkpoint_module_does_call_torch_load():
+    for name in CHECKPOINT_READERS:
+        assert _torch_loads(_tree(ROOT / name)), name
+
+
+def test_a_torch_load_would_be_found():
+    assert _torch_loads(ast.parse("def f(p):\n    import torch\n    return torch.load(p, weights_only=True)")) == [3]
+
+
 # The faces: what turns an error into something a user reads (the dashboard, the HTTP API, the CLI).
 FACES = sorted([*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py"), ROOT / "engine/api.py", ROOT / "engine/api_workers.py",
                 *ROOT.glob("engine/cli/*.py"), ROOT / "app.py", ROOT / "server.py"])

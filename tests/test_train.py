@@ -133,6 +133,35 @@ def test_early_stopping_state_round_trips():
     assert b.evaluate(0.25) == a.evaluate(0.25) and (b.best, b.best_epoch, b.wait) == (0.3, 2, 1)
 
 
+@pytest.mark.parametrize("settings, words", [
+    ({"monitor": "accuracy"}, "monitor must be one of val_dice, val_loss"),
+    ({"patience": -1}, "patience"),
+    ({"min_delta": -0.1}, "min_delta"),
+])
+def test_early_stopping_refuses_settings_it_cannot_use(settings, words):
+    with pytest.raises(ValueError, match=words):
+        EarlyStopping(**settings)
+
+
+def test_early_stopping_docstring_example_stops_at_epoch_four():
+    stopper, stopped = EarlyStopping("val_dice", patience=2), None
+    for epoch, dice in enumerate([0.50, 0.60, 0.60, 0.59], 1):
+        should_end, reason = stopper.evaluate(dice)
+        stopper.update(dice, epoch)
+        if should_end:
+            stopped = (epoch, reason)
+            break
+    assert stopped == (4, "val_dice did not improve by more than 0.0001 for 2 epochs (best 0.6000 at epoch 2)")
+
+
+def test_keeping_the_newest_epoch_moves_only_best_epoch():
+    stopper = EarlyStopping("val_dice", 3)
+    stopper.keep_newest(5)
+    restored = EarlyStopping("val_dice", 3)
+    restored.load_state_dict(stopper.state_dict())
+    assert (restored.best, restored.best_epoch, restored.wait) == (None, 5, 0)
+
+
 # --------------------------------------------------------------------------- training
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from engine.training.config import TrainingConfig
+from engine.training.config import MONITORS, TrainingConfig
 
 def monitor_mode(monitor: str) -> str:
     """``"max"`` for a metric where higher is better (``val_dice``), ``"min"`` for a loss."""
@@ -16,9 +16,34 @@ def monitor_mode(monitor: str) -> str:
 
 
 class EarlyStopping:
-    """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs."""
+    """Stop when the monitored metric has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    It owns what it has seen: ``best`` (the best metric, None before the first), ``best_epoch`` (0 before)
+    and ``wait`` (epochs since the best); ``state_dict()`` / ``load_state_dict()`` carry them across a resume.
+
+    Args:
+        monitor: ``"val_dice"`` (higher is better) or ``"val_loss"`` (lower is better).
+        patience: epochs without improvement that end the run; 0 never stops early.
+        min_delta: the smallest change that counts as an improvement (≥ 0).
+
+    Raises:
+        ValueError: an unknown ``monitor``, a negative ``patience`` or ``min_delta``.
+
+    Example::
+
+        stopper = EarlyStopping("val_dice", patience=2)
+        for epoch, dice in enumerate([0.50, 0.60, 0.60, 0.59], 1):
+            should_end, reason = stopper.evaluate(dice)  # asks, changes nothing
+            stopper.update(dice, epoch)                  # records; True for a new best
+            if should_end:
+                break  # at epoch 4: "val_dice did not improve ... for 2 epochs (best 0.6000 at epoch 2)"
+    """
 
     def __init__(self, monitor: str = "val_dice", patience: int = 15, min_delta: float = 1e-4):
+        if monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {', '.join(MONITORS)}, not {monitor!r}")
+        if patience < 0 or min_delta < 0:
+            raise ValueError(f"patience ({patience}) and min_delta ({min_delta}) must be at least 0")
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.mode = monitor_mode(monitor)
         self.best: float | None = None
@@ -26,6 +51,7 @@ class EarlyStopping:
         self.wait = 0  # epochs since the best
 
     def improves(self, value: float | None) -> bool:
+        """Returns: True when ``value`` beats ``best`` by more than ``min_delta`` (None and NaN never do)."""
         if value is None or not math.isfinite(value):
             return False
         if self.best is None:
@@ -33,7 +59,11 @@ class EarlyStopping:
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
     def evaluate(self, value: float | None) -> tuple[bool, str]:
-        """(should_stop, reason) if ``value`` were the next epoch's metric; changes nothing."""
+        """What ``update(value, ...)`` would mean; changes nothing.
+
+        Returns:
+            (should_stop, reason): whether the run should end after an epoch with this metric, and why, in words.
+        """
         if self.improves(value):
             return False, f"{self.monitor} improved to {value:.4f}"
         wait = self.wait + 1
@@ -44,18 +74,30 @@ class EarlyStopping:
         return False, f"{self.monitor} has not improved for {wait} epoch(s)"
 
     def update(self, value: float | None, epoch: int) -> bool:
-        """Record the epoch's metric; True when it is the new best."""
+        """Record ``epoch``'s metric. Returns: True when it is the new best."""
         if self.improves(value):
             self.best, self.best_epoch, self.wait = float(value), epoch, 0
             return True
         self.wait += 1
         return False
 
+    def keep_newest(self, epoch: int) -> None:
+        """Record ``epoch`` as the best without a metric: a run with no validation images keeps its newest
+        weights. ``best`` and ``wait`` stay as they are."""
+        self.best_epoch = epoch
+
     def state_dict(self) -> dict[str, Any]:
+        """Returns: the settings and ``best``, ``best_epoch``, ``wait`` (plain values, for a checkpoint)."""
         return {"monitor": self.monitor, "patience": self.patience, "min_delta": self.min_delta,
                 "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s ``best``, ``best_epoch`` and ``wait``; the settings stay this
+        object's (a resumed run may change its patience).
+
+        Raises:
+            KeyError: ``state`` lacks one of the three.
+        """
         self.best, self.best_epoch, self.wait = state["best"], int(state["best_epoch"]), int(state["wait"])
 
 

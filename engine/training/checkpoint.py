@@ -5,7 +5,8 @@ A checkpoint is a plain dict that loads with ``torch.load(path, weights_only=Tru
 ``config`` (``TrainingConfig.to_dict()``), ``preprocessing``, ``epoch``, ``metrics``, ``versions``,
 ``optimizer``, ``scheduler``, ``early_stopping``, ``history``, ``recommended_postprocess``,
 ``calibration``, ``elapsed_seconds``, ``scale``, ``plan``. Both the training loop and prediction
-depend on this module; neither depends on the other.
+depend on this module; neither depends on the other. This module alone builds that dict
+(``training_payload``) and reads it (``load_checkpoint_dict``, ``read_training_state``, ``read_weights``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import math
 import pickle
 import platform
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.fov import FOV_DIAMETER_MEASURE
 from engine.training.config import ARCHITECTURE_KEYS, TrainingConfig, TrainingError
 from engine.training.models import UNet
 from storage.paths import atomic_write_bytes
@@ -130,6 +133,69 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def training_payload(*, weights: dict, train_weights: dict | None, config: TrainingConfig, epoch: int,
+                     metrics: dict, optimizer: dict, scheduler: dict, early_stopping: dict, history: list[dict],
+                     elapsed_seconds: float, fov_diameter: float, plan: dict | None) -> dict[str, Any]:
+    """The checkpoint dict training writes after an epoch (see the module docstring for the keys).
+
+    Args:
+        weights: what predicts (the moving average's state_dict when the run keeps one).
+        train_weights: the optimiser's own weights when the run keeps an average, else None.
+        optimizer, scheduler, early_stopping: their ``state_dict()``s, for resuming.
+        fov_diameter: the training images' FOV diameter in pixels (``Dataset.scales()["target"]``).
+        plan: the ``Plan.to_dict()`` that chose ``config``, or None.
+    """
+    return {
+        "format_version": FORMAT_VERSION, "arch": ARCH, "state_dict": weights, "train_state_dict": train_weights,
+        "config": config.to_dict(),
+        "preprocessing": {"channel": config.channel, "clahe": config.clahe, "normalization": config.normalization},
+        "epoch": epoch, "metrics": metrics, "versions": versions(), "optimizer": optimizer, "scheduler": scheduler,
+        "early_stopping": early_stopping, "history": history, "recommended_postprocess": None, "calibration": None,
+        "elapsed_seconds": elapsed_seconds, "scale": {"fov_diameter": fov_diameter, "measure": FOV_DIAMETER_MEASURE},
+        "plan": plan,
+    }
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint holds for continuing its run; ``read_training_state`` reads it."""
+
+    weights: dict  # "state_dict": what predicts
+    train_weights: dict | None  # "train_state_dict": the optimiser's own weights beside a moving average
+    optimizer: dict
+    scheduler: dict
+    early_stopping: dict
+    history: list[dict]
+    epoch: int  # the last completed epoch
+    elapsed_seconds: float
+    plan: dict | None
+
+
+def read_training_state(checkpoint: str | Path, config: TrainingConfig) -> TrainingState:
+    """The state to continue ``checkpoint``'s run with ``config``.
+
+    Raises:
+        CheckpointError, TrainingError: as ``check_resume``.
+    """
+    ckpt = check_resume(checkpoint, config)
+    return TrainingState(ckpt["state_dict"], ckpt.get("train_state_dict"), ckpt["optimizer"],
+                         ckpt.get("scheduler") or {}, ckpt["early_stopping"], list(ckpt.get("history") or []),
+                         int(ckpt["epoch"]), float(ckpt.get("elapsed_seconds", 0.0)), ckpt.get("plan"))
+
+
+def read_weights(checkpoint: str | Path) -> dict:
+    """The predicting weights (``state_dict``) of ``checkpoint``, on the CPU. Raises CheckpointError."""
+    return load_checkpoint_dict(checkpoint)["state_dict"]
+
+
+def record_calibration(paths: list[Path], recommended: dict, calibration: dict) -> None:
+    """Write the post-processing calibration into each checkpoint of ``paths`` (rewritten atomically)."""
+    for path in paths:
+        ckpt = load_checkpoint_dict(path)
+        ckpt["recommended_postprocess"], ckpt["calibration"] = recommended, calibration
+        save_checkpoint(path, ckpt)
 
 
 def check_resume(checkpoint: str | Path, config: TrainingConfig) -> dict[str, Any]:

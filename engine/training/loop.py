@@ -3,24 +3,29 @@
 It knows nothing of queues or pages: it reports through named events (see docs/ARCHITECTURE.md) and
 polls ``should_stop`` every batch and during validation. What a checkpoint holds is
 ``engine.training.checkpoint``'s business.
+
+``train`` is a short sequence of named steps over one ``_Run`` (the run's state): ``_set_up`` (data,
+model, optimiser, and ``_resume`` from a checkpoint), then per epoch ``_train_epoch`` (``_train_step``
+per batch), ``_judge_epoch`` (validation and early stopping) and ``_save_epoch``; ``_save_on_stop``
+when the user stops; ``_finish`` (``_calibrate`` and the result).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from engine.errors import StopRequested
-from engine.fov import FOV_DIAMETER_MEASURE
 from engine.postprocess.calibration import calibrate_postprocess, pooled_dice
 from engine.tiling import sliding_window_logits
 from engine.training.camera import camera_variants
 from engine.training.callbacks import EarlyStopping, LRSchedule, WeightAverage
-from engine.training.checkpoint import ARCH, FORMAT_VERSION, build_model, check_resume, save_checkpoint, versions
+from engine.training.checkpoint import (TrainingState, build_model, read_training_state, read_weights,
+                                        record_calibration, save_checkpoint, training_payload)
 from engine.training.config import TrainingConfig, TrainingError
 from engine.training.data import Dataset, DatasetError, PatchSampler, load_dataset, normalization_stats, split_indices
 from engine.training.device import resolve_device, resolve_precision
@@ -54,187 +59,306 @@ def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | 
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     if len(ds) < 2:
         raise DatasetError(f"{ds.root} has {len(ds)} image(s); training needs at least 2 (one held out for validation).")
-    out = Path(out_dir)
+    run = _set_up(config, ds, Path(out_dir), on_event or (lambda event: None), should_stop or (lambda: False),
+                  resume_from, plan)
+    run.emit(_start_event(run))
+    if run.out_of_time():
+        run.stop_reason = "time_limit"
+    for epoch in range(run.start_epoch, config.epochs + 1):
+        if run.stop_reason != "max_epochs" or not _epoch(run, epoch):
+            break
+    if run.stop_reason == "user_stop":
+        _save_on_stop(run)
+    return _finish(run)
+
+
+@dataclass
+class _Data:
+    """The prepared images: a patch sampler over the training ones, tensors of the validation ones."""
+    sampler: PatchSampler
+    train_fovs: list[np.ndarray]
+    camera_images: list[np.ndarray] | None  # camera shifts: the training photographs, redrawn every epoch
+    val_x: list[torch.Tensor]
+    val_y: list[torch.Tensor]
+    val_masks: list[np.ndarray]
+    val_fovs: list[np.ndarray]
+    n_train: int
+    fov_diameter: float
+
+
+@dataclass
+class _Run:
+    """One run's state, shared by the steps of ``train``."""
+    config: TrainingConfig
+    out: Path
+    emit: Callable[[dict], None]
+    should_stop: Callable[[], bool]
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    data: _Data
+    model: torch.nn.Module  # what the optimiser trains
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    stopper: EarlyStopping
+    loss_fn: Callable
+    plan: dict | None
+    average: WeightAverage | None = None
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 1
+    elapsed_before: float = 0.0  # seconds the run trained before this resume
+    global_step: int = 0
+    stop_reason: str = "max_epochs"
+    epochs_done: int = 0
+    t_start: float = field(default_factory=time.monotonic)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """What validates, is saved as ``state_dict`` and predicts: the moving average when there is one."""
+        return self.average.module if self.average is not None else self.model
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t_start
+
+    def out_of_time(self) -> bool:
+        return bool(self.config.max_minutes) and self.elapsed() >= self.config.max_minutes * 60
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+
+@dataclass
+class _Verdict:
+    """What validating an epoch decided."""
+    val_loss: float | None
+    val_dice: float | None
+    monitored: float | None
+    should_end: bool
+    reason: str
+    is_best: bool
+
+
+def _set_up(c: TrainingConfig, ds: Dataset, out: Path, emit: Callable[[dict], None], should_stop: Callable[[], bool],
+            resume_from: str | Path | None, plan: dict | None) -> _Run:
+    """The run's state before its first epoch: data, model, optimiser and callbacks, resumed when asked."""
     out.mkdir(parents=True, exist_ok=True)
-    emit = on_event or (lambda event: None)
-    stop_requested = should_stop or (lambda: False)
-    c = config
     device = resolve_device(c.device)
     autocast_dtype = resolve_precision(c.precision, device)
     if c.num_threads:
         torch.set_num_threads(c.num_threads)
+    data = _prepare_data(c, ds, device)
+    torch.manual_seed(c.seed)
+    model = build_model(c).to(device)
+    if device.type == "cpu":  # channels-last convolutions are faster on CPUs (oneDNN)
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+    run = _Run(c, out, emit, should_stop, device, autocast_dtype, data, model, optimizer, LRSchedule(c, optimizer),
+               EarlyStopping(c.early_stopping_monitor, c.early_stopping_patience, c.min_delta), build_loss(c), plan)
+    state = read_training_state(resume_from, c) if resume_from is not None else None
+    if state is not None:
+        _resume(run, state)
+    # the average starts from what predicts ("state_dict", loaded above); a run saved with an average
+    # kept the optimiser's own weights apart, and the optimiser continues from those
+    run.average = WeightAverage(model, c.ema_decay) if c.ema_decay > 0 else None
+    if state is not None and state.train_weights is not None:
+        model.load_state_dict(state.train_weights)
+    run.t_start = time.monotonic()
+    return run
 
+
+def _prepare_data(c: TrainingConfig, ds: Dataset, device: torch.device) -> _Data:
+    """Split the images (seeded), preprocess them once, and build the patch sampler and validation tensors."""
     train_idx, val_idx = split_indices(len(ds), c.val_fraction, c.seed)
     prepared = {i: ds.arrays(i, c.channel, c.clahe) for i in train_idx + val_idx}
     stats = {i: normalization_stats(prepared[i][0], prepared[i][2], c.normalization) for i in prepared}
     sampler = PatchSampler([prepared[i][0] for i in train_idx], [prepared[i][1] for i in train_idx],
                            [prepared[i][2] for i in train_idx], [stats[i] for i in train_idx], c.patch_size, c.augment,
                            c.max_zoom, c.any_angle)
-    # camera shifts: the training photographs as other cameras would take them, redrawn every epoch
     camera_images = [ds.scaled(i)[0] for i in train_idx] if c.augment and c.camera_augment > 0 else None
-    val_x = [torch.from_numpy((prepared[i][0] - stats[i][0]) / stats[i][1]).to(device) for i in val_idx]
-    val_y = [torch.from_numpy(prepared[i][1].astype(np.float32)).to(device) for i in val_idx]
-    val_masks = [prepared[i][1] for i in val_idx]
-    val_fovs = [prepared[i][2] for i in val_idx]
+    return _Data(sampler, [prepared[i][2] for i in train_idx], camera_images,
+                 [torch.from_numpy((prepared[i][0] - stats[i][0]) / stats[i][1]).to(device) for i in val_idx],
+                 [torch.from_numpy(prepared[i][1].astype(np.float32)).to(device) for i in val_idx],
+                 [prepared[i][1] for i in val_idx], [prepared[i][2] for i in val_idx], len(train_idx),
+                 ds.scales()["target"])
 
-    torch.manual_seed(c.seed)
-    model = build_model(c).to(device)
-    if device.type == "cpu":  # channels-last convolutions are faster on CPUs (oneDNN)
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
-    schedule = LRSchedule(c, optimizer)
-    stopper = EarlyStopping(c.early_stopping_monitor, c.early_stopping_patience, c.min_delta)
-    loss_fn = build_loss(c)
-    history: list[dict] = []
-    start_epoch, elapsed_before, global_step = 1, 0.0, 0
-    if resume_from is not None:
-        ckpt = check_resume(resume_from, c)
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:  # a resumed run may change the learning rate settings
-            group["initial_lr"] = c.learning_rate
-        schedule.load_state_dict(ckpt.get("scheduler") or {})
-        stopper.load_state_dict(ckpt["early_stopping"])
-        history = list(ckpt.get("history") or [])
-        start_epoch = int(ckpt["epoch"]) + 1
-        elapsed_before = float(ckpt.get("elapsed_seconds", 0.0))
-        global_step = int(ckpt["epoch"]) * c.steps_per_epoch
-        if plan is None:
-            plan = ckpt.get("plan")
-    # the average starts from what predicts ("state_dict", loaded above); a run saved with an average
-    # kept the optimiser's own weights apart, and the optimiser continues from those
-    average = WeightAverage(model, c.ema_decay) if c.ema_decay > 0 else None
-    if resume_from is not None and ckpt.get("train_state_dict") is not None:
-        model.load_state_dict(ckpt["train_state_dict"])
-    evaluated = average.module if average is not None else model
 
-    def payload(epoch: int, metrics: dict) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION, "arch": ARCH, "state_dict": evaluated.state_dict(),
-            "train_state_dict": model.state_dict() if average is not None else None, "config": c.to_dict(),
-            "preprocessing": {"channel": c.channel, "clahe": c.clahe, "normalization": c.normalization},
-            "epoch": epoch, "metrics": metrics, "versions": versions(), "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(), "early_stopping": stopper.state_dict(), "history": history,
-            "recommended_postprocess": None, "calibration": None, "elapsed_seconds": elapsed(),
-            "scale": {"fov_diameter": ds.scales()["target"], "measure": FOV_DIAMETER_MEASURE}, "plan": plan,
-        }
+def _resume(run: _Run, state: TrainingState) -> None:
+    """Continue from a checkpoint: weights, optimiser, schedule, early stopping, history and counters."""
+    c = run.config
+    run.model.load_state_dict(state.weights)
+    run.optimizer.load_state_dict(state.optimizer)
+    for group in run.optimizer.param_groups:  # a resumed run may change the learning rate settings
+        group["initial_lr"] = c.learning_rate
+    run.schedule.load_state_dict(state.scheduler)
+    run.stopper.load_state_dict(state.early_stopping)
+    run.history = list(state.history)
+    run.start_epoch, run.epochs_done = state.epoch + 1, state.epoch
+    run.elapsed_before = state.elapsed_seconds
+    run.global_step = state.epoch * c.steps_per_epoch
+    if run.plan is None:
+        run.plan = state.plan
 
-    t_start = time.monotonic()
 
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t_start
+def _start_event(run: _Run) -> dict:
+    c, stopper = run.config, run.stopper
+    return {"type": "start", "start_epoch": run.start_epoch, "total_epochs": c.epochs,
+            "steps_per_epoch": c.steps_per_epoch, "n_train": run.data.n_train, "n_val": len(run.data.val_x),
+            "device": str(run.device), "precision": "bf16" if run.autocast_dtype is not None else "fp32",
+            "best_epoch": stopper.best_epoch, "best_metric": stopper.best, "epochs_since_best": stopper.wait,
+            "elapsed_before": run.elapsed_before}
 
-    best_path, last_path = out / "best.pt", out / "last.pt"
-    emit({"type": "start", "start_epoch": start_epoch, "total_epochs": c.epochs, "steps_per_epoch": c.steps_per_epoch,
-          "n_train": len(train_idx), "n_val": len(val_idx), "device": str(device),
-          "precision": "bf16" if autocast_dtype is not None else "fp32",
-          "best_epoch": stopper.best_epoch, "best_metric": stopper.best, "epochs_since_best": stopper.wait,
-          "elapsed_before": elapsed_before})
-    stop_reason, epoch_done = "max_epochs", start_epoch - 1
-    if c.max_minutes and elapsed() >= c.max_minutes * 60:
-        stop_reason = "time_limit"
-    for epoch in range(start_epoch, c.epochs + 1):
-        if stop_reason != "max_epochs":
+
+def _epoch(run: _Run, epoch: int) -> bool:
+    """Train, judge and save one epoch; False when the run ends inside it (a user stop, no step left)."""
+    t_epoch = time.monotonic()
+    losses = _train_epoch(run, epoch)
+    if run.stop_reason == "user_stop" or not losses:
+        return False
+    try:
+        verdict = _judge_epoch(run, epoch)
+    except StopRequested:
+        run.stop_reason = "user_stop"
+        return False
+    run.epochs_done = epoch
+    record = _epoch_record(run, epoch, losses, verdict, time.monotonic() - t_epoch)
+    run.history.append(record)
+    run.emit(record)
+    _save_epoch(run, epoch, record, verdict)
+    if verdict.should_end:
+        run.stop_reason = "early_stopping"
+    return True
+
+
+def _train_epoch(run: _Run, epoch: int) -> list[float]:
+    """The epoch's batch losses; stops early (setting ``run.stop_reason``) on a user stop or the time budget."""
+    c = run.config
+    run.model.train()
+    rng = np.random.default_rng([c.seed, epoch])
+    if run.data.camera_images is not None:
+        run.data.sampler.set_variants(camera_variants(run.data.camera_images, run.data.train_fovs, c.channel, c.clahe,
+                                                      c.normalization, np.random.default_rng([c.seed, epoch, 1])),
+                                      c.camera_augment)
+    torch.manual_seed(c.seed * 100_003 + epoch)
+    losses: list[float] = []
+    last_emit = 0.0
+    for step in range(1, c.steps_per_epoch + 1):
+        if run.should_stop():
+            run.stop_reason = "user_stop"
             break
-        t_epoch = time.monotonic()
-        model.train()
-        rng = np.random.default_rng([c.seed, epoch])
-        if camera_images is not None:
-            sampler.set_variants(camera_variants(camera_images, [prepared[i][2] for i in train_idx], c.channel,
-                                                 c.clahe, c.normalization, np.random.default_rng([c.seed, epoch, 1])),
-                                 c.camera_augment)
-        torch.manual_seed(c.seed * 100_003 + epoch)
-        losses: list[float] = []
-        last_emit = 0.0
-        for step in range(1, c.steps_per_epoch + 1):
-            if stop_requested():
-                stop_reason = "user_stop"
-                break
-            if c.max_minutes and elapsed() >= c.max_minutes * 60:
-                stop_reason = "time_limit"
-                break
-            xb, yb = (torch.from_numpy(a).to(device) for a in sampler.sample(c.batch_size, rng))
-            schedule.before_step(global_step, elapsed())
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                logits = model(xb)
-            loss = loss_fn(logits.float(), yb)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"The loss became {loss.item()} at epoch {epoch}, step {step}: "
-                                    "lower learning_rate (for example by 10×) and train again.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if average is not None:
-                average.update(global_step)
-            global_step += 1
-            losses.append(loss.item())
-            now = time.monotonic()
-            if now - last_emit >= 0.5 or step == c.steps_per_epoch:
-                last_emit = now
-                emit({"type": "batch", "epoch": epoch, "step": step, "steps": c.steps_per_epoch, "loss": losses[-1]})
-        if stop_reason == "user_stop" or not losses:
+        if run.out_of_time():
+            run.stop_reason = "time_limit"
             break
-        if val_idx:
-            try:
-                val_loss, val_dice, _ = _validate(evaluated, val_x, val_y, val_masks, val_fovs, loss_fn, stop_requested)
-            except StopRequested:
-                stop_reason = "user_stop"
-                break
-            monitored = val_dice if c.early_stopping_monitor == "val_dice" else val_loss
-            schedule.after_epoch(monitored)
-            should_end, reason = stopper.evaluate(monitored)
-            is_best = stopper.update(monitored, epoch)
-        else:  # every image trains: nothing to judge an epoch by, so the newest weights are the best
-            val_loss = val_dice = monitored = None
-            should_end, reason, is_best = False, "no validation images: the newest epoch is kept", True
-            stopper.best_epoch = epoch
-        epoch_done = epoch
-        seconds = time.monotonic() - t_epoch
-        record = {"type": "epoch_end", "epoch": epoch, "total_epochs": c.epochs, "train_loss": float(np.mean(losses)),
-                  "val_loss": val_loss, "val_dice": val_dice, "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": seconds, "elapsed": elapsed(), "patches_per_s": len(losses) * c.batch_size / seconds,
-                  "best_epoch": stopper.best_epoch, "best_metric": stopper.best,
-                  "epochs_since_best": stopper.wait, "patience": c.early_stopping_patience, "is_best": is_best,
-                  "steps": len(losses), "reason": reason}
-        history.append(record)
-        metrics = {k: record[k] for k in ("train_loss", "val_loss", "val_dice")}
-        emit(record)
-        if is_best:
-            save_checkpoint(best_path, payload(epoch, metrics))
-            emit({"type": "checkpoint", "kind": "best", "epoch": epoch, "path": str(best_path), "metric": monitored})
-        save_checkpoint(last_path, payload(epoch, metrics))
-        emit({"type": "checkpoint", "kind": "last", "epoch": epoch, "path": str(last_path), "metric": monitored})
-        if c.checkpoint_every and epoch % c.checkpoint_every == 0:
-            path = out / f"epoch_{epoch:03d}.pt"
-            save_checkpoint(path, payload(epoch, metrics))
-            emit({"type": "checkpoint", "kind": "epoch", "epoch": epoch, "path": str(path), "metric": monitored})
-        if should_end:
-            stop_reason = "early_stopping"
+        losses.append(_train_step(run, rng, epoch, step))
+        now = time.monotonic()
+        if now - last_emit >= 0.5 or step == c.steps_per_epoch:
+            last_emit = now
+            run.emit({"type": "batch", "epoch": epoch, "step": step, "steps": c.steps_per_epoch, "loss": losses[-1]})
+    return losses
 
-    if stop_reason == "user_stop":
-        # Keep the weights trained so far; the epoch number stays that of the last completed epoch.
-        last_metrics = {k: history[-1][k] for k in ("train_loss", "val_loss", "val_dice")} if history else {}
-        save_checkpoint(last_path, payload(epoch_done, last_metrics))
-        emit({"type": "checkpoint", "kind": "last", "epoch": epoch_done, "path": str(last_path),
-              "metric": stopper.best})
 
+def _train_step(run: _Run, rng: np.random.Generator, epoch: int, step: int) -> float:
+    """One optimiser step on a sampled batch; its loss. Raises TrainingError when the loss is not finite."""
+    c, dtype = run.config, run.autocast_dtype
+    xb, yb = (torch.from_numpy(a).to(run.device) for a in run.data.sampler.sample(c.batch_size, rng))
+    run.schedule.before_step(run.global_step, run.elapsed())
+    with torch.autocast(run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = run.model(xb)
+    loss = run.loss_fn(logits.float(), yb)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"The loss became {loss.item()} at epoch {epoch}, step {step}: "
+                            "lower learning_rate (for example by 10×) and train again.")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if run.average is not None:
+        run.average.update(run.global_step)
+    run.global_step += 1
+    return loss.item()
+
+
+def _judge_epoch(run: _Run, epoch: int) -> _Verdict:
+    """Validate, step the plateau schedule and early stopping. Raises StopRequested on a user stop."""
+    if not run.data.val_x:  # every image trains: nothing to judge an epoch by, so the newest weights are the best
+        run.stopper.keep_newest(epoch)
+        return _Verdict(None, None, None, False, "no validation images: the newest epoch is kept", True)
+    d = run.data
+    val_loss, val_dice, _ = _validate(run.evaluated, d.val_x, d.val_y, d.val_masks, d.val_fovs, run.loss_fn,
+                                      run.should_stop)
+    monitored = val_dice if run.config.early_stopping_monitor == "val_dice" else val_loss
+    run.schedule.after_epoch(monitored)
+    should_end, reason = run.stopper.evaluate(monitored)
+    is_best = run.stopper.update(monitored, epoch)
+    return _Verdict(val_loss, val_dice, monitored, should_end, reason, is_best)
+
+
+def _epoch_record(run: _Run, epoch: int, losses: list[float], verdict: _Verdict, seconds: float) -> dict:
+    """The ``epoch_end`` event, which the history keeps."""
+    c, stopper = run.config, run.stopper
+    return {"type": "epoch_end", "epoch": epoch, "total_epochs": c.epochs, "train_loss": float(np.mean(losses)),
+            "val_loss": verdict.val_loss, "val_dice": verdict.val_dice, "lr": run.optimizer.param_groups[0]["lr"],
+            "seconds": seconds, "elapsed": run.elapsed(), "patches_per_s": len(losses) * c.batch_size / seconds,
+            "best_epoch": stopper.best_epoch, "best_metric": stopper.best,
+            "epochs_since_best": stopper.wait, "patience": c.early_stopping_patience, "is_best": verdict.is_best,
+            "steps": len(losses), "reason": verdict.reason}
+
+
+def _save_epoch(run: _Run, epoch: int, record: dict, verdict: _Verdict) -> None:
+    """best.pt when the epoch is the best, last.pt always, epoch_XXX.pt every ``checkpoint_every`` epochs."""
+    metrics = {k: record[k] for k in ("train_loss", "val_loss", "val_dice")}
+    if verdict.is_best:
+        _save(run, "best", run.best_path, epoch, metrics, verdict.monitored)
+    _save(run, "last", run.last_path, epoch, metrics, verdict.monitored)
+    every = run.config.checkpoint_every
+    if every and epoch % every == 0:
+        _save(run, "epoch", run.out / f"epoch_{epoch:03d}.pt", epoch, metrics, verdict.monitored)
+
+
+def _save_on_stop(run: _Run) -> None:
+    """Keep the weights trained so far; the epoch number stays that of the last completed epoch."""
+    last = run.history[-1] if run.history else None
+    metrics = {k: last[k] for k in ("train_loss", "val_loss", "val_dice")} if last else {}
+    _save(run, "last", run.last_path, run.epochs_done, metrics, run.stopper.best)
+
+
+def _save(run: _Run, kind: str, path: Path, epoch: int, metrics: dict, metric: float | None) -> None:
+    """Write one checkpoint of the run as it stands, then say so (a ``checkpoint`` event)."""
+    train_weights = run.model.state_dict() if run.average is not None else None
+    save_checkpoint(path, training_payload(
+        weights=run.evaluated.state_dict(), train_weights=train_weights, config=run.config, epoch=epoch,
+        metrics=metrics, optimizer=run.optimizer.state_dict(), scheduler=run.schedule.state_dict(),
+        early_stopping=run.stopper.state_dict(), history=run.history, elapsed_seconds=run.elapsed(),
+        fov_diameter=run.data.fov_diameter, plan=run.plan))
+    run.emit({"type": "checkpoint", "kind": kind, "epoch": epoch, "path": str(path), "metric": metric})
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Calibrate post-processing on the best weights (unless stopped by the user), say ``end``, the result."""
+    c, stopper = run.config, run.stopper
     recommended = calibration = None
-    if stop_reason != "user_stop" and c.calibrate_postprocess and best_path.exists() and val_idx:
-        best_ckpt = torch.load(best_path, map_location=device, weights_only=True)
-        evaluated.load_state_dict(best_ckpt["state_dict"])
-        _, _, probs = _validate(evaluated, val_x, val_y, val_masks, val_fovs, loss_fn, None)
-        recommended, calibration = calibrate_postprocess(probs, val_masks, val_fovs)
-        for path in (best_path, last_path):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            ckpt["recommended_postprocess"], ckpt["calibration"] = recommended, calibration
-            save_checkpoint(path, ckpt)
-        emit({"type": "calibration", "recommended": recommended, "dice_before": calibration["dice_before"],
+    if run.stop_reason != "user_stop" and c.calibrate_postprocess and run.best_path.exists() and run.data.val_x:
+        recommended, calibration = _calibrate(run)
+    run.emit({"type": "end", "stop_reason": run.stop_reason, "best_epoch": stopper.best_epoch,
+              "best_metric": stopper.best, "epochs_run": run.epochs_done})
+    best, last = run.best_path, run.last_path
+    return TrainResult(run.stop_reason, stopper.best_epoch, stopper.best, run.epochs_done,
+                       best if best.exists() else None, last if last.exists() else None,
+                       run.history, recommended, calibration)
+
+
+def _calibrate(run: _Run) -> tuple[dict, dict]:
+    """Search post-processing on the validation images with the best weights; record it in best.pt and last.pt."""
+    d, evaluated = run.data, run.evaluated
+    evaluated.load_state_dict(read_weights(run.best_path))
+    _, _, probs = _validate(evaluated, d.val_x, d.val_y, d.val_masks, d.val_fovs, run.loss_fn, None)
+    recommended, calibration = calibrate_postprocess(probs, d.val_masks, d.val_fovs)
+    record_calibration([run.best_path, run.last_path], recommended, calibration)
+    run.emit({"type": "calibration", "recommended": recommended, "dice_before": calibration["dice_before"],
               "dice_after": calibration["dice_after"], "explanation": calibration["explanation"]})
-    emit({"type": "end", "stop_reason": stop_reason, "best_epoch": stopper.best_epoch, "best_metric": stopper.best,
-          "epochs_run": epoch_done})
-    return TrainResult(stop_reason, stopper.best_epoch, stopper.best, epoch_done,
-                       best_path if best_path.exists() else None, last_path if last_path.exists() else None,
-                       history, recommended, calibration)
+    return recommended, calibration
 
 
 def _validate(model, val_x, val_y, masks, fovs, loss_fn, should_stop):
