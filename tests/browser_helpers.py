@@ -92,6 +92,35 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
 
 
+@contextlib.contextmanager
+def served_dashboard(tmp_path_factory, name: str):
+    """(base URL, data home) of one dashboard on a fresh data home; ML_MANAGER_HOME points the test process
+    there too. For a module-scoped ``served`` fixture: ``with served_dashboard(tmp_path_factory, "x") as s: yield s``."""
+    import pytest
+
+    home = tmp_path_factory.mktemp(name) / "home"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ML_MANAGER_HOME", str(home))
+        with dashboard(home) as url:
+            yield url, home
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1280, height: int = 800, timeout_ms: int = 60_000):
+    """A page of a fresh headless chromium at ``width``×``height``, closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(timeout_ms)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
 # --------------------------------------------------------------------------- Streamlit widgets
 def wait_idle(page, timeout: float = 60_000) -> None:
     """Wait until the script run has finished (the status widget shows no 'Running')."""

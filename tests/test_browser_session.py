@@ -15,7 +15,7 @@ import pytest
 
 from engine.imageio import encode_png
 from engine.training.synthetic import synthetic_sample
-from tests.browser_helpers import chromium_path, dashboard, launch, move_slider, open_expander, slider_input, wait_idle
+from tests.browser_helpers import browser_page, chromium_path, served_dashboard, move_slider, open_expander, slider_input, wait_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -27,23 +27,15 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(base URL, data home) of one dashboard for the module; ML_MANAGER_HOME points the tests there too."""
-    home = tmp_path_factory.mktemp("session") / "home"
-    home.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ML_MANAGER_HOME", str(home))
-        with dashboard(home) as url:
-            yield url, home
+    """(base URL, data home) of one dashboard for the module."""
+    with served_dashboard(tmp_path_factory, "session") as s:
+        yield s
 
 
 @pytest.fixture
 def page(served):
-    with sync_api.sync_playwright() as p:
-        browser = launch(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(60_000)
+    with browser_page(1280, 800) as page:
         yield page
-        browser.close()
 
 
 @pytest.fixture(scope="module")

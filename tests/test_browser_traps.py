@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_helpers import chromium_path, dashboard, launch, open_expander, slider_input, wait_idle
+from tests.browser_helpers import browser_page, chromium_path, dashboard, served_dashboard, open_expander, slider_input, wait_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -25,23 +25,15 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(base URL, data home) of one dashboard for the module; ML_MANAGER_HOME points the tests there too."""
-    home = tmp_path_factory.mktemp("traps") / "home"
-    home.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ML_MANAGER_HOME", str(home))
-        with dashboard(home) as url:
-            yield url, home
+    """(base URL, data home) of one dashboard for the module."""
+    with served_dashboard(tmp_path_factory, "traps") as s:
+        yield s
 
 
 @pytest.fixture
 def page(served):
-    with sync_api.sync_playwright() as p:
-        browser = launch(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+    with browser_page(1400, 1000) as page:
         yield page
-        browser.close()
 
 
 def synthetic_set(home: Path, name: str) -> Path:
@@ -218,10 +210,7 @@ def cold_deep_link(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ML_MANAGER_HOME", str(home))
         model_id = db.create_model("deep-linked", {"epochs": 5}, str(home), db=db.connect(home / "ml_manager.db"))
-        with dashboard(home) as url, sync_api.sync_playwright() as p:
-            browser = launch(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
+        with dashboard(home) as url, browser_page(1400, 1000) as page:
             page.goto(f"{url}/model_inference?model={model_id}")
             page.get_by_text("deep-linked has no checkpoint yet").wait_for()
             wait_idle(page)
@@ -229,7 +218,6 @@ def cold_deep_link(tmp_path_factory):
             shown = {"title": page.title(), "links": [t.split("\n")[-1].strip() for t in links], "url": page.url,
                      "heading": page.get_by_role("heading").first.inner_text(),
                      "dialogs": page.locator("[role='dialog']").all_inner_texts()}
-            browser.close()
     return shown, model_id
 
 
