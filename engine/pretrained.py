@@ -20,8 +20,6 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from storage.paths import atomic_write_bytes
 
 PRETRAINED_ID = "pretrained"  # how the API and the CLI name it where a model id is expected
@@ -62,6 +60,8 @@ def pretrained_entry() -> dict | None:
 
 def export_pretrained(checkpoint: str | Path, dest: str | Path = PRETRAINED_PATH) -> Path:
     """Write the predicting part of ``checkpoint`` (a best.pt) to ``dest``, atomically; returns ``dest``."""
+    import torch  # here: the pages import this module for its path and name, and need no torch for those
+
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     slim = {k: ckpt[k] for k in KEPT_KEYS if k in ckpt}
     slim["name"] = PRETRAINED_NAME
