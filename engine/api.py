@@ -43,7 +43,8 @@ from starlette.routing import Match, Route
 from engine import housekeeping, jobs
 from engine.api_workers import worker_routes
 from engine.training.config import config_with_changes
-from engine.pretrained import PRETRAINED_ID, PRETRAINED_PATH, pretrained_entry
+from engine.inference.predictor import CLASSICAL, SHIPPED, Predictor
+from engine.pretrained import PRETRAINED_ID, pretrained_available, pretrained_entry
 from storage import db as store
 from storage import paths
 from engine.errors import UserError, user_error
@@ -294,7 +295,7 @@ def inference_start(request: Request, body: dict) -> tuple[int, dict]:
     """
     _fields(body, {"input"}, {"checkpoint", "model_id", "which", "postprocess", "scale", "queue"})
     if ("checkpoint" in body) == ("model_id" in body):
-        raise ApiError(400, "Give either 'model_id' (with 'which': 'best' or 'last', or the id 'baseline') or "
+        raise ApiError(400, f"Give either 'model_id' (with 'which': 'best' or 'last', or the id '{CLASSICAL}') or "
                             "'checkpoint' (the path of a .pt file), not both or neither.")
     model_id = None
     if "checkpoint" in body:
@@ -304,11 +305,12 @@ def inference_start(request: Request, body: dict) -> tuple[int, dict]:
     else:
         model_id = _model_id(body)
         if model_id == PRETRAINED_ID:
-            checkpoint, model_id = str(PRETRAINED_PATH), None
-            if body.get("postprocess") == "recommended":
-                body = {**body, "postprocess": (pretrained_entry() or {}).get("recommended_postprocess") or {}}
-        elif model_id == store.BASELINE:
-            checkpoint = store.BASELINE
+            checkpoint, model_id = SHIPPED, None
+            if body.get("postprocess") == "recommended":  # a missing file is refused below, with its sentence
+                recommended = Predictor(SHIPPED).recommended_settings() if pretrained_available() else None
+                body = {**body, "postprocess": recommended or {}}
+        elif model_id == CLASSICAL:
+            checkpoint = CLASSICAL
         else:
             checkpoint = _checkpoint_of(model_id, body.get("which", "best"))
     source = allowed_path(body["input"], "input")
@@ -334,7 +336,7 @@ def _checkpoint_of(model_id: str, which: Any) -> str:
 
 
 def _recommended(model_id: str | None) -> dict:
-    if model_id is None or model_id == store.BASELINE:
+    if model_id is None or model_id == CLASSICAL:
         raise ApiError(400, "\"recommended\" post-processing belongs to a trained model: give its 'model_id', or "
                             "send the settings as an object.")
     recommended = store.get_model(model_id)["recommended_postprocess"]

@@ -55,6 +55,7 @@ from starlette.routing import Route
 
 from engine import jobs
 from engine.errors import UserError, number_or_none, user_error
+from engine.inference.predictor import checkpoint_file
 from engine.jobs import lifecycle
 from engine.jobs.liveness import BEAT_S
 from storage import archives, paths
@@ -400,9 +401,8 @@ def job_claim(request: Request, body: dict) -> tuple[int, dict]:
         return 200, {"claimed": False}
     row = store.get_inference_job(job_id)
     try:
-        checkpoint = row["checkpoint_path"]
-        if checkpoint != store.BASELINE:
-            path = Path(checkpoint)
+        checkpoint, path = row["checkpoint_path"], checkpoint_file(row["checkpoint_path"])
+        if path is not None:  # the classical filter travels as its name
             if not path.is_file():
                 raise UserError(f"The checkpoint {path.name} is no longer on the dashboard's machine: choose another.")
             checkpoint = {"sha256": file_hash(path), "name": path.name}
@@ -426,9 +426,10 @@ def _job_input(row: dict) -> tuple[str, Path]:
 
 def job_checkpoint(request: Request, body: None) -> Path:
     row = _held_job(request.path_params["job_id"], _worker_id(None, request))
-    if row["checkpoint_path"] == store.BASELINE:
+    path = checkpoint_file(row["checkpoint_path"])
+    if path is None:
         raise UserError("This job uses the classical vesselness filter: it has no checkpoint to download.")
-    return Path(row["checkpoint_path"])
+    return path
 
 
 def job_input(request: Request, body: None) -> Path:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.inference.predictor import checkpoint_file
 from storage import db as store
 from storage import paths
 
@@ -114,7 +115,7 @@ def _in_use() -> tuple[set[str], set[str], list[Path]]:
     """(active model ids, checkpoint files read by active jobs, data paths read or written by active work)."""
     models = store.list_models(status=store.ACTIVE_STATUSES)
     jobs = store.active_inference_jobs()
-    checkpoints = {str(Path(j["checkpoint_path"]).resolve()) for j in jobs if j["checkpoint_path"] != store.BASELINE}
+    checkpoints = {str(file.resolve()) for j in jobs if (file := checkpoint_file(j["checkpoint_path"])) is not None}
     data = [Path(m["dataset"]) for m in models if m["dataset"]] + [Path(j["input_path"]) for j in jobs]
     return {m["id"] for m in models}, checkpoints, data
 

@@ -3,8 +3,9 @@ with the model's recommended settings, metrics against a ground truth, masks out
 The pretrained model shipped with the program is offered too, after the user's own models."""
 import streamlit as st
 
-from engine.pretrained import PRETRAINED_ID, PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
-from ui.maps import checkpoint_mtime, dashboard_checkpoint, load_checkpoint
+from engine.inference.predictor import SHIPPED
+from engine.pretrained import PRETRAINED_ID, PRETRAINED_NAME, pretrained_available
+from ui.maps import predictor_of
 from ui.readers import list_models, model_checkpoints
 from ui.runtime import run_page
 from ui.inference_workspace import checkpoint_label, monitor_of, save_preset_controls, start_from, workspace
@@ -62,12 +63,11 @@ def main() -> None:
 
 def shipped_model(own_models: bool) -> None:
     """The pretrained model shipped with the program, with its recommended settings."""
-    source = str(PRETRAINED_PATH)
     st.caption("A U-Net trained with this program's default recipe on the 20 DRIVE training images; for research "
                "use, not for diagnosis." + ("" if own_models else " Models you train on the Train page are "
                                             "listed here too."))
-    recommended = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source)).recommended_postprocess
-    workspace(source, key="mi", start=start_from(None, "mi", recommended, scope=PRETRAINED_ID))
+    recommended = predictor_of(SHIPPED).recommended_settings()
+    workspace(SHIPPED, key="mi", start=start_from(None, "mi", recommended, scope=PRETRAINED_ID))
 
 
 run_page(main, "showing the model inference page")

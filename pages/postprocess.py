@@ -3,7 +3,8 @@ view (estimated, an uploaded mask, or the whole image) and tune every post-proce
 classical vesselness map, live."""
 import streamlit as st
 
-from ui.maps import BASELINE_SOURCE, probability_map
+from engine.inference.predictor import CLASSICAL
+from ui.maps import probability_map
 from ui.runtime import run_page
 from ui.tuner import postprocess_tuner
 from ui.uploads import matching_mask, upload_image
@@ -31,7 +32,7 @@ def main() -> None:
         return
     truth = matching_mask(image, truth_up, "ground-truth mask")
     fov = field_of_view(image, key="pp", upload_key="pp_fov")
-    prob = probability_map(BASELINE_SOURCE, image, fov.mask)
+    prob = probability_map(CLASSICAL, image, fov.mask)
     postprocess_tuner(prob, image.array, key="pp", fov=fov.mask, truth=truth, file_stem=image.stem, fov_scope=fov.scope)
 
 

@@ -232,3 +232,32 @@ def test_the_registry_deletes_rows_never_files():
 
 def test_a_file_deletion_would_be_found():
     assert _deletes_files(ast.parse("shutil.rmtree(folder)"))
+
+
+# The stored value that names the classical filter (an inference job's checkpoint_path, a preset's model id,
+# an API model id) is spelled once in the vocabulary; everything else asks engine.inference.predictor.
+MAGIC_SOURCE = "baseline"
+SPELLS_THE_SOURCE = {"storage/db.py", "engine/inference/predictor.py"}
+
+
+def _magic_strings(tree: ast.AST) -> list[int]:
+    """Lines of string constants that are exactly the classical filter's stored name (sentences that merely
+    mention the word are not)."""
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.strip() == MAGIC_SOURCE]
+
+
+@pytest.mark.parametrize("path", [p for p in PROGRAM if _id(p) not in SPELLS_THE_SOURCE], ids=_id)
+def test_the_classical_filter_is_named_through_the_predictor(path):
+    """A ``"baseline"`` literal outside the vocabulary is a second dispatch between the kinds of source:
+    use ``engine.inference.predictor`` (``CLASSICAL``, ``Predictor(source).kind``, ``checkpoint_file``)."""
+    assert _magic_strings(_tree(path)) == []
+
+
+def test_a_magic_source_string_would_be_found():
+    assert _magic_strings(ast.parse("if checkpoint == 'baseline':\n    pass")) == [1]
+
+
+def test_the_vocabulary_still_spells_the_stored_value():
+    """Old rows, presets and API clients say "baseline": the value itself must not change."""
+    assert {_id(p) for p in PROGRAM if _magic_strings(_tree(p))} == {"storage/db.py"}

@@ -17,16 +17,17 @@ import numpy as np
 import streamlit as st
 
 from engine.inference.batch import unique_names
+from engine.inference.predictor import Predictor
 from engine.fov import estimate_fov, fov_diameter
 from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
-from ui.maps import BASELINE_SOURCE, checkpoint_mtime, dashboard_checkpoint, load_checkpoint, probability_map
+from ui.maps import predictor_of, probability_map
 from ui.readers import forget_queries, list_inference_jobs, list_models, list_presets
 from ui.runtime import sentence_of
 from ui.tuner import postprocess_tuner, tuner_settings
 from ui.uploads import matching_mask, Upload, upload_image, upload_images
 from storage import paths
-from storage.db import BASELINE, JOB_ACTIVE_STATUSES, age_seconds
+from storage.db import JOB_ACTIVE_STATUSES, age_seconds
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,14 +82,14 @@ def field_of_view(image: Upload, *, key: str, upload_key: str | None = None) -> 
 
 def scale_control(source: str, *, key: str) -> str | float:
     """The 'Image scale' control: ``"auto"`` (the default), ``"none"`` or a resize factor. The classical
-    filter works at the photograph's own size, so the control is disabled for it."""
-    baseline = source == BASELINE_SOURCE
+    filter brings its own scale, so the control is disabled for it."""
+    fixed = not predictor_of(source).scale_control
     mode = st.radio("Image scale", list(SCALE_CHOICES), format_func=SCALE_CHOICES.get, key=f"{key}_scale",
-                    horizontal=True, disabled=baseline,
+                    horizontal=True, disabled=fixed,
                     help="Automatic resizes the photograph so that its field of view is as wide, in pixels, as "
                          "the model's training images were; the map is resized back to the photograph's size.")
-    if mode != "factor" or baseline:
-        return "none" if baseline else (mode or "auto")
+    if mode != "factor" or fixed:
+        return "auto" if fixed else (mode or "auto")
     return float(st.number_input("Resize factor", min_value=0.05, max_value=20.0, value=1.0, step=0.05,
                                  key=f"{key}_scale_factor", help="Below 1 shrinks the photograph before the model "
                                  "sees it, above 1 enlarges it; the map is resized back to the photograph's size."))
@@ -96,27 +97,22 @@ def scale_control(source: str, *, key: str) -> str | float:
 
 def scale_note(source: str, image: np.ndarray, fov: np.ndarray, scale: str | float) -> str:
     """What the image scale does to ``image`` (uint8 (H, W, 3)) with this model and field of view, in words."""
-    if source == BASELINE_SOURCE:  # the filter's sigmas suit one scale: it resizes on its own (scale "auto")
-        from engine.vesselness import FOV_DIAMETER, baseline_scale
-
-        factor, (h, w) = baseline_scale(fov), image.shape[:2]
+    predictor = predictor_of(source)
+    if not predictor.scale_control:  # the filter's sigmas suit one scale: it resizes on its own (scale "auto")
+        factor, (h, w) = predictor.scale_factor(fov), image.shape[:2]
         if factor == 1.0:
             return "Image scale: the classical filter uses the photograph as it is."
         return (f"Image scale: the classical filter sees the photograph ×{factor:.2f} ({round(w * factor):,}×"
-                f"{round(h * factor):,} px), so that its field of view is about {FOV_DIAMETER:,.0f} px across as its "
-                "filters expect; the map is resized back.")
-    from engine.inference.predict import DASHBOARD_TTA, TTA_WORDS
+                f"{round(h * factor):,} px), so that its field of view is about {predictor.fov_diameter:,.0f} px "
+                "across as its filters expect; the map is resized back.")
+    note = _scale_words(predictor, image, fov, scale)
+    words = predictor.tta_words
+    return f"{note} {words[0].upper()}{words[1:]}." if predictor.dashboard_tta else note
 
-    note = _scale_words(source, image, fov, scale)
-    return f"{note} {TTA_WORDS[0].upper()}{TTA_WORDS[1:]}." if DASHBOARD_TTA else note
 
-
-def _scale_words(source: str, image: np.ndarray, fov: np.ndarray, scale: str | float) -> str:
+def _scale_words(predictor, image: np.ndarray, fov: np.ndarray, scale: str | float) -> str:
     """What the image scale does to ``image`` with this model (not the classical filter), in words."""
-    from engine.inference.predict import resolve_scale
-
-    loaded = load_checkpoint(dashboard_checkpoint(source), checkpoint_mtime(source))
-    factor, diameter, trained = resolve_scale(loaded, fov, scale), fov_diameter(fov), loaded.fov_diameter
+    factor, diameter, trained = predictor.scale_factor(fov, scale), fov_diameter(fov), predictor.fov_diameter
     h, w = image.shape[:2]
     size = f"{round(w * factor):,}×{round(h * factor):,} px"
     if scale == "none":
@@ -241,8 +237,7 @@ def workspace(source: str, *, key: str, start: StartPoint, linked: tuple[str, ..
     images = upload_images("Fundus images", key=f"{key}_images", multiple=True,
                            help="PNG, JPEG, TIFF, GIF, PPM or BMP, up to 40 megapixels each; several at once.")
     if not images:
-        what = "the classical filter's" if source == BASELINE_SOURCE else "the model's"
-        st.info(f"Upload one or more fundus photographs to see {what} vessel map (the images of a synthetic "
+        st.info(f"Upload one or more fundus photographs to see {predictor_of(source).whose} vessel map (the images of a synthetic "
                 f"data set are in `{paths.datasets_dir()}/synthetic_…/images/`).")
         return None, None
     names = [u.name for u in images]
@@ -278,7 +273,7 @@ def workspace(source: str, *, key: str, start: StartPoint, linked: tuple[str, ..
 
         st.download_button(f"Download the masks of all {len(images)} images (zip)", all_masks,
                            file_name="masks.zip", mime="application/zip", key=f"{key}_all_masks", on_click="ignore")
-    return "auto" if source == BASELINE_SOURCE else scale, config  # the classical filter always brings its own scale
+    return scale, config
 
 
 def save_preset_controls(model_id: str, key: str, config: PostProcessConfig | None) -> None:
@@ -340,9 +335,8 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
         config, words = tuned or start.config or PostProcessConfig(), "with the settings on screen"
     else:
         config, words, scale = start.config or PostProcessConfig(), start.words, "auto"
-    from engine.inference.predict import DASHBOARD_TTA, TTA_WORDS
-
-    flips = f"; {TTA_WORDS}" if DASHBOARD_TTA and source != BASELINE_SOURCE else ""
+    predictor = predictor_of(source)
+    flips = f"; {predictor.tta_words}" if predictor.dashboard_tta else ""
     st.fragment(_batch_sentence, key=batch_sentence_key(key))(f"{key}_tuner" if tuned is not None else None, config,
                                                              words, scale, flips)
     kind = st.radio("Images to process", ["Folder path", "Zip upload"], key=f"{key}_batch_kind", horizontal=True)
@@ -389,18 +383,14 @@ def batch_jobs(key: str, model_id: str | None = None) -> None:
     jobs = list_inference_jobs(model_id, 5)
     if not jobs:
         return
-    from engine.vesselness import BASELINE_NAME
-
-    from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH
-
-    names = {m["id"]: m["name"] for m in list_models()} | {BASELINE: BASELINE_NAME}
+    names = {m["id"]: m["name"] for m in list_models()}
     for row in jobs:
         job = inference_status(row["id"])
-        source = names.get(job["model_id"], job["model_id"] or "a checkpoint")
-        if job["checkpoint_path"] == str(PRETRAINED_PATH.resolve()):
-            source = PRETRAINED_NAME
-        elif job["model_id"] != BASELINE:
-            source += f" ({os.path.basename(job['checkpoint_path'])})"
+        predictor = Predictor(job["checkpoint_path"])  # describes itself without loading
+        if predictor.kind == "checkpoint":
+            source = f"{names.get(job['model_id'], job['model_id'] or 'a checkpoint')} ({predictor.name})"
+        else:
+            source = predictor.name
         with st.container(border=True):
             st.write(f"Job `{job['job_id']}` · {source} on `{input_name(job['input_path'])}` · "
                      f"started {(job['created_at'] or '')[11:16]} UTC · "

@@ -1,8 +1,8 @@
-"""Checkpoints the dashboard may load, and probability maps, cached.
+"""Checkpoints the dashboard may load, their predictors, and probability maps, cached.
 
-Probability maps are cached per (checkpoint path + mtime, image bytes hash, field of view, image scale), so
-moving a slider re-runs only post-processing. ``BASELINE_SOURCE`` stands for the classical filter wherever a
-checkpoint path goes.
+A source is a checkpoint path, ``SHIPPED`` or ``CLASSICAL`` (``engine.inference.predictor``). Predictors are
+cached per (source, mtime); probability maps per (source + mtime, image bytes hash, field of view, image
+scale), so moving a slider re-runs only post-processing.
 """
 from __future__ import annotations
 
@@ -13,33 +13,32 @@ import numpy as np
 import streamlit as st
 
 from engine.errors import UserError
-from engine.vesselness import vesselness_map
+from engine.inference.predictor import CLASSICAL, SHIPPED, Predictor, checkpoint_file
 from storage import paths
-from storage.db import BASELINE
 from ui.runtime import logger
 from ui.uploads import Upload, digest_array
 
-BASELINE_SOURCE = BASELINE  # stands for the classical filter wherever a checkpoint path goes
-
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def load_checkpoint(path: str, mtime: float):
-    """The loaded model of a checkpoint; ``mtime`` makes a rewritten best.pt load again."""
-    from engine.inference.predict import load_model  # torch loads only on pages that need it
+def load_predictor(source: str, mtime: float) -> Predictor:
+    """The predictor of a source, its model loaded; ``mtime`` makes a rewritten best.pt load again."""
+    return Predictor.open(source)  # torch loads only for a model
 
-    return load_model(path)
+
+def predictor_of(source: str) -> Predictor:
+    """The cached predictor of a source the dashboard may load (see :func:`dashboard_checkpoint`)."""
+    source = dashboard_checkpoint(source)
+    return load_predictor(source, checkpoint_mtime(source))
 
 
 def dashboard_checkpoint(path: str) -> str:
-    """``path`` when the dashboard may load it: the baseline, the shipped pretrained model, or a ``.pt`` file
-    inside the data home's models folder. Anything else (a path typed or pasted from elsewhere) is refused
+    """``path`` when the dashboard may load it: the classical filter, the shipped pretrained model, or a ``.pt``
+    file inside the data home's models folder. Anything else (a path typed or pasted from elsewhere) is refused
     with a sentence: checkpoints are pickles, and only this program's own files are trusted to hold them."""
-    if path == BASELINE_SOURCE:
+    if checkpoint_file(path) is None:
         return path
-    from engine.pretrained import PRETRAINED_PATH
-
-    if Path(path).resolve() == PRETRAINED_PATH.resolve():
-        return str(PRETRAINED_PATH.resolve())
+    if Path(path).resolve() == Path(SHIPPED).resolve():
+        return str(Path(SHIPPED).resolve())
     models = paths.models_dir()
     if not paths.is_inside(path, models):
         raise UserError(f"{path} is outside the data home's models folder ({models}): the dashboard loads only "
@@ -49,10 +48,11 @@ def dashboard_checkpoint(path: str) -> str:
 
 
 def checkpoint_mtime(path: str) -> float:
-    if path == BASELINE_SOURCE:
+    file = checkpoint_file(path)
+    if file is None:
         return 0.0
     try:
-        return Path(path).stat().st_mtime
+        return file.stat().st_mtime
     except FileNotFoundError:
         raise UserError(f"The checkpoint {path} no longer exists: pick another one.") from None
 
@@ -61,24 +61,21 @@ def checkpoint_mtime(path: str) -> float:
 def _probability_map(source: str, mtime: float, digest: str, fov_digest: str, scale: str | float,
                      _image: np.ndarray, _fov: np.ndarray | None) -> np.ndarray:
     t0 = time.monotonic()
-    if source == BASELINE_SOURCE:
-        prob = vesselness_map(_image, _fov)
-    else:
-        from engine.inference.predict import DASHBOARD_TTA, predict  # torch loads only on pages that need it
-
-        prob = predict(load_checkpoint(source, mtime), _image, fov=_fov, scale=scale, tta=DASHBOARD_TTA)
+    prob = load_predictor(source, mtime).predict(_image, _fov, scale).map  # flips as the dashboard does
     logger.info("probability map %s by %s, scale %s: %.1f s", _image.shape, Path(source).name, scale, time.monotonic() - t0)
     return prob
 
 
 def probability_map(source: str, image: Upload, fov: np.ndarray | None = None, scale: str | float = "auto") -> np.ndarray:
-    """float32 (H, W) probability map of ``image`` under a checkpoint path (or BASELINE_SOURCE), computed once per
-    (model, image, ``fov``, ``scale``); 0 outside ``fov`` (uint8 (H, W); estimated when None). ``scale``: see
-    ``engine.inference.predict.resolve_scale``. Raises UserError (a sentence) for a checkpoint the dashboard may not load."""
+    """float32 (H, W) probability map of ``image`` under a source (a checkpoint path, SHIPPED or CLASSICAL),
+    computed once per (model, image, ``fov``, ``scale``); 0 outside ``fov`` (uint8 (H, W); estimated when None).
+    ``scale``: see ``engine.inference.predict.resolve_scale``. Raises UserError (a sentence) for a checkpoint the
+    dashboard may not load."""
     source = dashboard_checkpoint(source)
     fov_digest = "estimated" if fov is None else digest_array(fov)
-    scale = "none" if source == BASELINE_SOURCE else scale  # one cache entry whatever the scale control says
     mtime = checkpoint_mtime(source)
+    if not load_predictor(source, mtime).scale_control:  # the classical filter brings its own scale: one entry
+        scale = "auto"
     # st.spinner shows only when the work lasts: a cached map (a slider move) draws nothing
     with st.spinner(map_progress_text(source, mtime, image.array, fov, scale)):
         return _probability_map(source, mtime, image.digest, fov_digest, scale, image.array, fov)
@@ -88,15 +85,6 @@ def map_progress_text(source: str, mtime: float, image: np.ndarray, fov: np.ndar
     """What computing the probability map of ``image`` (uint8 (H, W, 3)) does, in words, for its spinner:
     the size the model sees, or the classical filter."""
     h, w = image.shape[:2]
-    if fov is None:
-        factor = 1.0
-    elif source == BASELINE_SOURCE:
-        from engine.vesselness import baseline_scale
-
-        factor = baseline_scale(fov)
-    else:
-        from engine.inference.predict import resolve_scale
-
-        factor = resolve_scale(load_checkpoint(source, mtime), fov, scale)
-    size = f"{round(w * factor):,}×{round(h * factor):,} px"
-    return f"Computing the classical vesselness map at {size}…" if source == BASELINE_SOURCE else f"Predicting at {size}…"
+    predictor = load_predictor(source, mtime)
+    factor = 1.0 if fov is None else predictor.scale_factor(fov, scale if predictor.scale_control else "auto")
+    return predictor.progress_words(f"{round(w * factor):,}×{round(h * factor):,} px")

@@ -10,7 +10,7 @@ import numpy as np
 
 from engine.cli.common import CliError, read_json
 
-def _postprocess_config(args: argparse.Namespace, loaded) -> tuple[Any, str]:
+def _postprocess_config(args: argparse.Namespace, predictor) -> tuple[Any, str]:
     """(PostProcessConfig or None for a plain threshold, words saying which) chosen by the options.
 
     ``--postprocess`` reads a file; ``--recommended`` (and predict without ``--raw`` or ``--threshold``) takes
@@ -23,8 +23,9 @@ def _postprocess_config(args: argparse.Namespace, loaded) -> tuple[Any, str]:
                 f"the settings in {args.postprocess}")
     plain = getattr(args, "raw", False) or args.threshold is not None
     if getattr(args, "recommended", False) or (args.command == "predict" and not plain):
-        if loaded.recommended_postprocess:
-            return PostProcessConfig.from_dict(loaded.recommended_postprocess), "the model's recommended settings"
+        recommended = predictor.recommended_settings()
+        if recommended:
+            return PostProcessConfig.from_dict(recommended), "the model's recommended settings"
         return PostProcessConfig(), "the default post-processing (the model has no recommended settings)"
     threshold = 0.5 if args.threshold is None else args.threshold
     args.threshold = threshold
@@ -53,11 +54,11 @@ def _input_images(path: Path) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from engine.fov import estimate_fov
     from engine.imageio import encode_png, read_image
-    from engine.inference.predict import load_model, predict, resolve_scale
+    from engine.inference.predictor import Predictor
     from storage.paths import atomic_write_bytes
 
-    loaded = load_model(args.checkpoint)
-    cfg, settings_words = _postprocess_config(args, loaded)
+    predictor = Predictor.open(args.checkpoint)
+    cfg, settings_words = _postprocess_config(args, predictor)
     files = _input_images(Path(args.input))
     out = Path(args.output)
     existing = next((p for p in (out, *out.parents) if p.exists()), None)  # the folder, or what would hold it
@@ -67,11 +68,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in files:
         image = read_image(path)
         fov = estimate_fov(image)
-        prob = predict(loaded, image, tta=args.tta, fov=fov, scale=args.scale)
+        prediction = predictor.predict(image, fov, scale=args.scale, tta=args.tta)
+        prob, factor = prediction.map, prediction.factor
         mask = _binarise(prob, cfg, args.threshold, fov)  # nothing outside the FOV
         atomic_write_bytes(out / f"{path.stem}_prob.png", encode_png((prob * 255 + 0.5).astype(np.uint8)))
         atomic_write_bytes(out / f"{path.stem}_mask.png", encode_png(mask))
-        factor = resolve_scale(loaded, fov, args.scale)
         print(f"{path.name}: {out / (path.stem + '_mask.png')} ({mask.mean() * 100:.1f}% vessel pixels; "
               f"estimated field of view; resized ×{factor:.3g} for the model"
               f"{'; flip test-time augmentation' if args.tta else ''})")
@@ -89,27 +90,29 @@ def _plain(value: Any) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.training.data import load_dataset
-    from engine.inference.predict import load_model, predict, resolve_scale
+    from engine.inference.predictor import Predictor
     from engine.metrics import pooled_metrics, segmentation_metrics
 
-    loaded = load_model(args.checkpoint)
-    cfg, settings_words = _postprocess_config(args, loaded)
+    predictor = Predictor.open(args.checkpoint)
+    cfg, settings_words = _postprocess_config(args, predictor)
     ds = load_dataset(args.data)
     probs, preds, masks, fovs, per_image = [], [], [], [], []
     for i, sample in enumerate(ds.pairs):
         image, mask, fov = ds.raw(i)  # the supplied FOV mask, or the estimated one
-        prob = predict(loaded, image, tta=args.tta, fov=fov, scale=args.scale)
+        prediction = predictor.predict(image, fov, scale=args.scale, tta=args.tta)
+        prob = prediction.map
         pred = _binarise(prob, cfg, args.threshold, fov)
         m = segmentation_metrics(pred, mask, fov, threshold=0.5)
         m["roc_auc"] = segmentation_metrics(prob, mask, fov, threshold=args.threshold)["roc_auc"]
         per_image.append({"id": sample.id, **_plain(m), "fov": "supplied" if sample.fov_path else "estimated",
-                          "scale_factor": resolve_scale(loaded, fov, args.scale)})
+                          "scale_factor": prediction.factor})
         probs.append(prob), preds.append(pred), masks.append(mask), fovs.append(fov)
     # Pooled over every FOV pixel of the set, as the papers count; AUC always ranks the probabilities.
     pooled = pooled_metrics(list(zip(preds, masks, fovs)), threshold=0.5)
     pooled["roc_auc"] = pooled_metrics(list(zip(probs, masks, fovs)), threshold=args.threshold)["roc_auc"]
-    result = {**_plain(pooled), "n_images": len(per_image), "layout": ds.layout, "checkpoint": str(loaded.path),
-              "model_fov_diameter": loaded.fov_diameter, "scale": args.scale,
+    result = {**_plain(pooled), "n_images": len(per_image), "layout": ds.layout,
+              "checkpoint": str(Path(predictor.source)),
+              "model_fov_diameter": predictor.fov_diameter, "scale": args.scale,
               "postprocess": cfg.to_dict() if cfg is not None else {"threshold": args.threshold},
               "postprocess_used": settings_words, "tta": bool(args.tta),
               "per_image": per_image}

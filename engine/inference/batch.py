@@ -1,7 +1,7 @@
 """Batch inference over a folder or a zip of images, as run by the worker's ``run_inference_task``.
 
-For every image: a probability map (a trained U-Net checkpoint, or the classical vesselness baseline
-when the checkpoint is ``"baseline"``), then ``enhanced_post_processing`` with the job's settings.
+For every image: a probability map (``engine.inference.predictor.Predictor``: a trained checkpoint, the
+shipped model or the classical vesselness filter), then ``enhanced_post_processing`` with the job's settings.
 Outputs, all written atomically into ``inference/<job_id>/``::
 
     prob/<name>.png     probability × 255 (uint8 grey)
@@ -29,6 +29,7 @@ import numpy as np
 from engine.errors import UserError, WorkerShutdown
 from engine.fov import estimate_fov
 from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, is_image_name, list_images, read_image
+from engine.inference.predictor import CLASSICAL, Predictor, checkpoint_file
 from storage import archives, paths
 from storage import db as store
 
@@ -44,10 +45,11 @@ def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, di
     from engine.postprocess import PostProcessConfig
 
     checkpoint = str(checkpoint_path)
-    if checkpoint != store.BASELINE:
+    if checkpoint_file(checkpoint) is not None:
         ckpt = Path(checkpoint).expanduser()
         if not ckpt.is_file():
-            raise UserError(f"No checkpoint file at {checkpoint}: choose a checkpoint from the list, or 'baseline'.")
+            raise UserError(f"No checkpoint file at {checkpoint}: choose a checkpoint from the list, or "
+                            f"'{CLASSICAL}'.")
         checkpoint = str(ckpt.resolve())
     source = Path(input_path).expanduser()
     if source.is_file() and source.suffix.lower() == ".zip":
@@ -81,28 +83,14 @@ def _output_names(files: list[Path], root: Path) -> list[str]:
     return unique_names(["__".join(file.relative_to(root).with_suffix("").parts) for file in files], ".png")
 
 
-def load_predictor(checkpoint: str, scale: str | float = "auto") -> Callable[[np.ndarray, np.ndarray], tuple]:
-    """A function (image_rgb, fov) -> (probability map, resize factor used) for a checkpoint path or
-    ``"baseline"`` (the classical filter)."""
-    if checkpoint == store.BASELINE:
-        from engine.vesselness import baseline_scale, vesselness_map
-
-        return lambda image, fov: (vesselness_map(image, fov, scale), baseline_scale(fov, scale))
-    from engine.inference.predict import DASHBOARD_TTA, load_model, predict, resolve_scale
-
-    loaded = load_model(checkpoint)
-    return lambda image, fov: (predict(loaded, image, fov=fov, scale=scale, tta=DASHBOARD_TTA),
-                               resolve_scale(loaded, fov, scale))
-
-
-def _one_image(file: Path, name: str, out: Path, predictor, pp_config) -> dict:
+def _one_image(file: Path, name: str, out: Path, predictor: Predictor, scale: str | float, pp_config) -> dict:
     from engine.postprocess import enhanced_post_processing
 
     t0 = time.monotonic()
     image = read_image(file)
     fov = estimate_fov(image)
-    prob, factor = predictor(image, fov)
-    prob = np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0)
+    prediction = predictor.predict(image, fov, scale)
+    prob, factor = np.clip(np.asarray(prediction.map, dtype=np.float32), 0.0, 1.0), prediction.factor
     result = enhanced_post_processing(prob, config=pp_config, fov=fov)
     paths.atomic_write_bytes(out / "prob" / name, encode_png(np.round(prob * 255).astype(np.uint8)))
     paths.atomic_write_bytes(out / "masks" / name, encode_png(result.mask.astype(np.uint8)))
@@ -125,15 +113,13 @@ def job_scale(row: dict) -> str | float:
 
 def job_settings(row: dict, pp_config) -> dict:
     """What a job's results were made with, written beside them as settings.json."""
-    from engine.inference.predict import DASHBOARD_TTA, TTA_WORDS
     from engine.training.checkpoint import versions
 
     checkpoint = row["checkpoint_path"]
-    baseline = checkpoint == store.BASELINE
-    return {"checkpoint": checkpoint, "model_id": row.get("model_id"),
-            "model": "classical vesselness filter" if baseline else Path(checkpoint).name,
+    predictor = Predictor(checkpoint)  # describes itself without loading
+    return {"checkpoint": checkpoint, "model_id": row.get("model_id"), "model": predictor.words,
             "postprocess": pp_config.to_dict(), "scale": job_scale(row), "field_of_view": "estimated from each image",
-            "test_time_augmentation": TTA_WORDS if DASHBOARD_TTA and not baseline else "none",
+            "test_time_augmentation": predictor.tta_words,
             "input": row["input_path"], "versions": versions()}
 
 
@@ -187,7 +173,7 @@ def run_images(row: dict, out: Path, source: Path, on_progress: Callable[..., No
     if len(files) > MAX_IMAGES:
         raise UserError(f"{source.name} holds {len(files)} images; the limit per job is {MAX_IMAGES}: split it.")
     pp_config = PostProcessConfig.from_dict(json.loads(row["postprocess"] or "{}"))
-    predictor = load_predictor(checkpoint or row["checkpoint_path"], job_scale(row))
+    predictor, scale = Predictor.open(checkpoint or row["checkpoint_path"]), job_scale(row)
     on_progress(n_total=len(files), n_done=0, n_failed=0, progress=0.0)
     stats, failed, stopped = [], 0, False
     for i, (file, name) in enumerate(zip(files, _output_names(files, root)), start=1):
@@ -197,7 +183,7 @@ def run_images(row: dict, out: Path, source: Path, on_progress: Callable[..., No
             stopped = True
             break
         try:
-            record = _one_image(file, name, out, predictor, pp_config)
+            record = _one_image(file, name, out, predictor, scale, pp_config)
         except (ImageReadError, ValueError) as exc:
             failed += 1
             record = {"error": str(exc)}

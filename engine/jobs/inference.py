@@ -40,18 +40,20 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
                     model_id: str | None = None, scale: str | float = "auto", queue: str | None = None) -> str:
     """Queue a batch inference over a folder of images or a .zip; returns the job id.
 
-    ``checkpoint_path`` is a ``.pt`` file or ``"baseline"`` (the classical vesselness filter); ``scale``
+    ``checkpoint_path`` is a source of ``engine.inference.predictor``: a ``.pt`` file, or ``CLASSICAL`` (the
+    classical vesselness filter); ``scale``
     (``"auto"``, ``"none"`` or a factor; see ``engine.inference.predict.resolve_scale``) is how each photograph is
     resized for the model; ``queue`` the named Redis queue (default ``inference``; ignored on the SQLite queue
     file). Raises ValueError with a sentence for anything unusable; nothing is queued then.
     """
     from engine.inference.batch import check_inputs
+    from engine.inference.predictor import CLASSICAL
     from engine.fov import parse_scale
 
     scale = parse_scale(scale)
     queue = check_queue(queue, INFERENCE)
     checkpoint, source, settings = check_inputs(checkpoint_path, input_path, postprocess)
-    if model_id is not None and model_id != store.BASELINE:
+    if model_id is not None and model_id != CLASSICAL:
         store.get_model(model_id)
     q = queue_for(queue)
     job_id = store.create_inference_job(checkpoint, source, settings, model_id=model_id, scale=str(scale))

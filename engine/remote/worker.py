@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from huey.exceptions import RetryTask
 
 from engine.errors import UserError, error_text
+from engine.inference.predictor import CLASSICAL
 from engine.jobs import queue as queues
 from engine.jobs.liveness import ActiveWork
 from engine.remote.client import Dashboard, DashboardError
@@ -207,8 +208,8 @@ class RemoteLink:
                     log.exception("could not report the failure of job %s", job_id)
 
     def _job_checkpoint(self, job_id: str, info: Any) -> str:
-        if info == store.BASELINE:
-            return store.BASELINE
+        if info == CLASSICAL:  # the classical filter needs no file
+            return CLASSICAL
         digest = info["sha256"]
         path = paths.data_home() / "cache" / "checkpoints" / f"{digest}.pt"
         if not path.is_file():
