@@ -103,7 +103,7 @@ def _controls(key: str, base: dict) -> PostProcessConfig:
     """Every PostProcessConfig option as a widget; returns the settings they show.
 
     Raises:
-        ValueError: the settings do not go together (e.g. hysteresis low above the threshold), with a
+        UserError: the settings do not go together (e.g. hysteresis low above the threshold), with a
             sentence saying which value to change.
     """
     v = {}

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from engine.errors import UserError
+from engine.fields import Field
 from engine.training.data import CHANNELS, NORMALIZATIONS
 from engine.training.losses import LOSS_NAMES
 
@@ -71,36 +72,15 @@ class TrainingConfig:
     calibrate_postprocess: bool = True  # search post-processing on the validation images at the end
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = _FIELD_TYPES[f.name]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-            elif kind is bool and not isinstance(value, bool):
-                raise ValueError(f"{f.name} must be true or false, not {value!r}.")
-            elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{f.name} must be a whole number, not {value!r}.")
-            elif kind is str and not isinstance(value, str):
-                raise ValueError(f"{f.name} must be text, not {value!r}.")
-            elif kind is float and (isinstance(value, bool) or not isinstance(value, float)):
-                raise ValueError(f"{f.name} must be a number, not {value!r}.")
-        for name, (low, high, low_open) in _RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, not {value}.")
-            if value < low or value > high or (low_open and value == low):
-                lower = f"greater than {low:g}" if low_open else f"at least {low:g}"
-                raise ValueError(f"{name} must be {lower} and at most {high:g}, not {value:g}.")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} {getattr(self, name)!r} is not known: choose one of {', '.join(allowed)}.")
+        for name, spec in FIELDS.items():
+            object.__setattr__(self, name, spec.check(getattr(self, name), name))
         if self.patch_size % 2 ** self.depth:
-            raise ValueError(
+            raise UserError(
                 f"patch_size {self.patch_size} must be a multiple of 2**depth = {2 ** self.depth}: "
                 f"use {self.patch_size // 2 ** self.depth * 2 ** self.depth or 2 ** self.depth}."
             )
         if self.lr_schedule == "cosine" and self.min_learning_rate > self.learning_rate:
-            raise ValueError("min_learning_rate must not exceed learning_rate.")
+            raise UserError("min_learning_rate must not exceed learning_rate.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,22 +88,20 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
         if not isinstance(data, dict):
-            raise ValueError(f"A training config must be a JSON object, not {type(data).__name__}.")
-        unknown = sorted(set(data) - set(_FIELD_TYPES))
+            raise UserError(f"A training config must be a JSON object, not {type(data).__name__}.")
+        unknown = sorted(set(data) - set(FIELDS))
         if unknown:
-            raise ValueError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+            raise UserError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
         return cls(**data)
 
     def with_updates(self, **changes: Any) -> "TrainingConfig":
-        unknown = sorted(set(changes) - set(_FIELD_TYPES))
+        unknown = sorted(set(changes) - set(FIELDS))
         if unknown:
-            raise ValueError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+            raise UserError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
         return replace(self, **changes)
 
 
-_FIELD_TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type]
-                                 for f in fields(TrainingConfig)}
-# name: (low, high, low is excluded)
+# name: (low, high, low is excluded); every number has a range
 _RANGES = {
     "base_channels": (1, 256, False), "depth": (1, 6, False), "dropout_rate": (0.0, 0.9, False),
     "dice_weight": (0.0, 1.0, False), "focal_alpha": (0.0, 1.0, False), "focal_gamma": (0.0, 10.0, False),
@@ -144,6 +122,12 @@ CHOICES = {
     "lr_schedule": SCHEDULES, "early_stopping_monitor": MONITORS, "device": DEVICES,
     "precision": PRECISIONS,
 }
+# Every option's spec (strict: typed values from JSON, the CLI and the form), checked in __post_init__.
+FIELDS: dict[str, Field] = {
+    f.name: Field({"int": int, "float": float, "bool": bool, "str": str}[f.type], f.default,
+                  *_RANGES.get(f.name, (None, None, False)), choices=CHOICES.get(f.name, ()))
+    for f in fields(TrainingConfig)
+}
 # Settings that shape the network or its input; a resumed run must keep them.
 ARCHITECTURE_KEYS = ("base_channels", "depth", "channel", "clahe", "normalization")
 
@@ -158,13 +142,13 @@ def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict
     Returns:
         A validated ``TrainingConfig`` dict.
     Raises:
-        ValueError: ``changes`` is not an object, names an unknown option, or makes an invalid config
+        UserError: ``changes`` is not an object, names an unknown option, or makes an invalid config
             (the sentence names the option).
     """
     if not isinstance(changes, dict):
-        raise ValueError(f"The changed training options must be a JSON object such as {{\"epochs\": 40}}, "
+        raise UserError(f"The changed training options must be a JSON object such as {{\"epochs\": 40}}, "
                          f"not {type(changes).__name__}.")
-    base = {k: v for k, v in (stored or {}).items() if k in _FIELD_TYPES}  # a retired option is dropped
+    base = {k: v for k, v in (stored or {}).items() if k in FIELDS}  # a retired option is dropped
     return TrainingConfig.from_dict(base).with_updates(**changes).to_dict()
 
 
@@ -184,19 +168,19 @@ def more_time_changes(config: dict[str, Any], trained_minutes: float, epochs_don
     Returns:
         ``{"max_minutes": …, "epochs": …}`` to pass to ``config_with_changes``.
     Raises:
-        ValueError: ``more_minutes`` is not a positive number.
+        UserError: ``more_minutes`` is not a positive number.
     """
     if isinstance(more_minutes, bool) or not isinstance(more_minutes, (int, float)) or not more_minutes > 0:
-        raise ValueError(f"The minutes to train on must be a number above 0, not {more_minutes!r}.")
+        raise UserError(f"The minutes to train on must be a number above 0, not {more_minutes!r}.")
     per_epoch = max(trained_minutes, 1e-3) / max(epochs_done, 1)
     # half again the epochs the time would fit at this pace, so a faster stretch still ends by the clock
     needed = epochs_done + math.ceil(1.5 * more_minutes / per_epoch) + 1
-    epochs = min(max(int(config.get("epochs", 1)), needed), _RANGES["epochs"][1])
+    epochs = min(max(int(config.get("epochs", 1)), needed), FIELDS["epochs"].high)
     return {"max_minutes": round(trained_minutes + float(more_minutes), 2), "epochs": epochs}
 
 
 def _known() -> str:
-    return "known options are " + ", ".join(_FIELD_TYPES) + "."
+    return "known options are " + ", ".join(FIELDS) + "."
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:
@@ -204,10 +188,10 @@ def parse_set_option(text: str) -> tuple[str, Any]:
     key, sep, raw = str(text).partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
-        raise ValueError(f"--set expects key=value (for example learning_rate=0.001), not {text!r}.")
-    if key not in _FIELD_TYPES:
-        raise ValueError(f"Unknown training option {key!r}: {_known()}")
-    kind = _FIELD_TYPES[key]
+        raise UserError(f"--set expects key=value (for example learning_rate=0.001), not {text!r}.")
+    if key not in FIELDS:
+        raise UserError(f"Unknown training option {key!r}: {_known()}")
+    kind = FIELDS[key].kind
     try:
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
@@ -219,7 +203,7 @@ def parse_set_option(text: str) -> tuple[str, Any]:
             return key, float(raw)
     except ValueError:
         what = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
-        raise ValueError(f"{key} must be {what}, not {raw!r}.") from None
+        raise UserError(f"{key} must be {what}, not {raw!r}.") from None
     return key, raw
 
 
