@@ -206,3 +206,23 @@ def test_the_registry_deletes_rows_never_files():
 
 def test_a_file_deletion_would_be_found():
     assert _deletes_files(ast.parse("shutil.rmtree(folder)"))
+
+
+def _spelled_vocabularies(tree: ast.AST) -> list[int]:
+    """Lines of list or tuple literals that spell out a post-processing vocabulary (the threshold modes, the
+    kernel shapes) instead of taking it from the option's spec."""
+    from engine.postprocess.config import KERNEL_SHAPES, THRESHOLD_MODES
+
+    words = [set(THRESHOLD_MODES), set(KERNEL_SHAPES)]
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, (ast.List, ast.Tuple))
+            and node.elts and all(isinstance(e, ast.Constant) for e in node.elts)
+            and {e.value for e in node.elts} in words]
+
+
+@pytest.mark.parametrize("path", sorted([*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py")]), ids=_id)
+def test_widgets_take_the_choices_from_the_spec(path):
+    assert _spelled_vocabularies(_tree(path)) == []
+
+
+def test_a_spelled_vocabulary_would_be_found():
+    assert _spelled_vocabularies(ast.parse('st.selectbox("Mode", ["fixed", "otsu", "hysteresis"])')) == [1]

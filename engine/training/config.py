@@ -122,10 +122,72 @@ CHOICES = {
     "lr_schedule": SCHEDULES, "early_stopping_monitor": MONITORS, "device": DEVICES,
     "precision": PRECISIONS,
 }
+# What each option does and its usual range, in the words the Train page's form shows beside it.
+HELP = {
+    "epochs": ("Upper limit; early stopping usually ends the run sooner."),
+    "batch_size": ("Patches per optimiser step. Lower it if memory runs out."),
+    "patch_size": ("Side of the square training patches; a multiple of 2^depth."),
+    "steps_per_epoch": ("Optimiser steps per epoch; validation runs after each epoch."),
+    "learning_rate": ("Peak learning rate of AdamW."),
+    "val_fraction": ("Share of the images held out for validation; 0 trains on every image and keeps "
+                     "the newest epoch (nothing is then calibrated or stopped early)."),
+    "seed": ("Same seed, same result on CPU: change it to check a result is not luck."),
+    "loss_function": ("Start with combined_dice_focal: Dice copes with thin vessels being a small "
+                              "share of the pixels, focal with the hard pixels at their edges."),
+    "dice_weight": ("Share of Dice in the combined loss; 0.7 is the recommended start."),
+    "focal_alpha": ("Focal weight of vessel pixels (background gets 1 − alpha)."),
+    "focal_gamma": ("Focal focusing exponent; 2 is the usual value."),
+    "tversky_alpha": ("Tversky weight of false positives."),
+    "tversky_beta": ("Tversky weight of false negatives; above alpha favours thin vessels."),
+    "weight_decay": ("Raise it (e.g. 1e-3) to reduce over-fitting: validation loss rising while "
+                                       "training loss falls."),
+    "dropout_rate": ("Dropout at the bottleneck; 0.1–0.3 reduces over-fitting."),
+    "ema_decay": ("Validate and save a moving average of the weights: steadier curves and a "
+                                    "better chosen checkpoint. 0.998 averages about the last 500 steps; 0 turns it off."),
+    "augment": ("Flips, rotations, zoom and brightness/contrast jitter: keep on for small data "
+                                  "sets."),
+    "max_zoom": ("With augmentation on, zoom patches by a random factor between 1/max_zoom and "
+                                   "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. "
+                                   "Photographs from one camera rarely need it."),
+    "any_angle": ("With augmentation on, rotate patches by any angle instead of only by multiples "
+                                    "of 90°."),
+    "camera_augment": ("With augmentation on, the share of patches cut from the photograph as "
+                                         "another camera would take it: colour cast, gamma and contrast, uneven "
+                                         "illumination, blur or sharpening, JPEG, sensor noise. 0 turns it off; "
+                                         "for photographs of other cameras than the training set's."),
+    "early_stopping_monitor": ("val_dice (higher is better) or val_loss (lower is better)."),
+    "early_stopping_patience": ("Epochs without improvement before stopping; 10–20 is a "
+                                                         "good range. 0 never stops early."),
+    "min_delta": ("Smallest change that counts as an improvement."),
+    "lr_schedule": ("cosine anneals to the minimum LR; plateau lowers it when stuck."),
+    "min_learning_rate": ("Floor of the cosine schedule."),
+    "plateau_factor": ("plateau: multiply the LR by this when stuck."),
+    "plateau_patience": ("plateau: epochs without improvement before lowering the LR."),
+    "max_minutes": ("Minutes of training; the run ends when they are used up. 0 = no time limit, the "
+                              "epochs end it. Measure this machine then sizes the run to fit them."),
+    "base_channels": ("Channels of the first U-Net level (doubling per level); more channels learn "
+                                  "finer detail and take longer per step."),
+    "depth": ("Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
+    "channel": ("Input channel: green has the best vessel contrast in fundus photographs; rgb "
+                            "gives the model all three."),
+    "clahe": ("Contrast-limited adaptive histogram equalisation before the network; saved with the "
+                          "model and applied again at inference."),
+    "normalization": ("zscore: per image inside the field of view; unit: divide by 255."),
+    "optimizer": ("AdamW, the only optimiser offered."),
+    "device": ("auto picks a CUDA GPU, then Apple MPS, then the CPU."),
+    "precision": ("auto trains in bfloat16 where the processor does it natively (faster), else "
+                              "float32. Prediction is always float32."),
+    "num_threads": ("Torch CPU threads; 0 leaves torch's default (all cores)."),
+    "checkpoint_every": ("Also keep epoch_XXX.pt every this many epochs; 0 keeps only best.pt and "
+                                     "last.pt."),
+    "calibrate_postprocess": ("At the end, search the post-processing settings that give the best "
+                                          "Dice on the validation images; the inference pages open with them."),
+}
 # Every option's spec (strict: typed values from JSON, the CLI and the form), checked in __post_init__.
 FIELDS: dict[str, Field] = {
     f.name: Field({"int": int, "float": float, "bool": bool, "str": str}[f.type], f.default,
-                  *_RANGES.get(f.name, (None, None, False)), choices=CHOICES.get(f.name, ()))
+                  *_RANGES.get(f.name, (None, None, False)), choices=CHOICES.get(f.name, ()),
+                  help=HELP.get(f.name, ""))
     for f in fields(TrainingConfig)
 }
 # Settings that shape the network or its input; a resumed run must keep them.
