@@ -48,6 +48,7 @@ from engine.pretrained import PRETRAINED_ID, pretrained_available, pretrained_en
 from storage import db as store
 from storage import paths
 from engine.errors import UserError, user_error
+from engine.fields import Field
 
 log = logging.getLogger("ml_manager.api")
 
@@ -171,19 +172,16 @@ def _model_id(body: dict, key: str = "model_id") -> str:
     return _text_value(value, key, "an id from GET /api/v1/models")
 
 
+FLAG = Field(bool, False)
+SETTINGS = Field(dict, what='a JSON object of settings such as {"epochs": 20}')
+
+
 def _flag(body: dict, key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise ApiError(400, f"'{key}' must be true or false, not {json.dumps(value)}.")
-    return value
+    return FLAG.check(body.get(key, FLAG.default), f"'{key}'", json.dumps)
 
 
 def _object(body: dict, key: str) -> dict:
-    value = body.get(key)
-    if not isinstance(value, dict):
-        raise ApiError(400, f"'{key}' must be a JSON object of settings such as {{\"epochs\": 20}}, "
-                            f"not {json.dumps(value)}.")
-    return value
+    return SETTINGS.check(body.get(key), f"'{key}'", json.dumps)
 
 
 def _query_flag(request: Request, key: str) -> bool:

@@ -56,6 +56,7 @@ from starlette.routing import Route
 from engine import jobs
 from engine.errors import UserError, number_or_none, user_error
 from engine.inference.predictor import checkpoint_file
+from engine.fields import Field
 from engine.jobs import lifecycle
 from engine.jobs.liveness import BEAT_S
 from storage import archives, paths
@@ -160,13 +161,14 @@ def _held_job(job_id: str, worker: str) -> dict:
     return row
 
 
+_NUMBERS = {int: Field(int), float: Field(float)}  # a worker's counts and scores: typed, finite
+
+
 def _number(body: dict, key: str, kind: type = int, optional: bool = True) -> Any:
     value = body.get(key)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise UserError(f"'{key}' must be a {'whole number' if kind is int else 'number'}, not {json.dumps(value)}.")
-    return value
+    return _NUMBERS[kind].check(value, f"'{key}'", json.dumps)
 
 
 async def _read_upload(request: Request) -> bytes:

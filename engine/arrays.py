@@ -15,7 +15,7 @@ def to_numpy(value: Any, what: str) -> np.ndarray:
     """A numpy array from a numpy array, a torch tensor (read without importing torch) or a list.
 
     Raises:
-        ValueError: naming ``what``, for complex or non-numeric data.
+        UserError: naming ``what``, for complex or non-numeric data.
     """
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
         value = value.detach().cpu()
@@ -34,7 +34,7 @@ def squeeze_to_2d(arr: np.ndarray, what: str) -> np.ndarray:
     """``arr`` without its leading size-1 dimensions, which must leave a non-empty (H, W) map.
 
     Raises:
-        ValueError: naming ``what`` and the shape, for anything else.
+        UserError: naming ``what`` and the shape, for anything else.
     """
     shape = arr.shape
     while arr.ndim > 2 and arr.shape[0] == 1:

@@ -9,18 +9,10 @@ anything else is a bug, logged with its traceback and shown as an internal error
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from storage.errors import UserError
 
 __all__ = ["UserError", "StopRequested", "WorkerShutdown", "user_error", "error_text", "number_or_none"]
-
-_ROOT = Path(__file__).resolve().parents[1]
-# These modules still raise plain ValueError sentences for users (the two config dataclasses' checks, the
-# training package's data, loss and model checks, prediction's shape and scale checks): they are being
-# reworked in another change and move to UserError there. Until then, a ValueError raised *inside* one of
-# them is taken as a sentence; a ValueError raised anywhere else is a bug. This tuple is the whole shim.
-PLAIN_SENTENCE_MODULES = ("engine/postprocess/", "engine/training/", "engine/inference/predict.py")
 
 
 class StopRequested(Exception):
@@ -31,19 +23,6 @@ class WorkerShutdown(RuntimeError):
     """The worker is shutting down; a batch job stops between two images."""
 
 
-def _raised_in(exc: BaseException) -> str:
-    """The file, relative to the project, of the innermost Python frame of ``exc``'s traceback ('' if none)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return ""
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    try:
-        return Path(tb.tb_frame.f_code.co_filename).resolve().relative_to(_ROOT).as_posix()
-    except ValueError:  # a frame outside the project (a library's own code): not one of ours
-        return ""
-
-
 def user_error(exc: BaseException) -> UserError | None:
     """``exc`` as the sentence a face shows, or None when it is a bug.
 
@@ -51,17 +30,10 @@ def user_error(exc: BaseException) -> UserError | None:
         exc: what a face (dashboard, HTTP API, CLI) caught.
 
     Returns:
-        ``exc`` itself when it is a :class:`UserError`; a ``UserError`` with its message when it is a plain
-        ``ValueError`` raised inside one of :data:`PLAIN_SENTENCE_MODULES`; None otherwise (log its traceback,
-        show "an internal error").
+        ``exc`` itself when it is a :class:`UserError`; None otherwise, a ``ValueError`` included (log its
+        traceback, show "an internal error").
     """
-    if isinstance(exc, UserError):
-        return exc
-    if isinstance(exc, ValueError) and _raised_in(exc).startswith(PLAIN_SENTENCE_MODULES):
-        error = UserError(str(exc))
-        error.__cause__ = exc
-        return error
-    return None
+    return exc if isinstance(exc, UserError) else None
 
 
 def error_text(exc: BaseException) -> str:

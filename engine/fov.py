@@ -61,7 +61,7 @@ def estimate_fov(image: np.ndarray) -> np.ndarray:
         uint8 {0, 1} mask (H, W). The whole image (all ones) when no dark surround is found.
 
     Raises:
-        ValueError: the array is not an image of one of the shapes above.
+        UserError: the array is not an image of one of the shapes above.
     """
     lum = np.ascontiguousarray(_as_rgb_or_gray(image), dtype=np.uint8)
     h, w = lum.shape
@@ -157,7 +157,7 @@ def parse_scale(value: Any) -> str | float:
     """``"auto"``, ``"none"`` or a positive resize factor, from what a user typed or sent.
 
     Raises:
-        ValueError: anything else, with a sentence saying what is accepted.
+        UserError: anything else, with a sentence saying what is accepted.
     """
     if isinstance(value, str):
         text = value.strip().lower()

@@ -2,7 +2,7 @@
 
 Every image enters the program here, converted once to RGB ``uint8`` (H, W, 3); every mask
 to ``uint8`` {0, 1} (H, W). Anything unreadable raises :class:`ImageReadError` (a
-``ValueError``) whose message says what was wrong and what to do. A gzip-compressed file
+``UserError``) whose message says what was wrong and what to do. A gzip-compressed file
 (``im0001.ppm.gz``) is inflated first, wherever an image or mask is read.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ Empty masks. A ratio whose denominator is zero is 1.0 when prediction and target
 everywhere inside the FOV for what that ratio measures, and 0.0 otherwise. So when both masks
 are empty dice, iou, precision, sensitivity and cldice are all 1.0; an empty prediction of a
 non-empty target gets precision 0.0 (and dice, iou, sensitivity 0.0); a prediction on an empty
-target gets sensitivity 0.0. An empty FOV raises ``ValueError``.
+target gets sensitivity 0.0. An empty FOV raises ``UserError``.
 """
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def vesselness_map(image_rgb: Any, fov: Any = None, scale: str | float = "auto")
             filters it as it is, a number resizes it by that factor.
 
     Raises:
-        ValueError: an image or FOV of the wrong shape or type, an empty FOV, an unknown ``scale``.
+        UserError: an image or FOV of the wrong shape or type, an empty FOV, an unknown ``scale``.
     """
     image = _check_image(image_rgb)
     if fov is None:

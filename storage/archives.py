@@ -220,7 +220,7 @@ def safe_extract_zip(
             inflated are counted too and stop the extraction at ``max_total_bytes``.
         dest: the folder to create.
         min_free_bytes: free disk space that must remain, checked before and while writing.
-        check: called with the unpacked (still hidden) folder before it is moved to ``dest``; a ValueError
+        check: called with the unpacked (still hidden) folder before it is moved to ``dest``; a UserError
             it raises refuses the archive like any other problem (e.g. ``engine.training.data.load_dataset``, so
             that a zip without a data set never appears among the data sets).
 
@@ -291,7 +291,7 @@ def unpack_dataset_zip(source: ZipSource, name: str, check: Callable[[Path], obj
     it already unpacked; another archive under the same name gets a folder of its own.
 
     Args:
-        check: judges the unpacked folder (e.g. ``engine.training.data.load_dataset``); a ValueError refuses the
+        check: judges the unpacked folder (e.g. ``engine.training.data.load_dataset``); a UserError refuses the
             upload. A folder that exists already is judged too, and removed when it fails (an older
             version kept refused uploads).
 
@@ -318,10 +318,10 @@ def unpack_dataset_zip(source: ZipSource, name: str, check: Callable[[Path], obj
 
 
 def _run_check(check: Callable[[Path], object], folder: Path) -> None:
-    """``check(folder)``; its ValueError becomes an ArchiveError that speaks of the archive, not the folder."""
+    """``check(folder)``; its UserError becomes an ArchiveError that speaks of the archive, not the folder."""
     try:
         check(folder)
-    except ValueError as exc:
+    except UserError as exc:
         text = str(exc)
         for where in {str(folder), str(folder.resolve())}:
             text = text.replace(where + os.sep, "").replace(where, "it")

@@ -235,7 +235,7 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
 
     Raises:
         DuplicateSubmissionError: a run with ``submission_key`` exists already (its id in ``.model_id``).
-        ValueError: an empty name or a config that is not a dict.
+        UserError: an empty name or a config that is not a dict.
     """
     if not isinstance(name, str) or not name.strip():
         raise UserError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
@@ -328,7 +328,7 @@ def retire_dataset(name: str, db: Database | None = None) -> Path:
     lock, so no run can be registered on it in between.
 
     Raises:
-        ValueError: ``name`` is no registered data set.
+        UserError: ``name`` is no registered data set.
         WrongStateError: a queued, running or stopping run trains on it (the message names the runs).
     """
     root = paths.datasets_dir()
@@ -411,7 +411,7 @@ def run_progress(row: dict) -> float | None:
 
 def request_stop(model_id: str, db: Database | None = None) -> str:
     """Ask a run to stop. Returns ``"cancelled"`` for a run that had not started (it is now failed with
-    stop_reason user_stop) or ``"stopping"`` for a running one; a finished run raises ValueError."""
+    stop_reason user_stop) or ``"stopping"`` for a running one; a finished run raises UserError."""
     with _use(db) as db, immediate(db):
         row = get_model(model_id, db=db)
         if row["status"] == "queued":

@@ -8,10 +8,10 @@ traceback.
 from __future__ import annotations
 
 
-class UserError(ValueError):
+class UserError(Exception):
     """A problem the user can fix; the message is the sentence shown to them.
 
-    It is still a ``ValueError`` so that code written against the engine's documented ``ValueError``
-    sentences (the config dataclasses, ``pytest.raises(ValueError)`` in callers' tests) keeps working;
-    the faces catch ``UserError``, never ``ValueError``.
+    It is deliberately not a ``ValueError``: a ``ValueError`` raised by a bug (a library's, a builtin's,
+    our own) must reach the log, never a user as if it were a sentence for them. Every check that speaks
+    to a user raises this (or a subclass); the faces catch only this.
     """

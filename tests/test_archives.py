@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 from storage import archives
+from storage.errors import UserError
 
 
 def _zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
@@ -152,7 +153,7 @@ def test_too_little_free_disk_space_is_refused_before_writing(home, tmp_path):
 
 def _refuse_without_images(folder):
     if not (folder / "images").is_dir():
-        raise ValueError(f"{folder} has no images/ folder: put the photographs in images/.")
+        raise UserError(f"{folder} has no images/ folder: put the photographs in images/.")
 
 
 @pytest.mark.parametrize("entries, kept", [

@@ -6,7 +6,7 @@ upload), a data set folder (``load_dataset``) or a training run on it (``train``
 (``storage.archives``), a training config (``TrainingConfig`` or the CLI's ``--set``), a checkpoint
 (``engine.inference.predict.load_model`` or the dashboard), the storage API and the CLI (``python -m engine``).
 
-The invariant checked for every row: only ``ValueError`` sentences come out (no other exception, no
+The invariant checked for every row: only ``UserError`` sentences come out (no other exception, no
 traceback text, no Streamlit exception element), nothing hangs (a per-test timeout), and the data home's
 completed run — every database row and every checkpoint file — is exactly as before. Each row runs in
 its own copy of a data home that holds one really trained, registered run.
@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from engine.errors import UserError
 from engine.training.data import load_dataset
 from engine.training.synthetic import make_synthetic_dataset, synthetic_sample
 from engine.imageio import encode_png, read_image
@@ -323,16 +324,16 @@ def evil_model_in_home(ctx: Ctx) -> str:
 # --------------------------------------------------------------------------- entry points
 @dataclasses.dataclass
 class Seen:
-    errors: list[str]  # sentences shown as errors (st.error, a ValueError, a CLI's stderr)
+    errors: list[str]  # sentences shown as errors (st.error, a UserError, a CLI's stderr)
     notes: list[str] = dataclasses.field(default_factory=list)  # warnings / infos / stdout
     accepted: bool = False
 
 
 def _sentence(call: Callable[[], Any]) -> Seen:
-    """Run a Python entry point: a ValueError is the sentence; any other exception fails the test."""
+    """Run a Python entry point: a UserError is the sentence; any other exception fails the test."""
     try:
         call()
-    except ValueError as exc:
+    except UserError as exc:
         return Seen([str(exc)])
     return Seen([], accepted=True)
 

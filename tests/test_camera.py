@@ -11,6 +11,7 @@ from engine.training.config import TrainingConfig
 from engine.training.data import PatchSampler
 from engine.training.loop import train
 from engine.training.synthetic import make_synthetic_dataset
+from engine.errors import UserError
 
 torch.set_num_threads(1)
 UNIT_STATS = (np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32))
@@ -62,12 +63,12 @@ def test_jpeg_at_full_strength_costs_detail():
     (("blur", 1.5), "strength must be between 0 and 1"),
 ])
 def test_bad_arguments_are_refused_with_a_sentence(args, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UserError, match=words):
         apply_shift(fundus(), *args, np.random.default_rng(0))
 
 
 def test_a_grey_image_is_refused():
-    with pytest.raises(ValueError, match="RGB uint8"):
+    with pytest.raises(UserError, match="RGB uint8"):
         apply_shift(np.zeros((10, 10), np.uint8), "blur", 0.5, np.random.default_rng(0))
 
 
@@ -100,12 +101,12 @@ def test_a_variant_of_another_shape_is_refused():
     image = np.zeros((1, 64, 64), np.float32)
     mask = np.zeros((64, 64), np.uint8)
     sampler = PatchSampler([image], [mask], [np.ones_like(mask)], [UNIT_STATS], 32)
-    with pytest.raises(ValueError, match="cannot stand for an image"):
+    with pytest.raises(UserError, match="cannot stand for an image"):
         sampler.set_variants([(np.zeros((1, 32, 32), np.float32), UNIT_STATS)], 0.5)
 
 
 def test_camera_augment_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="camera_augment must be at least 0 and at most 1"):
+    with pytest.raises(UserError, match="camera_augment must be at least 0 and at most 1"):
         TrainingConfig(camera_augment=1.5)
 
 

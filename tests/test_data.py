@@ -8,6 +8,7 @@ from PIL import Image
 from engine.training.data import (DatasetError, PatchSampler, identifier, load_dataset, normalization_stats,
                                   prepare_channels, preprocess, split_indices)
 from engine.training.synthetic import make_synthetic_dataset
+from engine.errors import UserError
 
 
 def _save(path, array, mode=None):
@@ -138,9 +139,9 @@ def test_preprocess_unit_normalisation_and_bad_names():
     assert x.min() >= 0 and x.max() <= 1
     mean, std = normalization_stats(x, np.ones((40, 48)), "unit")
     assert float(mean.sum()) == 0 and float(std.min()) == 1
-    with pytest.raises(ValueError, match="channel"):
+    with pytest.raises(UserError, match="channel"):
         prepare_channels(_image(), "blue")
-    with pytest.raises(ValueError, match="normalization"):
+    with pytest.raises(UserError, match="normalization"):
         normalization_stats(x, np.ones((40, 48)), "max")
 
 
@@ -214,7 +215,7 @@ def test_patch_sampler_zoom_changes_vessel_width_within_its_range():
 
 def test_patch_sampler_refuses_a_zoom_below_one():
     image, mask = _stripes()
-    with pytest.raises(ValueError, match="max_zoom must be at least 1"):
+    with pytest.raises(UserError, match="max_zoom must be at least 1"):
         PatchSampler([image], [mask], [np.ones_like(mask)], [UNIT_STATS], 32, max_zoom=0.5)
 
 

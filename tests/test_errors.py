@@ -45,10 +45,15 @@ def test_the_registry_s_refusal_is_a_user_error(home):
     assert user_error(caught.value) is caught.value
 
 
-def test_a_config_s_plain_value_error_is_taken_as_its_sentence():
-    with pytest.raises(ValueError) as caught:
+def test_a_config_s_refusal_is_a_user_error():
+    with pytest.raises(UserError) as caught:
         PostProcessConfig(threshold=5.0)
-    assert str(user_error(caught.value)) == str(caught.value)
+    assert user_error(caught.value) is caught.value
+
+
+def test_a_user_error_is_no_value_error():
+    """A face that caught ValueError would take a bug's ValueError for a sentence."""
+    assert not issubclass(UserError, ValueError)
 
 
 def _bug() -> None:
@@ -56,7 +61,7 @@ def _bug() -> None:
 
 
 @pytest.mark.parametrize("raise_it", [
-    _bug,                                          # a ValueError raised in our own code, outside the checks
+    _bug,                                          # a ValueError raised in our own code
     lambda: np.zeros((2, 2)).reshape(3),          # one raised by a library
     lambda: int("x"),                              # one raised by a builtin
     lambda: {}["missing"],                         # not a ValueError at all

@@ -19,6 +19,7 @@ from engine.fov import parse_scale
 from engine.inference.predict import LoadedModel, predict, resolve_scale
 from engine.training.checkpoint import build_model
 from engine.training.config import TrainingConfig
+from engine.errors import UserError
 
 torch.set_num_threads(1)
 
@@ -93,7 +94,7 @@ def test_a_crop_of_the_retina_has_no_fov_edge():
 
 
 def test_estimate_refuses_a_non_image():
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(UserError, match="shape"):
         estimate_fov(np.zeros((4, 4, 4, 4), np.uint8))
 
 
@@ -134,7 +135,7 @@ def test_parse_scale_accepts(text, expected):
 
 @pytest.mark.parametrize("text", ["big", "0", "-1", "nan", "100", True, None])
 def test_parse_scale_refuses_with_a_sentence(text):
-    with pytest.raises(ValueError, match="scale must be auto, none or a resize factor"):
+    with pytest.raises(UserError, match="scale must be auto, none or a resize factor"):
         parse_scale(text)
 
 
@@ -212,7 +213,7 @@ def test_the_map_is_zero_outside_the_field_of_view(model_at_240, photo):
     (np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8), "empty"),
 ])
 def test_predict_refuses_bad_shapes_with_a_sentence(model_at_240, image, fov, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UserError, match=words):
         predict(model_at_240, image, fov=fov)
 
 

@@ -13,6 +13,7 @@ from engine.inference.predict import load_model, predict
 from engine.training.checkpoint import CheckpointError
 from engine.training.config import TrainingConfig
 from engine.training.loop import train
+from engine.errors import UserError
 
 torch.set_num_threads(1)
 
@@ -53,7 +54,7 @@ def test_tiles_blend_into_the_whole_image_prediction(checkpoint):
 @pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32),
                                  np.zeros((8, 8, 4), np.uint8)])
 def test_predict_rejects_non_rgb_input(checkpoint, bad):
-    with pytest.raises(ValueError, match="RGB uint8"):
+    with pytest.raises(UserError, match="RGB uint8"):
         predict(load_model(checkpoint), bad)
 
 

@@ -24,6 +24,7 @@ from engine.training.synthetic import make_synthetic_dataset
 from storage import db as store
 from storage import paths
 from tests.worker_helpers import Worker, load_checkpoint, status_of, wait_for
+from engine.errors import UserError
 
 TINY = {"base_channels": 4, "depth": 2, "patch_size": 32, "batch_size": 2, "steps_per_epoch": 3, "epochs": 3,
         "num_threads": 1, "val_fraction": 0.25, "early_stopping_patience": 0, "calibrate_postprocess": False}
@@ -292,7 +293,7 @@ def finished_model(home):
         "bad-postprocess"])
 def test_bad_calls_raise_a_sentence_and_change_nothing(home, dataset, finished_model, call, message):
     before = _snapshot()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         call(dataset, finished_model)
     assert _snapshot() == before
 
@@ -489,5 +490,5 @@ def test_more_time_raises_the_budget_by_the_minutes_asked(trained, done, more, e
 def test_more_time_must_be_a_positive_number(more):
     from engine.training.config import more_time_changes
 
-    with pytest.raises(ValueError, match="above 0"):
+    with pytest.raises(UserError, match="above 0"):
         more_time_changes({"epochs": 60}, 1.0, 2, more)

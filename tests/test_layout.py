@@ -261,3 +261,23 @@ def test_a_magic_source_string_would_be_found():
 def test_the_vocabulary_still_spells_the_stored_value():
     """Old rows, presets and API clients say "baseline": the value itself must not change."""
     assert {_id(p) for p in PROGRAM if _magic_strings(_tree(p))} == {"storage/db.py"}
+
+
+def _spelled_vocabularies(tree: ast.AST) -> list[int]:
+    """Lines of list or tuple literals that spell out a post-processing vocabulary (the threshold modes, the
+    kernel shapes) instead of taking it from the option's spec."""
+    from engine.postprocess.config import KERNEL_SHAPES, THRESHOLD_MODES
+
+    words = [set(THRESHOLD_MODES), set(KERNEL_SHAPES)]
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, (ast.List, ast.Tuple))
+            and node.elts and all(isinstance(e, ast.Constant) for e in node.elts)
+            and {e.value for e in node.elts} in words]
+
+
+@pytest.mark.parametrize("path", sorted([*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py")]), ids=_id)
+def test_widgets_take_the_choices_from_the_spec(path):
+    assert _spelled_vocabularies(_tree(path)) == []
+
+
+def test_a_spelled_vocabulary_would_be_found():
+    assert _spelled_vocabularies(ast.parse('st.selectbox("Mode", ["fixed", "otsu", "hysteresis"])')) == [1]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from engine.metrics import METRIC_KEYS, pooled_metrics, roc_auc_score, segmentation_metrics
+from engine.errors import UserError
 
 PRED = np.array([[1, 1, 0, 0],
                  [1, 0, 0, 0],
@@ -154,11 +155,11 @@ def test_pooled_auc_ranks_all_pixels_together():
     ],
 )
 def test_bad_input_gets_a_sentence(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         segmentation_metrics(**kwargs)
 
 
 @pytest.mark.parametrize("items, message", [([], "at least one"), ([(PRED, TARGET)], "must be a \\(pred, target, fov\\)")])
 def test_pooled_bad_input(items, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         pooled_metrics(items)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from engine.training import losses as L
 from engine.training.models import UNet
+from engine.errors import UserError
 
 monai_losses = pytest.importorskip("monai.losses", reason="MONAI is a test-only dependency (requirements-dev.txt)")
 
@@ -26,7 +27,7 @@ def test_unet_returns_logits_of_the_input_size(in_ch, base, depth, h, w):
 @pytest.mark.parametrize("kwargs", [{"in_channels": 0}, {"base_channels": 0}, {"depth": 0}, {"depth": 7},
                                     {"dropout_rate": 1.0}])
 def test_unet_rejects_bad_sizes(kwargs):
-    with pytest.raises(ValueError, match="UNet needs"):
+    with pytest.raises(UserError, match="UNet needs"):
         UNet(**kwargs)
 
 
@@ -100,12 +101,12 @@ def test_losses_give_gradients(name):
 
 
 def test_shape_mismatch_names_both_shapes():
-    with pytest.raises(ValueError, match=r"\(2, 1, 8, 8\).*\(2, 1, 8, 9\)"):
+    with pytest.raises(UserError, match=r"\(2, 1, 8, 8\).*\(2, 1, 8, 9\)"):
         L.dice(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 9))
 
 
 def test_build_loss_uses_config_values_and_rejects_unknown_names():
     loss = L.build_loss({"loss_function": "tversky", "tversky_alpha": 0.2, "tversky_beta": 0.8})
     assert isinstance(loss, L.TverskyLoss) and loss.kwargs == {"alpha": 0.2, "beta": 0.8}
-    with pytest.raises(ValueError, match="Unknown loss_function 'hinge'"):
+    with pytest.raises(UserError, match="Unknown loss_function 'hinge'"):
         L.build_loss({"loss_function": "hinge"})

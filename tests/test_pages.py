@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.training.synthetic import synthetic_sample
 from engine.imageio import encode_png
+from engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds per script run: first runs import torch and friends on a busy 2-core machine
@@ -335,7 +336,7 @@ def test_deletion_is_refused_for_a_running_model(home):
     at = open_page("pages/models.py", query={"model": running})
     assert at.button(key="models_delete").disabled
     assert any("stop it" in c.value for c in at.caption)
-    with pytest.raises(ValueError, match="stop it"):
+    with pytest.raises(UserError, match="stop it"):
         db.forget_model(running)  # the storage layer refuses too
     assert db.get_model(running)["status"] == "running"
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from engine.training.synthetic import synthetic_sample
+from engine.errors import UserError
 from engine.fov import estimate_fov
 from engine.imageio import encode_png
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
@@ -97,7 +98,7 @@ def test_dashboard_loads_the_pretrained_file_and_nothing_else_outside_the_models
     try:
         dashboard_checkpoint(str(path))
         outcome = True
-    except ValueError:
+    except UserError:
         outcome = False
     assert outcome is accepted
 

@@ -10,6 +10,7 @@ import pytest
 
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing
 from tests.conftest import ROOT
+from engine.errors import UserError
 
 # Every step off: each test switches on only the step it checks.
 BARE = dict(apply_opening=False, apply_closing=False, min_component_size=0, confidence_threshold=0.0)
@@ -426,7 +427,7 @@ def test_config_round_trips_through_json():
     ],
 )
 def test_bad_config_values(data, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         PostProcessConfig.from_dict(data)
 
 
@@ -459,7 +460,7 @@ def _with_nan():
     ],
 )
 def test_bad_input_gets_a_sentence(prob, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         enhanced_post_processing(prob, **kwargs)
 
 

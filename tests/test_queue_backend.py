@@ -6,6 +6,7 @@ import pytest
 from engine.jobs import queue
 from engine.remote.worker import queue_url_for_worker
 from storage.paths import StorageError
+from engine.errors import UserError
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -23,7 +24,7 @@ def test_the_queue_setting(monkeypatch, value, expected):
 
 def test_an_unknown_queue_setting_is_a_sentence(monkeypatch):
     monkeypatch.setenv(queue.QUEUE_ENV, "mysql://db/queue")
-    with pytest.raises(ValueError, match="is not a queue this program knows"):
+    with pytest.raises(UserError, match="is not a queue this program knows"):
         queue.redis_url()
 
 
@@ -51,7 +52,7 @@ def test_a_queue_that_cannot_be_used_is_a_sentence(monkeypatch, setting, name, w
         monkeypatch.delenv(queue.QUEUE_ENV, raising=False)
     else:
         monkeypatch.setenv(queue.QUEUE_ENV, setting)
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UserError, match=words):
         queue.check_queue(name, "training")
 
 

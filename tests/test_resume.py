@@ -24,6 +24,7 @@ from engine.training.loop import train
 from storage import db as store
 from storage import paths
 from tests.worker_helpers import Worker, load_checkpoint, status_of, wait_for
+from engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"base_channels": 4, "depth": 2, "patch_size": 32, "batch_size": 2, "steps_per_epoch": 3, "epochs": 2,
@@ -98,7 +99,7 @@ def test_check_resume_says_what_to_change(two_then_four, tmp_path, changes, prep
     if prepare:
         prepare(path, tmp_path / "last.pt")
         path = tmp_path / "last.pt"
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UserError, match=words):
         check_resume(path, TrainingConfig(**{**TINY, **changes}))
 
 
@@ -124,8 +125,8 @@ def test_cli_resume_takes_the_checkpoints_own_settings(two_then_four, synth, tmp
         0, True, [1, 2, 3, 4, 5], 4)
 
 
-def test_training_error_is_a_value_error():
-    assert issubclass(TrainingError, ValueError)
+def test_training_error_is_a_user_error_and_no_value_error():
+    assert issubclass(TrainingError, UserError) and not issubclass(TrainingError, ValueError)
 
 
 # --------------------------------------------------------------------------- worker
@@ -140,10 +141,10 @@ def test_stopped_run_continued_through_the_api_has_one_contiguous_curve(tmp_path
         assert jobs.stop_training(model_id) == "stopping"
         wait_for(lambda: status_of(model_id) == "completed", 30, what="the stop")
         saved = load_checkpoint(paths.checkpoints_dir(model_id) / "last.pt")["epoch"]
-        with pytest.raises(ValueError, match=f"raise epochs above {saved}"):
+        with pytest.raises(UserError, match=f"raise epochs above {saved}"):
             jobs.start_training(model_id, {**config, "epochs": saved}, resume=True)
         jobs.start_training(model_id, {**config, "epochs": saved + 2}, resume=True)
-        with pytest.raises(ValueError, match="already queued|is running"):
+        with pytest.raises(UserError, match="already queued|is running"):
             jobs.start_training(model_id, {**config, "epochs": saved + 3}, resume=True)
         wait_for(lambda: status_of(model_id) in ("completed", "failed"), 120, what="the continued run")
     row, metrics = store.get_model(model_id), store.model_metrics(model_id)
@@ -166,7 +167,7 @@ def test_continuing_refuses_with_a_sentence_and_changes_nothing(home, synth, two
     if last_pt:
         target.write_bytes(b"junk" if last_pt == "corrupt" else Path(two_then_four[3].last_checkpoint).read_bytes())
     before = (store.get_model(model_id), jobs.current_queue().pending_count())
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UserError, match=words):
         jobs.start_training(model_id, {**TINY, "epochs": 9}, resume=True)
     assert (store.get_model(model_id), jobs.current_queue().pending_count()) == before
 

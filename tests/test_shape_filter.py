@@ -16,6 +16,7 @@ from engine.postprocess.calibration import calibrate_postprocess, pooled_dice
 from engine.postprocess.connectivity import vessel_ratio_per_label, width_per_label
 from engine.imageio import read_mask
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
+from engine.errors import UserError
 
 SIZE = 256
 SHAPE_ONLY = dict(threshold=0.5, apply_opening=False, apply_closing=False, min_component_size=0,
@@ -211,7 +212,7 @@ def test_notes_explain_what_an_old_preset_changes(saved, notes):
 
 
 def test_the_retired_option_is_refused_in_a_call_with_a_sentence():
-    with pytest.raises(ValueError, match="'shape_max_area' is no longer an option: .* remove it"):
+    with pytest.raises(UserError, match="'shape_max_area' is no longer an option: .* remove it"):
         enhanced_post_processing(canvas().astype(np.float32), shape_max_area=300)
 
 

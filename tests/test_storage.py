@@ -13,6 +13,7 @@ import pytest
 from engine import housekeeping
 from storage import db as store
 from storage import paths
+from storage.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"epochs": 5, "early_stopping_patience": 3, "early_stopping_monitor": "val_dice"}
@@ -123,14 +124,14 @@ def test_unknown_model_id_is_a_clear_value_error(database, call):
 ])
 def test_bad_model_update_changes_nothing(database, model_id, fields, message):
     before = store.get_model(model_id, db=database)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         store.update_model(model_id, db=database, **fields)
     assert store.get_model(model_id, db=database) == before
 
 
 @pytest.mark.parametrize("name, config", [("", CONFIG), ("  ", CONFIG), ("ok", "epochs=3")])
 def test_create_model_refuses_bad_input(database, name, config):
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         store.create_model(name, config, "d", db=database)
     assert store.list_models(db=database) == []
 
@@ -154,7 +155,7 @@ def test_update_model_compare_and_set(database, model_id, status, only_if, chang
 @pytest.mark.parametrize("status", ["queued", "running", "stopping"])
 def test_delete_refuses_active_runs(database, model_id, status):
     store.update_model(model_id, status=status, db=database)
-    with pytest.raises(ValueError, match=f"is {status}; stop it"):
+    with pytest.raises(UserError, match=f"is {status}; stop it"):
         store.forget_model(model_id, db=database)
     assert store.get_model(model_id, db=database)["status"] == status
 
@@ -224,7 +225,7 @@ def test_stop_before_start_is_recorded_as_user_stop(database, model_id):
 def test_stop_for_a_finished_run_is_refused_and_changes_nothing(database, model_id, status):
     store.update_model(model_id, status=status, db=database)
     before = store.get_model(model_id, db=database)
-    with pytest.raises(ValueError, match="already finished"):
+    with pytest.raises(UserError, match="already finished"):
         store.request_stop(model_id, db=database)
     assert store.get_model(model_id, db=database) == before
 
@@ -240,7 +241,7 @@ def test_log_epoch_is_idempotent_per_epoch(database, model_id):
 
 @pytest.mark.parametrize("epoch", [0, -1, 1.5, "2"])
 def test_log_epoch_refuses_bad_epoch(database, model_id, epoch):
-    with pytest.raises(ValueError, match="epoch must be"):
+    with pytest.raises(UserError, match="epoch must be"):
         store.log_epoch(model_id, epoch, 0.1, 0.1, 0.1, 0.1, 0.1, db=database)
 
 
@@ -254,7 +255,7 @@ def test_add_checkpoint_upserts_per_path(database, model_id):
 
 
 def test_add_checkpoint_refuses_unknown_kind(database, model_id):
-    with pytest.raises(ValueError, match="kind 'final'"):
+    with pytest.raises(UserError, match="kind 'final'"):
         store.add_checkpoint(model_id, 1, "/tmp/x.pt", "final", 0.5, db=database)
 
 
@@ -421,5 +422,5 @@ def test_delete_dataset_is_refused_while_a_run_uses_it(database, status, refused
 @pytest.mark.parametrize("name", ["", "missing", "../outside", ".hidden"])
 def test_delete_dataset_refuses_what_is_not_a_data_set(database, name):
     paths.datasets_dir().mkdir(parents=True, exist_ok=True)
-    with pytest.raises(ValueError, match="no data set"):
+    with pytest.raises(UserError, match="no data set"):
         housekeeping.delete_dataset(name)

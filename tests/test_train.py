@@ -16,6 +16,7 @@ from engine.postprocess import PostProcessConfig
 from engine.training.callbacks import EarlyStopping
 from engine.training.config import TrainingConfig, TrainingError, parse_set_option
 from engine.training.loop import train
+from engine.errors import UserError
 
 torch.set_num_threads(1)
 
@@ -62,7 +63,7 @@ def run(synth, tmp_path_factory):
     ("weight_decay", "0.1", "a number"),
 ])
 def test_config_validation_says_what_is_wrong(field, value, words):
-    with pytest.raises(ValueError, match=words) as err:
+    with pytest.raises(UserError, match=words) as err:
         TrainingConfig(**{field: value})
     assert field in str(err.value)
 
@@ -74,9 +75,9 @@ def test_config_round_trips_through_json():
 
 
 def test_config_rejects_unknown_keys_and_is_frozen():
-    with pytest.raises(ValueError, match="'lr'"):
+    with pytest.raises(UserError, match="'lr'"):
         TrainingConfig.from_dict({"lr": 0.1})
-    with pytest.raises(ValueError, match="'colour'"):
+    with pytest.raises(UserError, match="'colour'"):
         TrainingConfig().with_updates(colour="green")
     assert TrainingConfig().with_updates(epochs=5).epochs == 5
     with pytest.raises(AttributeError):
@@ -96,7 +97,7 @@ def test_parse_set_option_types_by_field(text, expected):
     ("epochs=1.5", "whole number"), ("clahe=maybe", "true or false"), ("learning_rate=fast", "a number"),
 ])
 def test_parse_set_option_errors(text, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UserError, match=words):
         parse_set_option(text)
 
 
@@ -298,7 +299,7 @@ def test_time_budget_stops_cleanly(synth, tmp_path):
 
 def test_too_small_dataset_is_refused(tmp_path):
     make_synthetic_dataset(tmp_path / "one", n_images=1, size=64)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(UserError, match="at least 2"):
         train(TrainingConfig(**TINY), tmp_path / "one", tmp_path / "out")
 
 

@@ -8,6 +8,7 @@ import pytest
 from engine.metrics import segmentation_metrics
 from engine.fov import estimate_fov
 from engine.vesselness import BASELINE_NAME, vesselness_map
+from engine.errors import UserError
 
 SIZE = 96
 
@@ -52,7 +53,7 @@ def test_estimate_fov_finds_the_drawn_disc():
 @pytest.mark.parametrize("scale, words", [("big", "scale must be"), (0.0, "scale must be"), (True, "scale must be")])
 def test_bad_scale_gets_a_sentence(scale, words):
     image, _, fov = drawn_fundus()
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(UserError, match=words):
         vesselness_map(image, fov, scale=scale)
 
 
@@ -72,7 +73,7 @@ def test_flat_image_gives_a_flat_map():
     ],
 )
 def test_bad_input_gets_a_sentence(image, fov, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         vesselness_map(image, fov)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from ui.formatting import stop_reason_text
 from storage import db as store
+from engine.errors import UserError
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"
 
@@ -24,5 +25,5 @@ def test_the_documented_stop_reasons_are_the_registry_s():
 
 def test_the_registry_refuses_a_stop_reason_outside_the_vocabulary(home):
     model_id = store.create_model("vocabulary", {}, "synthetic")
-    with pytest.raises(ValueError, match="is not one of"):
+    with pytest.raises(UserError, match="is not one of"):
         store.update_model(model_id, stop_reason="tired")

@@ -21,67 +21,22 @@ from ui.runtime import logger, sentence_of
 from storage import paths
 from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_budget_s, run_progress
 
-# Field -> (group, help). Fields not listed go to "Advanced". Help says what a value does and its usual range.
+# Field -> the form's group; fields not listed go to "Advanced". The help comes with the option's spec (FIELDS).
 GROUPS = ("Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced")
-FIELD_HELP: dict[str, tuple[str, str]] = {
-    "epochs": ("Basics", "Upper limit; early stopping usually ends the run sooner."),
-    "batch_size": ("Basics", "Patches per optimiser step. Lower it if memory runs out."),
-    "patch_size": ("Basics", "Side of the square training patches; a multiple of 2^depth."),
-    "steps_per_epoch": ("Basics", "Optimiser steps per epoch; validation runs after each epoch."),
-    "learning_rate": ("Basics", "Peak learning rate of AdamW."),
-    "val_fraction": ("Basics", "Share of the images held out for validation; 0 trains on every image and keeps "
-                     "the newest epoch (nothing is then calibrated or stopped early)."),
-    "seed": ("Basics", "Same seed, same result on CPU: change it to check a result is not luck."),
-    "loss_function": ("Loss", "Start with combined_dice_focal: Dice copes with thin vessels being a small "
-                              "share of the pixels, focal with the hard pixels at their edges."),
-    "dice_weight": ("Loss", "Share of Dice in the combined loss; 0.7 is the recommended start."),
-    "focal_alpha": ("Loss", "Focal weight of vessel pixels (background gets 1 − alpha)."),
-    "focal_gamma": ("Loss", "Focal focusing exponent; 2 is the usual value."),
-    "tversky_alpha": ("Loss", "Tversky weight of false positives."),
-    "tversky_beta": ("Loss", "Tversky weight of false negatives; above alpha favours thin vessels."),
-    "weight_decay": ("Regularisation", "Raise it (e.g. 1e-3) to reduce over-fitting: validation loss rising while "
-                                       "training loss falls."),
-    "dropout_rate": ("Regularisation", "Dropout at the bottleneck; 0.1–0.3 reduces over-fitting."),
-    "ema_decay": ("Regularisation", "Validate and save a moving average of the weights: steadier curves and a "
-                                    "better chosen checkpoint. 0.998 averages about the last 500 steps; 0 turns it off."),
-    "augment": ("Regularisation", "Flips, rotations, zoom and brightness/contrast jitter: keep on for small data "
-                                  "sets."),
-    "max_zoom": ("Regularisation", "With augmentation on, zoom patches by a random factor between 1/max_zoom and "
-                                   "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. "
-                                   "Photographs from one camera rarely need it."),
-    "any_angle": ("Regularisation", "With augmentation on, rotate patches by any angle instead of only by multiples "
-                                    "of 90°."),
-    "camera_augment": ("Regularisation", "With augmentation on, the share of patches cut from the photograph as "
-                                         "another camera would take it: colour cast, gamma and contrast, uneven "
-                                         "illumination, blur or sharpening, JPEG, sensor noise. 0 turns it off; "
-                                         "for photographs of other cameras than the training set's."),
-    "early_stopping_monitor": ("Early stopping and LR", "val_dice (higher is better) or val_loss (lower is better)."),
-    "early_stopping_patience": ("Early stopping and LR", "Epochs without improvement before stopping; 10–20 is a "
-                                                         "good range. 0 never stops early."),
-    "min_delta": ("Early stopping and LR", "Smallest change that counts as an improvement."),
-    "lr_schedule": ("Early stopping and LR", "cosine anneals to the minimum LR; plateau lowers it when stuck."),
-    "min_learning_rate": ("Early stopping and LR", "Floor of the cosine schedule."),
-    "plateau_factor": ("Early stopping and LR", "plateau: multiply the LR by this when stuck."),
-    "plateau_patience": ("Early stopping and LR", "plateau: epochs without improvement before lowering the LR."),
-    "max_minutes": ("Basics", "Minutes of training; the run ends when they are used up. 0 = no time limit, the "
-                              "epochs end it. Measure this machine then sizes the run to fit them."),
-    "base_channels": ("Advanced", "Channels of the first U-Net level (doubling per level); more channels learn "
-                                  "finer detail and take longer per step."),
-    "depth": ("Advanced", "Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
-    "channel": ("Advanced", "Input channel: green has the best vessel contrast in fundus photographs; rgb "
-                            "gives the model all three."),
-    "clahe": ("Advanced", "Contrast-limited adaptive histogram equalisation before the network; saved with the "
-                          "model and applied again at inference."),
-    "normalization": ("Advanced", "zscore: per image inside the field of view; unit: divide by 255."),
-    "optimizer": ("Advanced", "AdamW, the only optimiser offered."),
-    "device": ("Advanced", "auto picks a CUDA GPU, then Apple MPS, then the CPU."),
-    "precision": ("Advanced", "auto trains in bfloat16 where the processor does it natively (faster), else "
-                              "float32. Prediction is always float32."),
-    "num_threads": ("Advanced", "Torch CPU threads; 0 leaves torch's default (all cores)."),
-    "checkpoint_every": ("Advanced", "Also keep epoch_XXX.pt every this many epochs; 0 keeps only best.pt and "
-                                     "last.pt."),
-    "calibrate_postprocess": ("Advanced", "At the end, search the post-processing settings that give the best "
-                                          "Dice on the validation images; the inference pages open with them."),
+FIELD_GROUPS: dict[str, str] = {
+    "epochs": "Basics", "batch_size": "Basics", "patch_size": "Basics", "steps_per_epoch": "Basics",
+    "learning_rate": "Basics", "val_fraction": "Basics", "seed": "Basics", "loss_function": "Loss",
+    "dice_weight": "Loss", "focal_alpha": "Loss", "focal_gamma": "Loss", "tversky_alpha": "Loss",
+    "tversky_beta": "Loss", "weight_decay": "Regularisation", "dropout_rate": "Regularisation",
+    "ema_decay": "Regularisation", "augment": "Regularisation", "max_zoom": "Regularisation",
+    "any_angle": "Regularisation", "camera_augment": "Regularisation",
+    "early_stopping_monitor": "Early stopping and LR", "early_stopping_patience": "Early stopping and LR",
+    "min_delta": "Early stopping and LR", "lr_schedule": "Early stopping and LR",
+    "min_learning_rate": "Early stopping and LR", "plateau_factor": "Early stopping and LR",
+    "plateau_patience": "Early stopping and LR", "max_minutes": "Basics", "base_channels": "Advanced",
+    "depth": "Advanced", "channel": "Advanced", "clahe": "Advanced", "normalization": "Advanced",
+    "optimizer": "Advanced", "device": "Advanced", "precision": "Advanced", "num_threads": "Advanced",
+    "checkpoint_every": "Advanced", "calibrate_postprocess": "Advanced",
 }
 LABELS = {"ema_decay": "Weight-average decay", "lr_schedule": "LR schedule", "min_learning_rate": "Minimum learning rate", "clahe": "CLAHE",
           "max_zoom": "Maximum zoom", "any_angle": "Rotate by any angle", "camera_augment": "Other-camera share",
@@ -90,12 +45,12 @@ LABELS = {"ema_decay": "Weight-average decay", "lr_schedule": "LR schedule", "mi
 
 
 def _choices(field: str) -> tuple | None:
-    return train_engine.CHOICES.get(field)
+    return train_engine.FIELDS[field].choices or None
 
 
 def _widget(field: dataclasses.Field, default):
     key = f"train_cfg_{field.name}"
-    group_help = FIELD_HELP.get(field.name, ("Advanced", None))[1]
+    group_help = train_engine.FIELDS[field.name].help or None
     label = LABELS.get(field.name) or field.name.replace("_", " ").capitalize()
     if isinstance(default, bool):
         return st.toggle(label, value=default, key=key, help=group_help)
@@ -141,7 +96,7 @@ def training_form(defaults: TrainingConfig) -> dict:
     values = {}
     by_group = {g: [] for g in GROUPS}
     for f in dataclasses.fields(TrainingConfig):
-        by_group[FIELD_HELP.get(f.name, ("Advanced", ""))[0]].append(f)
+        by_group[FIELD_GROUPS.get(f.name, "Advanced")].append(f)
     for group in GROUPS:
         with st.expander(group, expanded=group == "Basics"):
             cols = st.columns(3)

@@ -14,11 +14,12 @@ from engine.errors import UserError
 from engine.imageio import encode_png
 from engine.metrics import segmentation_metrics
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing, warnings_for
+from engine.postprocess.config import FIELDS
 from ui.overlays import heatmap_bytes, overlay_bytes, photo_layers
 from ui.runtime import sentence_of
 from ui.uploads import digest_array
 
-_KERNELS = list(range(1, 32, 2))  # PostProcessConfig takes odd kernel sides 1..31
+_KERNELS = list(range(FIELDS["opening_kernel"].low, FIELDS["opening_kernel"].high + 1, 2))  # odd sides only
 
 
 def _wkey(key: str, field: str) -> str:
@@ -65,10 +66,13 @@ def _reset(key: str, d: dict) -> None:
     _settings_changed(key)
 
 
-def _slider(key, field, label, lo, hi, step, help, disabled=False):
+def _slider(key, field, label, disabled=False):
+    """A slider over the option's usual range (``FIELDS``), with its help."""
+    spec = FIELDS[field]
+    lo, hi, step = spec.slider()
     value = st.session_state.get(_wkey(key, field), lo)
     hi = max(hi, value)  # a preset beyond the usual range still fits
-    return st.slider(label, lo, hi, step=step, key=_wkey(key, field), help=help, disabled=disabled,
+    return st.slider(label, lo, hi, step=step, key=_wkey(key, field), help=spec.help, disabled=disabled,
                      on_change=_settings_changed, args=(key,))
 
 
@@ -103,53 +107,39 @@ def _controls(key: str, base: dict) -> PostProcessConfig:
     """Every PostProcessConfig option as a widget; returns the settings they show.
 
     Raises:
-        ValueError: the settings do not go together (e.g. hysteresis low above the threshold), with a
+        UserError: the settings do not go together (e.g. hysteresis low above the threshold), with a
             sentence saying which value to change.
     """
     v = {}
     cb = {"on_change": _settings_changed, "args": (key,)}
     with st.expander("Threshold", expanded=True):
         v["threshold_mode"] = st.segmented_control(
-            "Mode", ["fixed", "otsu", "hysteresis"], key=_wkey(key, "threshold_mode"), required=True, **cb,
-            help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
-                 "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too.")
+            "Mode", list(FIELDS["threshold_mode"].choices), key=_wkey(key, "threshold_mode"), required=True, **cb,
+            help=FIELDS["threshold_mode"].help)
         mode = v["threshold_mode"] or "fixed"
-        v["threshold"] = _slider(key, "threshold", "Threshold", 0.0, 1.0, 0.01,
-                                 "0.6 is the usual start; lower keeps fainter vessels.", disabled=mode == "otsu")
-        v["hysteresis_low"] = _slider(key, "hysteresis_low", "Hysteresis low", 0.0, 1.0, 0.01,
-                                      "Faint pixels at or above this are kept when connected to a confident one.",
-                                      disabled=mode != "hysteresis")
+        v["threshold"] = _slider(key, "threshold", "Threshold", disabled=mode == "otsu")
+        v["hysteresis_low"] = _slider(key, "hysteresis_low", "Hysteresis low", disabled=mode != "hysteresis")
     with st.expander("Morphology", expanded=True):
         v["apply_opening"] = st.toggle("Opening (remove specks, thin bridges)", key=_wkey(key, "apply_opening"), **cb)
         v["opening_kernel"] = st.select_slider("Opening kernel (px)", _KERNELS, key=_wkey(key, "opening_kernel"), **cb,
-                                               help="Odd side of the structuring element; larger removes more.",
-                                               disabled=not v["apply_opening"])
+                                               help=FIELDS["opening_kernel"].help, disabled=not v["apply_opening"])
         v["apply_closing"] = st.toggle("Closing (fill small gaps)", key=_wkey(key, "apply_closing"), **cb)
         v["closing_kernel"] = st.select_slider("Closing kernel (px)", _KERNELS, key=_wkey(key, "closing_kernel"), **cb,
-                                               help="Odd side of the structuring element; larger joins farther "
-                                                    "fragments.", disabled=not v["apply_closing"])
-        v["kernel_shape"] = st.selectbox("Kernel shape", ["ellipse", "cross", "rect"], key=_wkey(key, "kernel_shape"), **cb)
+                                               help=FIELDS["closing_kernel"].help, disabled=not v["apply_closing"])
+        v["kernel_shape"] = st.selectbox("Kernel shape", list(FIELDS["kernel_shape"].choices),
+                                         key=_wkey(key, "kernel_shape"), **cb)
     with st.expander("Components", expanded=True):
-        v["min_component_size"] = _slider(key, "min_component_size", "Minimum component (px)", 0, 2000, 5,
-                                          "Connected pieces smaller than this are removed; 0 switches the filter "
-                                          "off. Start at 50.")
-        v["connectivity"] = st.segmented_control("Connectivity", [4, 8], key=_wkey(key, "connectivity"), required=True, **cb,
-                                                 help="8 joins pixels that touch at a corner; 4 only along edges.")
-        v["confidence_threshold"] = _slider(key, "confidence_threshold", "Component confidence", 0.0, 1.0, 0.01,
-                                            "A piece is removed when its mean probability is below this; 0 switches "
-                                            "the filter off.")
+        v["min_component_size"] = _slider(key, "min_component_size", "Minimum component (px)")
+        v["connectivity"] = st.segmented_control("Connectivity", list(FIELDS["connectivity"].choices),
+                                                 key=_wkey(key, "connectivity"), required=True, **cb,
+                                                 help=FIELDS["connectivity"].help)
+        v["confidence_threshold"] = _slider(key, "confidence_threshold", "Component confidence")
     with st.expander("Shape and holes"):
         v["shape_filter"] = st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"), **cb)
-        v["min_elongation"] = _slider(
-            key, "min_elongation", "Minimum length / width", 1.0, 20.0, 0.5,
-            "Pieces shorter than this many times their width are removed, whatever their size: a disc "
-            "scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and branches score higher. "
-            "Start at 3.", disabled=not v["shape_filter"])
-        v["fill_holes_below"] = _slider(key, "fill_holes_below", "Fill holes below (px)", 0, 500, 1,
-                                        "0 switches hole filling off.")
+        v["min_elongation"] = _slider(key, "min_elongation", "Minimum length / width", disabled=not v["shape_filter"])
+        v["fill_holes_below"] = _slider(key, "fill_holes_below", "Fill holes below (px)")
         v["from_logits"] = st.toggle("Input is logits", key=_wkey(key, "from_logits"), disabled=True,
-                                     help="The maps shown here are already probabilities in [0, 1]; from_logits is "
-                                          "for scripts that pass raw model outputs.")
+                                     help=FIELDS["from_logits"].help)
     if v["threshold_mode"] is None:  # segmented controls can be cleared by clicking again
         v["threshold_mode"] = base.get("threshold_mode", "fixed")
     if v["connectivity"] is None:

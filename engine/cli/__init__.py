@@ -14,17 +14,22 @@ from pathlib import Path
 from typing import Sequence
 
 from engine.cli import predict, queue, train
-from engine.cli.common import EXIT_USER_ERROR
+from engine.cli.common import EXIT_USER_ERROR, PLAIN_THRESHOLD
 from engine.errors import UserError, number_or_none, user_error
 
 
 def _threshold(text: str) -> float:
+    """``--threshold``: a probability in the post-processing threshold's range ([0, 1], as in the config)."""
+    from engine.postprocess.config import FIELDS
+
+    spec = FIELDS["threshold"]
     value = number_or_none(text)
     if value is None:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {text}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a number between {spec.low:g} and {spec.high:g}, not {text!r}")
+    try:
+        return spec.check(value, "threshold")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("threshold ").rstrip(".")) from None
 
 
 def _scale(text: str) -> str | float:
@@ -72,15 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument("--recommended", action="store_true",
                                help="the mask with the model's recommended settings, or the default post-processing "
                                     "where it has none (what predict does unless --raw, --threshold or --postprocess)")
-            group.add_argument("--raw", action="store_true", help="the mask is the probability map at 0.5, not "
-                               "post-processed")
+            group.add_argument("--raw", action="store_true", help=f"the mask is the probability map at "
+                               f"{PLAIN_THRESHOLD:g}, not post-processed")
             group.add_argument("--threshold", type=_threshold, default=None,
-                               help="the mask is the probability map at this threshold, not post-processed")
+                               help="the mask is the probability map at this threshold (0 to 1), not post-processed")
         else:
             group.add_argument("--recommended", action="store_true",
                                help="score the mask post-processed with the model's recommended settings (the "
                                     "default post-processing where it has none) instead of the plain 0.5 map")
-            group.add_argument("--threshold", type=_threshold, default=0.5, help="plain threshold (default 0.5)")
+            group.add_argument("--threshold", type=_threshold, default=PLAIN_THRESHOLD,
+                               help=f"plain threshold, 0 to 1 (default {PLAIN_THRESHOLD:g})")
         p.add_argument("--tta", action="store_true", help="average predictions of flipped images")
         p.add_argument("--scale", type=_scale, default="auto",
                        help="resize each image for the model: auto (to the scale of the model's training "

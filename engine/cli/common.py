@@ -9,6 +9,7 @@ from typing import Any
 from engine.errors import UserError
 
 EXIT_USER_ERROR = 2
+PLAIN_THRESHOLD = 0.5  # the plain map's threshold without --threshold: how papers score, as earlier versions did
 
 
 class CliError(UserError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli.common import CliError, read_json
+from engine.cli.common import PLAIN_THRESHOLD, CliError, read_json
 
 def _postprocess_config(args: argparse.Namespace, predictor) -> tuple[Any, str]:
     """(PostProcessConfig or None for a plain threshold, words saying which) chosen by the options.
@@ -27,7 +27,7 @@ def _postprocess_config(args: argparse.Namespace, predictor) -> tuple[Any, str]:
         if recommended:
             return PostProcessConfig.from_dict(recommended), "the model's recommended settings"
         return PostProcessConfig(), "the default post-processing (the model has no recommended settings)"
-    threshold = 0.5 if args.threshold is None else args.threshold
+    threshold = PLAIN_THRESHOLD if args.threshold is None else args.threshold
     args.threshold = threshold
     return None, f"the probability map at {threshold:g}, not post-processed"
 def _binarise(prob: np.ndarray, cfg: Any, threshold: float, fov: np.ndarray | None) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.errors import UserError, WorkerShutdown
 from engine.fov import estimate_fov
-from engine.imageio import IMAGE_EXTENSIONS, ImageReadError, encode_png, is_image_name, list_images, read_image
+from engine.imageio import IMAGE_EXTENSIONS, encode_png, is_image_name, list_images, read_image
 from engine.inference.predictor import CLASSICAL, Predictor, checkpoint_file
 from storage import archives, paths
 from storage import db as store
@@ -40,7 +40,7 @@ RESULT_PARTS = ("prob", "masks", "stats.csv", "settings.json")  # what results.z
 
 
 def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, dict]:
-    """Validate a job before it is queued: (checkpoint, input, post-processing dict); ValueError otherwise,
+    """Validate a job before it is queued: (checkpoint, input, post-processing dict); UserError otherwise,
     also for a folder or zip that holds no image."""
     from engine.postprocess import PostProcessConfig
 
@@ -53,7 +53,7 @@ def check_inputs(checkpoint_path, input_path, postprocess) -> tuple[str, str, di
         checkpoint = str(ckpt.resolve())
     source = Path(input_path).expanduser()
     if source.is_file() and source.suffix.lower() == ".zip":
-        members = archives.check_zip(source)  # ArchiveError (a ValueError) for unsafe or broken archives
+        members = archives.check_zip(source)  # ArchiveError (a UserError) for unsafe or broken archives
         if not any(is_image_name(rel.name) and not any(p.startswith(".") for p in rel.parts) for _, rel in members):
             raise UserError(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)}): zip a folder of "
                              "fundus photographs and upload that.")
@@ -184,7 +184,7 @@ def run_images(row: dict, out: Path, source: Path, on_progress: Callable[..., No
             break
         try:
             record = _one_image(file, name, out, predictor, scale, pp_config)
-        except (ImageReadError, ValueError) as exc:
+        except (UserError, ValueError) as exc:  # a user's error, or numpy's on a strange file
             failed += 1
             record = {"error": str(exc)}
         except OSError as exc:  # one file the system refuses fails its own row, never the whole job

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from engine.errors import UserError
 from engine.fov import estimate_fov, fov_diameter, parse_scale, rescale, scale_factor
 from engine.imageio import MIN_SIDE
 from engine.tiling import TILE_SIZE, sliding_window_logits
@@ -61,7 +62,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     name = Path(path).name
     try:
         config = TrainingConfig.from_dict(ckpt["config"])
-    except (ValueError, TypeError) as exc:
+    except (UserError, TypeError) as exc:
         raise CheckpointError(f"{name} has settings this program does not accept ({exc}): it was written by "
                               "another version of the program or edited; use a checkpoint from this version.") from None
     model = build_model(config)
@@ -92,7 +93,7 @@ def resolve_scale(loaded: LoadedModel, fov: np.ndarray, scale: str | float = "au
         The factor (new size = old size × factor).
 
     Raises:
-        ValueError: ``scale`` is not one of the above.
+        UserError: ``scale`` is not one of the above.
     """
     scale = parse_scale(scale)
     if scale == "none":
@@ -103,12 +104,12 @@ def resolve_scale(loaded: LoadedModel, fov: np.ndarray, scale: str | float = "au
 
 
 def check_image_and_fov(image_rgb: Any, fov: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(image, fov as uint8 {0,1} or None) after checking their shapes; ValueError with a sentence otherwise."""
+    """(image, fov as uint8 {0,1} or None) after checking their shapes; UserError with a sentence otherwise."""
     image = np.asarray(image_rgb)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"predict needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}.")
+        raise UserError(f"predict needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}.")
     if min(image.shape[:2]) < MIN_SIDE:
-        raise ValueError(f"The image is {image.shape[1]}×{image.shape[0]} pixels; it must be at least "
+        raise UserError(f"The image is {image.shape[1]}×{image.shape[0]} pixels; it must be at least "
                          f"{MIN_SIDE}×{MIN_SIDE} pixels.")
     if fov is None:
         return image, None
@@ -116,11 +117,11 @@ def check_image_and_fov(image_rgb: Any, fov: Any = None) -> tuple[np.ndarray, np
     if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
         mask = mask.max(axis=2)
     if mask.shape != image.shape[:2]:
-        raise ValueError(f"The field-of-view mask is {mask.shape[-1]}×{mask.shape[0]} pixels but the image is "
+        raise UserError(f"The field-of-view mask is {mask.shape[-1]}×{mask.shape[0]} pixels but the image is "
                          f"{image.shape[1]}×{image.shape[0]}: use the mask made for this image.")
     mask = (mask != 0).astype(np.uint8)
     if not mask.any():
-        raise ValueError("The field-of-view mask is empty (no pixel inside): use the mask made for this image, "
+        raise UserError("The field-of-view mask is empty (no pixel inside): use the mask made for this image, "
                          "or none to have it estimated.")
     return image, mask
 
@@ -143,7 +144,7 @@ def predict(loaded: LoadedModel, image_rgb: np.ndarray, tta: bool = False, fov: 
         float32 (H, W) in [0, 1]; 0 outside the FOV.
 
     Raises:
-        ValueError: an image or FOV of the wrong shape, type or size, or an unknown ``scale``.
+        UserError: an image or FOV of the wrong shape, type or size, or an unknown ``scale``.
     """
     image, fov = check_image_and_fov(image_rgb, fov)
     if fov is None:

@@ -168,7 +168,7 @@ class Predictor:
             The map (float32 (H, W) in [0, 1], 0 outside the field of view) and the resize factor used.
 
         Raises:
-            ValueError: an image or field of view of the wrong shape, type or size, or an unknown ``scale``.
+            UserError: an image or field of view of the wrong shape, type or size, or an unknown ``scale``.
         """
         from engine.fov import estimate_fov
 

@@ -44,7 +44,7 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
     classical vesselness filter); ``scale``
     (``"auto"``, ``"none"`` or a factor; see ``engine.inference.predict.resolve_scale``) is how each photograph is
     resized for the model; ``queue`` the named Redis queue (default ``inference``; ignored on the SQLite queue
-    file). Raises ValueError with a sentence for anything unusable; nothing is queued then.
+    file). Raises UserError with a sentence for anything unusable; nothing is queued then.
     """
     from engine.inference.batch import check_inputs
     from engine.inference.predictor import CLASSICAL
@@ -70,7 +70,7 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
 
 def cancel_inference(job_id: str) -> str:
     """Cancel a batch job: ``"cancelled"`` when queued (revoked, never starts), ``"cancelling"`` when running
-    (it stops before its next image, keeping what it wrote). Unknown or finished jobs raise ValueError."""
+    (it stops before its next image, keeping what it wrote). Unknown or finished jobs raise UserError."""
     outcome = store.request_cancel(job_id)
     row = store.get_inference_job(job_id)
     if outcome == "cancelled" and row["task_id"]:

@@ -129,7 +129,7 @@ def stop_training_task(model_id: str) -> str:
 # --------------------------------------------------------------------------- Python API
 
 def _training_config(config: Any) -> dict:
-    """A validated TrainingConfig dict from a dict or a TrainingConfig (ValueError names the bad option)."""
+    """A validated TrainingConfig dict from a dict or a TrainingConfig (UserError names the bad option)."""
     from engine.training.config import TrainingConfig
 
     if isinstance(config, TrainingConfig):
@@ -162,7 +162,7 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
     Allowed for a model never started, for a ``failed`` or ``stopped`` one, and with ``resume=True`` for a ``completed``
     one: ``resume=True`` continues from its ``last.pt`` (epochs, optimiser, schedule, early stopping and
     the curves carry on; ``engine.training.checkpoint.check_resume`` says what to change when nothing is left to run).
-    Anything else raises ValueError and changes nothing.
+    Anything else raises UserError and changes nothing.
     """
     config = _training_config(training_config)
     row = store.get_model(model_id)
@@ -217,7 +217,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
         DatasetError: the folder is unusable, holds fewer than 2 images (training holds one out for
             validation), its path is not valid UTF-8 (the run registry stores text), or the patch does
             not fit; nothing is created or queued.
-        ValueError: a bad config or name.
+        UserError: a bad config or name.
     """
     from engine.training.data import DatasetError, check_patch_size, load_dataset
 
@@ -234,7 +234,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
                 shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
             raise DatasetError(f"The {what} {shown} is not valid UTF-8 text, which the run registry cannot store: "
                                "rename it using letters, digits, '-' or '_'.") from None
-    # DatasetError (a ValueError) with a sentence when the folder is unusable, too small, or the patch
+    # DatasetError (a UserError) with a sentence when the folder is unusable, too small, or the patch
     # cannot fit, before anything is queued: the user hears it now, not minutes later from the worker.
     ds = load_dataset(folder)
     if len(ds) < 2:  # the same refusal train() makes, made before a row exists
@@ -254,7 +254,7 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
 
 def stop_training(model_id: str) -> str:
     """Stop a run: ``"stopping"`` for a running one (it ends within a second), ``"cancelled"`` for a
-    queued one (revoked, never starts). A finished run raises ValueError and changes nothing."""
+    queued one (revoked, never starts). A finished run raises UserError and changes nothing."""
     outcome = store.request_stop(model_id)
     if outcome == "cancelled":
         row = store.get_model(model_id)

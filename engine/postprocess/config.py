@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import cv2
-import numpy as np
+
+from engine.errors import UserError
+from engine.fields import Field
 
 THRESHOLD_MODES = ("fixed", "otsu", "hysteresis")
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT}
@@ -24,17 +26,17 @@ RETIRED_OPTIONS = {
 
 
 def check_option_names(names: Iterable[str]) -> None:
-    """ValueError naming every key that is not a PostProcessConfig field, and the valid ones."""
+    """UserError naming every key that is not a PostProcessConfig field, and the valid ones."""
     known = {f.name for f in dataclasses.fields(PostProcessConfig)}
     retired = sorted(set(names) & set(RETIRED_OPTIONS))
     if retired:
-        raise ValueError(
+        raise UserError(
             f"{', '.join(map(repr, retired))} is no longer an option: the vessel-shape filter judges every "
             "component whatever its size; remove it (PostProcessConfig.from_dict ignores it in saved settings)."
         )
     unknown = sorted(set(names) - known)
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown post-processing option(s) {', '.join(map(repr, unknown))}: "
             f"valid options are {', '.join(sorted(known))}."
         )
@@ -62,25 +64,13 @@ class PostProcessConfig:
     from_logits: bool = False  # the input is logits: apply a sigmoid first
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "hysteresis_low", "confidence_threshold"):
-            self._set(name, _as_float(name, getattr(self, name), 0.0, 1.0))
-        self._set("min_elongation", _as_float("min_elongation", self.min_elongation, 1.0, 1000.0))
-        for name in ("apply_opening", "apply_closing", "shape_filter", "from_logits"):
-            self._set(name, _as_bool(name, getattr(self, name)))
-        for name in ("opening_kernel", "closing_kernel"):
-            value = _as_int(name, getattr(self, name), 1, MAX_KERNEL)
-            if value % 2 == 0:
-                raise ValueError(f"{name} must be odd so the kernel has a centre; got {value}: use {value + 1}.")
+        for name, spec in FIELDS.items():
+            value = spec.check(getattr(self, name), name)
+            if name.endswith("_kernel") and value % 2 == 0:
+                raise UserError(f"{name} must be odd so the kernel has a centre; got {value}: use {value + 1}.")
             self._set(name, value)
-        for name in ("min_component_size", "fill_holes_below"):
-            self._set(name, _as_int(name, getattr(self, name), 0, 100_000_000))
-        self._set("connectivity", _as_int("connectivity", self.connectivity, 4, 8))
-        if self.connectivity not in (4, 8):
-            raise ValueError(f"connectivity must be 4 or 8; got {self.connectivity}.")
-        self._set("threshold_mode", _as_choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES))
-        self._set("kernel_shape", _as_choice("kernel_shape", self.kernel_shape, tuple(KERNEL_SHAPES)))
         if self.threshold_mode == "hysteresis" and self.hysteresis_low > self.threshold:
-            raise ValueError(
+            raise UserError(
                 f"hysteresis_low ({self.hysteresis_low:g}) must not exceed threshold ({self.threshold:g}): "
                 "lower hysteresis_low or raise threshold."
             )
@@ -101,10 +91,10 @@ class PostProcessConfig:
         accepted and ignored; ``notes_from_dict`` says what that changes.
 
         Raises:
-            ValueError: ``data`` is not a dict, has an unknown key, or a value out of range.
+            UserError: ``data`` is not a dict, has an unknown key, or a value out of range.
         """
         if not isinstance(data, Mapping):
-            raise ValueError(
+            raise UserError(
                 f"post-processing settings must be a JSON object (a dict); got {type(data).__name__}."
             )
         data = {k: v for k, v in data.items() if k not in RETIRED_OPTIONS}
@@ -129,35 +119,40 @@ class PostProcessConfig:
         return notes
 
 
-# --- validation helpers ---------------------------------------------------------------------
-
-def _as_float(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number between {low:g} and {high:g}; got {value!r}.")
-    value = float(value)
-    if not (low <= value <= high):  # also catches NaN
-        raise ValueError(f"{name} must be between {low:g} and {high:g}; got {value:g}.")
-    return value
-
-
-def _as_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)  # JSON written by other tools may carry 50.0
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number between {low} and {high}; got {value!r}.")
-    value = int(value)
-    if not (low <= value <= high):
-        raise ValueError(f"{name} must be between {low} and {high}; got {value}.")
-    return value
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be true or false; got {value!r}.")
-    return bool(value)
-
-
-def _as_choice(name: str, value: Any, choices: tuple) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
-    return value
+# Every option's spec (lenient: the dashboard's sliders give numpy scalars, presets written by other tools
+# 50.0), checked in this order by __post_init__; ``help`` and ``usual`` are what the tuner's widgets show.
+_FRACTION = dict(low=0.0, high=1.0, lenient=True)
+FIELDS: dict[str, Field] = {
+    "threshold": Field(float, 0.6, **_FRACTION,
+                       help="0.6 is the usual start; lower keeps fainter vessels."),
+    "hysteresis_low": Field(float, 0.3, **_FRACTION,
+                            help="Faint pixels at or above this are kept when connected to a confident one."),
+    "confidence_threshold": Field(float, 0.6, **_FRACTION,
+                                  help="A piece is removed when its mean probability is below this; 0 switches "
+                                       "the filter off."),
+    "min_elongation": Field(float, 3.0, 1.0, 1000.0, lenient=True, usual=(1.0, 20.0, 0.5),
+                            help="Pieces shorter than this many times their width are removed, whatever their "
+                                 "size: a disc scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and "
+                                 "branches score higher. Start at 3."),
+    "apply_opening": Field(bool, True, lenient=True),
+    "apply_closing": Field(bool, True, lenient=True),
+    "shape_filter": Field(bool, False, lenient=True),
+    "from_logits": Field(bool, False, lenient=True,
+                         help="The maps shown here are already probabilities in [0, 1]; from_logits is for "
+                              "scripts that pass raw model outputs."),
+    "opening_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True,
+                            help="Odd side of the structuring element; larger removes more."),
+    "closing_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True,
+                            help="Odd side of the structuring element; larger joins farther fragments."),
+    "min_component_size": Field(int, 50, 0, 100_000_000, lenient=True, usual=(0, 2000, 5),
+                                help="Connected pieces smaller than this are removed; 0 switches the filter off. "
+                                     "Start at 50."),
+    "fill_holes_below": Field(int, 0, 0, 100_000_000, lenient=True, usual=(0, 500, 1),
+                              help="0 switches hole filling off."),
+    "connectivity": Field(int, 8, 4, 8, lenient=True, choices=(4, 8),
+                          help="8 joins pixels that touch at a corner; 4 only along edges."),
+    "threshold_mode": Field(str, "fixed", choices=THRESHOLD_MODES, lenient=True,
+                            help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
+                                 "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too."),
+    "kernel_shape": Field(str, "ellipse", choices=tuple(KERNEL_SHAPES), lenient=True),
+}

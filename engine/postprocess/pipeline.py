@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 
 from engine.arrays import squeeze_to_2d, to_numpy
+from engine.errors import UserError
 from engine.postprocess.config import KERNEL_SHAPES, PostProcessConfig, check_option_names
 from engine.postprocess.connectivity import (count_components, hysteresis_mask, label_components,
                                              merges_through_holes, small_hole_pixels, vessel_ratio_per_label)
@@ -77,7 +78,7 @@ def prepare_probabilities(model_output: Any, from_logits: bool = False) -> np.nd
     prob = np.ascontiguousarray(arr, dtype=np.float32)
     low, high = float(prob.min()), float(prob.max())  # NaN and inf propagate into min/max
     if math.isnan(low) or math.isnan(high):
-        raise ValueError(
+        raise UserError(
             "model_output contains NaN values: the model or its input is broken; check the image and checkpoint."
         )
     if from_logits:
@@ -85,7 +86,7 @@ def prepare_probabilities(model_output: Any, from_logits: bool = False) -> np.nd
             prob = 1.0 / (1.0 + np.exp(-prob))
         return prob.astype(np.float32, copy=False)
     if low < 0.0 or high > 1.0:
-        raise ValueError(
+        raise UserError(
             f"model_output has values from {low:.4g} to {high:.4g}, outside [0, 1]: pass probabilities, "
             "or set from_logits=True if these are logits."
         )
@@ -96,7 +97,7 @@ def prepare_fov(fov: Any, shape: tuple) -> np.ndarray:
     """uint8 {0,1} field-of-view mask of the given (H, W) shape; nonzero means inside."""
     arr = squeeze_to_2d(to_numpy(fov, "fov"), "fov")
     if arr.shape != tuple(shape):
-        raise ValueError(
+        raise UserError(
             f"fov is {arr.shape[1]}x{arr.shape[0]} (width x height) but the probability map is "
             f"{shape[1]}x{shape[0]}: use the FOV mask that belongs to this image."
         )
@@ -259,21 +260,15 @@ def warnings_for(stats: Mapping[str, Any], share: float = 0.5) -> list[str]:
 
 # --- the public entry point -----------------------------------------------------------------
 
-class _DefaultFloat(float):
-    """A default that was not passed explicitly (so ``config=`` keeps its own value)."""
-
-
-class _DefaultInt(int):
-    """A default that was not passed explicitly (so ``config=`` keeps its own value)."""
+# The positional parameters after ``model_type`` that earlier versions took (``enhanced_post_processing(prob,
+# "segmentation", 0.5, 10, 0.55)``); they are the same overrides as the keywords of these names.
+POSITIONAL_OPTIONS = ("threshold", "min_component_size", "confidence_threshold")
 
 
 def enhanced_post_processing(
     model_output: Any,
     model_type: str = "segmentation",
-    threshold: float = _DefaultFloat(0.6),
-    min_component_size: int = _DefaultInt(50),
-    confidence_threshold: float = _DefaultFloat(0.6),
-    *,
+    *positional: Any,
     config: PostProcessConfig | None = None,
     fov: Any = None,
     **options: Any,
@@ -281,10 +276,12 @@ def enhanced_post_processing(
     """Threshold, clean and filter a vessel probability map; see the module docstring.
 
     ``model_output``: (H, W) probabilities in [0, 1] (numpy or torch, leading size-1 dims
-    allowed), or logits with ``from_logits=True``. ``config`` supplies every option; the named
-    arguments and ``**options`` (any ``PostProcessConfig`` field) override it when passed
-    explicitly. ``fov``: optional (H, W) mask, nonzero inside. Thresholds are probabilities
-    even for logits (they apply after the sigmoid).
+    allowed), or logits with ``from_logits=True``. ``config`` supplies every option (the defaults of
+    ``PostProcessConfig`` without one); ``**options`` (any ``PostProcessConfig`` field, e.g.
+    ``threshold=0.5``) override it, and so do up to three positional values after ``model_type``
+    (``threshold``, ``min_component_size``, ``confidence_threshold``, the call shape of earlier versions).
+    ``fov``: optional (H, W) mask, nonzero inside. Thresholds are probabilities even for logits (they
+    apply after the sigmoid).
 
     ``stats``: ``threshold_mode``, ``threshold_used``, ``pixels_thresholded``,
     ``components_before`` (components the filters judged, after opening/closing),
@@ -308,23 +305,23 @@ def enhanced_post_processing(
     """
     t_all = time.perf_counter()
     if model_type not in MODEL_TYPES:
-        raise ValueError(
+        raise UserError(
             f"model_type {model_type!r} is not supported: enhanced_post_processing handles only "
             "'segmentation' outputs (a per-pixel vessel probability map)."
         )
     if config is not None and not isinstance(config, PostProcessConfig):
-        raise ValueError(
+        raise UserError(
             f"config must be a PostProcessConfig; got {type(config).__name__} "
             "(use PostProcessConfig.from_dict(...) for a dict)."
         )
-    check_option_names(options)
-    overrides = dict(options)
-    named = {"threshold": threshold, "min_component_size": min_component_size,
-             "confidence_threshold": confidence_threshold}
-    for name, value in named.items():
-        explicit = not isinstance(value, (_DefaultFloat, _DefaultInt))
-        if explicit or config is None:  # a default never overrides what config says
-            overrides[name] = value if explicit else (float(value) if isinstance(value, float) else int(value))
+    if len(positional) > len(POSITIONAL_OPTIONS):
+        raise TypeError(f"enhanced_post_processing takes at most {2 + len(POSITIONAL_OPTIONS)} positional "
+                        f"arguments ({len(positional) + 2} given): pass the other options by name.")
+    for name in POSITIONAL_OPTIONS[:len(positional)]:
+        if name in options:
+            raise TypeError(f"enhanced_post_processing got multiple values for argument {name!r}")
+    overrides = {**dict(zip(POSITIONAL_OPTIONS, positional)), **options}
+    check_option_names(overrides)
     cfg = dataclasses.replace(config, **overrides) if config is not None else PostProcessConfig(**overrides)
 
     timings: dict[str, float] = {}

@@ -17,6 +17,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from engine.errors import UserError
+
 # kind -> what it imitates (the words the benchmark and the Train page's help use)
 SHIFTS = {
     "colour": "a colour and hue cast (white balance, sensor)",
@@ -117,14 +119,14 @@ def apply_shift(image: np.ndarray, name: str, strength: float, rng: np.random.Ge
         A new uint8 RGB array of the same shape.
 
     Raises:
-        ValueError: an unknown ``name`` or a ``strength`` outside [0, 1].
+        UserError: an unknown ``name`` or a ``strength`` outside [0, 1].
     """
     if name not in _APPLY:
-        raise ValueError(f"Unknown camera shift {name!r}: choose one of {', '.join(SHIFTS)}.")
+        raise UserError(f"Unknown camera shift {name!r}: choose one of {', '.join(SHIFTS)}.")
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be between 0 and 1, not {strength}.")
+        raise UserError(f"strength must be between 0 and 1, not {strength}.")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"A camera shift needs an RGB uint8 image (H, W, 3), not {image.dtype} {image.shape}.")
+        raise UserError(f"A camera shift needs an RGB uint8 image (H, W, 3), not {image.dtype} {image.shape}.")
     return _APPLY[name](image, strength, rng)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from engine.errors import UserError
+from engine.fields import Field
 from engine.training.data import CHANNELS, NORMALIZATIONS
 from engine.training.losses import LOSS_NAMES
 
@@ -71,36 +72,15 @@ class TrainingConfig:
     calibrate_postprocess: bool = True  # search post-processing on the validation images at the end
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = _FIELD_TYPES[f.name]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-            elif kind is bool and not isinstance(value, bool):
-                raise ValueError(f"{f.name} must be true or false, not {value!r}.")
-            elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{f.name} must be a whole number, not {value!r}.")
-            elif kind is str and not isinstance(value, str):
-                raise ValueError(f"{f.name} must be text, not {value!r}.")
-            elif kind is float and (isinstance(value, bool) or not isinstance(value, float)):
-                raise ValueError(f"{f.name} must be a number, not {value!r}.")
-        for name, (low, high, low_open) in _RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, not {value}.")
-            if value < low or value > high or (low_open and value == low):
-                lower = f"greater than {low:g}" if low_open else f"at least {low:g}"
-                raise ValueError(f"{name} must be {lower} and at most {high:g}, not {value:g}.")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} {getattr(self, name)!r} is not known: choose one of {', '.join(allowed)}.")
+        for name, spec in FIELDS.items():
+            object.__setattr__(self, name, spec.check(getattr(self, name), name))
         if self.patch_size % 2 ** self.depth:
-            raise ValueError(
+            raise UserError(
                 f"patch_size {self.patch_size} must be a multiple of 2**depth = {2 ** self.depth}: "
                 f"use {self.patch_size // 2 ** self.depth * 2 ** self.depth or 2 ** self.depth}."
             )
         if self.lr_schedule == "cosine" and self.min_learning_rate > self.learning_rate:
-            raise ValueError("min_learning_rate must not exceed learning_rate.")
+            raise UserError("min_learning_rate must not exceed learning_rate.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,22 +88,20 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
         if not isinstance(data, dict):
-            raise ValueError(f"A training config must be a JSON object, not {type(data).__name__}.")
-        unknown = sorted(set(data) - set(_FIELD_TYPES))
+            raise UserError(f"A training config must be a JSON object, not {type(data).__name__}.")
+        unknown = sorted(set(data) - set(FIELDS))
         if unknown:
-            raise ValueError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+            raise UserError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
         return cls(**data)
 
     def with_updates(self, **changes: Any) -> "TrainingConfig":
-        unknown = sorted(set(changes) - set(_FIELD_TYPES))
+        unknown = sorted(set(changes) - set(FIELDS))
         if unknown:
-            raise ValueError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+            raise UserError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
         return replace(self, **changes)
 
 
-_FIELD_TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type]
-                                 for f in fields(TrainingConfig)}
-# name: (low, high, low is excluded)
+# name: (low, high, low is excluded); every number has a range
 _RANGES = {
     "base_channels": (1, 256, False), "depth": (1, 6, False), "dropout_rate": (0.0, 0.9, False),
     "dice_weight": (0.0, 1.0, False), "focal_alpha": (0.0, 1.0, False), "focal_gamma": (0.0, 10.0, False),
@@ -144,6 +122,74 @@ CHOICES = {
     "lr_schedule": SCHEDULES, "early_stopping_monitor": MONITORS, "device": DEVICES,
     "precision": PRECISIONS,
 }
+# What each option does and its usual range, in the words the Train page's form shows beside it.
+HELP = {
+    "epochs": ("Upper limit; early stopping usually ends the run sooner."),
+    "batch_size": ("Patches per optimiser step. Lower it if memory runs out."),
+    "patch_size": ("Side of the square training patches; a multiple of 2^depth."),
+    "steps_per_epoch": ("Optimiser steps per epoch; validation runs after each epoch."),
+    "learning_rate": ("Peak learning rate of AdamW."),
+    "val_fraction": ("Share of the images held out for validation; 0 trains on every image and keeps "
+                     "the newest epoch (nothing is then calibrated or stopped early)."),
+    "seed": ("Same seed, same result on CPU: change it to check a result is not luck."),
+    "loss_function": ("Start with combined_dice_focal: Dice copes with thin vessels being a small "
+                              "share of the pixels, focal with the hard pixels at their edges."),
+    "dice_weight": ("Share of Dice in the combined loss; 0.7 is the recommended start."),
+    "focal_alpha": ("Focal weight of vessel pixels (background gets 1 − alpha)."),
+    "focal_gamma": ("Focal focusing exponent; 2 is the usual value."),
+    "tversky_alpha": ("Tversky weight of false positives."),
+    "tversky_beta": ("Tversky weight of false negatives; above alpha favours thin vessels."),
+    "weight_decay": ("Raise it (e.g. 1e-3) to reduce over-fitting: validation loss rising while "
+                                       "training loss falls."),
+    "dropout_rate": ("Dropout at the bottleneck; 0.1–0.3 reduces over-fitting."),
+    "ema_decay": ("Validate and save a moving average of the weights: steadier curves and a "
+                                    "better chosen checkpoint. 0.998 averages about the last 500 steps; 0 turns it off."),
+    "augment": ("Flips, rotations, zoom and brightness/contrast jitter: keep on for small data "
+                                  "sets."),
+    "max_zoom": ("With augmentation on, zoom patches by a random factor between 1/max_zoom and "
+                                   "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. "
+                                   "Photographs from one camera rarely need it."),
+    "any_angle": ("With augmentation on, rotate patches by any angle instead of only by multiples "
+                                    "of 90°."),
+    "camera_augment": ("With augmentation on, the share of patches cut from the photograph as "
+                                         "another camera would take it: colour cast, gamma and contrast, uneven "
+                                         "illumination, blur or sharpening, JPEG, sensor noise. 0 turns it off; "
+                                         "for photographs of other cameras than the training set's."),
+    "early_stopping_monitor": ("val_dice (higher is better) or val_loss (lower is better)."),
+    "early_stopping_patience": ("Epochs without improvement before stopping; 10–20 is a "
+                                                         "good range. 0 never stops early."),
+    "min_delta": ("Smallest change that counts as an improvement."),
+    "lr_schedule": ("cosine anneals to the minimum LR; plateau lowers it when stuck."),
+    "min_learning_rate": ("Floor of the cosine schedule."),
+    "plateau_factor": ("plateau: multiply the LR by this when stuck."),
+    "plateau_patience": ("plateau: epochs without improvement before lowering the LR."),
+    "max_minutes": ("Minutes of training; the run ends when they are used up. 0 = no time limit, the "
+                              "epochs end it. Measure this machine then sizes the run to fit them."),
+    "base_channels": ("Channels of the first U-Net level (doubling per level); more channels learn "
+                                  "finer detail and take longer per step."),
+    "depth": ("Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
+    "channel": ("Input channel: green has the best vessel contrast in fundus photographs; rgb "
+                            "gives the model all three."),
+    "clahe": ("Contrast-limited adaptive histogram equalisation before the network; saved with the "
+                          "model and applied again at inference."),
+    "normalization": ("zscore: per image inside the field of view; unit: divide by 255."),
+    "optimizer": ("AdamW, the only optimiser offered."),
+    "device": ("auto picks a CUDA GPU, then Apple MPS, then the CPU."),
+    "precision": ("auto trains in bfloat16 where the processor does it natively (faster), else "
+                              "float32. Prediction is always float32."),
+    "num_threads": ("Torch CPU threads; 0 leaves torch's default (all cores)."),
+    "checkpoint_every": ("Also keep epoch_XXX.pt every this many epochs; 0 keeps only best.pt and "
+                                     "last.pt."),
+    "calibrate_postprocess": ("At the end, search the post-processing settings that give the best "
+                                          "Dice on the validation images; the inference pages open with them."),
+}
+# Every option's spec (strict: typed values from JSON, the CLI and the form), checked in __post_init__.
+FIELDS: dict[str, Field] = {
+    f.name: Field({"int": int, "float": float, "bool": bool, "str": str}[f.type], f.default,
+                  *_RANGES.get(f.name, (None, None, False)), choices=CHOICES.get(f.name, ()),
+                  help=HELP.get(f.name, ""))
+    for f in fields(TrainingConfig)
+}
 # Settings that shape the network or its input; a resumed run must keep them.
 ARCHITECTURE_KEYS = ("base_channels", "depth", "channel", "clahe", "normalization")
 
@@ -158,13 +204,13 @@ def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict
     Returns:
         A validated ``TrainingConfig`` dict.
     Raises:
-        ValueError: ``changes`` is not an object, names an unknown option, or makes an invalid config
+        UserError: ``changes`` is not an object, names an unknown option, or makes an invalid config
             (the sentence names the option).
     """
     if not isinstance(changes, dict):
-        raise ValueError(f"The changed training options must be a JSON object such as {{\"epochs\": 40}}, "
+        raise UserError(f"The changed training options must be a JSON object such as {{\"epochs\": 40}}, "
                          f"not {type(changes).__name__}.")
-    base = {k: v for k, v in (stored or {}).items() if k in _FIELD_TYPES}  # a retired option is dropped
+    base = {k: v for k, v in (stored or {}).items() if k in FIELDS}  # a retired option is dropped
     return TrainingConfig.from_dict(base).with_updates(**changes).to_dict()
 
 
@@ -184,19 +230,19 @@ def more_time_changes(config: dict[str, Any], trained_minutes: float, epochs_don
     Returns:
         ``{"max_minutes": …, "epochs": …}`` to pass to ``config_with_changes``.
     Raises:
-        ValueError: ``more_minutes`` is not a positive number.
+        UserError: ``more_minutes`` is not a positive number.
     """
     if isinstance(more_minutes, bool) or not isinstance(more_minutes, (int, float)) or not more_minutes > 0:
-        raise ValueError(f"The minutes to train on must be a number above 0, not {more_minutes!r}.")
+        raise UserError(f"The minutes to train on must be a number above 0, not {more_minutes!r}.")
     per_epoch = max(trained_minutes, 1e-3) / max(epochs_done, 1)
     # half again the epochs the time would fit at this pace, so a faster stretch still ends by the clock
     needed = epochs_done + math.ceil(1.5 * more_minutes / per_epoch) + 1
-    epochs = min(max(int(config.get("epochs", 1)), needed), _RANGES["epochs"][1])
+    epochs = min(max(int(config.get("epochs", 1)), needed), FIELDS["epochs"].high)
     return {"max_minutes": round(trained_minutes + float(more_minutes), 2), "epochs": epochs}
 
 
 def _known() -> str:
-    return "known options are " + ", ".join(_FIELD_TYPES) + "."
+    return "known options are " + ", ".join(FIELDS) + "."
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:
@@ -204,10 +250,10 @@ def parse_set_option(text: str) -> tuple[str, Any]:
     key, sep, raw = str(text).partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
-        raise ValueError(f"--set expects key=value (for example learning_rate=0.001), not {text!r}.")
-    if key not in _FIELD_TYPES:
-        raise ValueError(f"Unknown training option {key!r}: {_known()}")
-    kind = _FIELD_TYPES[key]
+        raise UserError(f"--set expects key=value (for example learning_rate=0.001), not {text!r}.")
+    if key not in FIELDS:
+        raise UserError(f"Unknown training option {key!r}: {_known()}")
+    kind = FIELDS[key].kind
     try:
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
@@ -219,7 +265,7 @@ def parse_set_option(text: str) -> tuple[str, Any]:
             return key, float(raw)
     except ValueError:
         what = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
-        raise ValueError(f"{key} must be {what}, not {raw!r}.") from None
+        raise UserError(f"{key} must be {what}, not {raw!r}.") from None
     return key, raw
 
 

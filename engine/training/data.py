@@ -409,7 +409,7 @@ def prepare_channels(image: np.ndarray, channel: str = "green", clahe: bool = Tr
     elif channel == "rgb":
         planes = [image[:, :, c] for c in range(3)]
     else:
-        raise ValueError(f"Unknown channel {channel!r}: choose one of {', '.join(CHANNELS)}.")
+        raise UserError(f"Unknown channel {channel!r}: choose one of {', '.join(CHANNELS)}.")
     if clahe:
         op = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
         planes = [op.apply(np.ascontiguousarray(p)) for p in planes]
@@ -422,7 +422,7 @@ def normalization_stats(x: np.ndarray, fov: np.ndarray, normalization: str = "zs
     if normalization == "unit":
         return np.zeros((c, 1, 1), np.float32), np.ones((c, 1, 1), np.float32)
     if normalization != "zscore":
-        raise ValueError(f"Unknown normalization {normalization!r}: choose one of {', '.join(NORMALIZATIONS)}.")
+        raise UserError(f"Unknown normalization {normalization!r}: choose one of {', '.join(NORMALIZATIONS)}.")
     inside = fov.astype(bool)
     pixels = x[:, inside] if inside.sum() > 16 else x.reshape(c, -1)
     mean = pixels.mean(axis=1).reshape(c, 1, 1)
@@ -484,7 +484,7 @@ class PatchSampler:
                  max_zoom: float = 1.0, any_angle: bool = False):
         check_patch_size([img.shape[-2:] for img in images], patch_size)
         if max_zoom < 1.0:
-            raise ValueError(f"max_zoom must be at least 1 (1 = no zoom), not {max_zoom}.")
+            raise UserError(f"max_zoom must be at least 1 (1 = no zoom), not {max_zoom}.")
         self.images, self.masks, self.stats = images, masks, stats
         self.patch, self.augment = patch_size, augment
         self.max_zoom, self.any_angle = max_zoom, any_angle
@@ -498,10 +498,10 @@ class PatchSampler:
         each with its normalisation stats, or None; a patch comes from image ``i``'s variant with
         probability ``share``. Variants never change which pixels are drawn, only their values."""
         if len(variants) != len(self.images):
-            raise ValueError(f"{len(variants)} variants for {len(self.images)} images: give one (or None) per image.")
+            raise UserError(f"{len(variants)} variants for {len(self.images)} images: give one (or None) per image.")
         for v, img in zip(variants, self.images):
             if v is not None and v[0].shape != img.shape:
-                raise ValueError(f"A variant of shape {v[0].shape} cannot stand for an image of shape {img.shape}.")
+                raise UserError(f"A variant of shape {v[0].shape} cannot stand for an image of shape {img.shape}.")
         self.variants, self.variant_share = list(variants), float(share)
 
     def _crop(self, a: np.ndarray, y: int, x: int) -> np.ndarray:

@@ -21,17 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import UserError
+
 SMOOTH = 1e-5  # MONAI's default smooth_nr = smooth_dr
 LOSS_NAMES = ("combined_dice_focal", "dice", "focal", "tversky", "bce")
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if logits.shape != target.shape:
-        raise ValueError(
+        raise UserError(
             f"logits have shape {tuple(logits.shape)} but target has shape {tuple(target.shape)}: they must match."
         )
     if logits.ndim < 3:
-        raise ValueError(f"expected (B, C, H, W) tensors, got shape {tuple(logits.shape)}.")
+        raise UserError(f"expected (B, C, H, W) tensors, got shape {tuple(logits.shape)}.")
     return target.to(logits.dtype)
 
 
@@ -125,4 +127,4 @@ def build_loss(config: Any) -> nn.Module:
         return TverskyLoss(alpha=get("tversky_alpha", 0.3), beta=get("tversky_beta", 0.7))
     if name == "bce":
         return BCELoss()
-    raise ValueError(f"Unknown loss_function {name!r}: choose one of {', '.join(LOSS_NAMES)}.")
+    raise UserError(f"Unknown loss_function {name!r}: choose one of {', '.join(LOSS_NAMES)}.")

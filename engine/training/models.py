@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import UserError
+
 
 class DoubleConv(nn.Sequential):
     """(3×3 conv → BatchNorm → ReLU) × 2."""
@@ -38,7 +40,7 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, base_channels: int = 16, depth: int = 4, dropout_rate: float = 0.1):
         super().__init__()
         if in_channels < 1 or base_channels < 1 or not 1 <= depth <= 6 or not 0 <= dropout_rate < 1:
-            raise ValueError(
+            raise UserError(
                 f"UNet needs in_channels >= 1, base_channels >= 1, depth 1-6 and dropout_rate in [0, 1); "
                 f"got {in_channels}, {base_channels}, {depth}, {dropout_rate}."
             )

@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.errors import UserError
+
 from engine.imageio import encode_png
 from storage.paths import atomic_write_bytes
 
@@ -66,9 +68,9 @@ def synthetic_sample(size: int = 256, rng: np.random.Generator | None = None) ->
 def make_synthetic_dataset(out_dir: str | Path, n_images: int = 12, size: int = 256, seed: int = 0) -> Path:
     """Write ``n_images`` synthetic samples in the generic layout (images/, masks/, fov/); returns ``out_dir``."""
     if not 1 <= int(n_images) <= 1000:
-        raise ValueError(f"n_images must be between 1 and 1000, not {n_images}.")
+        raise UserError(f"n_images must be between 1 and 1000, not {n_images}.")
     if not 32 <= int(size) <= 2048:
-        raise ValueError(f"size must be between 32 and 2048 pixels, not {size}.")
+        raise UserError(f"size must be between 32 and 2048 pixels, not {size}.")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     for i in range(int(n_images)):

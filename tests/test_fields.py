@@ -1,0 +1,77 @@
+"""engine.fields: one spec per setting, one check, the sentences users read; both configs are built on it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from engine.cli import build_parser
+from engine.errors import UserError
+from engine.fields import Field
+from engine.postprocess import PostProcessConfig
+from engine.postprocess.config import FIELDS as POSTPROCESS_FIELDS
+from engine.training.config import FIELDS as TRAINING_FIELDS
+from engine.training.config import TrainingConfig
+
+STRICT = Field(int, 8, 1, 1024)
+OPEN = Field(float, 3e-3, 0.0, 1.0, low_open=True)
+LENIENT = Field(float, 0.6, 0.0, 1.0, lenient=True)
+LENIENT_INT = Field(int, 50, 0, 100, lenient=True)
+
+
+@pytest.mark.parametrize("spec, value, expected", [
+    (STRICT, 8, 8), (OPEN, 1, 1.0), (LENIENT, np.float32(0.5), 0.5), (LENIENT_INT, 50.0, 50),
+    (LENIENT_INT, np.int64(7), 7), (Field(bool, lenient=True), np.bool_(True), True),
+])
+def test_a_value_that_fits_comes_back_typed(spec, value, expected):
+    checked = spec.check(value, "x")
+    assert (checked, type(checked)) == (expected, type(expected))
+
+
+@pytest.mark.parametrize("spec, value, sentence", [
+    (STRICT, 0, "x must be at least 1 and at most 1024, not 0."),
+    (STRICT, 2.0, "x must be a whole number, not 2.0."),
+    (STRICT, True, "x must be a whole number, not True."),
+    (STRICT, np.int64(3), "x must be a whole number, not np.int64(3)."),
+    (OPEN, 0.0, "x must be greater than 0 and at most 1, not 0."),
+    (OPEN, float("nan"), "x must be a finite number, not nan."),
+    (LENIENT, 1.5, "x must be between 0 and 1; got 1.5."),
+    (LENIENT, "0.5", "x must be a number between 0 and 1; got '0.5'."),
+    (LENIENT_INT, 2.5, "x must be a whole number between 0 and 100; got 2.5."),
+    (Field(str, choices=("a", "b", "c")), "d", "x 'd' is not known: choose one of a, b, c."),
+    (Field(str, choices=("a", "b", "c"), lenient=True), "d", "x must be one of 'a', 'b', 'c'; got 'd'."),
+    (Field(int, 8, 4, 8, choices=(4, 8), lenient=True), 6, "x must be 4 or 8; got 6."),
+])
+def test_a_value_that_does_not_fit_gets_its_sentence(spec, value, sentence):
+    with pytest.raises(UserError) as caught:
+        spec.check(value, "x")
+    assert str(caught.value) == sentence
+
+
+def test_an_http_body_shows_the_value_as_json():
+    with pytest.raises(UserError, match=r"^'resume' must be true or false, not null\.$"):
+        Field(bool).check(None, "'resume'", json.dumps)
+
+
+@pytest.mark.parametrize("config, specs", [(TrainingConfig, TRAINING_FIELDS), (PostProcessConfig, POSTPROCESS_FIELDS)],
+                         ids=["training", "postprocess"])
+def test_every_option_has_a_spec_whose_default_is_the_config_s(config, specs):
+    assert {f.name: f.default for f in dataclasses.fields(config)} == {n: s.default for n, s in specs.items()}
+
+
+@pytest.mark.parametrize("text, accepted", [("0", True), ("1", True), ("0.4", True), ("1.5", False), ("-0.1", False),
+                                            ("nan", False), ("half", False)])
+def test_the_cli_threshold_takes_the_config_s_range(text, accepted, capsys):
+    argv = ["evaluate", "--checkpoint", "c.pt", "--data", "d", "--threshold", text]
+    if accepted:
+        assert build_parser().parse_args(argv).threshold == float(text)
+    else:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        assert "argument --threshold: must be " in capsys.readouterr().err
+
+
+def test_the_cli_plain_threshold_defaults_to_half():
+    assert build_parser().parse_args(["evaluate", "--checkpoint", "c.pt", "--data", "d"]).threshold == 0.5
