@@ -304,6 +304,37 @@ def enhanced_post_processing(
     It runs before the FOV mask is applied.
     """
     t_all = time.perf_counter()
+    cfg = _resolve_config(model_type, positional, config, options)
+    run = _Run(cfg)
+    start = time.perf_counter()
+    prob = prepare_probabilities(model_output, cfg.from_logits)
+    fov_mask = None if fov is None else prepare_fov(fov, prob.shape)
+    run.timings["prepare"] = _ms(start)
+
+    start = time.perf_counter()
+    run.thresholded = run.mask = _threshold(prob, cfg, fov_mask, run.stats)
+    run.count = run.stats["pixels_thresholded"] = int(cv2.countNonZero(run.thresholded))
+    run.timings["threshold"] = _ms(start)
+
+    evidence = _open_and_close(run)
+    run.mask, labels, keep = _filter_components(run.mask, prob, cfg, run.stats, run.removed_px, run.timings, evidence)
+    run.components_after = int(np.count_nonzero(keep))
+    run.count = int(cv2.countNonZero(run.mask))
+    _fill_holes(run, labels, keep)
+    removed = _apply_fov(run, fov_mask, labels)
+    return run.result(removed, t_all)
+
+
+
+def _resolve_config(model_type: str, positional: tuple, config: PostProcessConfig | None,
+                    options: dict[str, Any]) -> PostProcessConfig:
+    """The config the call asks for: ``config`` (or the defaults) with the positional and keyword overrides.
+
+    Raises:
+        UserError: an unsupported ``model_type``, a ``config`` that is not a PostProcessConfig, or an
+            option out of its range (PostProcessConfig's checks).
+        TypeError: too many positional values, or one given twice.
+    """
     if model_type not in MODEL_TYPES:
         raise UserError(
             f"model_type {model_type!r} is not supported: enhanced_post_processing handles only "
@@ -322,79 +353,88 @@ def enhanced_post_processing(
             raise TypeError(f"enhanced_post_processing got multiple values for argument {name!r}")
     overrides = {**dict(zip(POSITIONAL_OPTIONS, positional)), **options}
     check_option_names(overrides)
-    cfg = dataclasses.replace(config, **overrides) if config is not None else PostProcessConfig(**overrides)
+    return dataclasses.replace(config, **overrides) if config is not None else PostProcessConfig(**overrides)
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    prob = prepare_probabilities(model_output, cfg.from_logits)
-    fov_mask = None if fov is None else prepare_fov(fov, prob.shape)
-    timings["prepare"] = _ms(start)
 
-    stats: dict[str, Any] = {"threshold_mode": cfg.threshold_mode, "components_removed": {}}
-    removed_px: dict[str, int] = {"opening": 0, "size": 0, "confidence": 0, "shape": 0, "fov": 0}
-    added_px: dict[str, int] = {"closing": 0, "holes": 0}
-    for step in ("size", "confidence", "shape"):
-        stats["components_removed"][step] = 0
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one ``enhanced_post_processing`` call share: the mask so far, its pixel count, and
+    the counts and timings that become ``stats``."""
+    cfg: PostProcessConfig
+    thresholded: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    count: int = 0
+    components_after: int = 0
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    removed_px: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"opening": 0, "size": 0, "confidence": 0, "shape": 0, "fov": 0})
+    added_px: dict[str, int] = dataclasses.field(default_factory=lambda: {"closing": 0, "holes": 0})
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    start = time.perf_counter()
-    thresholded = _threshold(prob, cfg, fov_mask, stats)
-    n_thresholded = int(cv2.countNonZero(thresholded))
-    stats["pixels_thresholded"] = n_thresholded
-    timings["threshold"] = _ms(start)
+    def __post_init__(self) -> None:
+        self.stats.update(threshold_mode=self.cfg.threshold_mode,
+                          components_removed={"size": 0, "confidence": 0, "shape": 0})
 
-    mask, count = thresholded, n_thresholded
-    evidence = None  # the mask before closing, when closing added pixels (see the confidence filter)
+    def result(self, removed: np.ndarray, t_all: float) -> PostProcessResult:
+        """The final mask (contiguous uint8, never a view of the thresholded array), ``removed`` and ``stats``."""
+        mask = np.ascontiguousarray(self.mask, dtype=np.uint8)
+        if mask is self.thresholded:  # nothing ran after thresholding; never hand out a view of a bool array
+            mask = mask.copy()
+        self.stats.update(components_after=self.components_after, pixels_removed=self.removed_px,
+                          pixels_added=self.added_px, pixels_kept=self.count,
+                          removed_total=int(cv2.countNonZero(removed)))
+        self.timings["total"] = _ms(t_all)
+        self.stats["timings_ms"] = self.timings
+        return PostProcessResult(mask=mask, removed=removed, stats=self.stats)
+
+
+def _open_and_close(run: _Run) -> np.ndarray | None:
+    """Opening, then closing, each when on and wider than 1 px. Returns the mask before closing when closing
+    added pixels (the confidence filter judges a component by what the model itself marked), else None."""
+    cfg, evidence = run.cfg, None
     shape_id = KERNEL_SHAPES[cfg.kernel_shape]
     for step, op, on, size in (("opening", cv2.MORPH_OPEN, cfg.apply_opening, cfg.opening_kernel),
                                ("closing", cv2.MORPH_CLOSE, cfg.apply_closing, cfg.closing_kernel)):
         start = time.perf_counter()
         if on and size > 1:
-            before = mask
-            mask = cv2.morphologyEx(mask, op, cv2.getStructuringElement(shape_id, (size, size)))
-            new = int(cv2.countNonZero(mask))
+            before = run.mask
+            run.mask = cv2.morphologyEx(run.mask, op, cv2.getStructuringElement(shape_id, (size, size)))
+            new = int(cv2.countNonZero(run.mask))
             if op == cv2.MORPH_OPEN:
-                removed_px[step] = count - new
+                run.removed_px[step] = run.count - new
             else:
-                added_px[step] = new - count
-                evidence = before if new != count else None
-            count = new
-        timings[step] = _ms(start)
+                run.added_px[step] = new - run.count
+                evidence = before if new != run.count else None
+            run.count = new
+        run.timings[step] = _ms(start)
+    return evidence
 
-    mask, labels, keep = _filter_components(mask, prob, cfg, stats, removed_px, timings, evidence)
-    components_after = int(np.count_nonzero(keep))
-    count = int(cv2.countNonZero(mask))
 
+def _fill_holes(run: _Run, labels: np.ndarray, keep: np.ndarray) -> None:
+    """Fill background regions of fewer than ``fill_holes_below`` pixels that vessel pixels enclose."""
     start = time.perf_counter()
-    stats["holes_filled"] = 0
-    if cfg.fill_holes_below > 0:
-        idx, hole_ids = small_hole_pixels(mask, cfg.fill_holes_below, cfg.connectivity)
+    run.stats["holes_filled"] = 0
+    if run.cfg.fill_holes_below > 0:
+        idx, hole_ids = small_hole_pixels(run.mask, run.cfg.fill_holes_below, run.cfg.connectivity)
         if idx.size:
-            mask = mask.copy() if mask is thresholded else mask
-            mask.ravel()[idx] = 1
-            added_px["holes"], count = int(idx.size), count + int(idx.size)
-            stats["holes_filled"] = int(np.unique(hole_ids).size)
+            run.mask = run.mask.copy() if run.mask is run.thresholded else run.mask
+            run.mask.ravel()[idx] = 1
+            run.added_px["holes"], run.count = int(idx.size), run.count + int(idx.size)
+            run.stats["holes_filled"] = int(np.unique(hole_ids).size)
             # a filled hole that touches several components (a ring around an island) joins them
-            components_after -= merges_through_holes(labels, keep, idx, hole_ids, cfg.connectivity)
-    timings["fill_holes"] = _ms(start)
+            run.components_after -= merges_through_holes(labels, keep, idx, hole_ids, run.cfg.connectivity)
+    run.timings["fill_holes"] = _ms(start)
 
+
+def _apply_fov(run: _Run, fov_mask: np.ndarray | None, labels: np.ndarray) -> np.ndarray:
+    """Cut the mask to the field of view; returns ``removed``, the thresholded pixels not in the final mask."""
     start = time.perf_counter()
     if fov_mask is not None:
-        mask = cv2.bitwise_and(mask, fov_mask)
-        new = int(cv2.countNonZero(mask))
-        removed_px["fov"], count = count - new, new
-        if removed_px["fov"] > 0:  # the FOV edge can split or delete components: count again
-            components_after = count_components(mask, cfg.connectivity, scratch=labels)
-    removed = cv2.subtract(thresholded, mask)  # thresholded and not in the final mask
-    timings["fov"] = _ms(start)
-
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    if mask is thresholded:  # nothing ran after thresholding; never hand out a view of a bool array
-        mask = mask.copy()
-    stats["components_after"] = components_after
-    stats["pixels_removed"] = removed_px
-    stats["pixels_added"] = added_px
-    stats["pixels_kept"] = count
-    stats["removed_total"] = int(cv2.countNonZero(removed))
-    timings["total"] = _ms(t_all)
-    stats["timings_ms"] = timings
-    return PostProcessResult(mask=mask, removed=removed, stats=stats)
+        run.mask = cv2.bitwise_and(run.mask, fov_mask)
+        new = int(cv2.countNonZero(run.mask))
+        run.removed_px["fov"], run.count = run.count - new, new
+        if run.removed_px["fov"] > 0:  # the FOV edge can split or delete components: count again
+            run.components_after = count_components(run.mask, run.cfg.connectivity, scratch=labels)
+    removed = cv2.subtract(run.thresholded, run.mask)
+    run.timings["fov"] = _ms(start)
+    return removed
