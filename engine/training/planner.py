@@ -238,49 +238,13 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
         PlanError: a name in ``user_fields`` is not a training option, or a measurement is not a positive number.
         TrainingError: ``config.device`` is not available.
     """
-    from engine.training.data import DatasetError, check_patch_size
-
     user = set(user_fields)
     unknown = sorted(user - {f.name for f in fields(TrainingConfig)})
     if unknown:
         raise PlanError(f"Unknown training option(s) {', '.join(map(repr, unknown))} among the fields you set.")
     dev = resolve_device(config.device) if device is None else torch.device(device)
-    if config.precision != "auto" or "precision" in user:
-        precisions = ["bf16" if resolve_precision(config.precision, dev) is not None else "fp32"]
-    else:
-        precisions = ["bf16", "fp32"] if native_bf16(dev) else ["fp32"]
-
-    def fits(patch: int) -> bool:
-        if dataset is None:
-            return True
-        try:
-            check_patch_size(dataset, patch)
-        except DatasetError:
-            return False
-        return True
-
-    timings: dict[tuple, float] = {}  # the width step and the shapes of the chosen width share one shape
-
-    def measured(cfg: TrainingConfig, patch: int, batch: int, precision: str) -> float:
-        key = (cfg.base_channels, patch, batch, precision)
-        if key not in timings:
-            seconds = float(measure(cfg, patch, batch, precision, device=str(dev.type)))
-            if not (math.isfinite(seconds) and seconds > 0):
-                raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
-            timings[key] = seconds
-        return timings[key]
-
-    def shapes_of(cfg: TrainingConfig) -> list[dict]:
-        tried = []
-        for precision in precisions:
-            for patch, batch in _shapes(cfg, user, fits):
-                seconds = measured(cfg, patch, batch, precision)
-                tried.append({"patch_size": patch, "batch_size": batch, "precision": precision,
-                              "base_channels": cfg.base_channels, "seconds_per_step": seconds,
-                              "pixels_per_second": patch * patch * batch / seconds})
-        return tried
-
-    tried = shapes_of(config)
+    bench = _Bench(config, user, measure, dev, dataset)
+    tried = bench.shapes_of(config)
     best = max(tried, key=lambda c: c["pixels_per_second"])  # max keeps the first of equals
     changes: dict[str, Any] = {}
     if "patch_size" not in user:
@@ -293,25 +257,18 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     budget = config.max_minutes if config.max_minutes > 0 else None
     seconds_per_step, widths, width = best["seconds_per_step"], [], config.base_channels
     if budget is not None and "base_channels" not in user:
-        for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}, reverse=True):
-            seconds = best["seconds_per_step"] if candidate == config.base_channels else measured(
-                config.with_updates(base_channels=candidate), best["patch_size"], best["batch_size"], best["precision"])
-            widths.append({"base_channels": candidate, "seconds_per_step": seconds,
-                           "planned_steps": _steps(budget, seconds)})
-        if widths:
-            chosen = next((w for w in widths if w["planned_steps"] >= WIDE_ENOUGH_STEPS), widths[-1])
-            width, seconds_per_step = chosen["base_channels"], chosen["seconds_per_step"]
-            changes["base_channels"] = width
-            if width != config.base_channels:  # the best shape of the narrower U-Net may be another one
-                tried = shapes_of(config.with_updates(base_channels=width))
-                best = max(tried, key=lambda c: c["pixels_per_second"])
-                seconds_per_step = best["seconds_per_step"]
-                for field_name in ("patch_size", "batch_size", "precision"):
-                    if field_name in changes:
-                        changes[field_name] = best[field_name]
-    if budget is not None and "val_fraction" not in user:
-        changes["val_fraction"] = BUDGET_VAL_FRACTION
+        widths = _widths(config, bench, best, budget)
+        chosen = next((w for w in widths if w["planned_steps"] >= WIDE_ENOUGH_STEPS), widths[-1])
+        width, seconds_per_step = chosen["base_channels"], chosen["seconds_per_step"]
+        changes["base_channels"] = width
+        if width != config.base_channels:  # the best shape of the narrower U-Net may be another one
+            tried = bench.shapes_of(config.with_updates(base_channels=width))
+            best = max(tried, key=lambda c: c["pixels_per_second"])
+            seconds_per_step = best["seconds_per_step"]
+            changes.update({k: best[k] for k in ("patch_size", "batch_size", "precision") if k in changes})
     if budget is not None:
+        if "val_fraction" not in user:
+            changes["val_fraction"] = BUDGET_VAL_FRACTION
         planned_steps = _steps(budget, seconds_per_step)
         needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / config.steps_per_epoch))
         if "epochs" not in user and needed > config.epochs:
@@ -321,6 +278,64 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     plan = Plan(best["patch_size"], best["batch_size"], best["precision"], seconds_per_step, pixels_per_second,
                 tried, planned_steps, budget, dev.type, changes, width, widths)
     return config.with_updates(**changes), plan
+
+
+class _Bench:
+    """The measurements of one plan: each (width, patch, batch, precision) is measured once (the width step
+    and the shapes of the chosen width share one shape), on the precisions the device runs natively."""
+
+    def __init__(self, config: TrainingConfig, user: set[str], measure: Callable[..., float], dev: torch.device,
+                 dataset: Any):
+        self.user, self.measure, self.dev, self.dataset = user, measure, dev, dataset
+        if config.precision != "auto" or "precision" in user:
+            self.precisions = ["bf16" if resolve_precision(config.precision, dev) is not None else "fp32"]
+        else:
+            self.precisions = ["bf16", "fp32"] if native_bf16(dev) else ["fp32"]
+        self.timings: dict[tuple, float] = {}
+
+    def fits(self, patch: int) -> bool:
+        """Whether ``patch`` fits the smallest image of the data set (always, without one)."""
+        from engine.training.data import DatasetError, check_patch_size
+
+        if self.dataset is None:
+            return True
+        try:
+            check_patch_size(self.dataset, patch)
+        except DatasetError:
+            return False
+        return True
+
+    def seconds(self, cfg: TrainingConfig, patch: int, batch: int, precision: str) -> float:
+        """Seconds per step of ``cfg`` at this shape; PlanError unless the measurement is a positive number."""
+        key = (cfg.base_channels, patch, batch, precision)
+        if key not in self.timings:
+            seconds = float(self.measure(cfg, patch, batch, precision, device=str(self.dev.type)))
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise PlanError(f"Measuring a training step gave {seconds} seconds; it must be a positive number.")
+            self.timings[key] = seconds
+        return self.timings[key]
+
+    def shapes_of(self, cfg: TrainingConfig) -> list[dict]:
+        """Every candidate shape of ``cfg`` on every precision, with its speed."""
+        tried = []
+        for precision in self.precisions:
+            for patch, batch in _shapes(cfg, self.user, self.fits):
+                seconds = self.seconds(cfg, patch, batch, precision)
+                tried.append({"patch_size": patch, "batch_size": batch, "precision": precision,
+                              "base_channels": cfg.base_channels, "seconds_per_step": seconds,
+                              "pixels_per_second": patch * patch * batch / seconds})
+        return tried
+
+
+def _widths(config: TrainingConfig, bench: _Bench, best: dict, budget: float) -> list[dict]:
+    """The widths tried under a budget, widest first (the config's and the narrower ``WIDTHS``), each with
+    its seconds per step at the best shape and the steps the budget gives it."""
+    widths = []
+    for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}, reverse=True):
+        seconds = best["seconds_per_step"] if candidate == config.base_channels else bench.seconds(
+            config.with_updates(base_channels=candidate), best["patch_size"], best["batch_size"], best["precision"])
+        widths.append({"base_channels": candidate, "seconds_per_step": seconds, "planned_steps": _steps(budget, seconds)})
+    return widths
 
 
 def _steps(budget_minutes: float, seconds_per_step: float) -> int:
