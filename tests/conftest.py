@@ -54,3 +54,25 @@ def ctx(bad_input_template, tmp_path, monkeypatch):
     monkeypatch.setenv(paths.HOME_ENV, str(made.home))
     return made
 
+
+@pytest.fixture(scope="session")
+def served_api(tmp_path_factory):
+    """`streamlit run server.py` and a real worker on one data home holding a synthetic data set, started once
+    for tests/test_api*.py (tests/api_helpers.py; its ``api`` fixture puts a module on that home)."""
+    from engine.training.synthetic import make_synthetic_dataset
+    from tests.api_helpers import Server
+    from tests.worker_helpers import Worker
+
+    home = tmp_path_factory.mktemp("api_home")
+    (home / "logs").mkdir()
+    make_synthetic_dataset(home / "datasets" / "synth", n_images=4, size=64, seed=1)
+    with pytest.MonkeyPatch.context() as mp:  # only while the two processes start: they keep their own copy
+        mp.setenv("ML_MANAGER_HOME", str(home))
+        mp.delenv("ML_MANAGER_API_FOLDERS", raising=False)
+        with Worker(home):
+            server = Server(home)
+            mp.undo()
+            try:
+                yield server
+            finally:
+                server.stop()
