@@ -33,3 +33,46 @@ def drive_dir() -> Path:
     if not (DRIVE_DIR / "images").is_dir():
         pytest.skip(f"DRIVE data set not found at {DRIVE_DIR} (it lives in ../shared, absent on a fresh clone)")
     return DRIVE_DIR
+
+
+@pytest.fixture(scope="session")
+def bad_input_template(tmp_path_factory) -> tuple[Path, str]:
+    """The bad-input table's data home (tests/bad_input_helpers.py): one really trained, registered run,
+    trained once for all the tests/test_bad_input_*.py files."""
+    from tests.bad_input_helpers import make_template_home
+
+    return make_template_home(tmp_path_factory.mktemp("template") / "home")
+
+
+@pytest.fixture
+def ctx(bad_input_template, tmp_path, monkeypatch):
+    """One bad-input row's own copy of that data home, set as ML_MANAGER_HOME (a tests.bad_input_helpers.Ctx)."""
+    from storage import paths
+    from tests.bad_input_helpers import copy_template
+
+    made = copy_template(bad_input_template, tmp_path)
+    monkeypatch.setenv(paths.HOME_ENV, str(made.home))
+    return made
+
+
+@pytest.fixture(scope="session")
+def served_api(tmp_path_factory):
+    """`streamlit run server.py` and a real worker on one data home holding a synthetic data set, started once
+    for tests/test_api*.py (tests/api_helpers.py; its ``api`` fixture puts a module on that home)."""
+    from engine.training.synthetic import make_synthetic_dataset
+    from tests.api_helpers import Server
+    from tests.worker_helpers import Worker
+
+    home = tmp_path_factory.mktemp("api_home")
+    (home / "logs").mkdir()
+    make_synthetic_dataset(home / "datasets" / "synth", n_images=4, size=64, seed=1)
+    with pytest.MonkeyPatch.context() as mp:  # only while the two processes start: they keep their own copy
+        mp.setenv("ML_MANAGER_HOME", str(home))
+        mp.delenv("ML_MANAGER_API_FOLDERS", raising=False)
+        with Worker(home):
+            server = Server(home)
+            mp.undo()
+            try:
+                yield server
+            finally:
+                server.stop()

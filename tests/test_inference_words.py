@@ -11,7 +11,7 @@ from engine.postprocess import PostProcessConfig
 from engine.pretrained import PRETRAINED_PATH, pretrained_available
 from engine.training.checkpoint import load_checkpoint_dict
 from storage.db import BASELINE
-from tests.test_pages import fundus_png, open_page
+from tests.pages_helpers import fundus_png, open_page
 
 needs_pretrained = pytest.mark.skipif(not pretrained_available(),
                                       reason=f"the pretrained model file {PRETRAINED_PATH} is absent (make pretrained)")

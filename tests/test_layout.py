@@ -281,3 +281,14 @@ def test_widgets_take_the_choices_from_the_spec(path):
 
 def test_a_spelled_vocabulary_would_be_found():
     assert _spelled_vocabularies(ast.parse('st.selectbox("Mode", ["fixed", "otsu", "hysteresis"])')) == [1]
+
+
+MAX_TEST_FILE_LINES = 500
+
+
+def test_no_file_in_tests_exceeds_500_lines():
+    """A test file past 500 lines holds more than one face or topic: split it by the face it tests (engine,
+    CLI, API, pages, browser), with what the parts share in a tests/<topic>_helpers.py module or conftest.py."""
+    lines = {_id(p): len(p.read_text().splitlines()) for p in sorted(ROOT.glob("tests/**/*.py"))}
+    long = {name: n for name, n in lines.items() if n > MAX_TEST_FILE_LINES}
+    assert long == {}, ", ".join(f"{name} has {n} lines (at most {MAX_TEST_FILE_LINES})" for name, n in long.items())

@@ -16,7 +16,7 @@ from engine.errors import UserError
 from engine.fov import estimate_fov
 from engine.imageio import encode_png
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
-from tests.test_pages import add_model, fundus_png, open_page, tiny_checkpoint  # noqa: F401 (a fixture)
+from tests.pages_helpers import add_model, fundus_png, open_page, tiny_checkpoint  # noqa: F401 (a fixture)
 
 needs_pretrained = pytest.mark.skipif(not pretrained_available(),
                                       reason=f"the pretrained model file {PRETRAINED_PATH} is absent (make pretrained)")

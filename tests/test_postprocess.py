@@ -1,36 +1,11 @@
-"""engine.postprocess: each step on drawn maps, properties on random maps, config and bad input."""
+"""engine.postprocess, step by step on drawn maps: each filter, hole filling, hysteresis (against SciPy's
+labelling), the field of view, Otsu, and the confidence filter after closing."""
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing
-from tests.conftest import ROOT
-from engine.errors import UserError
-
-# Every step off: each test switches on only the step it checks.
-BARE = dict(apply_opening=False, apply_closing=False, min_component_size=0, confidence_threshold=0.0)
-
-
-def blank(h: int = 64, w: int = 64) -> np.ndarray:
-    return np.zeros((h, w), dtype=np.float32)
-
-
-def run(prob, **options) -> PostProcessResult:
-    return enhanced_post_processing(prob, **{**BARE, **options})
-
-
-def smooth_random_map(seed: int, size: int = 64) -> np.ndarray:
-    """A vessel-ish random probability map: smoothed noise stretched to [0, 1]."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    noise = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 1.5)
-    return ((noise - noise.min()) / (noise.max() - noise.min())).astype(np.float32)
+from tests.postprocess_helpers import blank, run, smooth_random_map, strong_and_weak
 
 
 # --- one table row per step ----------------------------------------------------------------
@@ -60,13 +35,6 @@ def _gap_line():
     p = blank()
     p[30:33, 5:60] = 0.9
     p[30:33, 32] = 0.0  # a 1-px gap
-    return p
-
-
-def _strong_and_weak():
-    p = blank()
-    p[20:23, 5:60] = 0.9  # confident vessel
-    p[45:48, 5:60] = 0.65  # passes threshold, mean 0.65
     return p
 
 
@@ -104,9 +72,9 @@ STEP_CASES = [
      [(30, 30), (36, 36)], [(3, 50), (20, 3), (40, 58), (60, 20)]),
     ("opening off keeps specks", _specks_and_block(), dict(), [(3, 50), (33, 33)], []),
     ("closing joins a 1-px gap", _gap_line(), dict(apply_closing=True, kernel_shape="rect"), [(31, 32)], []),
-    ("confidence filter drops a low-mean component", _strong_and_weak(),
+    ("confidence filter drops a low-mean component", strong_and_weak(),
      dict(confidence_threshold=0.8, threshold=0.6), [(21, 30)], [(46, 30)]),
-    ("confidence filter off keeps it", _strong_and_weak(), dict(threshold=0.6), [(21, 30), (46, 30)], []),
+    ("confidence filter off keeps it", strong_and_weak(), dict(threshold=0.6), [(21, 30), (46, 30)], []),
     ("hole filling fills a 9-px hole", _ring(3), dict(fill_holes_below=10), [(23, 23)], []),
     ("hole filling leaves a hole of exactly the limit", _ring(3), dict(fill_holes_below=9), [], [(23, 23)]),
     ("hole filling leaves a large hole", _ring(10), dict(fill_holes_below=50), [], [(26, 26)]),
@@ -252,242 +220,6 @@ def test_otsu_histogram_is_taken_inside_the_fov():
     assert run(prob, threshold_mode="otsu").stats["threshold_used"] < 0.6
 
 
-# --- properties on random maps ---------------------------------------------------------------
-
-MONOTONE = [  # thresholding, opening, closing, size filter and hysteresis are all increasing maps;
-    # the confidence and shape filters are not (a larger component can have a lower mean), so they
-    # are off here.
-    dict(apply_opening=True, apply_closing=True, min_component_size=20, confidence_threshold=0.0),
-    dict(threshold_mode="hysteresis", hysteresis_low=0.2, min_component_size=10, confidence_threshold=0.0),
-    dict(apply_opening=True, kernel_shape="cross", opening_kernel=5, confidence_threshold=0.0,
-         min_component_size=0, connectivity=4),
-]
-
-
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("options", MONOTONE)
-def test_raising_the_threshold_never_adds_pixels(seed, options):
-    prob = smooth_random_map(seed)
-    masks = [enhanced_post_processing(prob, threshold=t, **options).mask for t in np.linspace(0.3, 0.9, 7)]
-    assert all(not (later & (1 - earlier)).any() for earlier, later in zip(masks, masks[1:]))
-
-
-ALL_ON = dict(shape_filter=True, min_component_size=5, confidence_threshold=0.5, threshold=0.55)
-
-
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("options", [ALL_ON, {**ALL_ON, "threshold_mode": "otsu"},
-                                     {**ALL_ON, "apply_closing": False, "fill_holes_below": 0}])
-def test_removed_is_disjoint_from_mask_and_within_thresholded(seed, options):
-    prob = smooth_random_map(seed)
-    result = enhanced_post_processing(prob, **options)
-    thresholded = enhanced_post_processing(prob, **{**options, **BARE, "shape_filter": False}).mask
-    assert not (result.removed & result.mask).any()
-    assert np.array_equal(result.removed, thresholded & (1 - result.mask))
-    if options.get("apply_closing", True) is False:  # no closing, no hole filling: mask ⊆ thresholded
-        assert not (result.mask & (1 - thresholded)).any()
-
-
-def target_rings_map(seed: int, size: int = 96) -> np.ndarray:
-    """Noisy concentric rings around a central dot: small ring-shaped holes around islands, so
-    filling them joins components."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    prob = np.zeros((size, size), np.float32)
-    for cy, cx in rng.uniform(8, size - 8, (6, 2)):
-        r = np.hypot(yy - cy, xx - cx)
-        prob = np.maximum(prob, np.where(r < 14, 0.5 + 0.5 * np.cos(2 * np.pi * r / rng.uniform(4, 7)), 0))
-    return np.clip(prob + rng.normal(0, 0.1, prob.shape), 0, 1).astype(np.float32)
-
-
-HOLE_CASES = [  # (map maker, options)
-    (smooth_random_map, dict(threshold=0.5, min_component_size=0, confidence_threshold=0.0, apply_opening=False,
-                             fill_holes_below=40)),
-    (smooth_random_map, dict(threshold=0.4, min_component_size=0, confidence_threshold=0.0, connectivity=4,
-                             apply_opening=False, fill_holes_below=60)),
-    (smooth_random_map, dict(threshold_mode="otsu", shape_filter=True, min_component_size=0, fill_holes_below=100)),
-    (target_rings_map, dict(threshold=0.5, min_component_size=0, confidence_threshold=0.0, apply_opening=False,
-                            apply_closing=False, fill_holes_below=60)),
-    (target_rings_map, dict(threshold=0.5, min_component_size=0, confidence_threshold=0.0, apply_opening=False,
-                            connectivity=4, fill_holes_below=60)),
-    (target_rings_map, dict(threshold=0.5, min_component_size=3, fill_holes_below=60)),
-]
-
-
-@pytest.mark.filterwarnings("ignore:.*binary_(opening|closing).*deprecated:FutureWarning")
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("use_fov", [False, True])
-@pytest.mark.parametrize("make_map, options", HOLE_CASES)
-def test_matches_the_scipy_reference_and_counts_components_exactly(seed, use_fov, make_map, options):
-    """Same mask as benchmarks/postprocess.py's SciPy reference (enclosed holes only), and
-    components_after equal to a fresh labelling even where filled holes join an island to its ring."""
-    import cv2
-
-    from benchmarks.postprocess import reference_post_processing
-
-    prob = make_map(seed, size=96)
-    fov = np.zeros(prob.shape, np.uint8)
-    cv2.circle(fov, (48, 48), 40, 1, -1)
-    config = PostProcessConfig(**options)
-    result = enhanced_post_processing(prob, config=config, fov=fov if use_fov else None)
-    expected = reference_post_processing(prob, config, fov if use_fov else None)
-    components = cv2.connectedComponents(result.mask, connectivity=config.connectivity)[0] - 1
-    assert (np.array_equal(result.mask, expected), result.stats["components_after"]) == (True, components)
-
-
-def test_stats_are_json_ready_and_consistent():
-    prob = smooth_random_map(4)
-    result = enhanced_post_processing(prob, threshold=0.5, shape_filter=True, fill_holes_below=4)
-    stats = json.loads(json.dumps(result.stats))
-    assert stats["pixels_kept"] == int(result.mask.sum())
-    assert stats["removed_total"] == int(result.removed.sum())
-    assert stats["pixels_thresholded"] == int((prob >= np.float32(0.5)).sum())
-    assert set(stats["timings_ms"]) >= {"threshold", "opening", "closing", "label", "size_filter",
-                                        "confidence_filter", "shape_filter", "fill_holes", "fov", "total"}
-    import cv2
-
-    assert stats["components_after"] == cv2.connectedComponents(result.mask, connectivity=8)[0] - 1
-
-
-def test_output_types_and_input_left_alone():
-    prob = smooth_random_map(5)
-    before = prob.copy()
-    result = enhanced_post_processing(prob, **BARE)
-    assert (result.mask.dtype, result.mask.shape, result.removed.dtype, result.mask.flags.writeable) == (
-        np.uint8, prob.shape, np.uint8, True)
-    assert np.array_equal(prob, before)
-
-
-# --- call shapes: torch, logits, config ------------------------------------------------------
-
-def test_torch_tensor_with_leading_dims_and_logits_match_numpy():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    logits = torch.randn(1, 1, 48, 40, generator=torch.Generator().manual_seed(0)) * 3
-    prob = torch.sigmoid(logits)[0, 0].numpy()
-    expected = enhanced_post_processing(prob, threshold=0.5, min_component_size=3).mask
-    from_tensor = enhanced_post_processing(torch.sigmoid(logits), threshold=0.5, min_component_size=3).mask
-    from_logits = enhanced_post_processing(logits, threshold=0.5, min_component_size=3, from_logits=True).mask
-    assert np.array_equal(from_tensor, expected) and np.array_equal(from_logits, expected)
-
-
-def test_module_imports_without_torch():
-    code = "import sys, engine.postprocess; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "False"
-
-
-def test_legacy_positional_call_shape():
-    prob = smooth_random_map(6)
-    legacy = enhanced_post_processing(prob, "segmentation", 0.5, 10, 0.55)
-    modern = enhanced_post_processing(prob, config=PostProcessConfig(threshold=0.5, min_component_size=10,
-                                                                      confidence_threshold=0.55))
-    assert np.array_equal(legacy.mask, modern.mask)
-
-
-@pytest.mark.parametrize(
-    "kwargs, expected_threshold",
-    [
-        (dict(config=PostProcessConfig(threshold=0.3)), 0.3),  # defaults do not override config
-        (dict(config=PostProcessConfig(threshold=0.3), threshold=0.6), 0.6),  # explicit value does
-        (dict(config=PostProcessConfig(threshold=0.3), threshold=0.7, opening_kernel=5), 0.7),
-        (dict(), 0.6),
-    ],
-)
-def test_config_and_explicit_arguments(kwargs, expected_threshold):
-    assert enhanced_post_processing(smooth_random_map(0), **kwargs).stats["threshold_used"] == expected_threshold
-
-
-def test_config_round_trips_through_json():
-    config = PostProcessConfig(threshold=0.55, threshold_mode="hysteresis", hysteresis_low=0.25,
-                               opening_kernel=5, kernel_shape="cross", connectivity=4, shape_filter=True,
-                               min_elongation=2.5, fill_holes_below=30, from_logits=True)
-    assert PostProcessConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-
-
-@pytest.mark.parametrize(
-    "data, message",
-    [
-        ({"thresold": 0.5}, r"unknown post-processing option\(s\) 'thresold'"),
-        ([("threshold", 0.5)], "must be a JSON object"),
-        ({"threshold": 1.5}, "threshold must be between 0 and 1; got 1.5"),
-        ({"threshold": float("nan")}, "threshold must be between 0 and 1"),
-        ({"threshold": "0.5"}, "threshold must be a number"),
-        ({"opening_kernel": 4}, "opening_kernel must be odd .* use 5"),
-        ({"closing_kernel": 33}, "closing_kernel must be between 1 and 31"),
-        ({"kernel_shape": "star"}, "kernel_shape must be one of 'ellipse', 'cross', 'rect'"),
-        ({"threshold_mode": "adaptive"}, "threshold_mode must be one of"),
-        ({"connectivity": 6}, "connectivity must be 4 or 8"),
-        ({"min_component_size": -1}, "min_component_size must be between 0 and"),
-        ({"min_component_size": 2.5}, "min_component_size must be a whole number"),
-        ({"apply_opening": "yes"}, "apply_opening must be true or false"),
-        ({"min_elongation": 0.5}, "min_elongation must be between 1 and"),
-        ({"threshold_mode": "hysteresis", "threshold": 0.4, "hysteresis_low": 0.5},
-         r"hysteresis_low \(0.5\) must not exceed threshold \(0.4\)"),
-    ],
-)
-def test_bad_config_values(data, message):
-    with pytest.raises(UserError, match=message):
-        PostProcessConfig.from_dict(data)
-
-
-def test_config_accepts_whole_floats_from_json():
-    assert PostProcessConfig.from_dict({"min_component_size": 50.0}).min_component_size == 50
-
-
-def _with_nan():
-    p = smooth_random_map(0)
-    p[3, 3] = np.nan
-    return p
-
-
-@pytest.mark.parametrize(
-    "prob, kwargs, message",
-    [
-        (_with_nan(), {}, "contains NaN"),
-        (np.zeros((2, 32, 32), np.float32), {}, r"must be a 2-D map .* got shape \(2, 32, 32\)"),
-        (np.zeros(32, np.float32), {}, "must be a 2-D map"),
-        (np.zeros((0, 5), np.float32), {}, "is empty"),
-        (np.full((16, 16), 3.0, np.float32), {}, "outside \\[0, 1\\].*from_logits=True"),
-        (np.full((16, 16), -0.1, np.float32), {}, "outside \\[0, 1\\]"),
-        (np.array([["a", "b"], ["c", "d"]]), {}, "must be a numeric array"),
-        (np.zeros((16, 16), np.float32), dict(fov=np.ones((16, 17))), "fov is 17x16 .* probability map is 16x16"),
-        (np.zeros((16, 16), np.float32), dict(model_type="classification"), "model_type 'classification' is not supported"),
-        (np.zeros((16, 16), np.float32), dict(threshold=2.0), "threshold must be between 0 and 1"),
-        (np.zeros((16, 16), np.float32), dict(min_component_size=-5), "min_component_size must be between"),
-        (np.zeros((16, 16), np.float32), dict(openingkernel=3), r"unknown post-processing option\(s\) 'openingkernel'"),
-        (np.zeros((16, 16), np.float32), dict(config={"threshold": 0.5}), "config must be a PostProcessConfig"),
-    ],
-)
-def test_bad_input_gets_a_sentence(prob, kwargs, message):
-    with pytest.raises(UserError, match=message):
-        enhanced_post_processing(prob, **kwargs)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.uint8, bool])
-def test_other_numeric_dtypes_are_accepted(dtype):
-    prob = np.zeros((32, 32), dtype=dtype)
-    prob[5:20, 10:13] = 1
-    assert enhanced_post_processing(prob, **BARE).mask[10, 11] == 1
-
-
-@pytest.mark.parametrize("connectivity", [4, 8])
-@pytest.mark.parametrize("scratch_shape", [None, (64, 64), (4, 4)])  # (4, 4): too small, so not used
-def test_count_components_labels_only_the_bounding_box(connectivity, scratch_shape):
-    import cv2
-
-    from engine.postprocess.connectivity import count_components
-
-    mask = (smooth_random_map(7) > 0.6).astype(np.uint8)
-    mask[:10] = 0
-    mask[:, -6:] = 0
-    scratch = None if scratch_shape is None else np.full(scratch_shape, -1, np.int32)
-    expected = cv2.connectedComponents(mask, connectivity=connectivity)[0] - 1
-    assert expected > 3
-    assert count_components(mask, connectivity, scratch) == expected
-    assert count_components(np.zeros((8, 8), np.uint8), connectivity, scratch) == 0
-
-
 # --- the confidence filter judges the pixels that passed the threshold, not those closing added ------
 
 def _comb(value: float, gap: float = 0.05, teeth: int = 12):
@@ -506,7 +238,7 @@ CONFIDENCE_CASES = [
     ("closing joins weak vessels: the piece still goes", _comb(0.65),
      dict(apply_closing=True, closing_kernel=5, kernel_shape="rect", confidence_threshold=0.8), [], [(8, 30), (10, 30)]),
     ("without closing every pixel counts", _comb(0.9), dict(confidence_threshold=0.6), [(8, 30)], [(10, 30)]),
-    ("a closing that adds nothing changes nothing", _strong_and_weak(),
+    ("a closing that adds nothing changes nothing", strong_and_weak(),
      dict(apply_closing=True, closing_kernel=3, confidence_threshold=0.8), [(21, 30)], [(46, 30)]),
     ("confidence at exactly the threshold stays", _comb(0.75),
      dict(apply_closing=True, closing_kernel=5, kernel_shape="rect", confidence_threshold=0.75), [(8, 30)], []),
@@ -517,71 +249,3 @@ CONFIDENCE_CASES = [
 def test_confidence_filter_ignores_pixels_closing_added(name, prob, options, on, off):
     mask = run(prob, **{"threshold": 0.5, **options}).mask
     assert [mask[p] for p in on] + [mask[p] for p in off] == [1] * len(on) + [0] * len(off)
-
-
-IDENTITY_CASES = [
-    dict(threshold=0.5),
-    dict(threshold=0.4, apply_opening=False, closing_kernel=9),
-    dict(threshold=0.5, opening_kernel=5, closing_kernel=7, shape_filter=True, fill_holes_below=30),
-    dict(threshold_mode="otsu", closing_kernel=11, confidence_threshold=0.8),
-    dict(threshold_mode="hysteresis", threshold=0.7, hysteresis_low=0.4, fill_holes_below=50),
-]
-
-
-@pytest.mark.parametrize("seed", range(2))
-@pytest.mark.parametrize("use_fov", [False, True])
-@pytest.mark.parametrize("options", IDENTITY_CASES)
-def test_per_step_counts_add_up(options, use_fov, seed):
-    """kept + removed per step == thresholded + added per step, the identity the docstring states."""
-    import cv2
-
-    prob = smooth_random_map(seed)
-    fov = np.zeros(prob.shape, np.uint8)
-    cv2.circle(fov, (32, 32), 26, 1, -1)
-    stats = enhanced_post_processing(prob, fov=fov if use_fov else None, **options).stats
-    assert (stats["pixels_kept"] + sum(stats["pixels_removed"].values())
-            == stats["pixels_thresholded"] + sum(stats["pixels_added"].values()))
-
-
-def _stats(thresholded: int, **removed) -> dict:
-    return {"pixels_thresholded": thresholded,
-            "pixels_removed": {"opening": 0, "size": 0, "confidence": 0, "shape": 0, "fov": 0, **removed}}
-
-
-WARNING_CASES = [
-    ("nothing removed", _stats(1000), []),
-    ("exactly half is not reported", _stats(1000, confidence=500), []),
-    ("confidence removed 61 %", _stats(1000, confidence=610),
-     ["The confidence filter removed 61 % of the thresholded pixels: lower 'Component confidence' to keep them."]),
-    ("more than were thresholded", _stats(36523, confidence=56353),
-     ["The confidence filter removed 56,353 pixels, more than the 36,523 that passed the threshold (closing added "
-      "the others): lower 'Component confidence' to keep them."]),
-    ("two steps, in pipeline order", _stats(100, size=60, opening=70),
-     ["Opening removed 70 % of the thresholded pixels: turn 'Opening' off or choose a smaller 'Opening kernel "
-      "(px)' to keep them.",
-      "The size filter removed 60 % of the thresholded pixels: lower 'Minimum component (px)' to keep them."]),
-    ("shape filter", _stats(10, shape=9),
-     ["The vessel-shape filter removed 90 % of the thresholded pixels: lower 'Minimum length / width' or turn the "
-      "vessel-shape filter off to keep them."]),
-    ("nothing passed the threshold", _stats(0), []),
-]
-
-
-@pytest.mark.parametrize("name, stats, expected", WARNING_CASES, ids=[c[0] for c in WARNING_CASES])
-def test_warnings_for(name, stats, expected):
-    from engine.postprocess import warnings_for
-
-    assert warnings_for(stats) == expected
-
-
-def test_closing_kernel_9_keeps_the_drive_vessel_tree(drive_dir):
-    """DRIVE 21, vesselness map, threshold 0.45, opening off, closing 9: closing joins the tree into one
-    piece; it stays, and no step removes more than half of the thresholded pixels."""
-    from engine.imageio import read_image, read_mask
-    from engine.postprocess import warnings_for
-    from engine.vesselness import vesselness_map
-
-    fov = read_mask(drive_dir / "mask" / "21_training_mask.gif")
-    prob = vesselness_map(read_image(drive_dir / "images" / "21_training.tif"), fov)
-    config = PostProcessConfig(threshold=0.45, apply_opening=False, closing_kernel=9)
-    assert warnings_for(enhanced_post_processing(prob, config=config, fov=fov).stats) == []

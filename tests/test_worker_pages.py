@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from storage import db as store
-from tests.test_pages import open_page
+from tests.pages_helpers import open_page
 
 
 def _beat(worker_id: str, **info) -> None:
