@@ -9,6 +9,8 @@ STAMP_DEV  := $(VENV)/.installed-dev
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 WORKERS ?= 2
+# Test processes: many tests wait on a worker, a server or chromium, so 3 keep 2 cores busy.
+TEST_JOBS ?= 3
 # With ML_MANAGER_QUEUE=redis://... (several machines, see the README) the worker on this machine is
 # `python -m engine worker` and takes these queues; otherwise huey's consumer on the SQLite queue file.
 QUEUES ?= training,inference
@@ -53,9 +55,10 @@ worker: $(STAMP_RUN)
 dashboard: $(STAMP_RUN)
 	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT)
 
-## test: the whole suite (unit, real worker, AppTest, headless browser)
+## test: the whole suite (unit, real worker, AppTest, headless browser), in TEST_JOBS processes (a file
+##       stays in one process, so its module fixtures are made once); TEST_JOBS=0 runs it in this one
 test: $(STAMP_DEV)
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 
 ## screenshots: re-take the README's screenshots (docs/screenshots/) with the end-to-end browser test
 screenshots: $(STAMP_DEV)
