@@ -5,17 +5,12 @@ that server with the test module's own process on its data home (import it into 
 from __future__ import annotations
 
 import http.client
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.browser_helpers import free_port
-from tests.worker_helpers import ROOT, wait_for
+from tests.remote_helpers import Dashboard
+from tests.worker_helpers import wait_for
 
 
 TINY = {"base_channels": 4, "depth": 2, "patch_size": 32, "batch_size": 2, "steps_per_epoch": 3, "epochs": 3,
@@ -23,58 +18,12 @@ TINY = {"base_channels": 4, "depth": 2, "patch_size": 32, "batch_size": 2, "step
 LONG = {**TINY, "epochs": 10_000, "calibrate_postprocess": False}  # runs until stopped
 
 
-class Server:
-    """`streamlit run server.py` on a free port; ``call`` sends one request and returns (status, JSON)."""
+class Server(Dashboard):
+    """`streamlit run server.py` on a free port and data home ``home``; ``call`` sends one request and returns
+    (status, JSON)."""
 
     def __init__(self, home: Path):
-        self.home, self.port = home, free_port()
-        self.log = home / "logs" / "server.log"
-        env = {**os.environ, "ML_MANAGER_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(Path(sys.executable).with_name("streamlit")), "run", "server.py", "--server.port", str(self.port),
-                 "--server.address", "127.0.0.1", "--server.headless", "true",
-                 "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=log)
-        self.token = wait_for(self._token, 60, 0.1, "the API token file")
-        wait_for(lambda: self._up(), 90, 0.2, "GET /api/v1/health to answer 200")
-
-    def _token(self) -> str | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the server exited:\n{self.log.read_text()[-3000:]}")
-        path = self.home / "api_token"
-        return path.read_text().strip() if path.exists() else None
-
-    def _up(self) -> bool:
-        try:
-            return self.call("GET", "/api/v1/health")[0] == 200
-        except OSError:
-            return False
-
-    def call(self, method: str, path: str, body=None, *, token: str | None = "", headers: dict | None = None,
-             raw: bytes | None = None) -> tuple[int, dict]:
-        """One request; ``token=None`` sends no Authorization header, ``raw`` sends bytes as they are."""
-        sent = {} if token is None else {"Authorization": f"Bearer {token or self.token}"}
-        if body is not None or raw is not None:
-            sent["Content-Type"] = "application/json"
-        sent.update(headers or {})
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=raw if raw is not None else (json.dumps(body) if body is not None else None),
-                         headers=sent)
-            response = conn.getresponse()
-            text = response.read().decode()
-        finally:
-            conn.close()
-        return response.status, json.loads(text)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(home, {})
 
 
 @pytest.fixture(scope="module")

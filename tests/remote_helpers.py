@@ -130,15 +130,17 @@ class Dashboard:
             return False
 
     def call(self, method: str, path: str, body=None, *, token: str | None = "", raw: bytes | None = None,
-             content_type: str | None = None) -> tuple[int, dict]:
-        """One request; returns (status, decoded JSON). ``token=None`` sends none, ``raw`` sends bytes."""
-        headers = {} if token is None else {"Authorization": f"Bearer {token or self.token}"}
+             content_type: str | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        """One request; returns (status, decoded JSON). ``token=None`` sends none, ``raw`` sends bytes,
+        ``headers`` are added last (they may replace the token or the content type)."""
+        sent = {} if token is None else {"Authorization": f"Bearer {token or self.token}"}
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         if data is not None:
-            headers["Content-Type"] = content_type or "application/json"
+            sent["Content-Type"] = content_type or "application/json"
+        sent.update(headers or {})
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
-            conn.request(method, path, body=data, headers=headers)
+            conn.request(method, path, body=data, headers=sent)
             response = conn.getresponse()
             text = response.read().decode()
         finally:
