@@ -110,3 +110,42 @@ def test_explain_calibration_rebuilds_the_words_from_the_report():
     recommended, report = calibrate([t.astype(np.float32) * 0.9 for t in truths], truths)
     assert explain_calibration(recommended, report) == report["explanation"]
 
+
+
+def one_gains_one_loses():
+    """Image A: vessels and confident 8×8 false specks; image B: vessels and 8×8 true pieces drawn as they are.
+    A smallest component of 10-120 px raises the pooled Dice (A's specks go) but lowers B's (its pieces go)."""
+    a, b = vessels(0), vessels(1)
+    a_specks, b_pieces = specks(a, 0, 8, n=60), specks(b, 1, 8, n=12)
+    truths = [a, np.clip(b + b_pieces, 0, 1)]
+    probs = [np.clip(a + a_specks, 0, 1).astype(np.float32) * 0.9, truths[1].astype(np.float32) * 0.9]
+    return probs, truths
+
+
+def test_a_step_that_gains_only_by_losing_on_one_image_is_not_kept():
+    probs, truths = one_gains_one_loses()
+    recommended, report = calibrate(probs, truths)
+    refused = report["refused"]["min_component_size"]
+    assert (recommended["min_component_size"], refused["dice"] > refused["without"] + 0.002,
+            refused["images_worse"]) == (0, True, 1)
+
+
+def test_a_refused_step_is_explained_with_the_image_it_hurts():
+    probs, truths = one_gains_one_loses()
+    _, report = calibrate(probs, truths)
+    assert any(line.startswith("A smallest component of") and "lowered it on 1 of the 2 validation images" in line
+               for line in report["explanation"])
+
+
+def test_the_same_step_is_kept_where_every_image_gains():
+    probs, truths = one_gains_one_loses()
+    recommended, report = calibrate([probs[0], probs[0]], [truths[0], truths[0]])
+    assert (recommended["min_component_size"] > 0, "min_component_size" in report["refused"]) == (True, False)
+
+
+def test_with_many_images_a_step_may_lose_on_a_quarter_of_them():
+    """Three images where the specks go and one where true pieces go: kept (1 of 4 loses); the 2-image case
+    above refuses the same step (1 of 2 loses)."""
+    probs, truths = one_gains_one_loses()
+    recommended, _ = calibrate([probs[0]] * 3 + [probs[1]], [truths[0]] * 3 + [truths[1]])
+    assert recommended["min_component_size"] > 0
