@@ -6,6 +6,8 @@ validation probability maps and stores the winner in the checkpoint as the model
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from engine.postprocess.config import PostProcessConfig
@@ -70,76 +72,81 @@ def calibrate_postprocess(probs: list[np.ndarray], masks: list[np.ndarray], fovs
         advice: its settings and Dice) and ``explanation`` (sentences on how the choice differs from the
         usual advice and why).
     """
-    def score_images(settings: dict) -> tuple[float, list[float]]:
-        cfg = PostProcessConfig(**settings)
-        return dice_per_image([enhanced_post_processing(p, config=cfg, fov=f).mask for p, f in zip(probs, fovs)])
-
-    def score(settings: dict) -> float:
-        return score_images(settings)[0]
-
-    def dice_per_image(preds: list[np.ndarray]) -> tuple[float, list[float]]:
-        return pooled_dice(preds, masks, fovs), [pooled_dice([p], [m], [f]) for p, m, f in zip(preds, masks, fovs)]
-
-    def worse(images: list[float], than: list[float]) -> int:
-        """How many validation images lose Dice."""
-        return sum(d < b for d, b in zip(images, than))
-
-    current = dict(_PLAIN)
-    scored = {t: dice_per_image([p >= t for p in probs]) for t in THRESHOLDS}  # THRESHOLDS holds 0.5
-    raw = {t: d for t, (d, _) in scored.items()}
-    before = best = raw[0.5]
-    best_images = scored[0.5][1]
-    steps, refused = [], {}
-    trials: dict = {"threshold": {str(t): d for t, d in raw.items()}}
-
-    def consider(key: str, options: list, results: list[tuple[float, list[float]]], apply) -> None:
-        """Keep the best option that gains ``min_gain`` pooled and loses on no image; note one that gains
-        pooled only by losing on some image."""
-        nonlocal best, best_images
-        gaining = [i for i, (d, _) in enumerate(results) if d >= best + min_gain]
-        allowed = int(len(probs) * LOSING_SHARE)
-        fair = [i for i in gaining if worse(results[i][1], best_images) <= allowed]
-        if fair:
-            i = max(fair, key=lambda j: results[j][0])  # the first of equal scores
-            apply(options[i])
-            best, best_images = results[i]
-        elif gaining:
-            i = max(gaining, key=lambda j: results[j][0])
-            option = options[i]
-            shown = option if not isinstance(option, dict) else (
-                option["min_elongation"] if key == "shape_filter" else next(iter(option.values())))
-            refused[key] = {"value": shown, "dice": results[i][0], "without": best,
-                            "images_worse": worse(results[i][1], best_images), "images": len(probs)}
-
-    def keep_threshold(t: float) -> None:
-        current["threshold"] = t
-        steps.append(f"threshold {t}")
-
-    consider("threshold", list(THRESHOLDS), [scored[t] for t in THRESHOLDS], keep_threshold)
-    searches = [("min_component_size", [{"min_component_size": v} for v in MIN_SIZES[1:]]),
-                ("confidence_threshold", [{"confidence_threshold": v} for v in CONFIDENCES]),
-                ("apply_opening", [{"apply_opening": True}]), ("apply_closing", [{"apply_closing": True}]),
-                ("shape_filter", [{"shape_filter": True, "min_elongation": r} for r in VESSEL_RATIOS])]
-    for key, candidates in searches:
-        base = best
-        results = [score_images({**current, **c}) for c in candidates]
-        trials[key] = {"without": base, "with": {str(next(iter(c.values())) if key != "shape_filter" else
-                                                     c["min_elongation"]): d for c, (d, _) in zip(candidates, results)}}
-
-        def keep(candidate: dict) -> None:
-            current.update(candidate)
-            steps.append(", ".join(f"{k} {v}" for k, v in candidate.items()))
-
-        consider(key, candidates, results, keep)
+    search = _Search(probs, masks, fovs, min_gain)
+    scored = {t: search.dice_per_image([p >= t for p in probs]) for t in THRESHOLDS}  # THRESHOLDS holds 0.5
+    before = search.best = scored[0.5][0]
+    search.best_images = scored[0.5][1]
+    trials: dict = {"threshold": {str(t): d for t, (d, _) in scored.items()}}
+    search.consider("threshold", list(THRESHOLDS), [scored[t] for t in THRESHOLDS])
+    for key, candidates in _SEARCHES:
+        base = search.best
+        results = [search.score_images({**search.current, **c}) for c in candidates]
+        trials[key] = {"without": base, "with": {str(_shown(key, c)): d for c, (d, _) in zip(candidates, results)}}
+        search.consider(key, candidates, results)
     usual = max(({**_PLAIN, "threshold": t, "apply_opening": True, "apply_closing": True, "min_component_size": m}
-                 for t in USUAL_THRESHOLDS for m in USUAL_MIN_SIZES), key=score)
-    usual_dice = score(usual)
-    recommended = PostProcessConfig(**current).to_dict()
-    report = {"dice_before": before, "dice_after": best, "steps": steps, "trials": trials, "refused": refused,
+                 for t in USUAL_THRESHOLDS for m in USUAL_MIN_SIZES), key=lambda u: search.score_images(u)[0])
+    recommended = PostProcessConfig(**search.current).to_dict()
+    report = {"dice_before": before, "dice_after": search.best, "steps": search.steps, "trials": trials,
+              "refused": search.refused,
               "usual": {"threshold": usual["threshold"], "min_component_size": usual["min_component_size"],
-                        "dice": usual_dice}}
+                        "dice": search.score_images(usual)[0]}}
     report["explanation"] = explain_calibration(recommended, report)
     return recommended, report
+
+
+_SEARCHES = [("min_component_size", [{"min_component_size": v} for v in MIN_SIZES[1:]]),
+             ("confidence_threshold", [{"confidence_threshold": v} for v in CONFIDENCES]),
+             ("apply_opening", [{"apply_opening": True}]), ("apply_closing", [{"apply_closing": True}]),
+             ("shape_filter", [{"shape_filter": True, "min_elongation": r} for r in VESSEL_RATIOS])]
+
+
+def _shown(key: str, option: Any) -> Any:
+    """The value a trial or a refused step is reported by: the threshold, the size, the vessel ratio, ..."""
+    if not isinstance(option, dict):
+        return option
+    return option["min_elongation"] if key == "shape_filter" else next(iter(option.values()))
+
+
+class _Search:
+    """The settings chosen so far in one calibration, the Dice they reach (pooled and per image), and the
+    rule that keeps a step (see ``calibrate_postprocess``)."""
+
+    def __init__(self, probs: list[np.ndarray], masks: list[np.ndarray], fovs: list[np.ndarray], min_gain: float):
+        self.probs, self.masks, self.fovs, self.min_gain = probs, masks, fovs, min_gain
+        self.current, self.steps, self.refused = dict(_PLAIN), [], {}
+        self.best, self.best_images = 0.0, []
+
+    def dice_per_image(self, preds: list[np.ndarray]) -> tuple[float, list[float]]:
+        """(pooled Dice, Dice of each image) of binary predictions."""
+        return pooled_dice(preds, self.masks, self.fovs), [
+            pooled_dice([p], [m], [f]) for p, m, f in zip(preds, self.masks, self.fovs)]
+
+    def score_images(self, settings: dict) -> tuple[float, list[float]]:
+        """The Dice of the validation maps post-processed with ``settings``."""
+        cfg = PostProcessConfig(**settings)
+        return self.dice_per_image([enhanced_post_processing(p, config=cfg, fov=f).mask
+                                    for p, f in zip(self.probs, self.fovs)])
+
+    def _losing(self, images: list[float]) -> int:
+        return sum(d < b for d, b in zip(images, self.best_images))
+
+    def consider(self, key: str, options: list, results: list[tuple[float, list[float]]]) -> None:
+        """Keep the best option that gains ``min_gain`` pooled and lowers at most ``LOSING_SHARE`` of the
+        images; note as refused the best one that gains pooled only by lowering more of them."""
+        gaining = [i for i, (d, _) in enumerate(results) if d >= self.best + self.min_gain]
+        allowed = int(len(self.probs) * LOSING_SHARE)
+        fair = [i for i in gaining if self._losing(results[i][1]) <= allowed]
+        if fair:
+            i = max(fair, key=lambda j: results[j][0])  # the first of equal scores
+            option = options[i]
+            self.current.update(option if isinstance(option, dict) else {"threshold": option})
+            self.steps.append(", ".join(f"{k} {v}" for k, v in option.items()) if isinstance(option, dict)
+                              else f"threshold {option}")
+            self.best, self.best_images = results[i]
+        elif gaining:
+            i = max(gaining, key=lambda j: results[j][0])
+            self.refused[key] = {"value": _shown(key, options[i]), "dice": results[i][0], "without": self.best,
+                                 "images_worse": self._losing(results[i][1]), "images": len(self.probs)}
 
 
 def explain_calibration(recommended: dict, report: dict) -> list[str]:
