@@ -97,7 +97,8 @@ def test_explain_names_the_choice_the_budget_and_the_comparison():
     _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
     assert plan.explain() == ("fp32 on this CPU: 64×64 patches, batch 32, U-Net width 8, about 1,080 steps in "
                               "10 min (2.0× the patch pixels per second of 128×128 × 8); width 16 would get only "
-                              "about 1,080 steps (fewer than 4,000); every image trains and the last epoch is kept.")
+                              "about 1,080 steps (fewer than 4,000); 10% of the images are held out for the validation "
+                              "curve and the recommended settings; the budget, not early stopping, ends the run.")
 
 
 def test_explain_without_a_budget_names_no_width():
@@ -149,14 +150,23 @@ def test_without_a_budget_the_width_is_not_planned():
 
 
 @pytest.mark.parametrize("minutes, user, expected", [
-    (10.0, {}, 0.0),                        # a budgeted run trains on every image
-    (0.0, {}, 0.2),                         # a run by epochs keeps its validation images
-    (10.0, {"val_fraction": 0.3}, 0.3),     # the user's choice wins
+    (10.0, {}, (0.1, 0)),                                 # a budgeted run: a small split, never stopped early
+    (0.0, {}, (0.2, 15)),                                 # a run by epochs keeps the defaults
+    (10.0, {"val_fraction": 0.3}, (0.3, 0)),              # the user's choice wins
+    (10.0, {"val_fraction": 0.0}, (0.0, 0)),              # ... also training on every image
+    (10.0, {"early_stopping_patience": 5}, (0.1, 5)),
 ])
-def test_a_budgeted_run_trains_on_every_image_unless_told_otherwise(minutes, user, expected):
+def test_a_budgeted_run_holds_out_a_small_split_and_runs_to_its_end(minutes, user, expected):
     config = TrainingConfig(precision="fp32", max_minutes=minutes).with_updates(**user)
     planned, _ = plan_training(config, user_fields=user, measure=BIG_SLOW, device="cpu")
-    assert planned.val_fraction == expected
+    assert (planned.val_fraction, planned.early_stopping_patience) == expected
+
+
+def test_an_earlier_plan_that_trained_on_every_image_still_says_so():
+    _, plan = plan_training(TrainingConfig(precision="fp32", max_minutes=10.0), measure=BIG_SLOW, device="cpu")
+    old = Plan.from_dict({**plan.to_dict(), "changed": {**plan.changed, "val_fraction": 0.0}})
+    old.changed.pop("early_stopping_patience")
+    assert old.explain().endswith("; every image trains and the last epoch is kept.")
 
 
 def test_a_plan_saved_before_widths_were_planned_still_loads():
