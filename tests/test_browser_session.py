@@ -62,6 +62,17 @@ def wait_for_text(locator, pattern: str, timeout: float = 15) -> str:
     return text
 
 
+def wait_value(locator, expected: str, timeout: float = 20) -> str:
+    """The input's value once it equals ``expected`` (or the last value read, after ``timeout`` seconds)."""
+    deadline, value = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        value = locator.input_value()
+        if value == expected:
+            break
+        time.sleep(0.2)
+    return value
+
+
 def test_the_train_form_keeps_what_was_typed_after_another_page(served, page):
     url, _ = served
     page.goto(f"{url}/train")
@@ -78,7 +89,11 @@ def test_the_train_form_keeps_what_was_typed_after_another_page(served, page):
     page.get_by_role("heading", name="Models").first.wait_for()
     go_to(page, "Train")
     page.get_by_role("heading", name="Training monitor").wait_for()
-    kept = (page.get_by_label("Model name").input_value(), page.get_by_label("Max minutes", exact=True).first.input_value())
+    wait_idle(page)
+    name, minutes = page.get_by_label("Model name"), page.get_by_label("Max minutes", exact=True).first
+    # the form is drawn while the page's script runs: read the values once it has drawn them (a busy
+    # machine draws slowly), not the first frame
+    kept = (wait_value(name, "kept-name"), wait_value(minutes, "1.5"))
     assert kept == ("kept-name", "1.5")
 
 
