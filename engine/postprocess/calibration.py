@@ -217,7 +217,8 @@ def _refused_words(key: str, refused: dict) -> str:
     """The sentence for a step that raised the pooled validation Dice only by lowering some image's."""
     what = _STEP_NAMES[key].format(refused["value"])
     n, of = refused["images_worse"], refused["images"]
+    allowed = int(of * LOSING_SHARE)
     return (f"{what} is not used: it raised the validation Dice of the images together from "
             f"{refused['without']:.3f} to {refused['dice']:.3f}, but lowered it on {n} of the {of} validation "
-            "images, and a step is kept only where it helps on at least three images in four (a gain that one "
-            "image brings while another loses is more likely that image's than the model's).")
+            f"images; a step may lower at most a quarter of them (here {allowed or 'none'}), because a gain that "
+            "one image brings while another loses is more likely that image's than the model's.")
