@@ -149,3 +149,11 @@ def test_with_many_images_a_step_may_lose_on_a_quarter_of_them():
     probs, truths = one_gains_one_loses()
     recommended, _ = calibrate([probs[0]] * 3 + [probs[1]], [truths[0]] * 3 + [truths[1]])
     assert recommended["min_component_size"] > 0
+
+
+def test_with_too_few_images_nothing_is_chosen_and_the_sentence_says_why():
+    probs, truths = one_gains_one_loses()
+    recommended, report = calibrate_postprocess([probs[0]] * 2, [truths[0]] * 2, [np.ones_like(truths[0])] * 2, min_images=3)
+    assert (recommended["min_component_size"], report["steps"], report["too_few"]) == (0, [], {"images": 2, "needed": 3})
+    assert report["explanation"] == explain_calibration(recommended, report)
+    assert report["explanation"][0].startswith("The plain map at 0.5: with 2 validation images, post-processing is not chosen")

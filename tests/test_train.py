@@ -181,6 +181,16 @@ def test_training_learns_and_reports_events(run):
 
 
 @pytest.mark.slow
+def test_a_run_with_fewer_than_three_validation_images_recommends_the_plain_map(run):
+    from engine.postprocess.calibration import MIN_CALIBRATION_IMAGES
+
+    result, _, out = run
+    calibration = torch.load(out / "best.pt", weights_only=True)["calibration"]
+    assert (MIN_CALIBRATION_IMAGES, result.recommended_postprocess["threshold"], calibration["steps"],
+            calibration["explanation"][0].startswith("The plain map at 0.5: with 1 validation image,")) == (3, 0.5, [], True)
+
+
+@pytest.mark.slow
 def test_checkpoints_hold_the_contract_fields_and_load_weights_only(run):
     result, _, out = run
     for name in ("best.pt", "last.pt"):

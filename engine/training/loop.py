@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.errors import StopRequested
-from engine.postprocess.calibration import calibrate_postprocess, pooled_dice
+from engine.postprocess.calibration import MIN_CALIBRATION_IMAGES, calibrate_postprocess, pooled_dice
 from engine.tiling import sliding_window_logits
 from engine.training.camera import camera_variants
 from engine.training.callbacks import EarlyStopping, LRSchedule, WeightAverage
@@ -354,7 +354,7 @@ def _calibrate(run: _Run) -> tuple[dict, dict]:
     d, evaluated = run.data, run.evaluated
     evaluated.load_state_dict(read_weights(run.best_path))
     _, _, probs = _validate(evaluated, d.val_x, d.val_y, d.val_masks, d.val_fovs, run.loss_fn, None)
-    recommended, calibration = calibrate_postprocess(probs, d.val_masks, d.val_fovs)
+    recommended, calibration = calibrate_postprocess(probs, d.val_masks, d.val_fovs, min_images=MIN_CALIBRATION_IMAGES)
     record_calibration([run.best_path, run.last_path], recommended, calibration)
     run.emit({"type": "calibration", "recommended": recommended, "dice_before": calibration["dice_before"],
               "dice_after": calibration["dice_after"], "explanation": calibration["explanation"]})
