@@ -60,8 +60,9 @@ def calibrate_postprocess(probs: list[np.ndarray], masks: list[np.ndarray], fovs
     vessel-shape filter (``min_elongation`` from ``VESSEL_RATIOS``) in turn; a step is kept only when it
     raises the pooled validation Dice by at least ``min_gain`` and lowers the Dice of at most a quarter of
     the validation images (``LOSING_SHARE``; none of up to 3 images: a gain that comes from one image while
-    another loses is a property of that image, not of the model: on DRIVE, a smallest component of 80 px chosen that way on two validation images cost each of
-    the four unseen images Dice, 0.0076 pooled). The usual conservative advice
+    another loses is a property of that image, not of the model: on DRIVE, a smallest component of 80 px
+    chosen that way on two validation images cost each of the four unseen images Dice, 0.0076 pooled).
+    The usual conservative advice
     (:data:`USUAL_ADVICE`, at its best combination) is scored too, for the explanation.
 
     With fewer than ``min_images`` validation images nothing is searched: the plain map is recommended and
@@ -80,30 +81,30 @@ def calibrate_postprocess(probs: list[np.ndarray], masks: list[np.ndarray], fovs
         usual advice and why).
     """
     search = _Search(probs, masks, fovs, min_gain)
+    before = search.best  # the plain map at 0.5
     if len(probs) < min_images:  # too few to choose by: the plain map, and a sentence saying why
-        plain = search.dice_per_image([p >= 0.5 for p in probs])[0]
         recommended = PostProcessConfig(**_PLAIN).to_dict()
-        report = {"dice_before": plain, "dice_after": plain, "steps": [], "trials": {}, "refused": {},
+        report = {"dice_before": before, "dice_after": before, "steps": [], "trials": {}, "refused": {},
                   "usual": None, "too_few": {"images": len(probs), "needed": min_images}}
         report["explanation"] = explain_calibration(recommended, report)
         return recommended, report
-    scored = {t: search.dice_per_image([p >= t for p in probs]) for t in THRESHOLDS}  # THRESHOLDS holds 0.5
-    before = search.best = scored[0.5][0]
-    search.best_images = scored[0.5][1]
+    scored = {t: (search.best, search.best_images) if t == 0.5 else search.dice_per_image([p >= t for p in probs])
+              for t in THRESHOLDS}
     trials: dict = {"threshold": {str(t): d for t, (d, _) in scored.items()}}
-    search.consider("threshold", list(THRESHOLDS), [scored[t] for t in THRESHOLDS])
+    search.consider("threshold", [{"threshold": t} for t in THRESHOLDS], [scored[t] for t in THRESHOLDS])
     for key, candidates in _SEARCHES:
         base = search.best
         results = [search.score_images({**search.current, **c}) for c in candidates]
         trials[key] = {"without": base, "with": {str(_shown(key, c)): d for c, (d, _) in zip(candidates, results)}}
         search.consider(key, candidates, results)
-    usual = max(({**_PLAIN, "threshold": t, "apply_opening": True, "apply_closing": True, "min_component_size": m}
-                 for t in USUAL_THRESHOLDS for m in USUAL_MIN_SIZES), key=lambda u: search.score_images(u)[0])
+    usual_dice, usual = max(((search.score_images(u)[0], u) for u in (
+        {**_PLAIN, "threshold": t, "apply_opening": True, "apply_closing": True, "min_component_size": m}
+        for t in USUAL_THRESHOLDS for m in USUAL_MIN_SIZES)), key=lambda scored_advice: scored_advice[0])
     recommended = PostProcessConfig(**search.current).to_dict()
     report = {"dice_before": before, "dice_after": search.best, "steps": search.steps, "trials": trials,
               "refused": search.refused,
               "usual": {"threshold": usual["threshold"], "min_component_size": usual["min_component_size"],
-                        "dice": search.score_images(usual)[0]}}
+                        "dice": usual_dice}}
     report["explanation"] = explain_calibration(recommended, report)
     return recommended, report
 
@@ -114,10 +115,8 @@ _SEARCHES = [("min_component_size", [{"min_component_size": v} for v in MIN_SIZE
              ("shape_filter", [{"shape_filter": True, "min_elongation": r} for r in VESSEL_RATIOS])]
 
 
-def _shown(key: str, option: Any) -> Any:
+def _shown(key: str, option: dict) -> Any:
     """The value a trial or a refused step is reported by: the threshold, the size, the vessel ratio, ..."""
-    if not isinstance(option, dict):
-        return option
     return option["min_elongation"] if key == "shape_filter" else next(iter(option.values()))
 
 
@@ -128,7 +127,7 @@ class _Search:
     def __init__(self, probs: list[np.ndarray], masks: list[np.ndarray], fovs: list[np.ndarray], min_gain: float):
         self.probs, self.masks, self.fovs, self.min_gain = probs, masks, fovs, min_gain
         self.current, self.steps, self.refused = dict(_PLAIN), [], {}
-        self.best, self.best_images = 0.0, []
+        self.best, self.best_images = self.dice_per_image([p >= 0.5 for p in probs])  # the plain map to beat
 
     def dice_per_image(self, preds: list[np.ndarray]) -> tuple[float, list[float]]:
         """(pooled Dice, Dice of each image) of binary predictions."""
@@ -144,7 +143,7 @@ class _Search:
     def _losing(self, images: list[float]) -> int:
         return sum(d < b for d, b in zip(images, self.best_images))
 
-    def consider(self, key: str, options: list, results: list[tuple[float, list[float]]]) -> None:
+    def consider(self, key: str, options: list[dict], results: list[tuple[float, list[float]]]) -> None:
         """Keep the best option that gains ``min_gain`` pooled and lowers at most ``LOSING_SHARE`` of the
         images; note as refused the best one that gains pooled only by lowering more of them."""
         gaining = [i for i, (d, _) in enumerate(results) if d >= self.best + self.min_gain]
@@ -152,10 +151,8 @@ class _Search:
         fair = [i for i in gaining if self._losing(results[i][1]) <= allowed]
         if fair:
             i = max(fair, key=lambda j: results[j][0])  # the first of equal scores
-            option = options[i]
-            self.current.update(option if isinstance(option, dict) else {"threshold": option})
-            self.steps.append(", ".join(f"{k} {v}" for k, v in option.items()) if isinstance(option, dict)
-                              else f"threshold {option}")
+            self.current.update(options[i])
+            self.steps.append(", ".join(f"{k} {v}" for k, v in options[i].items()))
             self.best, self.best_images = results[i]
         elif gaining:
             i = max(gaining, key=lambda j: results[j][0])
