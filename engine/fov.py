@@ -134,6 +134,15 @@ def scale_factor(target: float | None, diameter: float | None) -> float:
     return 1.0 if abs(factor - 1.0) <= SCALE_TOLERANCE else factor
 
 
+def range_factor(low: float | None, high: float | None, diameter: float | None) -> float:
+    """The resize factor that brings a FOV of ``diameter`` pixels into [``low``, ``high``], the scales a model
+    was trained at: a wider one down to ``high``, a narrower one up to ``low``, one inside as it is (1.0 when
+    the diameter is unknown, or within ``SCALE_TOLERANCE`` of the nearest bound)."""
+    if not low or not high or not diameter:
+        return 1.0
+    return scale_factor(min(max(diameter, low), high), diameter)
+
+
 def rescale(array: np.ndarray, factor: float, kind: str = "image", min_side: int = 16) -> np.ndarray:
     """``array`` (H, W[, C]) resized by ``factor``: area averaging to shrink and cubic to enlarge a photograph,
     nearest neighbour for a mask (``kind="mask"``), linear for a probability map (``kind="map"``)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.fov import estimate_fov, fov_diameter, parse_scale, rescale, scale_factor
+from engine.fov import estimate_fov, fov_diameter, parse_scale, range_factor, rescale
 from engine.imageio import MIN_SIDE
 from engine.tiling import TILE_SIZE, sliding_window_logits
 
@@ -25,7 +25,8 @@ from engine.tiling import TILE_SIZE, sliding_window_logits
 # (``predict(tta=True)``); TTA_WORDS is how they say so. The command line takes it as asked (``--tta``).
 DASHBOARD_TTA = True
 TTA_WORDS = "each map averages the predictions of the photograph and of its three flips (test-time augmentation)"
-from engine.training.checkpoint import CheckpointError, build_model, checkpoint_scale, load_checkpoint_dict
+from engine.training.checkpoint import (CheckpointError, build_model, checkpoint_scale, checkpoint_scale_range,
+                                        load_checkpoint_dict)
 from engine.training.config import TrainingConfig
 from engine.training.data import preprocess
 
@@ -41,6 +42,7 @@ class LoadedModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     calibration: dict | None = None
     fov_diameter: float | None = None  # the scale of the training images (engine.fov); None: not recorded
+    fov_range: tuple[float, float] | None = None  # the narrowest and widest training scale; None: not recorded
 
 
 
@@ -76,7 +78,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         model.to(memory_format=torch.channels_last)
     return LoadedModel(model, config, ckpt.get("epoch", 0), dict(ckpt.get("metrics") or {}),
                        ckpt.get("recommended_postprocess"), Path(path), device, ckpt.get("calibration"),
-                       checkpoint_scale(ckpt))
+                       checkpoint_scale(ckpt), checkpoint_scale_range(ckpt))
 
 
 
@@ -84,10 +86,11 @@ def resolve_scale(loaded: LoadedModel, fov: np.ndarray, scale: str | float = "au
     """The factor an image is resized by before the model sees it (1.0: as it is).
 
     Args:
-        loaded: the model; its ``fov_diameter`` is the scale it was trained at.
+        loaded: the model; its ``fov_range`` holds the scales it was trained at.
         fov: the image's field of view (H, W), nonzero inside (supplied or estimated).
-        scale: ``"auto"`` (bring the FOV's diameter to the model's when they differ by more than
-            ``engine.fov.SCALE_TOLERANCE``), ``"none"`` (1.0), or a factor used as given.
+        scale: ``"auto"`` (bring the FOV's diameter into the model's training scales when it lies outside them
+            by more than ``engine.fov.SCALE_TOLERANCE``: a photograph wider than the widest training scale is
+            predicted at that scale and its map enlarged back), ``"none"`` (1.0), or a factor used as given.
 
     Returns:
         The factor (new size = old size × factor).
@@ -100,7 +103,8 @@ def resolve_scale(loaded: LoadedModel, fov: np.ndarray, scale: str | float = "au
         return 1.0
     if scale != "auto":
         return float(scale)
-    return scale_factor(loaded.fov_diameter, fov_diameter(fov))
+    low, high = loaded.fov_range or (loaded.fov_diameter, loaded.fov_diameter)
+    return range_factor(low, high, fov_diameter(fov))
 
 
 def check_image_and_fov(image_rgb: Any, fov: Any = None) -> tuple[np.ndarray, np.ndarray | None]:

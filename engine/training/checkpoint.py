@@ -115,13 +115,52 @@ def _check_fields(ckpt: dict, name: str) -> None:
             raise CheckpointError(f"{name}: its {key} is a {type(value).__name__}, not a table; {damaged}")
 
 
-def checkpoint_scale(ckpt: dict) -> float | None:
-    """The FOV diameter (pixels) a checkpoint's training images had, or None when it records none."""
-    scale = ckpt.get("scale")
-    value = scale.get("fov_diameter") if isinstance(scale, dict) else None
+def _diameter(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 16 <= value <= 100_000:
         return float(value)
     return None
+
+
+def checkpoint_scale(ckpt: dict) -> float | None:
+    """The FOV diameter (pixels) a checkpoint's training images had, or None when it records none."""
+    scale = ckpt.get("scale")
+    return _diameter(scale.get("fov_diameter")) if isinstance(scale, dict) else None
+
+
+def checkpoint_scale_range(ckpt: dict) -> tuple[float, float] | None:
+    """(narrowest, widest) field of view (pixels) a checkpoint's model was trained at: its data sets' scales,
+    the widest brought down to ``max_fov_px``. A checkpoint of one data set (or from before several sets could
+    train together) has one scale, so both are its ``fov_diameter``; None when it records none."""
+    scale = ckpt.get("scale")
+    if not isinstance(scale, dict):
+        return None
+    bounds = scale.get("fov_range")
+    if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
+        low, high = (_diameter(v) for v in bounds)
+        if low is not None and high is not None and low <= high:
+            return low, high
+    one = _diameter(scale.get("fov_diameter"))
+    return (one, one) if one is not None else None
+
+
+def scale_record(sets: list, max_fov: float) -> dict[str, Any]:
+    """What a checkpoint records of its training scales (``"scale"``), from the run's data sets
+    (``engine.training.data.Dataset``; their photographs are decoded once to measure them).
+
+    Returns:
+        ``fov_diameter`` (the median of the sets' training scales: what a model of one data set brings every
+        photograph to), ``fov_range`` (the narrowest and widest training scale), ``measure`` and ``datasets``
+        (per set: ``name``, ``layout``, ``n_images``, ``fov_diameter`` as photographed and ``trained_at``).
+    """
+    per_set = []
+    for ds in sets:
+        scales = ds.scales(max_fov)
+        per_set.append({"name": ds.name, "layout": ds.layout, "n_images": len(ds),
+                        "fov_diameter": scales["median"], "trained_at": scales["target"]})
+    known = [s["trained_at"] for s in per_set if s["trained_at"]]
+    return {"fov_diameter": float(np.median(known)) if known else None,
+            "fov_range": [min(known), max(known)] if known else None,
+            "measure": FOV_DIAMETER_MEASURE, "datasets": per_set}
 
 
 
@@ -137,14 +176,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
 
 def training_payload(*, weights: dict, train_weights: dict | None, config: TrainingConfig, epoch: int,
                      metrics: dict, optimizer: dict, scheduler: dict, early_stopping: dict, history: list[dict],
-                     elapsed_seconds: float, fov_diameter: float, plan: dict | None) -> dict[str, Any]:
+                     elapsed_seconds: float, scale: dict, plan: dict | None) -> dict[str, Any]:
     """The checkpoint dict training writes after an epoch (see the module docstring for the keys).
 
     Args:
         weights: what predicts (the moving average's state_dict when the run keeps one).
         train_weights: the optimiser's own weights when the run keeps an average, else None.
         optimizer, scheduler, early_stopping: their ``state_dict()``s, for resuming.
-        fov_diameter: the training images' FOV diameter in pixels (``Dataset.scales()["target"]``).
+        scale: the training images' scales (:func:`scale_record`).
         plan: the ``Plan.to_dict()`` that chose ``config``, or None.
     """
     return {
@@ -153,7 +192,7 @@ def training_payload(*, weights: dict, train_weights: dict | None, config: Train
         "preprocessing": {"channel": config.channel, "clahe": config.clahe, "normalization": config.normalization},
         "epoch": epoch, "metrics": metrics, "versions": versions(), "optimizer": optimizer, "scheduler": scheduler,
         "early_stopping": early_stopping, "history": history, "recommended_postprocess": None, "calibration": None,
-        "elapsed_seconds": elapsed_seconds, "scale": {"fov_diameter": fov_diameter, "measure": FOV_DIAMETER_MEASURE},
+        "elapsed_seconds": elapsed_seconds, "scale": scale,
         "plan": plan,
     }
 

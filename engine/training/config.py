@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.fields import Field
-from engine.training.data import CHANNELS, NORMALIZATIONS
+from engine.training.data import CHANNELS, MAX_FOV_PX, NORMALIZATIONS
 from engine.training.losses import LOSS_NAMES
 
 SCHEDULES = ("cosine", "plateau", "none")
@@ -31,6 +31,8 @@ class TrainingConfig:
     channel: str = "green"  # 'green' (best vessel contrast in fundus photos), 'gray' or 'rgb'
     clahe: bool = True  # contrast-limited adaptive histogram equalisation (clip 2, 8×8 tiles)
     normalization: str = "zscore"  # 'zscore' per image inside the FOV, or 'unit' (divide by 255)
+    max_fov_px: int = MAX_FOV_PX  # photographs with a wider field of view train (and predict) brought down to it
+    #                               (see engine.training.data.MAX_FOV_PX); 0 = every data set at its own size
     # --- loss
     loss_function: str = "combined_dice_focal"  # or 'dice', 'focal', 'tversky', 'bce'
     dice_weight: float = 0.7  # combined loss = dice_weight·Dice + (1 − dice_weight)·Focal
@@ -47,6 +49,8 @@ class TrainingConfig:
     epochs: int = 60  # maximum number of epochs
     steps_per_epoch: int = 250  # optimiser steps (batches) per epoch; validation runs after each
     val_fraction: float = 0.2  # share of the images held out for validation (seeded split); 0 = train on all
+    #                            (with several data sets, this share of each set)
+    balance_datasets: bool = True  # with several data sets, draw patches from each set equally often
     augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
     max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off
     any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps
@@ -114,7 +118,7 @@ _RANGES = {
     "plateau_factor": (0.0, 0.99, True),
     "plateau_patience": (0, 1000, False), "early_stopping_patience": (0, 100_000, False),
     "min_delta": (0.0, 1.0, False), "max_minutes": (0.0, 10_080.0, False), "seed": (0, 2**31 - 1, False),
-    "num_threads": (0, 256, False), "checkpoint_every": (0, 100_000, False),
+    "num_threads": (0, 256, False), "checkpoint_every": (0, 100_000, False), "max_fov_px": (0, 100_000, False),
 }
 # The allowed values of every option that takes one of a few words.
 CHOICES = {
@@ -131,6 +135,11 @@ HELP = {
     "learning_rate": ("Peak learning rate of AdamW."),
     "val_fraction": ("Share of the images held out for validation; 0 trains on every image and keeps "
                      "the newest epoch (nothing is then calibrated or stopped early)."),
+    "max_fov_px": ("Photographs whose field of view is wider than this many pixels are brought down to it for "
+                   "training, and predicted at that scale; 1200 makes the vessels of 3504×2336 photographs about "
+                   "as wide in pixels as those of 565×584 ones. 0 trains every data set at its own size."),
+    "balance_datasets": ("With several data sets, draw training patches from each set equally often, however "
+                         "many photographs it has; off draws every photograph equally often."),
     "seed": ("Same seed, same result on CPU: change it to check a result is not luck."),
     "loss_function": ("Start with combined_dice_focal: Dice copes with thin vessels being a small "
                               "share of the pixels, focal with the hard pixels at their edges."),

@@ -40,6 +40,10 @@ from engine.imageio import IMAGE_EXTENSIONS, is_image_name, list_images, read_im
 CHANNELS = ("green", "gray", "rgb")
 NORMALIZATIONS = ("zscore", "unit")  # z-score inside the FOV per image, or plain /255
 EXTENSIONS = tuple(sorted(IMAGE_EXTENSIONS))  # alphabetically, for messages
+# Training brings a photograph whose field of view is wider than this many pixels down to it (the
+# TrainingConfig option ``max_fov_px``): at this width the median vessel of the 3504×2336 HRF photographs
+# is about as many pixels across as the median vessel of DRIVE's 565×584 ones (docs/BENCHMARKS.md).
+MAX_FOV_PX = 1200
 _SUFFIX = re.compile(
     r"[._\-](?:training|train|test|manual\d*|mask|masks|fov|gt|label|labels|seg|vessels?|annotation|"
     r"\d(?:st|nd|rd|th)_?ho|ah|vk)$",
@@ -142,7 +146,7 @@ class Dataset:
         self.annotation = annotation
         self.notes = list(notes)
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._scales: dict[str, Any] | None = None
+        self._diameters_cache: list[float | None] | None = None
         self._lock = threading.RLock()
 
     def __len__(self) -> int:
@@ -175,56 +179,79 @@ class Dataset:
                                "mask made for this image, or remove the fov/ folder to use whole images.")
         return image, mask, fov
 
-    def scales(self) -> dict[str, Any]:
+    def _diameters(self) -> list[float | None]:
+        with self._lock:
+            if self._diameters_cache is None:
+                self._diameters_cache = [fov_diameter(self.raw(i)[2]) for i in range(len(self))]
+            return self._diameters_cache
+
+    def scales(self, max_fov: float = MAX_FOV_PX) -> dict[str, Any]:
         """The scale of every image and the one training brings them to (see :mod:`engine.fov`).
+
+        Args:
+            max_fov: the widest field of view (pixels) training uses; 0 = no limit.
 
         Returns:
             ``diameters``: each image's FOV diameter in pixels (None where its FOV has no visible edge);
-            ``target``: their median (None when no image's scale is known); ``factors``: the resize factor
-            of each image (1.0 for those within ``engine.fov.SCALE_TOLERANCE`` of the target).
+            ``median``: their median; ``target``: the median, brought down to ``max_fov`` when it is wider
+            (None when no image's scale is known); ``factors``: the resize factor of each image (1.0 for
+            those within ``engine.fov.SCALE_TOLERANCE`` of the target; an image of unknown scale is brought
+            down by the factor that brings the median to ``max_fov``).
         """
-        with self._lock:
-            if self._scales is None:
-                diameters = [fov_diameter(self.raw(i)[2]) for i in range(len(self))]
-                known = [d for d in diameters if d]
-                target = float(np.median(known)) if known else None
-                self._scales = {"diameters": diameters, "target": target,
-                                "factors": [scale_factor(target, d) for d in diameters]}
-            return self._scales
+        diameters = self._diameters()
+        known = [d for d in diameters if d]
+        median = float(np.median(known)) if known else None
+        target = min(median, float(max_fov)) if median and max_fov else median
+        cap = target / median if median and target < median else 1.0
+        return {"diameters": diameters, "median": median, "target": target,
+                "factors": [scale_factor(target, d) if d else cap for d in diameters]}
 
-    def scale_summary(self) -> str:
+    def scale_summary(self, max_fov: float = MAX_FOV_PX) -> str:
         """One sentence on the images' scales and the one training uses (decodes every image once)."""
-        scales = self.scales()
+        scales = self.scales(max_fov)
         known = [d for d in scales["diameters"] if d]
         if not known:
             return "No image shows the edge of its field of view, so every image is used at its own size."
         resized = sum(f != 1.0 for f in scales["factors"])
         low, high, target = min(known), max(known), scales["target"]
+        if target < scales["median"]:
+            return (f"Fields of view {scales['median']:,.0f} px across are brought down to {target:,.0f} px for "
+                    "training (where the vessels are about as many pixels wide as in other data sets); the model "
+                    "predicts such photographs at that scale and enlarges the map back to the full size.")
         if not resized or len(self) < 2:
             return (f"Field of view {target:,.0f} px across (the model records this scale and brings other "
                     "photographs to it when it predicts).")
         return (f"Fields of view from {low:,.0f} to {high:,.0f} px across: {resized} of {len(self)} images are "
                 f"resized to {target:,.0f} px, the median, for training.")
 
-    def scaled(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def scaled(self, i: int, max_fov: float = MAX_FOV_PX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image uint8 RGB, mask, fov) of sample ``i`` at the data set's one scale (:meth:`scales`)."""
         image, mask, fov = self.raw(i)
-        factor = self.scales()["factors"][i] if len(self) > 1 else 1.0
-        if factor != 1.0:  # a mixed-size data set: every image at the median scale
+        factor = self.scales(max_fov)["factors"][i]
+        if factor != 1.0:  # a mixed-size data set, or one wider than max_fov: every image at the target scale
             image = rescale(image, factor)
             mask = (rescale(mask.astype(np.float32), factor, "map") >= 0.5).astype(np.uint8)
             fov = rescale(fov, factor, "mask")
         return image, mask, fov
 
-    def arrays(self, i: int, channel: str = "green", clahe: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(self, i: int, channel: str = "green", clahe: bool = True,
+               max_fov: float = MAX_FOV_PX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(preprocessed float32 (C,H,W) in [0,1], mask, fov) of sample ``i`` at the data set's one scale
         (:meth:`scales`), decoded once and cached."""
-        key = (i, channel, bool(clahe))
+        key = (i, channel, bool(clahe), float(max_fov))
         with self._lock:
             if key not in self._cache:
-                image, mask, fov = self.scaled(i)
+                image, mask, fov = self.scaled(i, max_fov)
                 self._cache[key] = (prepare_channels(image, channel, clahe), mask, fov)
             return self._cache[key]
+
+    @property
+    def name(self) -> str:
+        """How the registry, the pages and a checkpoint name the set: its folder's name (and its parent's
+        where the folder is a half such as ``training``)."""
+        if self.root.name.lower() in ("training", "train", "test", "images") and self.root.parent.name:
+            return f"{self.root.parent.name}/{self.root.name}"
+        return self.root.name
 
 
 @dataclass(frozen=True)
@@ -398,6 +425,34 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(root, layout.name, pairs, annotation=layout.annotation, notes=notes)
 
 
+def load_datasets(paths: "str | Path | Dataset | list[str | Path | Dataset] | tuple") -> list[Dataset]:
+    """Several data sets for one run, each in its own layout and resolution.
+
+    Args:
+        paths: one folder (or :class:`Dataset`) or a list of them.
+
+    Returns:
+        The data sets, in the order given.
+
+    Raises:
+        DatasetError: the list is empty, a folder is missing, empty or without vessel masks (the sentence of
+            :func:`load_dataset`, naming the folder), or the same folder is listed twice.
+    """
+    items = list(paths) if isinstance(paths, (list, tuple)) else [paths]
+    if not items:
+        raise DatasetError("No data set was chosen: choose at least one folder of photographs with vessel masks.")
+    sets: list[Dataset] = []
+    seen: dict[Path, str] = {}
+    for item in items:
+        ds = item if isinstance(item, Dataset) else load_dataset(item)
+        key = ds.root.resolve()
+        if key in seen:
+            raise DatasetError(f"{item} is listed twice (the same data set as {seen[key]}): list each data set once.")
+        seen[key] = str(item)
+        sets.append(ds)
+    return sets
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 def prepare_channels(image: np.ndarray, channel: str = "green", clahe: bool = True) -> np.ndarray:
@@ -481,7 +536,9 @@ class PatchSampler:
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], fovs: list[np.ndarray],
                  stats: list[tuple[np.ndarray, np.ndarray]], patch_size: int, augment: bool = True,
-                 max_zoom: float = 1.0, any_angle: bool = False):
+                 max_zoom: float = 1.0, any_angle: bool = False, groups: list[int] | None = None):
+        """``groups``: the data set each image comes from; a patch then comes from each data set equally
+        often (a set is drawn first, then one of its images). None: every image equally often."""
         check_patch_size([img.shape[-2:] for img in images], patch_size)
         if max_zoom < 1.0:
             raise UserError(f"max_zoom must be at least 1 (1 = no zoom), not {max_zoom}.")
@@ -491,6 +548,17 @@ class PatchSampler:
         self.centres = [np.argwhere(f > 0) if f.any() else np.argwhere(np.ones_like(f)) for f in fovs]
         self.variants: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None] = [None] * len(images)
         self.variant_share = 0.0
+        self.groups = None
+        if groups is not None and len(set(groups)) > 1:
+            if len(groups) != len(images):
+                raise UserError(f"{len(groups)} data set labels for {len(images)} images: give one per image.")
+            self.groups = [[i for i, g in enumerate(groups) if g == label] for label in sorted(set(groups))]
+
+    def _draw_image(self, rng: np.random.Generator) -> int:
+        if self.groups is None:
+            return int(rng.integers(len(self.images)))
+        members = self.groups[int(rng.integers(len(self.groups)))]
+        return members[int(rng.integers(len(members)))]
 
     def set_variants(self, variants: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None],
                      share: float) -> None:
@@ -529,7 +597,7 @@ class PatchSampler:
         geometric = self.augment and (self.max_zoom > 1.0 or self.any_angle)
         xs, ys = [], []
         for _ in range(batch_size):
-            i = int(rng.integers(len(self.images)))
+            i = self._draw_image(rng)
             img, msk = self.images[i], self.masks[i]
             mean, std = self.stats[i]
             if self.variant_share > 0 and self.variants[i] is not None and rng.random() < self.variant_share:

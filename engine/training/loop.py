@@ -25,9 +25,9 @@ from engine.tiling import sliding_window_logits
 from engine.training.camera import camera_variants
 from engine.training.callbacks import EarlyStopping, LRSchedule, WeightAverage
 from engine.training.checkpoint import (TrainingState, build_model, read_training_state, read_weights,
-                                        record_calibration, save_checkpoint, training_payload)
+                                        record_calibration, save_checkpoint, scale_record, training_payload)
 from engine.training.config import TrainingConfig, TrainingError
-from engine.training.data import Dataset, DatasetError, PatchSampler, load_dataset, normalization_stats, split_indices
+from engine.training.data import Dataset, DatasetError, PatchSampler, load_datasets, normalization_stats, split_indices
 from engine.training.device import resolve_device, resolve_precision
 from engine.training.losses import build_loss
 
@@ -46,20 +46,24 @@ class TrainResult:
 
 
 
-def train(config: TrainingConfig, dataset: str | Path | Dataset, out_dir: str | Path,
+def train(config: TrainingConfig, dataset: str | Path | Dataset | list | tuple, out_dir: str | Path,
           on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
           resume_from: str | Path | None = None, plan: dict | None = None) -> TrainResult:
     """Train a U-Net; writes best.pt / last.pt (and epoch_XXX.pt) to ``out_dir``. See docs/ARCHITECTURE.md.
 
+    ``dataset``: one data set (a folder or a loaded ``Dataset``) or a list of them; each keeps its own
+    layout and scale, validation images are held out from every set, and patches come from each set
+    equally often unless ``config.balance_datasets`` is off.
     ``plan``: the ``engine.training.planner.Plan.to_dict()`` that chose this config (None: not planned); every
     checkpoint carries it as ``"plan"``. A resumed run without one keeps the checkpoint's.
     """
     if not isinstance(config, TrainingConfig):
         raise TypeError("config must be a TrainingConfig (use TrainingConfig.from_dict for a dict).")
-    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
-    if len(ds) < 2:
-        raise DatasetError(f"{ds.root} has {len(ds)} image(s); training needs at least 2 (one held out for validation).")
-    run = _set_up(config, ds, Path(out_dir), on_event or (lambda event: None), should_stop or (lambda: False),
+    sets = load_datasets(dataset)
+    if sum(len(ds) for ds in sets) < 2:
+        raise DatasetError(f"{sets[0].root} has {len(sets[0])} image(s); training needs at least 2 (one held out "
+                           "for validation).")
+    run = _set_up(config, sets, Path(out_dir), on_event or (lambda event: None), should_stop or (lambda: False),
                   resume_from, plan)
     run.emit(_start_event(run))
     if run.out_of_time():
@@ -83,7 +87,7 @@ class _Data:
     val_masks: list[np.ndarray]
     val_fovs: list[np.ndarray]
     n_train: int
-    fov_diameter: float
+    scale: dict  # what checkpoints record of the training scales (engine.training.checkpoint.scale_record)
 
 
 @dataclass
@@ -142,7 +146,7 @@ class _Verdict:
     is_best: bool
 
 
-def _set_up(c: TrainingConfig, ds: Dataset, out: Path, emit: Callable[[dict], None], should_stop: Callable[[], bool],
+def _set_up(c: TrainingConfig, sets: list[Dataset], out: Path, emit: Callable[[dict], None], should_stop: Callable[[], bool],
             resume_from: str | Path | None, plan: dict | None) -> _Run:
     """The run's state before its first epoch: data, model, optimiser and callbacks, resumed when asked."""
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +154,7 @@ def _set_up(c: TrainingConfig, ds: Dataset, out: Path, emit: Callable[[dict], No
     autocast_dtype = resolve_precision(c.precision, device)
     if c.num_threads:
         torch.set_num_threads(c.num_threads)
-    data = _prepare_data(c, ds, device)
+    data = _prepare_data(c, sets, device)
     torch.manual_seed(c.seed)
     model = build_model(c).to(device)
     if device.type == "cpu":  # channels-last convolutions are faster on CPUs (oneDNN)
@@ -170,20 +174,26 @@ def _set_up(c: TrainingConfig, ds: Dataset, out: Path, emit: Callable[[dict], No
     return run
 
 
-def _prepare_data(c: TrainingConfig, ds: Dataset, device: torch.device) -> _Data:
-    """Split the images (seeded), preprocess them once, and build the patch sampler and validation tensors."""
-    train_idx, val_idx = split_indices(len(ds), c.val_fraction, c.seed)
-    prepared = {i: ds.arrays(i, c.channel, c.clahe) for i in train_idx + val_idx}
-    stats = {i: normalization_stats(prepared[i][0], prepared[i][2], c.normalization) for i in prepared}
-    sampler = PatchSampler([prepared[i][0] for i in train_idx], [prepared[i][1] for i in train_idx],
-                           [prepared[i][2] for i in train_idx], [stats[i] for i in train_idx], c.patch_size, c.augment,
-                           c.max_zoom, c.any_angle)
-    camera_images = [ds.scaled(i)[0] for i in train_idx] if c.augment and c.camera_augment > 0 else None
-    return _Data(sampler, [prepared[i][2] for i in train_idx], camera_images,
-                 [torch.from_numpy((prepared[i][0] - stats[i][0]) / stats[i][1]).to(device) for i in val_idx],
-                 [torch.from_numpy(prepared[i][1].astype(np.float32)).to(device) for i in val_idx],
-                 [prepared[i][1] for i in val_idx], [prepared[i][2] for i in val_idx], len(train_idx),
-                 ds.scales()["target"])
+def _prepare_data(c: TrainingConfig, sets: list[Dataset], device: torch.device) -> _Data:
+    """Split each set's images (seeded), preprocess them once at the set's training scale, and build the patch
+    sampler (balanced across sets) and the validation tensors."""
+    train_keys, val_keys = [], []  # (set, image) pairs
+    for s, ds in enumerate(sets):
+        train_idx, val_idx = split_indices(len(ds), c.val_fraction, c.seed)
+        train_keys += [(s, i) for i in train_idx]
+        val_keys += [(s, i) for i in val_idx]
+    prepared = {(s, i): sets[s].arrays(i, c.channel, c.clahe, c.max_fov_px) for s, i in train_keys + val_keys}
+    stats = {k: normalization_stats(prepared[k][0], prepared[k][2], c.normalization) for k in prepared}
+    sampler = PatchSampler([prepared[k][0] for k in train_keys], [prepared[k][1] for k in train_keys],
+                           [prepared[k][2] for k in train_keys], [stats[k] for k in train_keys], c.patch_size, c.augment,
+                           c.max_zoom, c.any_angle, groups=[s for s, _ in train_keys] if c.balance_datasets else None)
+    camera_images = ([sets[s].scaled(i, c.max_fov_px)[0] for s, i in train_keys]
+                     if c.augment and c.camera_augment > 0 else None)
+    return _Data(sampler, [prepared[k][2] for k in train_keys], camera_images,
+                 [torch.from_numpy((prepared[k][0] - stats[k][0]) / stats[k][1]).to(device) for k in val_keys],
+                 [torch.from_numpy(prepared[k][1].astype(np.float32)).to(device) for k in val_keys],
+                 [prepared[k][1] for k in val_keys], [prepared[k][2] for k in val_keys], len(train_keys),
+                 scale_record(sets, c.max_fov_px))
 
 
 def _resume(run: _Run, state: TrainingState) -> None:
@@ -331,7 +341,7 @@ def _save(run: _Run, kind: str, path: Path, epoch: int, metrics: dict, metric: f
         weights=run.evaluated.state_dict(), train_weights=train_weights, config=run.config, epoch=epoch,
         metrics=metrics, optimizer=run.optimizer.state_dict(), scheduler=run.schedule.state_dict(),
         early_stopping=run.stopper.state_dict(), history=run.history, elapsed_seconds=run.elapsed(),
-        fov_diameter=run.data.fov_diameter, plan=run.plan))
+        scale=run.data.scale, plan=run.plan))
     run.emit({"type": "checkpoint", "kind": kind, "epoch": epoch, "path": str(path), "metric": metric})
 
 
