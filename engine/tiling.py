@@ -12,6 +12,9 @@ from engine.errors import StopRequested
 
 TILE_SIZE = 1024  # whole images up to this size go through the network in one piece
 TILE_OVERLAP = 0.25  # fraction of a tile shared with its neighbour
+# An image of up to this many tiles' worth of pixels, no side longer than two tiles, also goes in one piece:
+# tiling a 1296×864 image would compute 1.6 times its pixels (the overlaps), for no less memory than one piece.
+ONE_PIECE_TILES = 1.25
 
 
 def _window(h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -35,7 +38,7 @@ def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, tile_size: in
                           should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Logits (H, W) for one input (C, H, W); tiles with Gaussian blending when larger than ``tile_size``."""
     _, h, w = x.shape
-    if h <= tile_size and w <= tile_size:
+    if (h <= tile_size and w <= tile_size) or (h * w <= ONE_PIECE_TILES * tile_size ** 2 and max(h, w) <= 2 * tile_size):
         return model(x[None])[0, 0]
     th, tw = min(tile_size, h), min(tile_size, w)
     step = max(1, int(tile_size * (1 - overlap)))

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from engine.metrics import METRIC_KEYS, pooled_metrics, roc_auc_score, segmentation_metrics
+from engine.metrics import METRIC_KEYS, RunningMetrics, pooled_metrics, roc_auc_score, segmentation_metrics
 from engine.errors import UserError
 
 PRED = np.array([[1, 1, 0, 0],
@@ -163,3 +163,66 @@ def test_bad_input_gets_a_sentence(kwargs, message):
 def test_pooled_bad_input(items, message):
     with pytest.raises(UserError, match=message):
         pooled_metrics(items)
+
+
+# --------------------------------------------------------------------------- one image at a time
+
+def _random_images(n, seed=0, size=48):
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        target = rng.random((size, size)) < 0.12
+        prob = np.clip(target * 0.35 + rng.random((size, size)) * 0.65, 0, 1).astype(np.float32)
+        fov = np.zeros((size, size), np.uint8)
+        fov[4:-4, 4:-4] = 1
+        images.append((prob, target.astype(np.uint8), fov))
+    return images
+
+
+@pytest.fixture(scope="module")
+def running_and_pooled():
+    images = _random_images(5)
+    running = RunningMetrics()
+    for prob, target, fov in images:
+        running.add(prob >= 0.5, target, fov, prob=prob)
+    masks = [(prob >= 0.5, target, fov) for prob, target, fov in images]
+    pooled = pooled_metrics(masks)
+    pooled["roc_auc"] = pooled_metrics(images)["roc_auc"]
+    return running.result(), pooled
+
+
+@pytest.mark.parametrize("key", [k for k in METRIC_KEYS if k != "roc_auc"] + ["n_images"])
+def test_running_metrics_pool_exactly_like_pooled_metrics(running_and_pooled, key):
+    running, pooled = running_and_pooled
+    assert running[key] == pytest.approx(pooled[key], abs=1e-12)
+
+
+def test_running_auc_is_the_exact_auc_to_four_decimals(running_and_pooled):
+    running, pooled = running_and_pooled
+    assert running["roc_auc"] == pytest.approx(pooled["roc_auc"], abs=1e-4)
+
+
+def test_running_metrics_return_each_images_own_metrics():
+    prob, target, fov = _random_images(1, seed=3)[0]
+    own = RunningMetrics().add(prob >= 0.5, target, fov, prob=prob)
+    assert own["dice"] == pytest.approx(segmentation_metrics(prob, target, fov)["dice"])
+
+
+def test_running_metrics_of_masks_alone_have_no_auc():
+    running = RunningMetrics()
+    for prob, target, fov in _random_images(2):
+        running.add(prob >= 0.5, target, fov)
+    assert running.result()["roc_auc"] is None
+
+
+def test_running_metrics_keep_nothing_of_the_images():
+    running = RunningMetrics()
+    for prob, target, fov in _random_images(12, size=96):
+        running.add(prob >= 0.5, target, fov, prob=prob)
+    kept = sum(a.nbytes for a in vars(running).values() if isinstance(a, np.ndarray))
+    assert kept == 2 * running.bins * 8  # two histograms, whatever the number of images
+
+
+def test_running_metrics_without_images_say_so():
+    with pytest.raises(UserError, match="No image was scored"):
+        RunningMetrics().result()

@@ -91,25 +91,23 @@ def _plain(value: Any) -> Any:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.training.data import load_dataset
     from engine.inference.predictor import Predictor
-    from engine.metrics import pooled_metrics, segmentation_metrics
+    from engine.metrics import RunningMetrics
 
     predictor = Predictor.open(args.checkpoint)
     cfg, settings_words = _postprocess_config(args, predictor)
     ds = load_dataset(args.data)
-    probs, preds, masks, fovs, per_image = [], [], [], [], []
+    # Pooled over every FOV pixel of the set, as the papers count, one photograph at a time: nothing of a
+    # photograph is kept once it is scored, so memory does not grow with the number of photographs.
+    running, per_image = RunningMetrics(), []
     for i, sample in enumerate(ds.pairs):
         image, mask, fov = ds.raw(i)  # the supplied FOV mask, or the estimated one
         prediction = predictor.predict(image, fov, scale=args.scale, tta=args.tta)
-        prob = prediction.map
-        pred = _binarise(prob, cfg, args.threshold, fov)
-        m = segmentation_metrics(pred, mask, fov, threshold=0.5)
-        m["roc_auc"] = segmentation_metrics(prob, mask, fov, threshold=args.threshold)["roc_auc"]
+        pred = _binarise(prediction.map, cfg, args.threshold, fov)
+        m = running.add(pred, mask, fov, prob=prediction.map)
         per_image.append({"id": sample.id, **_plain(m), "fov": "supplied" if sample.fov_path else "estimated",
                           "scale_factor": prediction.factor})
-        probs.append(prob), preds.append(pred), masks.append(mask), fovs.append(fov)
-    # Pooled over every FOV pixel of the set, as the papers count; AUC always ranks the probabilities.
-    pooled = pooled_metrics(list(zip(preds, masks, fovs)), threshold=0.5)
-    pooled["roc_auc"] = pooled_metrics(list(zip(probs, masks, fovs)), threshold=args.threshold)["roc_auc"]
+        del image, mask, fov, prediction, pred
+    pooled = running.result()
     result = {**_plain(pooled), "n_images": len(per_image), "layout": ds.layout,
               "checkpoint": str(Path(predictor.source)),
               "model_fov_diameter": predictor.fov_diameter, "scale": args.scale,

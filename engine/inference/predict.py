@@ -29,6 +29,7 @@ from engine.training.checkpoint import (CheckpointError, build_model, checkpoint
                                         load_checkpoint_dict)
 from engine.training.config import TrainingConfig
 from engine.training.data import preprocess
+from engine.training.models import fuse_for_inference
 
 
 @dataclass
@@ -73,7 +74,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError):
         raise CheckpointError(f"{name}: the weights do not fit the model its config describes; the file is damaged.") from None
     device = torch.device(device)
-    model.to(device).eval()
+    model = fuse_for_inference(model.to(device).eval())  # about a sixth faster on a CPU
     if device.type == "cpu":  # channels-last convolutions are faster on CPUs (oneDNN)
         model.to(memory_format=torch.channels_last)
     return LoadedModel(model, config, ckpt.get("epoch", 0), dict(ckpt.get("metrics") or {}),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from engine.errors import UserError
 
@@ -20,6 +21,18 @@ class DoubleConv(nn.Sequential):
             nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
             nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
         )
+
+
+    def fused(self) -> "DoubleConv":
+        """This block for inference, each BatchNorm folded into the convolution before it (eval mode only):
+        the same outputs to float rounding, without two passes over every feature map."""
+        conv1, bn1, relu1, conv2, bn2, relu2 = self
+        return DoubleConv.__new__(DoubleConv)._from(fuse_conv_bn_eval(conv1, bn1), relu1,
+                                                    fuse_conv_bn_eval(conv2, bn2), relu2)
+
+    def _from(self, *layers: nn.Module) -> "DoubleConv":
+        nn.Sequential.__init__(self, *layers)
+        return self
 
 
 class Up(nn.Module):
@@ -65,3 +78,15 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return self.outc(x)[..., :h, :w]
+
+
+def fuse_for_inference(model: UNet) -> UNet:
+    """``model`` (in eval mode) with every BatchNorm folded into its convolution, in place; for prediction
+    only (the fused model cannot train or be saved as a checkpoint of this format). Returns ``model``."""
+    if model.training:
+        raise UserError("fuse_for_inference needs a model in eval mode: call model.eval() first.")
+    model.inc = model.inc.fused()
+    model.downs = nn.ModuleList(block.fused() for block in model.downs)
+    for up in model.ups:
+        up.conv = up.conv.fused()
+    return model
