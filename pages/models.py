@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine.errors import UserError
 from ui.charts import curves_figure
-from ui.formatting import age_text, run_duration, stop_reason_text
+from ui.formatting import age_text, run_duration, settings_from_rows, stop_reason_text
 from ui.readers import forget_queries, list_models, model_checkpoints, model_metrics
 from ui.runtime import run_page
 from ui.housekeeping import checkpoint_controls
@@ -101,6 +101,13 @@ def detail(model: dict) -> None:
     with a:
         st.markdown("**Training configuration**")
         st.json(json.loads(model["config"]), expanded=False)
+        st.markdown("**Where its settings came from**")
+        sources = settings_from_rows(model)
+        if sources:
+            st.dataframe(sources, hide_index=True, width="stretch", key="models_settings_from")
+        else:
+            st.caption("Every setting is the default." if sources == [] else
+                       "Not recorded: the run was queued before runs recorded it.")
     with b:
         st.markdown("**Recommended post-processing**")
         rec = model.get("recommended_postprocess")

@@ -65,28 +65,84 @@ def _widget(field: dataclasses.Field, default):
 
 
 def form_defaults() -> TrainingConfig:
-    """The values the training form opens with: those of the newest run (the one running, else the last
-    one queued), so a reload keeps them; TrainingConfig's own defaults when there is none.
+    """The values the training form opens with: TrainingConfig's own defaults, never another run's (on a shared
+    dashboard one person's run would set the next person's form). Starting from an earlier run's settings is an
+    explicit choice (``start_from_picker``), which puts them into the form's fields.
 
-    Chosen when the form is drawn afresh (a reload, a new tab, a return from another page) and kept while
-    it stays on screen. A fresh page also watches that run, so the monitor keeps showing its final status
-    and curves after it ended.
+    A fresh page watches the newest run (the one running, else the last one queued), so the monitor keeps
+    showing its final status and curves after it ended.
     """
     s = st.session_state
-    if "train_cfg_epochs" not in s or "train_form_defaults" not in s:
+    if "train_watch_chosen" not in s:
         rows = list_models()
         newest = next((m for m in rows if m["status"] in ACTIVE_STATUSES), rows[0] if rows else None)
-        config = TrainingConfig()
         if newest is not None:
-            try:
-                config = TrainingConfig.from_dict(json.loads(newest["config"]))
-            except (json.JSONDecodeError, TypeError):  # settings of an older version: the defaults then
-                pass
-            except Exception as exc:  # noqa: BLE001 - the same for settings this version refuses; a bug is raised
-                sentence_of(exc)
             s.setdefault("train_watch", newest["id"])
-        s["train_form_defaults"] = config.to_dict()
-    return TrainingConfig.from_dict(s["train_form_defaults"])
+        s["train_watch_chosen"] = True
+    return TrainingConfig()
+
+
+START_FROM = "train_start_from"  # the run whose settings the form starts from; "" for the defaults
+
+
+def start_from_picker() -> None:
+    """"Start from the settings of run …": the defaults (the first choice) or an earlier run's settings, put
+    into the form's fields when chosen; the fields its plan chose for its machine are not copied."""
+    s = st.session_state
+    rows = list_models()
+    names = {m["id"]: f"{m['name']} ({m['id']})" for m in rows}
+    if s.get(START_FROM, "") not in names:  # a run deleted meanwhile, or a first visit
+        s[START_FROM] = ""
+    st.selectbox("Start from the settings of run", ["", *names], format_func=lambda i: names.get(i, "the defaults"),
+                 key=START_FROM, on_change=_start_from,
+                 help="The form opens on the defaults. Choose an earlier run to copy its settings into the form; "
+                      "the ones its plan chose for its own machine are left at the defaults.")
+    origin = s.get("train_form_origin")
+    if origin and origin.get("error"):
+        st.warning(origin["error"])
+    elif origin:
+        copied = ", ".join(f"{_label(k)} {v}" for k, v in origin["values"].items()) or "nothing (it used the defaults)"
+        text = f"Copied from run {origin['run']}: {copied}."
+        if origin["planned"]:
+            text += (f" Not copied, because its plan chose them for its machine: "
+                     f"{', '.join(_label(k) for k in origin['planned'])}; Measure this machine to plan them here.")
+        st.caption(text)
+
+
+def _label(field: str) -> str:
+    return (LABELS.get(field) or field.replace("_", " ").capitalize()).lower()
+
+
+def run_settings(row: dict) -> tuple[dict, list[str]]:
+    """(the settings of the run ``row`` that are not the defaults, less those its plan chose; the names of those
+    planned fields). Raises UserError when this version cannot read its settings."""
+    try:
+        plan = json.loads(row["plan"]) if row.get("plan") else None
+        planned = set((plan or {}).get("changed") or {})
+        config = TrainingConfig.from_dict(json.loads(row["config"])).to_dict()
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        raise UserError(f"The settings of run {row['id']} cannot be read by this version: the form keeps the "
+                        "defaults.") from None
+    defaults = TrainingConfig().to_dict()
+    values = {k: v for k, v in config.items() if k not in planned and v != defaults[k]}
+    return values, sorted(planned & set(defaults))
+
+
+def _start_from() -> None:
+    """Put the chosen run's settings (or the defaults) into the form's fields."""
+    s = st.session_state
+    run, values, origin = s.get(START_FROM), {}, None
+    row = next((m for m in list_models() if m["id"] == run), None) if run else None
+    if row is not None:
+        try:
+            values, planned = run_settings(row)
+            origin = {"run": run, "values": values, "planned": planned}
+        except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+            origin = {"error": sentence_of(exc)}
+    config = TrainingConfig().with_updates(**values)
+    for f in dataclasses.fields(TrainingConfig):
+        s[f"train_cfg_{f.name}"] = getattr(config, f.name)
+    s["train_form_origin"] = origin
 
 
 def training_form(defaults: TrainingConfig) -> dict:
@@ -279,6 +335,7 @@ def plan_line(defaults: TrainingConfig, dataset: str | None, values: dict) -> No
 
 def submit_callback(defaults: TrainingConfig) -> None:
     from engine.jobs import submit_training
+    from engine.jobs.training import settings_sources
     from storage.db import DuplicateSubmissionError
 
     s = st.session_state
@@ -289,8 +346,10 @@ def submit_callback(defaults: TrainingConfig) -> None:
         return
     try:
         config, plan = planned_run(defaults)
+        origin = s.get("train_form_origin") or {}
+        sources = settings_sources(config.to_dict(), plan, origin.get("values"), origin.get("run", ""), "typed")
         model_id = submit_training(name or f"unet-{time.strftime('%m%d-%H%M%S')}", dataset, config,
-                                   submission_key=key, plan=plan, queue=s.get("train_queue"))
+                                   submission_key=key, plan=plan, queue=s.get("train_queue"), sources=sources)
     except DuplicateSubmissionError as exc:  # the second click of a double click: the first one's run stands
         s["train_watch"] = exc.model_id
         s["train_message"] = ("success", f"Queued model {exc.model_id}: it starts as soon as the worker has a free "
