@@ -166,6 +166,32 @@ def test_a_budgeted_run_is_continued_for_more_minutes(served, page, budgeted_mod
     assert config["max_minutes"] == pytest.approx(round(minutes + 2, 2))
 
 
+def test_enter_in_more_minutes_does_not_continue_the_run(served, page, budgeted_model):
+    """Enter sets the number; only the button queues the continuation, which says what it adds."""
+    import shutil
+
+    from storage import db, paths
+
+    url, _ = served
+    source = db.get_model(budgeted_model[0])
+    model_id = db.create_model("enter", json.loads(source["config"]), source["dataset"])
+    last = paths.checkpoints_dir(model_id) / "last.pt"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(paths.checkpoints_dir(budgeted_model[0]) / "last.pt", last)
+    db.update_model(model_id, status="completed", stop_reason="user_stop", epochs_run=1, total_epochs=60)
+    db.add_checkpoint(model_id, 1, last, "last", None)
+    page.goto(f"{url}/models?model={model_id}")
+    box = page.get_by_label("More minutes of training", exact=True).first
+    box.wait_for(timeout=30_000)
+    box.fill("0.5")
+    box.press("Enter")
+    wait_idle(page)
+    time.sleep(1)
+    wait_idle(page)
+    said = page.get_by_text("It adds 0.5 minutes").count()
+    assert (db.get_model(model_id)["status"], said) == ("completed", 1)
+
+
 def test_a_fresh_browser_opens_the_train_form_on_the_defaults_not_on_anothers_run(served):
     """Two people on one dashboard: the first one's run must not set the second one's form."""
     from playwright.sync_api import sync_playwright

@@ -472,28 +472,33 @@ def continue_controls(row: dict, key: str) -> None:
         return
     config = json.loads(row["config"])
     saved, patience, budget = point["epoch"], config.get("early_stopping_patience", 0), config.get("max_minutes", 0)
-    with st.form(f"{key}_form_{mid}", border=False):
-        st.markdown(f"**Continue training** from last.pt (epoch {saved}, {age_text(point['minutes'] * 60)} trained): "
-                    "the curves, the optimiser, the schedule and early stopping carry on.")
-        cols = st.columns(3)
-        if budget:  # a run with a time budget: asked in minutes, the epoch limit follows (more_time_changes)
-            plan = json.loads(row["plan"]) if row.get("plan") else {}
-            more = float((plan or {}).get("max_minutes") or budget)
-            cols[0].number_input("More minutes of training", min_value=0.1, max_value=10_080.0, value=more, step=0.5,
-                                 format="%g", key=f"{key}_more_minutes_{mid}",
-                                 help="How much longer it trains from here; the run ends when that time is up.")
-        else:
-            fields = {"epochs": max(saved + 1, config["epochs"] if config["epochs"] > saved else 2 * saved)}
-            cols[0].number_input("Train until epoch", min_value=saved + 1, max_value=100_000, step=1,
-                                 value=fields["epochs"], key=f"{key}_epochs_{mid}",
-                                 help="Raise it to train longer than the original limit; with the cosine schedule "
-                                      "the learning rate follows the new length from here.")
-        if patience and point["wait"] >= patience:
-            cols[1].number_input("Early-stopping patience", min_value=point["wait"] + 1, max_value=100_000, step=1,
-                                 value=point["wait"] + patience, key=f"{key}_early_stopping_patience_{mid}",
-                                 help=f"It stopped after {point['wait']} epochs without improvement; allow more.")
-        st.form_submit_button("Continue training", key=f"{key}_go_{mid}", on_click=_continue,
-                              args=(mid, config, key, point))
+    # Not an st.form: Enter in a form's lone number input submits it, which continued runs twice unasked.
+    # Here Enter only sets the number; the button alone queues the continuation.
+    st.markdown(f"**Continue training** from last.pt (epoch {saved}, {age_text(point['minutes'] * 60)} trained): "
+                "the curves, the optimiser, the schedule and early stopping carry on.")
+    cols = st.columns(3)
+    if budget:  # a run with a time budget: asked in minutes; the clock ends it (more_time_changes)
+        plan = json.loads(row["plan"]) if row.get("plan") else {}
+        more = float((plan or {}).get("max_minutes") or budget)
+        minutes = cols[0].number_input("More minutes of training", min_value=0.1, max_value=10_080.0, value=more,
+                                       step=0.5, format="%g", key=f"{key}_more_minutes_{mid}",
+                                       help="How much longer it trains from here; the run ends when that time is up.")
+        adds = (f"It adds {minutes:g} minutes: the time budget goes from {point['minutes']:.2f} minutes trained to "
+                f"{point['minutes'] + minutes:.2f}, and the run ends when that time is up, whatever epoch it reached.")
+    else:
+        fields = {"epochs": max(saved + 1, config["epochs"] if config["epochs"] > saved else 2 * saved)}
+        until = cols[0].number_input("Train until epoch", min_value=saved + 1, max_value=100_000, step=1,
+                                     value=fields["epochs"], key=f"{key}_epochs_{mid}",
+                                     help="Raise it to train longer than the original limit; with the cosine "
+                                          "schedule the learning rate follows the new length from here.")
+        adds = (f"It adds {int(until) - saved} epochs: from epoch {saved + 1} to epoch {int(until)}, unless early "
+                "stopping ends it sooner.")
+    if patience and point["wait"] >= patience:
+        cols[1].number_input("Early-stopping patience", min_value=point["wait"] + 1, max_value=100_000, step=1,
+                             value=point["wait"] + patience, key=f"{key}_early_stopping_patience_{mid}",
+                             help=f"It stopped after {point['wait']} epochs without improvement; allow more.")
+    st.caption(adds)
+    st.button("Continue training", key=f"{key}_go_{mid}", on_click=_continue, args=(mid, config, key, point))
 
 
 def continue_changes(model_id: str, config: dict, key: str, point: dict) -> dict:
@@ -530,8 +535,9 @@ def _continue(model_id: str, config: dict, key: str, point: dict) -> None:
             s[f"{key}_msg_{model_id}"] = ("error", "The run could not be queued because of an unexpected error; "
                                                    "details are in logs/dashboard.log.")
     else:
-        how_long = (f"for {float(s[f'{key}_more_minutes_{model_id}']):g} more minutes" if config.get("max_minutes")
-                    else f"up to epoch {changes['epochs']}")
+        how_long = (f"for {float(s[f'{key}_more_minutes_{model_id}']):g} more minutes (until "
+                    f"{changes['max_minutes']:g} minutes trained in all)" if config.get("max_minutes")
+                    else f"up to epoch {changes['epochs']} ({changes['epochs'] - point['epoch']} more epochs)")
         s[f"{key}_msg_{model_id}"] = ("success", f"Queued: it continues {how_long} as soon as the worker has a free "
                                                  "slot (watch it on the Train page).")
         s["train_watch"], s[f"{key}_queued_{model_id}"] = model_id, time.monotonic()
