@@ -21,7 +21,7 @@ from storage.db import ACTIVE_STATUSES as ACTIVE
 def table(models: list[dict]) -> None:
     # the id last: it is the widest column and also in the "Details of" list, so at 1280 px it is the one cut
     rows = [{"name": m["name"], "status": status_text(m), "best val Dice": m.get("best_val_dice"),
-             "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run"), "stop reason": stop_reason_text(m.get("stop_reason")),
+             "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run") or 0, "stop reason": stop_reason_text(m.get("stop_reason")),
              "duration (s)": run_duration(m), "created": m["created_at"][:19].replace("T", " "), "id": m["id"]}
             for m in models]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="models_table",
