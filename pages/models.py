@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine.errors import UserError
 from ui.charts import curves_figure
-from ui.formatting import age_text, run_duration, stop_reason_text
+from ui.formatting import age_text, run_duration, settings_from_rows, stop_reason_text
 from ui.readers import forget_queries, list_models, model_checkpoints, model_metrics
 from ui.runtime import run_page
 from ui.housekeeping import checkpoint_controls
@@ -21,7 +21,7 @@ from storage.db import ACTIVE_STATUSES as ACTIVE
 def table(models: list[dict]) -> None:
     # the id last: it is the widest column and also in the "Details of" list, so at 1280 px it is the one cut
     rows = [{"name": m["name"], "status": status_text(m), "best val Dice": m.get("best_val_dice"),
-             "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run"), "stop reason": stop_reason_text(m.get("stop_reason")),
+             "best epoch": m.get("best_epoch"), "epochs": m.get("epochs_run") or 0, "stop reason": stop_reason_text(m.get("stop_reason")),
              "duration (s)": run_duration(m), "created": m["created_at"][:19].replace("T", " "), "id": m["id"]}
             for m in models]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="models_table",
@@ -101,6 +101,13 @@ def detail(model: dict) -> None:
     with a:
         st.markdown("**Training configuration**")
         st.json(json.loads(model["config"]), expanded=False)
+        st.markdown("**Where its settings came from**")
+        sources = settings_from_rows(model)
+        if sources:
+            st.dataframe(sources, hide_index=True, width="stretch", key="models_settings_from")
+        else:
+            st.caption("Every setting is the default." if sources == [] else
+                       "Not recorded: the run was queued before runs recorded it.")
     with b:
         st.markdown("**Recommended post-processing**")
         rec = model.get("recommended_postprocess")

@@ -36,9 +36,9 @@ def model_table(models: list[dict]) -> None:
         {
             "name": m["name"],
             "status": m["status"],
-            "best val Dice": m.get("best_val_dice"),
-            "best epoch": m.get("best_epoch"),
-            "epochs": f"{m.get('epochs_run') or m.get('current_epoch') or 0} / {m.get('total_epochs') or '?'}",
+            "best val Dice": "—" if m.get("best_val_dice") is None else f"{m['best_val_dice']:.3f}",
+            "best epoch": "—" if m.get("best_epoch") is None else str(m["best_epoch"]),
+            "epochs": f"{m.get('epochs_run') or 0} / {m.get('total_epochs') or '?'}",  # finished, as on Models
             "duration": age_text(run_duration(m)),
             "stop reason": stop_reason_text(m.get("stop_reason")) or (m.get("error") or "")[:60],
             "details": f"/models?model={m['id']}",
@@ -49,7 +49,6 @@ def model_table(models: list[dict]) -> None:
     st.dataframe(
         rows, hide_index=True, width="stretch", key="overview_models",
         column_config={
-            "best val Dice": st.column_config.NumberColumn(format="%.3f"),
             "details": st.column_config.LinkColumn(display_text="open"),
             "inference": st.column_config.LinkColumn(display_text="try it"),
         },

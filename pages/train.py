@@ -10,7 +10,7 @@ from ui.workers import queue_picker
 from ui.training_form import (
     dataset_delete_controls, dataset_summary, first_usable, form_defaults, generate_synthetic, measure_plan,
     plan_line, registered_datasets, release_start_button, run_monitor, scroll_to_monitor, start_button_held,
-    submission_key, submit_callback, submit_message, training_form,
+    start_from_picker, submission_key, submit_callback, submit_message, training_form,
 )
 from storage import paths
 from storage.archives import unpack_dataset_zip
@@ -127,6 +127,7 @@ def main() -> None:
     with st.container(border=True):
         st.text_input("Model name", key="train_name", placeholder="unet-dice-v1")
         queue_picker("train_queue")
+        start_from_picker()
         values = training_form(defaults)
         # The run is queued inside the button's callback with the key the form was drawn with; the
         # registry creates one run per key (in one transaction), so the second click of a double click,

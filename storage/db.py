@@ -46,7 +46,7 @@ JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 JOB_ACTIVE_STATUSES = ("queued", "running")  # a batch job waiting for or in the worker
 BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline
 
-_JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan"}
+_JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan", "settings_from"}
 
 
 class UnknownModelError(UserError):
@@ -224,7 +224,8 @@ def integrity_check(db: Database | None = None) -> str:
 # --------------------------------------------------------------------------- models
 
 def create_model(name: str, config: dict, dataset: str, db: Database | None = None,
-                 submission_key: str | None = None, plan: dict | None = None) -> str:
+                 submission_key: str | None = None, plan: dict | None = None,
+                 settings_from: dict | None = None) -> str:
     """Register a new run (status ``queued``, not yet in the worker's queue) and return its id.
 
     Args:
@@ -232,6 +233,8 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
             new key); the check and the insert share one transaction and the column is UNIQUE, so two
             submissions with the same key create one row, however close together they arrive.
         plan: the training plan that chose the config (stored as JSON in the ``plan`` column), or None.
+        settings_from: where each setting that is not the default came from, ``{field: source}`` (stored as
+            JSON in the ``settings_from`` column; see migration 0007), or None.
 
     Raises:
         DuplicateSubmissionError: a run with ``submission_key`` exists already (its id in ``.model_id``).
@@ -247,7 +250,8 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
               "dataset": str(dataset), "created_at": now, "queued_at": now,
               "total_epochs": config.get("epochs"), "patience": config.get("early_stopping_patience"),
               "monitor": config.get("early_stopping_monitor"), "submission_key": submission_key,
-              "plan": json.dumps(plan, sort_keys=True) if plan is not None else None}
+              "plan": json.dumps(plan, sort_keys=True) if plan is not None else None,
+              "settings_from": json.dumps(settings_from, sort_keys=True) if settings_from is not None else None}
     with _use(db) as db:
         with immediate(db):
             if submission_key is not None:

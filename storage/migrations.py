@@ -150,3 +150,12 @@ def queues_and_workers(db: Database) -> None:
     db["inference_jobs"].add_column("queue", str)
     for column in ("device", "queues", "job", "kind"):
         db["workers"].add_column(column, str)
+
+
+@MIGRATIONS(name="0007_settings_from")
+def settings_from(db: Database) -> None:
+    """A run records where each of its settings that is not the default came from, as JSON
+    ``{field: "typed" | "set" | "planned" | "copied from run <id>"}``: typed in the Train form, sent with an API
+    or command-line submission, chosen by the plan for the machine, or copied from an earlier run's settings.
+    NULL for a run queued before it was recorded."""
+    db["models"].add_column("settings_from", str)

@@ -18,6 +18,16 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """Whether the CPU computes bf16 natively, pinned: a test that asks for it runs once for each answer, so
+    its expectations hold on every machine (an AMD EPYC or a Xeon with AMX as well as a CPU without)."""
+    from engine.training import device
+
+    monkeypatch.setattr(device, "cpu_bf16", lambda: request.param)
+    return request.param
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh, real data home (ML_MANAGER_HOME) for one test."""

@@ -15,7 +15,8 @@ import pytest
 
 from engine.imageio import encode_png
 from engine.training.synthetic import synthetic_sample
-from tests.browser_helpers import browser_page, chromium_path, served_dashboard, move_slider, open_expander, slider_input, wait_idle
+from tests.browser_helpers import (browser_page, chromium_path, launch, served_dashboard, move_slider, open_expander,
+                                   set_number, slider_input, wait_idle)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -163,3 +164,68 @@ def test_a_budgeted_run_is_continued_for_more_minutes(served, page, budgeted_mod
     page.get_by_text("continues for 2 more minutes").wait_for()
     config = json.loads(db.get_model(model_id)["config"])
     assert config["max_minutes"] == pytest.approx(round(minutes + 2, 2))
+
+
+def test_enter_in_more_minutes_does_not_continue_the_run(served, page, budgeted_model):
+    """Enter sets the number; only the button queues the continuation, which says what it adds."""
+    import shutil
+
+    from storage import db, paths
+
+    url, _ = served
+    source = db.get_model(budgeted_model[0])
+    model_id = db.create_model("enter", json.loads(source["config"]), source["dataset"])
+    last = paths.checkpoints_dir(model_id) / "last.pt"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(paths.checkpoints_dir(budgeted_model[0]) / "last.pt", last)
+    db.update_model(model_id, status="completed", stop_reason="user_stop", epochs_run=1, total_epochs=60)
+    db.add_checkpoint(model_id, 1, last, "last", None)
+    page.goto(f"{url}/models?model={model_id}")
+    box = page.get_by_label("More minutes of training", exact=True).first
+    box.wait_for(timeout=30_000)
+    box.fill("0.5")
+    box.press("Enter")
+    wait_idle(page)
+    time.sleep(1)
+    wait_idle(page)
+    said = page.get_by_text("It adds 0.5 minutes").count()
+    assert (db.get_model(model_id)["status"], said) == ("completed", 1)
+
+
+def test_a_fresh_browser_opens_the_train_form_on_the_defaults_not_on_anothers_run(served):
+    """Two people on one dashboard: the first one's run must not set the second one's form."""
+    from playwright.sync_api import sync_playwright
+
+    from engine.training.config import TrainingConfig
+    from engine.training.synthetic import make_synthetic_dataset
+    from storage import db
+
+    url, home = served
+    make_synthetic_dataset(home / "datasets" / "shared", n_images=2, size=128, seed=2)
+    before = {m["id"] for m in db.list_models()}
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            first = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            first.set_default_timeout(60_000)
+            first.goto(f"{url}/train")
+            first.get_by_role("heading", name="Training monitor").wait_for()
+            wait_idle(first)
+            for label, value in (("Epochs", 8), ("Steps per epoch", 20), ("Max minutes", 2)):
+                set_number(first, label, value)
+                wait_idle(first)
+            first.get_by_role("button", name="Start training").click()
+            first.get_by_text("Queued model").wait_for()
+            second = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()  # no cookies
+            second.set_default_timeout(60_000)
+            second.goto(f"{url}/train")
+            second.get_by_role("heading", name="Training monitor").wait_for()
+            wait_idle(second)
+            shown = [second.get_by_label(label, exact=True).first.input_value()
+                     for label in ("Epochs", "Steps per epoch", "Max minutes")]
+        finally:
+            browser.close()
+    queued = [json.loads(m["config"]) for m in db.list_models() if m["id"] not in before]
+    defaults = TrainingConfig()
+    assert (shown, [(c["epochs"], c["steps_per_epoch"], c["max_minutes"]) for c in queued]) == (
+        [str(defaults.epochs), str(defaults.steps_per_epoch), f"{defaults.max_minutes:g}"], [(8, 20, 2.0)])

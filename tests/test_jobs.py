@@ -477,8 +477,9 @@ def test_a_budgeted_run_s_progress_is_its_share_of_the_budget(config, trained_s,
 
 
 @pytest.mark.parametrize("trained, done, more, expected", [
-    (1.33, 3, 2.0, {"max_minutes": 3.33, "epochs": 60}),     # the stored 60 epochs are enough for 2 more minutes
-    (1.0, 10, 5.0, {"max_minutes": 6.0, "epochs": 86}),      # 0.1 min an epoch: 10 + 1.5 × 50 + 1
+    (1.33, 3, 2.0, {"max_minutes": 3.33, "epochs": 100_000}),   # the clock, never an epoch limit, ends it
+    (1.0, 10, 5.0, {"max_minutes": 6.0, "epochs": 100_000}),
+    (2.0, 8, 0.5, {"max_minutes": 2.5, "epochs": 100_000}),     # was raised to 15 only, and ended there early
 ])
 def test_more_time_raises_the_budget_by_the_minutes_asked(trained, done, more, expected):
     from engine.training.config import more_time_changes

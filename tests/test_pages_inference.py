@@ -237,3 +237,21 @@ def test_a_batch_uses_the_image_scale_on_screen(home, tmp_path):
     at.text_input(key="inf_batch_folder").input(str(folder)).run()
     at.button(key="inf_batch_go").click().run()
     assert db.list_inference_jobs()[0]["scale"] == "none"
+
+
+@pytest.mark.parametrize("synthetic, upload, expected", [
+    (False, None, "generate a synthetic data set on the Train page"),   # no folder that does not exist
+    (True, None, "synthetic_2x64_seed0/images`"),                       # the folder that exists
+    (False, ("notes.png", b"not an image", "image/png"), None),         # the error alone, no hint beside it
+])
+def test_the_upload_hint_names_a_folder_that_exists_and_leaves_an_error_alone(home, synthetic, upload, expected):
+    from engine.training.synthetic import make_synthetic_dataset
+    from storage import paths
+
+    if synthetic:
+        make_synthetic_dataset(paths.datasets_dir() / "synthetic_2x64_seed0", n_images=2, size=64, seed=0)
+    at = open_page("pages/inference.py")
+    if upload:
+        at.file_uploader(key="inf_images").set_value(upload).run()
+    hints = [i.value for i in at.info if i.value.startswith("Upload one or more fundus photographs")]
+    assert ([expected in h for h in hints] if expected else hints) == ([True] if expected else [])

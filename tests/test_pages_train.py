@@ -52,20 +52,78 @@ def test_the_queued_message_goes_away_when_the_run_ends(home):
 
 
 @pytest.mark.parametrize("statuses, shown", [
-    (("running", "completed"), "running"),   # the running run, even when it is not the newest
+    (("running", "completed"), "running"),   # the running run is watched, even when it is not the newest
     (("completed", "failed"), "failed"),     # else the newest one
 ])
-def test_a_reloaded_train_page_keeps_the_last_runs_settings_and_shows_it(home, statuses, shown):
+def test_a_fresh_train_form_opens_on_the_defaults_not_on_the_newest_run(home, statuses, shown):
     from engine.training.config import TrainingConfig
     from storage import db
 
     for epochs, status in zip((7, 9), statuses):
-        model_id = db.create_model(status, TrainingConfig(epochs=epochs).to_dict(), "synthetic")
+        model_id = db.create_model(status, TrainingConfig(epochs=epochs, base_channels=8, precision="bf16").to_dict(),
+                                   "synthetic", plan={"changed": {"base_channels": 8, "precision": "bf16"}})
         db.update_model(model_id, status=status, heartbeat_at=db.utc_now())  # a live run, not a stale one
     at = open_page("pages/train.py")
-    expected = {"running": 7, "failed": 9}[shown]
-    assert (at.number_input(key="train_cfg_epochs").value, [h.value for h in at.subheader if h.value.startswith(shown)],
-            len(at.warning)) == (expected, [f"{shown} · {shown}"], 0)
+    form = [at.number_input(key=f"train_cfg_{k}").value for k in ("epochs", "base_channels")]
+    assert (form, at.selectbox(key="train_cfg_precision").value, at.selectbox(key="train_start_from").value,
+            [h.value for h in at.subheader if h.value.startswith(shown)]) == (
+        [TrainingConfig().epochs, TrainingConfig().base_channels], "auto", "", [f"{shown} · {shown}"])
+
+
+def _planned_run(db) -> str:
+    """A finished run whose user typed epochs 8, steps 20 and 2 minutes, and whose plan chose width 8 and bf16."""
+    from engine.training.config import TrainingConfig
+
+    config = TrainingConfig(epochs=8, steps_per_epoch=20, max_minutes=2.0, base_channels=8, precision="bf16")
+    model_id = db.create_model("theirs", config.to_dict(), "synthetic",
+                               plan={"changed": {"base_channels": 8, "precision": "bf16"}})
+    db.update_model(model_id, status="completed", stop_reason="time_limit")
+    return model_id
+
+
+def test_starting_from_a_run_copies_what_its_user_set_and_not_what_its_plan_chose(home):
+    from storage import db
+
+    model_id = _planned_run(db)
+    at = open_page("pages/train.py")
+    at.selectbox(key="train_start_from").set_value(model_id).run()
+    form = {k: at.number_input(key=f"train_cfg_{k}").value for k in ("epochs", "steps_per_epoch", "max_minutes",
+                                                                      "base_channels")}
+    assert (form, at.selectbox(key="train_cfg_precision").value) == (
+        {"epochs": 8, "steps_per_epoch": 20, "max_minutes": 2.0, "base_channels": 16}, "auto")
+
+
+def test_a_run_records_where_each_setting_came_from(home):
+    from storage import db
+
+    model_id = _planned_run(db)
+    at = open_page("pages/train.py")
+    at.radio(key="train_source").set_value("Generate a synthetic data set").run()
+    at.number_input(key="train_synth_n").set_value(2)
+    at.number_input(key="train_synth_size").set_value(128)
+    at.button(key="train_synth_go").click().run()
+    at.selectbox(key="train_start_from").set_value(model_id).run()
+    at.number_input(key="train_cfg_epochs").set_value(3)
+    at.number_input(key="train_cfg_seed").set_value(5).run()
+    at.button(key="train_start").click().run()
+    new = next(m for m in db.list_models() if m["id"] != model_id)
+    assert json.loads(new["settings_from"]) == {"epochs": "typed", "seed": "typed",
+                                                "steps_per_epoch": f"copied from run {model_id}",
+                                                "max_minutes": f"copied from run {model_id}"}
+
+
+def test_the_models_page_shows_where_each_setting_came_from(home):
+    from engine.training.config import TrainingConfig
+    from storage import db
+
+    config = TrainingConfig(epochs=3, base_channels=8)
+    model_id = db.create_model("mine", config.to_dict(), "synthetic",
+                               settings_from={"epochs": "typed", "base_channels": "planned"})
+    at = open_page("pages/models.py", query={"model": model_id})
+    table = next(d.value for d in at.dataframe if "from" in d.value.columns)  # AppTest has no dataframe keys
+    assert table.to_dict("records") == [
+        {"setting": "base channels", "value": "8", "from": "planned for the machine it was measured on"},
+        {"setting": "epochs", "value": "3", "from": "typed in the Train form"}]
 
 
 def test_train_form_groups_the_options_and_says_10_to_20_is_a_good_patience(home):

@@ -41,10 +41,23 @@ def test_every_candidate_is_measured_once():
     assert measure.calls == [(128, 8, "fp32"), (96, 16, "fp32"), (64, 32, "fp32")]
 
 
-def test_auto_precision_measures_the_precisions_the_cpu_runs_natively():
+@pytest.fixture(autouse=True)
+def _a_cpu_without_bf16(monkeypatch):
+    """What the planner chooses depends on the CPU: every test here plans for a CPU without native bf16
+    unless it asks for ``cpu_bf16``, which runs it for both kinds of CPU."""
+    from engine.training import device
+
+    monkeypatch.setattr(device, "cpu_bf16", lambda: False)
+
+
+def test_the_capability_is_pinned_for_every_machine(cpu_bf16):
+    assert native_bf16(torch.device("cpu")) == cpu_bf16
+
+
+def test_auto_precision_measures_the_precisions_the_cpu_runs_natively(cpu_bf16):
     measure = table({})
     config, plan = plan_training(TrainingConfig(), measure=measure, device="cpu")
-    expected = ["bf16", "fp32"] if native_bf16(torch.device("cpu")) else ["fp32"]
+    expected = ["bf16", "fp32"] if cpu_bf16 else ["fp32"]
     assert sorted({p for _, _, p in measure.calls}) == expected
 
 
@@ -63,7 +76,7 @@ def test_a_precision_set_in_the_config_is_the_only_one_measured(precision):
     ({"epochs": 3}, {"epochs": 3}),
     ({"patch_size": 96, "batch_size": 4}, {"patch_size": 96, "batch_size": 4}),
 ])
-def test_a_field_the_user_set_is_never_changed(user, expected):
+def test_a_field_the_user_set_is_never_changed(cpu_bf16, user, expected):
     config = TrainingConfig(max_minutes=10.0).with_updates(**user)
     planned, _ = plan_training(config, user_fields=user, measure=BIG_SLOW, device="cpu")
     assert {k: getattr(planned, k) for k in expected} == expected
@@ -258,20 +271,20 @@ def test_a_run_without_a_plan_is_not_planned_on_the_worker():
     assert replan_for_device(TrainingConfig(), None, device="cpu", measure=BIG_SLOW) is None
 
 
-@pytest.mark.parametrize("field, expected", [
-    ("device", "cpu"),          # the plan now says where it was measured
-    ("patch_size", 64),         # the worker's own best shape (BIG_SLOW: 64×64 × 32)
-    ("batch_size", 32),
-    ("precision", "fp32"),      # the first plan's bf16 was planned, so it is planned again here
-])
-def test_a_plan_from_another_device_is_measured_again_here(field, expected):
+@pytest.mark.parametrize("field, without_bf16, with_bf16", [
+    ("device", "cpu", "cpu"),          # the plan now says where it was measured
+    ("patch_size", 64, 64),            # the worker's own best shape (BIG_SLOW: 64×64 × 32)
+    ("batch_size", 32, 32),
+    ("precision", "fp32", "bf16"),     # the first plan's bf16 was planned, so it is planned again here:
+])                                     # kept on a CPU that computes bf16 natively (equal times: the first)
+def test_a_plan_from_another_device_is_measured_again_here(cpu_bf16, field, without_bf16, with_bf16):
     planned = TrainingConfig(max_minutes=10.0, precision="bf16", epochs=3000, learning_rate=3e-3)
     config, plan = replan_for_device(planned, CUDA_PLAN, device="cpu", measure=BIG_SLOW)
     got = plan.device if field == "device" else getattr(config, field)
-    assert got == expected
+    assert got == (with_bf16 if cpu_bf16 else without_bf16)
 
 
-def test_fields_the_first_plan_did_not_change_are_kept_on_the_worker():
+def test_fields_the_first_plan_did_not_change_are_kept_on_the_worker(cpu_bf16):
     planned = TrainingConfig(max_minutes=10.0, precision="bf16", epochs=3000, learning_rate=3e-3,
                              patch_size=96, batch_size=16)
     config, _ = replan_for_device(planned, {**CUDA_PLAN, "changed": {"precision": "bf16"}}, device="cpu",

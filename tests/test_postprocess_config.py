@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.postprocess import PostProcessConfig, enhanced_post_processing
+from engine.postprocess import PostProcessConfig, enhanced_post_processing, warnings_for
 from tests.conftest import ROOT
 from engine.errors import UserError
 from tests.postprocess_helpers import BARE, smooth_random_map
@@ -149,6 +149,11 @@ WARNING_CASES = [
      ["The vessel-shape filter removed 90 % of the thresholded pixels: lower 'Minimum length / width' or turn the "
       "vessel-shape filter off to keep them."]),
     ("nothing passed the threshold", _stats(0), []),
+    ("many small pieces remain", {**_stats(3000), "components_after": 120, "pixels_kept": 3000},
+     ["The mask is still noisy: 120 separate pieces remain, 25 pixels each on average. Raise 'Threshold' (0.6–0.8 "
+      "is the usual range), raise 'Minimum component (px)' or turn 'Opening' on to remove the specks."]),
+    ("a few large pieces: a vessel tree", {**_stats(30000), "components_after": 12, "pixels_kept": 30000}, []),
+    ("many pieces, but large ones", {**_stats(30000), "components_after": 40, "pixels_kept": 30000}, []),
 ]
 
 
@@ -157,6 +162,20 @@ def test_warnings_for(name, stats, expected):
     from engine.postprocess import warnings_for
 
     assert warnings_for(stats) == expected
+
+
+def test_speckled_noise_left_by_the_settings_gets_the_noisy_mask_hint():
+    """A vessel band and 200 isolated specks, with the size filter and opening off: the hint names the fix,
+    and a larger smallest component removes them and the hint."""
+    prob = np.zeros((200, 200), np.float32)
+    prob[95:105, :] = 0.9
+    rng = np.random.default_rng(0)
+    prob[rng.integers(0, 200, 200), rng.integers(0, 200, 200)] = 0.9
+    noisy = PostProcessConfig(threshold=0.5, apply_opening=False, min_component_size=0, confidence_threshold=0.0)
+    quiet = PostProcessConfig(threshold=0.5, apply_opening=False, min_component_size=20, confidence_threshold=0.0)
+    hints = [[w.startswith("The mask is still noisy") for w in warnings_for(enhanced_post_processing(prob, config=c).stats)]
+             for c in (noisy, quiet)]
+    assert hints == [[True], []]
 
 
 def test_closing_kernel_9_keeps_the_drive_vessel_tree(drive_dir):
@@ -170,3 +189,9 @@ def test_closing_kernel_9_keeps_the_drive_vessel_tree(drive_dir):
     prob = vesselness_map(read_image(drive_dir / "images" / "21_training.tif"), fov)
     config = PostProcessConfig(threshold=0.45, apply_opening=False, closing_kernel=9)
     assert warnings_for(enhanced_post_processing(prob, config=config, fov=fov).stats) == []
+
+
+def test_the_readme_troubleshooting_says_what_to_do_about_a_noisy_mask():
+    troubleshooting = (ROOT / "README.md").read_text(encoding="utf-8").split("## Troubleshooting", 1)[1]
+    entry = troubleshooting.split("**The mask is still noisy.**", 1)[1].split("\n\n", 1)[0]
+    assert all(words in entry for words in ("*Threshold*", "0.6–0.8", "*Minimum component (px)*", "*Opening*"))

@@ -342,11 +342,10 @@ def test_precision_is_resolved_as_asked(name, expected):
     assert resolve_precision(name, torch.device("cpu")) == expected
 
 
-def test_auto_precision_uses_bf16_only_where_the_cpu_has_it():
-    from engine.training.device import native_bf16, resolve_precision
+def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(cpu_bf16):
+    from engine.training.device import resolve_precision
 
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
+    assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_bf16 else None)
 
 
 @pytest.mark.slow

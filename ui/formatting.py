@@ -38,3 +38,19 @@ def run_duration(row: dict) -> float | None:
     earlier = sum(e.get("seconds") or 0.0 for e in model_metrics(row["id"])
                   if (logged := parse_time(e.get("logged_at"))) is not None and logged < start)
     return earlier + max(0.0, (end - start).total_seconds())
+
+
+SOURCE_WORDS = {"typed": "typed in the Train form", "set": "sent with the submission (API or command line)",
+                "planned": "planned for the machine it was measured on"}
+
+
+def settings_from_rows(model: dict) -> list[dict] | None:
+    """What a run trained with and where each setting that is not the default came from, as table rows
+    (``setting``, ``value``, ``from``); None for a run queued before that was recorded."""
+    import json
+
+    if not model.get("settings_from"):
+        return None
+    sources, config = json.loads(model["settings_from"]), json.loads(model.get("config") or "{}")
+    return [{"setting": name.replace("_", " "), "value": str(config.get(name, "")),
+             "from": SOURCE_WORDS.get(source, source)} for name, source in sorted(sources.items())]

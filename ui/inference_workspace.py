@@ -228,6 +228,14 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
     return StartPoint(config, pick, words)
 
 
+def synthetic_images_hint() -> str:
+    """Where photographs to try are: the images folder of a synthetic data set that exists, else how to make one."""
+    found = sorted(paths.datasets_dir().glob("synthetic_*/images"))
+    if found:
+        return f"(the images of a synthetic data set are in `{found[0]}`)"
+    return "(to have some to try, generate a synthetic data set on the Train page)"
+
+
 def workspace(source: str, *, key: str, start: StartPoint, linked: tuple[str, ...] = ()
               ) -> tuple[str | float | None, PostProcessConfig | None]:
     """Upload images, pick one to tune on, optional ground truth, the tuner (re-running the ``linked``
@@ -237,8 +245,9 @@ def workspace(source: str, *, key: str, start: StartPoint, linked: tuple[str, ..
     images = upload_images("Fundus images", key=f"{key}_images", multiple=True,
                            help="PNG, JPEG, TIFF, GIF, PPM or BMP, up to 40 megapixels each; several at once.")
     if not images:
-        st.info(f"Upload one or more fundus photographs to see {predictor_of(source).whose} vessel map (the images of a synthetic "
-                f"data set are in `{paths.datasets_dir()}/synthetic_…/images/`).")
+        if not st.session_state.get(f"{key}_images__refused"):  # beside an error, the error alone says what to do
+            st.info(f"Upload one or more fundus photographs to see {predictor_of(source).whose} vessel map "
+                    f"{synthetic_images_hint()}.")
         return None, None
     names = [u.name for u in images]
     index = st.selectbox("Image to tune on", range(len(images)), format_func=names.__getitem__,

@@ -65,28 +65,84 @@ def _widget(field: dataclasses.Field, default):
 
 
 def form_defaults() -> TrainingConfig:
-    """The values the training form opens with: those of the newest run (the one running, else the last
-    one queued), so a reload keeps them; TrainingConfig's own defaults when there is none.
+    """The values the training form opens with: TrainingConfig's own defaults, never another run's (on a shared
+    dashboard one person's run would set the next person's form). Starting from an earlier run's settings is an
+    explicit choice (``start_from_picker``), which puts them into the form's fields.
 
-    Chosen when the form is drawn afresh (a reload, a new tab, a return from another page) and kept while
-    it stays on screen. A fresh page also watches that run, so the monitor keeps showing its final status
-    and curves after it ended.
+    A fresh page watches the newest run (the one running, else the last one queued), so the monitor keeps
+    showing its final status and curves after it ended.
     """
     s = st.session_state
-    if "train_cfg_epochs" not in s or "train_form_defaults" not in s:
+    if "train_watch_chosen" not in s:
         rows = list_models()
         newest = next((m for m in rows if m["status"] in ACTIVE_STATUSES), rows[0] if rows else None)
-        config = TrainingConfig()
         if newest is not None:
-            try:
-                config = TrainingConfig.from_dict(json.loads(newest["config"]))
-            except (json.JSONDecodeError, TypeError):  # settings of an older version: the defaults then
-                pass
-            except Exception as exc:  # noqa: BLE001 - the same for settings this version refuses; a bug is raised
-                sentence_of(exc)
             s.setdefault("train_watch", newest["id"])
-        s["train_form_defaults"] = config.to_dict()
-    return TrainingConfig.from_dict(s["train_form_defaults"])
+        s["train_watch_chosen"] = True
+    return TrainingConfig()
+
+
+START_FROM = "train_start_from"  # the run whose settings the form starts from; "" for the defaults
+
+
+def start_from_picker() -> None:
+    """"Start from the settings of run …": the defaults (the first choice) or an earlier run's settings, put
+    into the form's fields when chosen; the fields its plan chose for its machine are not copied."""
+    s = st.session_state
+    rows = list_models()
+    names = {m["id"]: f"{m['name']} ({m['id']})" for m in rows}
+    if s.get(START_FROM, "") not in names:  # a run deleted meanwhile, or a first visit
+        s[START_FROM] = ""
+    st.selectbox("Start from the settings of run", ["", *names], format_func=lambda i: names.get(i, "the defaults"),
+                 key=START_FROM, on_change=_start_from,
+                 help="The form opens on the defaults. Choose an earlier run to copy its settings into the form; "
+                      "the ones its plan chose for its own machine are left at the defaults.")
+    origin = s.get("train_form_origin")
+    if origin and origin.get("error"):
+        st.warning(origin["error"])
+    elif origin:
+        copied = ", ".join(f"{_label(k)} {v}" for k, v in origin["values"].items()) or "nothing (it used the defaults)"
+        text = f"Copied from run {origin['run']}: {copied}."
+        if origin["planned"]:
+            text += (f" Not copied, because its plan chose them for its machine: "
+                     f"{', '.join(_label(k) for k in origin['planned'])}; Measure this machine to plan them here.")
+        st.caption(text)
+
+
+def _label(field: str) -> str:
+    return (LABELS.get(field) or field.replace("_", " ").capitalize()).lower()
+
+
+def run_settings(row: dict) -> tuple[dict, list[str]]:
+    """(the settings of the run ``row`` that are not the defaults, less those its plan chose; the names of those
+    planned fields). Raises UserError when this version cannot read its settings."""
+    try:
+        plan = json.loads(row["plan"]) if row.get("plan") else None
+        planned = set((plan or {}).get("changed") or {})
+        config = TrainingConfig.from_dict(json.loads(row["config"])).to_dict()
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        raise UserError(f"The settings of run {row['id']} cannot be read by this version: the form keeps the "
+                        "defaults.") from None
+    defaults = TrainingConfig().to_dict()
+    values = {k: v for k, v in config.items() if k not in planned and v != defaults[k]}
+    return values, sorted(planned & set(defaults))
+
+
+def _start_from() -> None:
+    """Put the chosen run's settings (or the defaults) into the form's fields."""
+    s = st.session_state
+    run, values, origin = s.get(START_FROM), {}, None
+    row = next((m for m in list_models() if m["id"] == run), None) if run else None
+    if row is not None:
+        try:
+            values, planned = run_settings(row)
+            origin = {"run": run, "values": values, "planned": planned}
+        except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+            origin = {"error": sentence_of(exc)}
+    config = TrainingConfig().with_updates(**values)
+    for f in dataclasses.fields(TrainingConfig):
+        s[f"train_cfg_{f.name}"] = getattr(config, f.name)
+    s["train_form_origin"] = origin
 
 
 def training_form(defaults: TrainingConfig) -> dict:
@@ -279,6 +335,7 @@ def plan_line(defaults: TrainingConfig, dataset: str | None, values: dict) -> No
 
 def submit_callback(defaults: TrainingConfig) -> None:
     from engine.jobs import submit_training
+    from engine.jobs.training import settings_sources
     from storage.db import DuplicateSubmissionError
 
     s = st.session_state
@@ -289,8 +346,10 @@ def submit_callback(defaults: TrainingConfig) -> None:
         return
     try:
         config, plan = planned_run(defaults)
+        origin = s.get("train_form_origin") or {}
+        sources = settings_sources(config.to_dict(), plan, origin.get("values"), origin.get("run", ""), "typed")
         model_id = submit_training(name or f"unet-{time.strftime('%m%d-%H%M%S')}", dataset, config,
-                                   submission_key=key, plan=plan, queue=s.get("train_queue"))
+                                   submission_key=key, plan=plan, queue=s.get("train_queue"), sources=sources)
     except DuplicateSubmissionError as exc:  # the second click of a double click: the first one's run stands
         s["train_watch"] = exc.model_id
         s["train_message"] = ("success", f"Queued model {exc.model_id}: it starts as soon as the worker has a free "
@@ -413,28 +472,33 @@ def continue_controls(row: dict, key: str) -> None:
         return
     config = json.loads(row["config"])
     saved, patience, budget = point["epoch"], config.get("early_stopping_patience", 0), config.get("max_minutes", 0)
-    with st.form(f"{key}_form_{mid}", border=False):
-        st.markdown(f"**Continue training** from last.pt (epoch {saved}, {age_text(point['minutes'] * 60)} trained): "
-                    "the curves, the optimiser, the schedule and early stopping carry on.")
-        cols = st.columns(3)
-        if budget:  # a run with a time budget: asked in minutes, the epoch limit follows (more_time_changes)
-            plan = json.loads(row["plan"]) if row.get("plan") else {}
-            more = float((plan or {}).get("max_minutes") or budget)
-            cols[0].number_input("More minutes of training", min_value=0.1, max_value=10_080.0, value=more, step=0.5,
-                                 format="%g", key=f"{key}_more_minutes_{mid}",
-                                 help="How much longer it trains from here; the run ends when that time is up.")
-        else:
-            fields = {"epochs": max(saved + 1, config["epochs"] if config["epochs"] > saved else 2 * saved)}
-            cols[0].number_input("Train until epoch", min_value=saved + 1, max_value=100_000, step=1,
-                                 value=fields["epochs"], key=f"{key}_epochs_{mid}",
-                                 help="Raise it to train longer than the original limit; with the cosine schedule "
-                                      "the learning rate follows the new length from here.")
-        if patience and point["wait"] >= patience:
-            cols[1].number_input("Early-stopping patience", min_value=point["wait"] + 1, max_value=100_000, step=1,
-                                 value=point["wait"] + patience, key=f"{key}_early_stopping_patience_{mid}",
-                                 help=f"It stopped after {point['wait']} epochs without improvement; allow more.")
-        st.form_submit_button("Continue training", key=f"{key}_go_{mid}", on_click=_continue,
-                              args=(mid, config, key, point))
+    # Not an st.form: Enter in a form's lone number input submits it, which continued runs twice unasked.
+    # Here Enter only sets the number; the button alone queues the continuation.
+    st.markdown(f"**Continue training** from last.pt (epoch {saved}, {age_text(point['minutes'] * 60)} trained): "
+                "the curves, the optimiser, the schedule and early stopping carry on.")
+    cols = st.columns(3)
+    if budget:  # a run with a time budget: asked in minutes; the clock ends it (more_time_changes)
+        plan = json.loads(row["plan"]) if row.get("plan") else {}
+        more = float((plan or {}).get("max_minutes") or budget)
+        minutes = cols[0].number_input("More minutes of training", min_value=0.1, max_value=10_080.0, value=more,
+                                       step=0.5, format="%g", key=f"{key}_more_minutes_{mid}",
+                                       help="How much longer it trains from here; the run ends when that time is up.")
+        adds = (f"It adds {minutes:g} minutes: the time budget goes from {point['minutes']:.2f} minutes trained to "
+                f"{point['minutes'] + minutes:.2f}, and the run ends when that time is up, whatever epoch it reached.")
+    else:
+        fields = {"epochs": max(saved + 1, config["epochs"] if config["epochs"] > saved else 2 * saved)}
+        until = cols[0].number_input("Train until epoch", min_value=saved + 1, max_value=100_000, step=1,
+                                     value=fields["epochs"], key=f"{key}_epochs_{mid}",
+                                     help="Raise it to train longer than the original limit; with the cosine "
+                                          "schedule the learning rate follows the new length from here.")
+        adds = (f"It adds {int(until) - saved} epochs: from epoch {saved + 1} to epoch {int(until)}, unless early "
+                "stopping ends it sooner.")
+    if patience and point["wait"] >= patience:
+        cols[1].number_input("Early-stopping patience", min_value=point["wait"] + 1, max_value=100_000, step=1,
+                             value=point["wait"] + patience, key=f"{key}_early_stopping_patience_{mid}",
+                             help=f"It stopped after {point['wait']} epochs without improvement; allow more.")
+    st.caption(adds)
+    st.button("Continue training", key=f"{key}_go_{mid}", on_click=_continue, args=(mid, config, key, point))
 
 
 def continue_changes(model_id: str, config: dict, key: str, point: dict) -> dict:
@@ -471,8 +535,9 @@ def _continue(model_id: str, config: dict, key: str, point: dict) -> None:
             s[f"{key}_msg_{model_id}"] = ("error", "The run could not be queued because of an unexpected error; "
                                                    "details are in logs/dashboard.log.")
     else:
-        how_long = (f"for {float(s[f'{key}_more_minutes_{model_id}']):g} more minutes" if config.get("max_minutes")
-                    else f"up to epoch {changes['epochs']}")
+        how_long = (f"for {float(s[f'{key}_more_minutes_{model_id}']):g} more minutes (until "
+                    f"{changes['max_minutes']:g} minutes trained in all)" if config.get("max_minutes")
+                    else f"up to epoch {changes['epochs']} ({changes['epochs'] - point['epoch']} more epochs)")
         s[f"{key}_msg_{model_id}"] = ("success", f"Queued: it continues {how_long} as soon as the worker has a free "
                                                  "slot (watch it on the Train page).")
         s["train_watch"], s[f"{key}_queued_{model_id}"] = model_id, time.monotonic()

@@ -95,7 +95,8 @@ def upload_images(label: str, *, key: str, kind: str = "image", multiple: bool =
     """File uploader for images (``kind='image'``) or masks (``kind='mask'``); what it held is kept for the
     browser session, so a photograph stays after a visit to another page.
 
-    Bad files are reported with ``st.error`` (one sentence each) and left out of the result; a file
+    Bad files are reported with ``st.error`` (one sentence each) and left out of the result (their number
+    is in ``st.session_state[f"{key}__refused"]``, so a page does not add a hint beside the error); a file
     whose bytes equal an earlier one's is listed once (with a note).
     """
     # the uploader's own state is dropped when another page was drawn: then the kept files come back
@@ -104,12 +105,14 @@ def upload_images(label: str, *, key: str, kind: str = "image", multiple: bool =
     files = files if isinstance(files, list) else ([files] if files is not None else [])
     files = _kept_uploads(key, files)
     uploads, seen = [], {}
+    st.session_state[f"{key}__refused"] = 0
     for file in files:
         try:
             with st.spinner(f"Reading {file.name}…"):
                 upload = decode_upload(file, kind)
         except UserError as exc:
             st.error(str(exc))
+            st.session_state[f"{key}__refused"] += 1
             continue
         if upload.digest in seen:  # the same file chosen twice is one image
             st.caption(f"{file.name} holds the same image as {seen[upload.digest]}: it is used once.")

@@ -13,7 +13,7 @@ from engine.errors import UserError
 from storage import paths
 from storage.db import WORKER_FRESH_S
 from ui.formatting import age_text
-from ui.readers import list_workers, worker_heartbeat
+from ui.readers import forget_queries, list_inference_jobs, list_models, list_workers, worker_heartbeat
 from ui.runtime import logger
 
 GONE_AFTER_S = 3600.0  # workers silent for longer than this are left out of the table
@@ -24,19 +24,45 @@ def live_workers() -> list[dict]:
     return list_workers(WORKER_FRESH_S)
 
 
+def working_on(job: str | None, runs: dict[str, dict]) -> str:
+    """What a worker works on, as its run's row says now: a worker killed mid-run last reported "training X",
+    but X failed since, so it says so instead of "working on" it."""
+    if not job:
+        return "idle"
+    kind, _, run_id = job.partition(" ")
+    row = runs.get(run_id)
+    if row is None or row.get("status") in ("queued", "running", "stopping"):
+        return job
+    return f"nothing now (its {kind} {run_id} {row['status']})"
+
+
 def workers_table() -> None:
-    """Every worker heard from in the last hour: machine, chip, queues, what it does, and whether it is alive."""
+    """Every worker heard from in the last hour: machine, process, start, chip, queues, what it does, and whether
+    it is alive; gone ones can be forgotten."""
     rows = list_workers(GONE_AFTER_S)
     if not rows:
         return
     import pandas as pd
 
+    runs = {**{j["id"]: j for j in list_inference_jobs()}, **{m["id"]: m for m in list_models()}}
     table = pd.DataFrame(
-        [{"machine": w["host"], "state": "running" if (w["age_s"] or 1e9) <= WORKER_FRESH_S else "gone",
+        [{"machine": w["host"], "process": str(w.get("pid") or "—"),
+          "started": (w.get("started_at") or "—")[:19].replace("T", " "),
+          "state": "running" if (w["age_s"] or 1e9) <= WORKER_FRESH_S else "gone",
           "device": w.get("device") or "—", "queues": (w.get("queues") or "all").replace(",", ", "),
-          "working on": w.get("job") or "idle", "last heartbeat": f"{age_text(w['age_s'])} ago",
+          "working on": working_on(w.get("job"), runs), "last heartbeat": f"{age_text(w['age_s'])} ago",
           "reports": "over the network" if w.get("kind") == "remote" else "on this machine"} for w in rows])
     st.table(table.set_index("machine"))  # a few rows of text: a plain table, readable and copyable
+    if (table["state"] == "gone").any():
+        st.button("Forget gone workers", key="overview_forget_workers", on_click=_forget_gone,
+                  help="Removes the rows of workers that stopped reporting; a worker that starts again reappears.")
+
+
+def _forget_gone() -> None:
+    from storage.db import forget_workers
+
+    forget_workers(WORKER_FRESH_S)
+    forget_queries()
 
 
 def queue_picker(key: str, default: str = "training") -> str | None:

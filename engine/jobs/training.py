@@ -38,7 +38,8 @@ from storage import paths
 
 STOP_POLL_S = 0.5  # how often a training reads its row for a stop request
 WAIT_RETRY_S = 1  # a training waiting for a slot asks again after this many seconds
-__all__ = ["STOP_POLL_S", "STOPPED_EARLY", "ProgressRecorder", "StopWatch", "max_trainings", "start_training",
+__all__ = ["STOP_POLL_S", "STOPPED_EARLY", "ProgressRecorder", "StopWatch", "max_trainings", "settings_sources",
+           "start_training",
            "stop_training", "stop_training_task", "submit_training", "train_model_task", "training_status"]
 
 
@@ -200,9 +201,33 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
     return task.id
 
 
+def settings_sources(config: dict, plan: dict | None = None, copied: dict | None = None, copied_from: str = "",
+                     given: str = "set") -> dict[str, str]:
+    """Where each setting of ``config`` that matters came from: ``{field: source}`` for the fields the plan
+    changed (``"planned"``), those equal to the ``copied`` values of run ``copied_from`` (``"copied from run
+    <id>"``) and the other fields that differ from TrainingConfig's defaults (``given``: ``"typed"`` from the
+    Train form, ``"set"`` from an API or command-line submission). Fields left out are the defaults."""
+    from engine.training.config import TrainingConfig
+
+    defaults = TrainingConfig().to_dict()
+    planned = set((plan or {}).get("changed") or {})
+    sources = {}
+    for name, value in config.items():
+        if name in planned:
+            sources[name] = "planned"
+        elif copied and name in copied and copied[name] == value:
+            sources[name] = f"copied from run {copied_from}"
+        elif name in defaults and value != defaults[name]:
+            sources[name] = given
+    return sources
+
+
 def submit_training(name: str, dataset: str | os.PathLike, config: Any, submission_key: str | None = None,
-                    plan: dict | None = None, queue: str | None = None) -> str:
+                    plan: dict | None = None, queue: str | None = None, sources: dict | None = None) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id.
+
+    ``sources``: where each setting came from (``settings_sources``), stored with the run; None: the plan's
+    fields are "planned" and the other settings that are not the defaults "set".
 
     ``queue``: with the Redis queue, the named queue it goes to (default ``training``; see ``start_training``).
 
@@ -240,7 +265,8 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
     if len(ds) < 2:  # the same refusal train() makes, made before a row exists
         raise DatasetError(f"{ds.root} has {len(ds)} image(s); training needs at least 2 (one held out for validation).")
     check_patch_size(ds, int(config["patch_size"]))
-    model_id = store.create_model(name, config, str(folder.resolve()), submission_key=submission_key, plan=plan)
+    model_id = store.create_model(name, config, str(folder.resolve()), submission_key=submission_key, plan=plan,
+                                  settings_from=sources if sources is not None else settings_sources(config, plan))
     try:
         start_training(model_id, config, queue=queue)
     except BaseException:

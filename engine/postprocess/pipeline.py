@@ -229,12 +229,18 @@ STEP_ADVICE = {
 }
 
 
-def warnings_for(stats: Mapping[str, Any], share: float = 0.5) -> list[str]:
-    """Sentences for every step that removed more than ``share`` of the thresholded pixels.
+def warnings_for(stats: Mapping[str, Any], share: float = 0.5, noisy_components: int = 20,
+                 small_px: float = 100.0) -> list[str]:
+    """Sentences for every step that removed more than ``share`` of the thresholded pixels, and one when the
+    mask is still noisy: at least ``noisy_components`` pieces remain and they average under ``small_px`` pixels
+    (a vessel tree is a few large pieces; specks are many small ones).
 
     Args:
-        stats: ``PostProcessResult.stats`` (reads ``pixels_thresholded`` and ``pixels_removed``).
+        stats: ``PostProcessResult.stats`` (reads ``pixels_thresholded``, ``pixels_removed``, ``pixels_kept``
+            and ``components_after``).
         share: the fraction of the thresholded pixels above which a step is reported.
+        noisy_components: the number of pieces in the final mask from which small pieces count as noise.
+        small_px: the average size in pixels under which those pieces are small.
 
     Returns:
         One sentence per such step, in pipeline order, saying which step removed how much and which
@@ -255,6 +261,11 @@ def warnings_for(stats: Mapping[str, Any], share: float = 0.5) -> list[str]:
         else:
             what = f"{n:,} pixels, more than the {thresholded:,} that passed the threshold (closing added the others)"
         sentences.append(f"{who} removed {what}: {advice} to keep them.")
+    pieces, kept = int(stats.get("components_after") or 0), int(stats.get("pixels_kept") or 0)
+    if pieces >= noisy_components and kept < small_px * pieces:
+        sentences.append(f"The mask is still noisy: {pieces:,} separate pieces remain, {kept / pieces:.0f} pixels "
+                         "each on average. Raise 'Threshold' (0.6–0.8 is the usual range), raise 'Minimum "
+                         "component (px)' or turn 'Opening' on to remove the specks.")
     return sentences
 
 

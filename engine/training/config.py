@@ -6,7 +6,6 @@ reads the CLI's ``--set key=value``. ``CHOICES`` lists the allowed words of ever
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -228,8 +227,11 @@ def more_time_changes(config: dict[str, Any], trained_minutes: float, epochs_don
     """The changes that continue a run with a time budget for ``more_minutes`` more minutes.
 
     ``max_minutes`` is a run's total budget (the minutes trained before a resume count), so it becomes
-    ``trained_minutes + more_minutes``; ``epochs`` is raised, when needed, so that the time and not the
-    epoch limit ends the run (the planner's rule), assuming the epochs take as long as they did so far.
+    ``trained_minutes + more_minutes``; ``epochs`` becomes the highest limit, so that the clock and never an
+    epoch limit ends the run: an estimate from the pace so far failed when the new epochs ran faster (a
+    "+0.5 min" continuation ended at epoch 15 of its raised limit, silently short of its time). The cosine
+    schedule follows the time budget when it runs out first (``callbacks.LRSchedule``), so the high limit
+    does not flatten it.
 
     Args:
         config: the run's stored config (a ``TrainingConfig`` dict).
@@ -243,11 +245,7 @@ def more_time_changes(config: dict[str, Any], trained_minutes: float, epochs_don
     """
     if isinstance(more_minutes, bool) or not isinstance(more_minutes, (int, float)) or not more_minutes > 0:
         raise UserError(f"The minutes to train on must be a number above 0, not {more_minutes!r}.")
-    per_epoch = max(trained_minutes, 1e-3) / max(epochs_done, 1)
-    # half again the epochs the time would fit at this pace, so a faster stretch still ends by the clock
-    needed = epochs_done + math.ceil(1.5 * more_minutes / per_epoch) + 1
-    epochs = min(max(int(config.get("epochs", 1)), needed), FIELDS["epochs"].high)
-    return {"max_minutes": round(trained_minutes + float(more_minutes), 2), "epochs": epochs}
+    return {"max_minutes": round(trained_minutes + float(more_minutes), 2), "epochs": FIELDS["epochs"].high}
 
 
 def _known() -> str:

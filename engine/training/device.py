@@ -5,13 +5,22 @@ import torch
 
 from engine.training.config import TrainingError
 
+def cpu_bf16() -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (AMX or AVX512-BF16).
+
+    The one place the CPU is asked, so a test pins the answer here (``tests/conftest.py``'s ``cpu_bf16``)
+    and passes on a CPU with or without it.
+    """
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively (CPU: AMX or AVX512-BF16; CUDA: Ampere on)."""
+    """Whether ``device`` computes bfloat16 convolutions natively (CPU: ``cpu_bf16()``; CUDA: Ampere on)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+        return cpu_bf16()
     return False
 
 
