@@ -17,7 +17,7 @@ GET      /workers/trainings/{id}/dataset              the data set as a zip (cac
 GET      /workers/trainings/{id}/last.pt              the checkpoint a continued run starts from
 GET      /workers/trainings/{id}/status               the run's status (``stopping`` = stop now)
 POST     /workers/trainings/{id}/events               the training loop's events (progress, epochs)
-PUT      /workers/trainings/{id}/checkpoints/{name}   best.pt or last.pt, checked before it is registered
+PUT      /workers/trainings/{id}/checkpoints/{name}   best.pt, last.pt or epoch_XXX.pt, checked, then registered
 POST     /workers/trainings/{id}/finish               the run's outcome
 POST     /workers/inference/{id}/claim                take a queued batch job
 GET      /workers/inference/{id}/checkpoint           the job's checkpoint file
@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -66,6 +67,7 @@ log = logging.getLogger("ml_manager.api")
 
 UPLOAD_ENV = "ML_MANAGER_MAX_UPLOAD_MB"
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
+EPOCH_CHECKPOINT = re.compile(r"epoch_\d{3,6}\.pt")  # what checkpoint_every writes: epoch_004.pt
 WATCH_EVERY_S = 1.0  # the watchdog's period: stale runs fail within the stale limit plus this
 LOST_CHECK_S = 3.0  # a queued task missing from Redis in two checks this far apart is queued again
 START_GRACE_S = 3 * BEAT_S  # after the dashboard starts, runs are judged stale only once workers could beat
@@ -348,8 +350,8 @@ async def training_checkpoint(request: Request) -> dict:
     """PUT /workers/trainings/{id}/checkpoints/{name}?worker_id=&epoch=&metric= with the file as the body."""
     model_id, name = request.path_params["model_id"], request.path_params["name"]
     worker = _worker_id(None, request)
-    if name not in CHECKPOINT_NAMES:
-        raise UserError(f"Workers upload {' and '.join(CHECKPOINT_NAMES)}, not {name!r}.")
+    if name not in CHECKPOINT_NAMES and not EPOCH_CHECKPOINT.fullmatch(name):
+        raise UserError(f"Workers upload {', '.join(CHECKPOINT_NAMES)} and epoch_XXX.pt, not {name!r}.")
     await run_in_threadpool(_held_run, model_id, worker)
     data = await _read_upload(request)
     return await run_in_threadpool(_register_checkpoint, model_id, name, worker, data, request.query_params)
@@ -366,8 +368,13 @@ def _register_checkpoint(model_id: str, name: str, worker: str, data: bytes, que
     finally:
         tmp.unlink(missing_ok=True)
     metric = query.get("metric")
-    store.add_checkpoint(model_id, int(ckpt.get("epoch") or 0) or None, folder / name, name[:-3],
+    kind = name[:-3] if name in CHECKPOINT_NAMES else "epoch"
+    store.add_checkpoint(model_id, int(ckpt.get("epoch") or 0) or None, folder / name, kind,
                          float(metric) if metric not in (None, "", "null") else None)
+    if kind == "epoch":  # retention, as for a run on the dashboard's machine: the newest N epoch files stay
+        from engine.housekeeping import prune_checkpoints
+
+        prune_checkpoints(model_id)
     return {"name": name, "bytes": len(data), "epoch": ckpt.get("epoch")}
 
 

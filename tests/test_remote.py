@@ -158,6 +158,14 @@ def test_the_overview_in_a_browser_lists_both_workers(lab, trained):
         (HOST, True), (HOST, True)]
 
 
+def test_epoch_checkpoints_of_a_remote_run_reach_the_dashboard(lab):
+    model_id = lab.train({**TINY, "epochs": 4, "checkpoint_every": 2, "calibrate_postprocess": False}, queue="gpu")
+    status = lab.wait_end(model_id)
+    listed = lab.dashboard.call("GET", f"/api/v1/models/{model_id}/checkpoints")[1]["checkpoints"]
+    assert (status["status"], sorted((c["name"], c["path"].startswith(str(lab.a))) for c in listed)) == (
+        "completed", [("best.pt", True), ("epoch_002.pt", True), ("epoch_004.pt", True), ("last.pt", True)])
+
+
 # --------------------------------------------------------------------------- queues
 
 def test_a_job_on_the_gpu_queue_runs_on_the_worker_of_that_queue(lab):

@@ -233,9 +233,8 @@ class RemoteRecorder:
         kind = event.get("type")
         try:
             if kind == "checkpoint":
-                name = {"best": "best.pt", "last": "last.pt"}.get(event["kind"])
-                if name:
-                    self.upload(Path(event["path"]), name, event.get("epoch"), event.get("metric"))
+                name = {"best": "best.pt", "last": "last.pt"}.get(event["kind"]) or Path(event["path"]).name
+                self.upload(Path(event["path"]), name, event.get("epoch"), event.get("metric"))
                 return
             if kind not in ("start", "batch", "epoch_end", "calibration"):
                 return
