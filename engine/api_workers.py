@@ -10,7 +10,7 @@ that claimed a run may report on it, upload its checkpoints or end it.
 method   route                                        what
 =======  ===========================================  ==================================================
 GET      /workers                                     every worker that reported: host, device, queues, job
-GET      /workers/hello                               the Redis queue, the queue names, the stale limit
+GET      /workers/hello                               the Redis queue (never its password), the queue names
 POST     /workers/beat                                a worker's heartbeat (and that of its runs and jobs)
 POST     /workers/trainings/{id}/claim                take a queued run: its config, plan and data set
 GET      /workers/trainings/{id}/dataset              the data set as a zip (cached here by content hash)
@@ -48,6 +48,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -207,8 +208,16 @@ def hello(request: Request, body: None) -> tuple[int, dict]:
         raise store.WrongStateError("The dashboard uses the queue file on its own machine, which workers on other "
                                     "machines cannot reach: start it with ML_MANAGER_QUEUE=redis://host:6379/0 "
                                     "(see the README's Several machines).")
-    return 200, {"queue": url, "queues": jobs.queue_names(), "stale_after_s": lifecycle.stale_after_s(),
-                 "beat_s": BEAT_S, "max_upload_bytes": max_upload_bytes()}
+    return 200, {"queue": queue_without_password(url), "queue_password": bool(urlsplit(url).password),
+                 "queues": jobs.queue_names(), "stale_after_s": lifecycle.stale_after_s(), "beat_s": BEAT_S,
+                 "max_upload_bytes": max_upload_bytes()}
+
+
+def queue_without_password(url: str) -> str:
+    """The Redis URL without its user and password: the API token does not reveal them; a worker is given
+    the password on its own machine (``ML_MANAGER_QUEUE``)."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def beat(request: Request, body: dict) -> tuple[int, dict]:

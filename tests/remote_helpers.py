@@ -164,7 +164,8 @@ class Dashboard:
 
 
 class RemoteWorker:
-    """`python -m engine worker --server URL --token TOKEN --queues ...` on its own data home."""
+    """`python -m engine worker --server URL --token TOKEN --queues ...` on its own data home; ``env`` is its
+    own environment (``ML_MANAGER_QUEUE`` with the Redis password, which the dashboard does not hand out)."""
 
     def __init__(self, home: Path, dashboard: Dashboard, queues: str, env: dict | None = None):
         self.home, self.dashboard, self.queues, self.env, self.proc = home, dashboard, queues, env or {}, None
@@ -172,8 +173,9 @@ class RemoteWorker:
 
     def start(self, wait: bool = True) -> "RemoteWorker":
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = _env(self.home, self.env)
-        env.pop("ML_MANAGER_QUEUE", None)  # it learns the queue from the dashboard
+        env = _env(self.home, {})
+        env.pop("ML_MANAGER_QUEUE", None)  # the dashboard's own setting is not the worker's
+        env.update(self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "engine", "worker", "--server", self.dashboard.url, "--token",

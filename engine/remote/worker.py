@@ -323,7 +323,7 @@ def run_worker(server: str | None, token: str | None, queue_names: list[str], de
     if server:
         dashboard = Dashboard(server, token or "")
         hello = dashboard.call("GET", "/workers/hello")
-        os.environ[queues.QUEUE_ENV] = os.environ.get(queues.QUEUE_ENV) or queue_url_for_worker(hello["queue"], server)
+        os.environ[queues.QUEUE_ENV] = os.environ.get(queues.QUEUE_ENV) or _queue_url(hello, server)
         os.environ[queues.NAMES_ENV] = ",".join(hello["queues"])
     known = jobs.queue_names()
     if jobs.redis_url() is None:
@@ -369,6 +369,20 @@ def run_worker(server: str | None, token: str | None, queue_names: list[str], de
         except DashboardError:
             pass
     return 0
+
+
+def _queue_url(hello: dict, server: str) -> str:
+    """The Redis address from the dashboard's hello, which never carries a password.
+
+    Raises:
+        UserError: the queue needs a password, which the worker must be given on its own.
+    """
+    url = queue_url_for_worker(hello["queue"], server)
+    if hello.get("queue_password"):
+        parts = urlsplit(url)
+        raise UserError(f"The dashboard's Redis queue needs a password, which the dashboard does not hand out: "
+                        f"start this worker with {queues.QUEUE_ENV}=redis://:PASSWORD@{parts.netloc}{parts.path}.")
+    return url
 
 
 def _remote_beat(dashboard: Dashboard, link: RemoteLink, description: str, queue_names: list[str]) -> None:
