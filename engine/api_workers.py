@@ -221,7 +221,9 @@ def queue_without_password(url: str) -> str:
 
 
 def beat(request: Request, body: dict) -> tuple[int, dict]:
-    """POST /workers/beat ``{worker_id, host, pid, device, queues, job, runs, jobs}``."""
+    """POST /workers/beat ``{worker_id, host, pid, device, queues, job, runs, jobs, outbox, outbox_runs}``:
+    ``outbox`` is the count of reports waiting on the worker's disk, ``outbox_runs`` {model id: the worker id
+    that claimed it} the runs they are about; those runs stay fresh, so the watchdog does not fail them."""
     worker = _worker_id(body, request)
     queues = body.get("queues") or []
     if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
@@ -232,6 +234,10 @@ def beat(request: Request, body: dict) -> tuple[int, dict]:
     store.beat_worker(worker, host=text["host"] or lifecycle.worker_host(worker), pid=_number(body, "pid"),
                       device=text["device"], queues=",".join(queues), job=text["job"], kind="remote")
     mine_runs = [r for r in runs if _holds(store.get_model, r, worker)]
+    waiting = body.get("outbox_runs") if _number(body, "outbox") else None
+    if isinstance(waiting, dict):  # a run that ended (or a worker started again) while the dashboard was away
+        mine_runs += [r for r, w in waiting.items() if isinstance(r, str) and isinstance(w, str)
+                      and _holds(store.get_model, r, w)]
     mine_jobs = [j for j in held_jobs if _holds(store.get_inference_job, j, worker)]
     store.beat_active(mine_runs, mine_jobs)
     return 200, {"ok": True}

@@ -99,17 +99,21 @@ class RedisServer:
 
 
 class Dashboard:
-    """`streamlit run server.py` (as `make run` starts it) on data home ``home`` with ``env``."""
+    """`streamlit run server.py` (as `make run` starts it) on data home ``home`` with ``env``; ``start()``
+    after ``stop()`` starts it again on the same port."""
 
     def __init__(self, home: Path, env: dict):
-        self.home, self.port = home, free_port()
+        self.home, self.env, self.port = home, env, free_port()
         (home / "logs").mkdir(parents=True, exist_ok=True)
         self.log = home / "logs" / "server.log"
+        self.start()
+
+    def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(Path(sys.executable).with_name("streamlit")), "run", "server.py", "--server.port", str(self.port),
                  "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                cwd=ROOT, env=_env(home, env), stdout=log, stderr=log)
+                cwd=ROOT, env=_env(self.home, self.env), stdout=log, stderr=log)
         self.token = wait_for(self._token, 90, 0.1, "the API token file")
         wait_for(self._up, 90, 0.2, "GET /api/v1/health to answer 200")
 
