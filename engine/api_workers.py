@@ -10,14 +10,14 @@ that claimed a run may report on it, upload its checkpoints or end it.
 method   route                                        what
 =======  ===========================================  ==================================================
 GET      /workers                                     every worker that reported: host, device, queues, job
-GET      /workers/hello                               the Redis queue, the queue names, the stale limit
+GET      /workers/hello                               the Redis queue (never its password), the queue names
 POST     /workers/beat                                a worker's heartbeat (and that of its runs and jobs)
 POST     /workers/trainings/{id}/claim                take a queued run: its config, plan and data set
 GET      /workers/trainings/{id}/dataset              the data set as a zip (cached here by content hash)
 GET      /workers/trainings/{id}/last.pt              the checkpoint a continued run starts from
 GET      /workers/trainings/{id}/status               the run's status (``stopping`` = stop now)
 POST     /workers/trainings/{id}/events               the training loop's events (progress, epochs)
-PUT      /workers/trainings/{id}/checkpoints/{name}   best.pt or last.pt, checked before it is registered
+PUT      /workers/trainings/{id}/checkpoints/{name}   best.pt, last.pt or epoch_XXX.pt, checked, then registered
 POST     /workers/trainings/{id}/finish               the run's outcome
 POST     /workers/inference/{id}/claim                take a queued batch job
 GET      /workers/inference/{id}/checkpoint           the job's checkpoint file
@@ -41,12 +41,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -66,6 +68,7 @@ log = logging.getLogger("ml_manager.api")
 
 UPLOAD_ENV = "ML_MANAGER_MAX_UPLOAD_MB"
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
+EPOCH_CHECKPOINT = re.compile(r"epoch_\d{3,6}\.pt")  # what checkpoint_every writes: epoch_004.pt
 WATCH_EVERY_S = 1.0  # the watchdog's period: stale runs fail within the stale limit plus this
 LOST_CHECK_S = 3.0  # a queued task missing from Redis in two checks this far apart is queued again
 START_GRACE_S = 3 * BEAT_S  # after the dashboard starts, runs are judged stale only once workers could beat
@@ -205,12 +208,22 @@ def hello(request: Request, body: None) -> tuple[int, dict]:
         raise store.WrongStateError("The dashboard uses the queue file on its own machine, which workers on other "
                                     "machines cannot reach: start it with ML_MANAGER_QUEUE=redis://host:6379/0 "
                                     "(see the README's Several machines).")
-    return 200, {"queue": url, "queues": jobs.queue_names(), "stale_after_s": lifecycle.stale_after_s(),
-                 "beat_s": BEAT_S, "max_upload_bytes": max_upload_bytes()}
+    return 200, {"queue": queue_without_password(url), "queue_password": bool(urlsplit(url).password),
+                 "queues": jobs.queue_names(), "stale_after_s": lifecycle.stale_after_s(), "beat_s": BEAT_S,
+                 "max_upload_bytes": max_upload_bytes()}
+
+
+def queue_without_password(url: str) -> str:
+    """The Redis URL without its user and password: the API token does not reveal them; a worker is given
+    the password on its own machine (``ML_MANAGER_QUEUE``)."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def beat(request: Request, body: dict) -> tuple[int, dict]:
-    """POST /workers/beat ``{worker_id, host, pid, device, queues, job, runs, jobs}``."""
+    """POST /workers/beat ``{worker_id, host, pid, device, queues, job, runs, jobs, outbox, outbox_runs}``:
+    ``outbox`` is the count of reports waiting on the worker's disk, ``outbox_runs`` {model id: the worker id
+    that claimed it} the runs they are about; those runs stay fresh, so the watchdog does not fail them."""
     worker = _worker_id(body, request)
     queues = body.get("queues") or []
     if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
@@ -221,6 +234,10 @@ def beat(request: Request, body: dict) -> tuple[int, dict]:
     store.beat_worker(worker, host=text["host"] or lifecycle.worker_host(worker), pid=_number(body, "pid"),
                       device=text["device"], queues=",".join(queues), job=text["job"], kind="remote")
     mine_runs = [r for r in runs if _holds(store.get_model, r, worker)]
+    waiting = body.get("outbox_runs") if _number(body, "outbox") else None
+    if isinstance(waiting, dict):  # a run that ended (or a worker started again) while the dashboard was away
+        mine_runs += [r for r, w in waiting.items() if isinstance(r, str) and isinstance(w, str)
+                      and _holds(store.get_model, r, w)]
     mine_jobs = [j for j in held_jobs if _holds(store.get_inference_job, j, worker)]
     store.beat_active(mine_runs, mine_jobs)
     return 200, {"ok": True}
@@ -348,8 +365,8 @@ async def training_checkpoint(request: Request) -> dict:
     """PUT /workers/trainings/{id}/checkpoints/{name}?worker_id=&epoch=&metric= with the file as the body."""
     model_id, name = request.path_params["model_id"], request.path_params["name"]
     worker = _worker_id(None, request)
-    if name not in CHECKPOINT_NAMES:
-        raise UserError(f"Workers upload {' and '.join(CHECKPOINT_NAMES)}, not {name!r}.")
+    if name not in CHECKPOINT_NAMES and not EPOCH_CHECKPOINT.fullmatch(name):
+        raise UserError(f"Workers upload {', '.join(CHECKPOINT_NAMES)} and epoch_XXX.pt, not {name!r}.")
     await run_in_threadpool(_held_run, model_id, worker)
     data = await _read_upload(request)
     return await run_in_threadpool(_register_checkpoint, model_id, name, worker, data, request.query_params)
@@ -366,8 +383,13 @@ def _register_checkpoint(model_id: str, name: str, worker: str, data: bytes, que
     finally:
         tmp.unlink(missing_ok=True)
     metric = query.get("metric")
-    store.add_checkpoint(model_id, int(ckpt.get("epoch") or 0) or None, folder / name, name[:-3],
+    kind = name[:-3] if name in CHECKPOINT_NAMES else "epoch"
+    store.add_checkpoint(model_id, int(ckpt.get("epoch") or 0) or None, folder / name, kind,
                          float(metric) if metric not in (None, "", "null") else None)
+    if kind == "epoch":  # retention, as for a run on the dashboard's machine: the newest N epoch files stay
+        from engine.housekeeping import prune_checkpoints
+
+        prune_checkpoints(model_id)
     return {"name": name, "bytes": len(data), "epoch": ckpt.get("epoch")}
 
 

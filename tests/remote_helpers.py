@@ -99,17 +99,21 @@ class RedisServer:
 
 
 class Dashboard:
-    """`streamlit run server.py` (as `make run` starts it) on data home ``home`` with ``env``."""
+    """`streamlit run server.py` (as `make run` starts it) on data home ``home`` with ``env``; ``start()``
+    after ``stop()`` starts it again on the same port."""
 
     def __init__(self, home: Path, env: dict):
-        self.home, self.port = home, free_port()
+        self.home, self.env, self.port = home, env, free_port()
         (home / "logs").mkdir(parents=True, exist_ok=True)
         self.log = home / "logs" / "server.log"
+        self.start()
+
+    def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(Path(sys.executable).with_name("streamlit")), "run", "server.py", "--server.port", str(self.port),
                  "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                cwd=ROOT, env=_env(home, env), stdout=log, stderr=log)
+                cwd=ROOT, env=_env(self.home, self.env), stdout=log, stderr=log)
         self.token = wait_for(self._token, 90, 0.1, "the API token file")
         wait_for(self._up, 90, 0.2, "GET /api/v1/health to answer 200")
 
@@ -164,7 +168,8 @@ class Dashboard:
 
 
 class RemoteWorker:
-    """`python -m engine worker --server URL --token TOKEN --queues ...` on its own data home."""
+    """`python -m engine worker --server URL --token TOKEN --queues ...` on its own data home; ``env`` is its
+    own environment (``ML_MANAGER_QUEUE`` with the Redis password, which the dashboard does not hand out)."""
 
     def __init__(self, home: Path, dashboard: Dashboard, queues: str, env: dict | None = None):
         self.home, self.dashboard, self.queues, self.env, self.proc = home, dashboard, queues, env or {}, None
@@ -172,8 +177,9 @@ class RemoteWorker:
 
     def start(self, wait: bool = True) -> "RemoteWorker":
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = _env(self.home, self.env)
-        env.pop("ML_MANAGER_QUEUE", None)  # it learns the queue from the dashboard
+        env = _env(self.home, {})
+        env.pop("ML_MANAGER_QUEUE", None)  # the dashboard's own setting is not the worker's
+        env.update(self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "engine", "worker", "--server", self.dashboard.url, "--token",

@@ -38,10 +38,14 @@ class Lab:
         self.redis = RedisServer(base / "redis", password="s3cret").start()
         self.dashboard = Dashboard(self.a, {"ML_MANAGER_QUEUE": self.redis.url, "ML_MANAGER_QUEUES": "gpu,cpu,spare,local",
                                             "ML_MANAGER_STALE_AFTER_S": str(STALE_S), "ML_MANAGER_MAX_UPLOAD_MB": "2"})
-        self.w1 = RemoteWorker(base / "B", self.dashboard, "training,inference,cpu").start(wait=False)
-        self.w2 = RemoteWorker(base / "C", self.dashboard, "training,gpu").start(wait=False)
+        self.w1 = self.worker(base / "B", "training,inference,cpu").start(wait=False)
+        self.w2 = self.worker(base / "C", "training,gpu").start(wait=False)
         self.w1.wait_alive()
         self.w2.wait_alive()
+
+    def worker(self, home, queues: str) -> RemoteWorker:
+        """A worker given the Redis password on its own command line's environment."""
+        return RemoteWorker(home, self.dashboard, queues, env={"ML_MANAGER_QUEUE": self.redis.url})
 
     def train(self, config: dict, queue: str | None = None, name: str = "remote") -> str:
         body = {"name": name, "dataset": "datasets/synth", "training_config": config, "plan": False}
@@ -156,6 +160,14 @@ def test_the_overview_in_a_browser_lists_both_workers(lab, trained):
             browser.close()
     assert [(r.split()[0], "training, inference, cpu" in r or "training, gpu" in r) for r in rows] == [
         (HOST, True), (HOST, True)]
+
+
+def test_epoch_checkpoints_of_a_remote_run_reach_the_dashboard(lab):
+    model_id = lab.train({**TINY, "epochs": 4, "checkpoint_every": 2, "calibrate_postprocess": False}, queue="gpu")
+    status = lab.wait_end(model_id)
+    listed = lab.dashboard.call("GET", f"/api/v1/models/{model_id}/checkpoints")[1]["checkpoints"]
+    assert (status["status"], sorted((c["name"], c["path"].startswith(str(lab.a))) for c in listed)) == (
+        "completed", [("best.pt", True), ("epoch_002.pt", True), ("epoch_004.pt", True), ("last.pt", True)])
 
 
 # --------------------------------------------------------------------------- queues
@@ -334,6 +346,31 @@ def test_a_worker_with_a_wrong_token_says_so_and_exits(lab):
     assert (done.returncode, done.stderr.startswith("error: The API token is wrong")) == (2, True)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/workers/hello", "/api/v1/workers", "/api/v1/health"])
+def test_the_users_token_never_gets_the_redis_password(lab, path):
+    status, body = lab.dashboard.call("GET", path)
+    assert (status, lab.redis.password in json.dumps(body)) == (200, False)
+
+
+def test_a_worker_without_the_redis_password_says_so_and_exits(lab):
+    import os
+    import subprocess
+    import sys
+
+    from tests.remote_helpers import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "ML_MANAGER_QUEUE"}
+    env["ML_MANAGER_HOME"] = str(lab.base / "no-password")
+    try:
+        done = subprocess.run([sys.executable, "-m", "engine", "worker", "--server", lab.dashboard.url, "--token",
+                               lab.dashboard.token, "--queues", "spare"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:  # it got the password and took jobs
+        done = subprocess.CompletedProcess([], None, "", "")
+    assert (done.returncode, done.stderr.startswith("error: The dashboard's Redis queue needs a password")) == (
+        2, True)
+
+
 # --------------------------------------------------------------------------- failures of parts
 
 def test_kill_9_of_a_remote_worker_fails_its_run_with_the_host_and_the_other_takes_the_next(lab):
@@ -355,7 +392,7 @@ def test_kill_9_of_a_remote_worker_fails_its_run_with_the_host_and_the_other_tak
 def test_a_job_queued_while_redis_restarts_empty_still_runs(lab):
     model_id = lab.train({**TINY, "epochs": 1, "calibrate_postprocess": False}, queue="spare", name="lost")
     lab.redis.restart()  # no persistence: the queue entry is gone
-    spare = RemoteWorker(lab.base / "D", lab.dashboard, "spare").start()
+    spare = lab.worker(lab.base / "D", "spare").start()
     try:
         status = lab.wait_end(model_id, 60)
     finally:

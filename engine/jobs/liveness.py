@@ -24,7 +24,7 @@ from typing import ContextManager, Iterator
 from huey import crontab
 
 from engine.jobs.lifecycle import recover_stale, stale_after_s
-from engine.jobs.queue import huey, log
+from engine.jobs.queue import huey, log, redis_url
 from storage import db as store
 from storage import paths
 
@@ -87,12 +87,17 @@ def recover_if_no_worker(force: bool = False) -> list[str]:
 
     Does nothing while a worker's heartbeat is younger than ``stale_after_s()`` (that worker's periodic
     check takes care of it) and, unless ``force``, when this process looked less than ``RECOVER_EVERY_S``
-    ago. Queued runs are left alone: their tasks wait in the queue for the next worker.
+    ago. Queued runs are left alone: their tasks wait in the queue for the next worker. With the Redis queue
+    it does nothing: workers on other machines beat through the dashboard, so a dashboard that was away (or
+    a command run while it is) has not heard them yet; the dashboard's watchdog judges those runs once its
+    workers could beat (``engine.api_workers``).
 
     Returns:
         The ids of the runs and jobs marked ``failed`` by this call.
     """
     global _last_recovery
+    if redis_url() is not None:
+        return []
     now = time.monotonic()
     if not force and now - _last_recovery < RECOVER_EVERY_S:
         return []

@@ -5,9 +5,9 @@
   data home. It asks the dashboard for the Redis queue (``GET /api/v1/workers/hello``), consumes the named
   queues with huey, and does everything else over the HTTP API (``engine.api_workers``): it claims a run
   and gets its validated config and plan, downloads the data set once (cached in its own data home by
-  content hash), reports every event and a heartbeat, reads stop requests, and uploads ``best.pt`` /
-  ``last.pt`` and the recommended post-processing as they change; batch jobs download their images and
-  checkpoint and upload results.zip.
+  content hash), reports every event and a heartbeat, reads stop requests, and uploads its checkpoints
+  and the recommended post-processing as they change (kept in its outbox, ``engine.remote.outbox``, while
+  the dashboard cannot be reached); batch jobs download their images and checkpoint and upload results.zip.
 * Without ``--server`` it is a worker on the dashboard's machine: it writes the registry itself, like
   ``huey_consumer engine.jobs.huey`` (``make run`` starts that one on the SQLite queue file, this one on Redis).
 
@@ -33,6 +33,7 @@ from engine.inference.predictor import CLASSICAL
 from engine.jobs import queue as queues
 from engine.jobs.liveness import ActiveWork
 from engine.remote.client import Dashboard, DashboardError
+from engine.remote.outbox import Outbox
 from storage import archives, paths
 from storage import db as store
 
@@ -68,6 +69,7 @@ class RemoteLink:
     def __init__(self, dashboard: Dashboard, worker_id: str, device: str = "auto"):
         self.api, self.worker_id, self.device = dashboard, worker_id, device
         self.active = ActiveWork()  # what this worker runs now: its heartbeat names it
+        self.outbox = Outbox(dashboard, paths.data_home() / "outbox")  # reports the dashboard could not take yet
 
     def current(self) -> tuple[list[str], list[str]]:
         runs, jobs = self.active.snapshot()
@@ -75,6 +77,11 @@ class RemoteLink:
 
     def post(self, path: str, body: dict | None = None) -> Any:
         return self.api.call("POST", path, {"worker_id": self.worker_id, **(body or {})})
+
+    def report(self, path: str, body: dict) -> Any:
+        """POST a report about a run through the outbox: the dashboard's answer, or None when it was kept on
+        disk for later (DashboardError: refused)."""
+        return self.outbox.send("POST", path, {"worker_id": self.worker_id, **body})
 
     # ------------------------------------------------------------------ training
 
@@ -101,9 +108,9 @@ class RemoteLink:
             except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
                 log.exception("training of %s failed", model_id)
                 try:
-                    self.post(f"{base}/finish", {"error": error_text(exc)})
-                except DashboardError:
-                    log.exception("could not report the failure of %s", model_id)
+                    self.report(f"{base}/finish", {"error": error_text(exc)})
+                except DashboardError as refused:
+                    log.warning("the failure of %s was not recorded: %s", model_id, refused)
 
     def _train_claimed(self, model_id: str, reply: dict) -> None:
         from engine.training.config import TrainingConfig
@@ -131,7 +138,7 @@ class RemoteLink:
         for path, name in ((result.best_checkpoint, "best.pt"), (result.last_checkpoint, "last.pt")):
             if path is not None and recorder.uploaded.get(name) != Path(path).stat().st_mtime_ns:
                 recorder.upload(Path(path), name, result.best_epoch, result.best_metric)
-        self.post(f"{base}/finish", {
+        self.report(f"{base}/finish", {
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "best_metric": result.best_metric,
             "has_best": result.best_checkpoint is not None, "stop_reason": result.stop_reason,
             "stop_cause": stopper.reason, "recommended_postprocess": result.recommended_postprocess})
@@ -218,7 +225,8 @@ class RemoteLink:
 
 
 class RemoteRecorder:
-    """``on_event`` of a remote training: events to the dashboard, best.pt / last.pt uploaded when written."""
+    """``on_event`` of a remote training: events to the dashboard, best.pt / last.pt / epoch_XXX.pt uploaded
+    when written, all through the link's outbox (kept on disk while the dashboard is away)."""
 
     def __init__(self, link: RemoteLink, model_id: str):
         self.link, self.model_id = link, model_id
@@ -233,30 +241,33 @@ class RemoteRecorder:
         kind = event.get("type")
         try:
             if kind == "checkpoint":
-                name = {"best": "best.pt", "last": "last.pt"}.get(event["kind"])
-                if name:
-                    self.upload(Path(event["path"]), name, event.get("epoch"), event.get("metric"))
+                name = {"best": "best.pt", "last": "last.pt"}.get(event["kind"]) or Path(event["path"]).name
+                self.upload(Path(event["path"]), name, event.get("epoch"), event.get("metric"))
                 return
             if kind not in ("start", "batch", "epoch_end", "calibration"):
                 return
             self.pending.append(_plain(event))
             if kind != "batch" or time.monotonic() - self._last_sent >= BATCH_EVERY_S:
                 self.flush()
-        except DashboardError:  # the dashboard away for a moment: the next report carries the news
+        except DashboardError as exc:  # refused (an unreachable dashboard keeps the report in the outbox)
             self.failures += 1
-            log.warning("could not report %s of model %s", kind, self.model_id, exc_info=True)
+            log.warning("%s of model %s not recorded: %s", kind, self.model_id, exc)
 
     def flush(self) -> None:
+        if self.pending and len(self.link.outbox):  # kept for later: the progress within an epoch is stale then
+            self.pending = [e for e in self.pending if e["type"] != "batch"]
         if not self.pending:
             return
         events, self.pending = self.pending, []
         self._last_sent = time.monotonic()
-        self.status = self.link.post(f"{self.base}/events", {"events": events})["status"]
+        answer = self.link.report(f"{self.base}/events", {"events": events})
+        if answer is not None:
+            self.status = answer["status"]
 
     def upload(self, path: Path, name: str, epoch: int | None, metric: float | None) -> None:
         mtime = path.stat().st_mtime_ns
-        self.link.api.upload(f"{self.base}/checkpoints/{name}", path,
-                             {"worker_id": self.link.worker_id, "epoch": epoch, "metric": metric})
+        self.link.outbox.send("PUT", f"{self.base}/checkpoints/{name}", file=path,
+                              query={"worker_id": self.link.worker_id, "epoch": epoch, "metric": metric})
         self.uploaded[name] = mtime
 
 
@@ -323,8 +334,8 @@ def run_worker(server: str | None, token: str | None, queue_names: list[str], de
     dashboard = None
     if server:
         dashboard = Dashboard(server, token or "")
-        hello = dashboard.call("GET", "/workers/hello")
-        os.environ[queues.QUEUE_ENV] = os.environ.get(queues.QUEUE_ENV) or queue_url_for_worker(hello["queue"], server)
+        hello = _hello(dashboard)
+        os.environ[queues.QUEUE_ENV] = os.environ.get(queues.QUEUE_ENV) or _queue_url(hello, server)
         os.environ[queues.NAMES_ENV] = ",".join(hello["queues"])
     known = jobs.queue_names()
     if jobs.redis_url() is None:
@@ -369,15 +380,58 @@ def run_worker(server: str | None, token: str | None, queue_names: list[str], de
             beat()
         except DashboardError:
             pass
+        left = link.outbox.drain()
+        if left:
+            log.warning("%d report(s) wait in %s: this worker sends them when it starts again", left,
+                        link.outbox.folder)
     return 0
 
 
+def _hello(dashboard: Dashboard) -> dict:
+    """``GET /workers/hello``, asked again every few seconds while the dashboard cannot be reached (a worker
+    started before the dashboard, or one with reports to deliver, waits for it)."""
+    from engine.jobs.liveness import BEAT_S
+
+    waiting = False
+    while True:
+        try:
+            return dashboard.call("GET", "/workers/hello")
+        except DashboardError as exc:
+            if exc.status != 0 or queues.STOPPING.is_set():
+                raise
+            if not waiting:
+                log.warning("%s This worker waits for it.", exc)
+                waiting = True
+            try:
+                time.sleep(BEAT_S)
+            except KeyboardInterrupt:
+                raise UserError("The worker was stopped while it waited for the dashboard.") from None
+
+
+def _queue_url(hello: dict, server: str) -> str:
+    """The Redis address from the dashboard's hello, which never carries a password.
+
+    Raises:
+        UserError: the queue needs a password, which the worker must be given on its own.
+    """
+    url = queue_url_for_worker(hello["queue"], server)
+    if hello.get("queue_password"):
+        parts = urlsplit(url)
+        raise UserError(f"The dashboard's Redis queue needs a password, which the dashboard does not hand out: "
+                        f"start this worker with {queues.QUEUE_ENV}=redis://:PASSWORD@{parts.netloc}{parts.path}.")
+    return url
+
+
 def _remote_beat(dashboard: Dashboard, link: RemoteLink, description: str, queue_names: list[str]) -> None:
+    """One heartbeat, which also names the runs whose reports wait in the outbox (so the dashboard does not
+    fail them as abandoned), then the outbox sent."""
     runs, held_jobs = link.current()
     job = (f"training {runs[0]}" if runs else f"inference {held_jobs[0]}" if held_jobs else None)
     dashboard.call("POST", "/workers/beat", {
         "worker_id": link.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "device": description,
-        "queues": queue_names, "job": None if queues.STOPPING.is_set() else job, "runs": runs, "jobs": held_jobs})
+        "queues": queue_names, "job": None if queues.STOPPING.is_set() else job, "runs": runs, "jobs": held_jobs,
+        "outbox": len(link.outbox), "outbox_runs": link.outbox.runs()})
+    link.outbox.drain()
 
 
 def _beat_forever(beat, stop: threading.Event) -> None:
