@@ -150,3 +150,12 @@ def queues_and_workers(db: Database) -> None:
     db["inference_jobs"].add_column("queue", str)
     for column in ("device", "queues", "job", "kind"):
         db["workers"].add_column(column, str)
+
+
+@MIGRATIONS(name="0007_datasets")
+def training_datasets(db: Database) -> None:
+    """A run trains on a list of data sets: ``datasets`` holds their folders as a JSON list (``dataset`` keeps
+    the first, so a reader of one folder still finds one). Runs made before this column trained on their
+    ``dataset`` alone, which becomes their list."""
+    db["models"].add_column("datasets", str)
+    db.execute("UPDATE models SET datasets = json_array(dataset) WHERE dataset IS NOT NULL")
