@@ -1,7 +1,7 @@
 """Small words and numbers the pages show: scores, stop reasons, ages and run durations."""
 from __future__ import annotations
 
-from storage.db import STOP_REASONS, TRAINING_STATUSES
+from storage.db import STOP_REASONS, TRAINING_STATUSES, model_datasets
 from ui.readers import model_metrics
 
 def val_dice_words(value: float | None) -> str:
@@ -38,3 +38,10 @@ def run_duration(row: dict) -> float | None:
     earlier = sum(e.get("seconds") or 0.0 for e in model_metrics(row["id"])
                   if (logged := parse_time(e.get("logged_at"))) is not None and logged < start)
     return earlier + max(0.0, (end - start).total_seconds())
+
+
+def datasets_text(row: dict) -> str:
+    """The data sets a run trains on, in words: "data set `A`", or "data sets `A`, `B`" for several."""
+    folders = model_datasets(row)
+    listed = ", ".join(f"`{folder}`" for folder in folders) or "—"
+    return f"data set{'s' if len(folders) > 1 else ''} {listed}"
