@@ -38,10 +38,10 @@ def test_submit_queues_one_run_on_every_data_set(home, sets, capsys):
 
 
 @pytest.mark.parametrize("command", ["train", "submit"])
-@pytest.mark.parametrize("names, words", [
-    (["a", "missing"], "does not exist"),
-    (["a", "empty"], "empty"),
-    (["a", "no_masks"], "mask"),
+@pytest.mark.parametrize("names, words", [  # the bad set first: a --data given once would keep only the last
+    (["missing", "a"], "does not exist"),
+    (["empty", "a"], "empty"),
+    (["no_masks", "a"], "mask"),
     (["a", "b", "a"], "listed twice"),
 ])
 def test_a_bad_list_is_one_sentence_exit_2_and_nothing_is_queued(home, sets, tmp_path, capsys, command, names,
