@@ -56,7 +56,7 @@ PREFIX = "/api/v1"
 TOKEN_FILE = "api_token"
 FOLDERS_ENV = "ML_MANAGER_API_FOLDERS"
 MAX_BODY_BYTES = 1_000_000  # requests are small JSON objects; anything bigger is a mistake
-_JSON_COLUMNS = ("config", "recommended_postprocess", "postprocess")
+_JSON_COLUMNS = ("config", "recommended_postprocess", "postprocess", "datasets")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -141,6 +141,20 @@ def allowed_path(value: Any, what: str) -> Path:
     return path
 
 
+def allowed_datasets(value: Any) -> Path | list[Path]:
+    """The data set folder(s) of a training request: one path, or a list of paths (each as ``allowed_path``).
+
+    Raises:
+        ApiError: 400 when ``value`` is neither a non-empty text nor a non-empty list of them, 403 as ``allowed_path``.
+    """
+    if not isinstance(value, list):
+        return allowed_path(value, "dataset")
+    if not value:
+        raise ApiError(400, "'dataset' is an empty list: give one data set folder, or a list of them such as "
+                            "[\"datasets/drive\", \"datasets/chase\"].")
+    return [allowed_path(item, "dataset") for item in value]
+
+
 # --------------------------------------------------------------------------- request fields
 
 def _text_value(value: Any, key: str, example: str) -> str:
@@ -211,7 +225,8 @@ def health(request: Request, body: None) -> tuple[int, dict]:
 
 def training_start(request: Request, body: dict) -> tuple[int, dict]:
     """POST /training/start: ``{model_id[, resume, training_config]}`` (re)starts or continues a model;
-    ``{name, dataset[, training_config, plan]}`` creates one and queues it, planned for this machine
+    ``{name, dataset[, training_config, plan]}`` creates one and queues it (``dataset``: a folder, or a list of
+    folders that the run trains on together), planned for this machine
     (``engine.training.planner``; the keys of ``training_config`` are kept) unless ``"plan": false``. A new
     model's answer carries ``plan`` (``Plan.to_dict()``, or None) and ``plan_text`` (a sentence, or None)."""
     if "model_id" in body:
@@ -228,7 +243,7 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
     else:
         _fields(body, {"name", "dataset"}, {"training_config", "plan", "queue"})
         name = _text(body, "name", "'unet-dice-v1'")
-        folder = allowed_path(body["dataset"], "dataset")
+        folder = allowed_datasets(body["dataset"])
         config = _object(body, "training_config") if "training_config" in body else {}
         plan = None
         if "plan" not in body or _flag(body, "plan"):

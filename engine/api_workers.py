@@ -13,7 +13,8 @@ GET      /workers                                     every worker that reported
 GET      /workers/hello                               the Redis queue (never its password), the queue names
 POST     /workers/beat                                a worker's heartbeat (and that of its runs and jobs)
 POST     /workers/trainings/{id}/claim                take a queued run: its config, plan and data set
-GET      /workers/trainings/{id}/dataset              the data set as a zip (cached here by content hash)
+GET      /workers/trainings/{id}/dataset              a data set as a zip (``?index=N``: the run's Nth; cached here
+                                                      by content hash)
 GET      /workers/trainings/{id}/last.pt              the checkpoint a continued run starts from
 GET      /workers/trainings/{id}/status               the run's status (``stopping`` = stop now)
 POST     /workers/trainings/{id}/events               the training loop's events (progress, epochs)
@@ -254,18 +255,24 @@ def _holds(get: Callable[[str], dict], key: str, worker: str) -> bool:
 
 def training_claim(request: Request, body: dict) -> tuple[int, dict]:
     """POST /workers/trainings/{id}/claim ``{worker_id, resume}``: ``claimed`` true (with ``config``,
-    ``plan``, ``dataset`` {sha256, bytes}, ``resume``), false (no free slot: ask again), or null (not queued)."""
+    ``plan``, ``datasets`` [{sha256, bytes, name}, …] (every data set the run trains on, in order; ``dataset``
+    is the first), ``resume``), false (no free slot: ask again), or null (not queued)."""
+    from engine.training.data import load_dataset
+
     model_id, worker = request.path_params["model_id"], _worker_id(body, request)
     claimed = lifecycle.claim_training(model_id, worker)
     if not claimed:
         return 200, {"claimed": claimed}
     row = store.get_model(model_id)
     try:
-        folder = Path(row["dataset"])
-        if not folder.is_dir():
-            raise UserError(f"The data set folder {folder} is no longer on the dashboard's machine: register the "
-                            "data set again and start a new run.")
-        digest, archive = folder_archive(folder)
+        sets = []
+        for folder in map(Path, store.model_datasets(row)):
+            if not folder.is_dir():
+                raise UserError(f"The data set folder {folder} is no longer on the dashboard's machine: register the "
+                                "data set again and start a new run.")
+            digest, archive = folder_archive(folder)
+            # the set's name as the dashboard knows it: the worker trains on it under its content hash
+            sets.append({"sha256": digest, "bytes": archive.stat().st_size, "name": load_dataset(folder).name})
         resume = bool(body.get("resume"))
         if resume and not (paths.checkpoints_dir(model_id) / "last.pt").is_file():
             raise UserError(f"Model {model_id!r} has no last.pt on the dashboard to continue from: start it again "
@@ -275,12 +282,18 @@ def training_claim(request: Request, body: dict) -> tuple[int, dict]:
         raise
     return 200, {"claimed": True, "name": row["name"], "config": json.loads(row["config"]),
                  "plan": json.loads(row["plan"]) if row.get("plan") else None, "resume": resume,
-                 "dataset": {"sha256": digest, "bytes": archive.stat().st_size, "name": folder.name}}
+                 "dataset": sets[0], "datasets": sets}
 
 
 def training_dataset(request: Request, body: None) -> Path:
+    """GET /workers/trainings/{id}/dataset[?index=N]: the run's Nth data set (default the first) as a zip."""
     row = _held_run(request.path_params["model_id"], _worker_id(None, request))
-    return folder_archive(Path(row["dataset"]))[1]
+    folders = store.model_datasets(row)
+    index = request.query_params.get("index", "0")
+    if not index.isdigit() or int(index) >= len(folders):
+        raise UserError(f"?index= takes a number from 0 to {len(folders) - 1}: the run has {len(folders)} data "
+                        f"set(s), not {index!r}.")
+    return folder_archive(Path(folders[int(index)]))[1]
 
 
 def training_last(request: Request, body: None) -> Path:

@@ -116,7 +116,7 @@ def _in_use() -> tuple[set[str], set[str], list[Path]]:
     models = store.list_models(status=store.ACTIVE_STATUSES)
     jobs = store.active_inference_jobs()
     checkpoints = {str(file.resolve()) for j in jobs if (file := checkpoint_file(j["checkpoint_path"])) is not None}
-    data = [Path(m["dataset"]) for m in models if m["dataset"]] + [Path(j["input_path"]) for j in jobs]
+    data = [Path(folder) for m in models for folder in store.model_datasets(m)] + [Path(j["input_path"]) for j in jobs]
     return {m["id"] for m in models}, checkpoints, data
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine.errors import UserError
 from ui.charts import curves_figure
-from ui.formatting import age_text, run_duration, settings_from_rows, stop_reason_text
+from ui.formatting import age_text, datasets_text, run_duration, settings_from_rows, stop_reason_text
 from ui.readers import forget_queries, list_models, model_checkpoints, model_metrics
 from ui.runtime import run_page
 from ui.housekeeping import checkpoint_controls
@@ -84,11 +84,11 @@ def detail(model: dict) -> None:
     if model["status"] in ACTIVE:  # it has not ended: no "Ended because"
         state = {"queued": "Waiting for the worker to start it", "running": "Training now",
                  "stopping": "Stopping at the end of the current batch"}[model["status"]]
-        st.write(f"{state} · duration {age_text(run_duration(model))} · data set `{model.get('dataset')}`")
+        st.write(f"{state} · duration {age_text(run_duration(model))} · {datasets_text(model)}")
     else:
         reason = stop_reason_text(model.get("stop_reason"))
         st.write(f"Ended because: **{reason or model.get('error') or 'unknown'}** · duration "
-                 f"{age_text(run_duration(model))} · data set `{model.get('dataset')}`")
+                 f"{age_text(run_duration(model))} · {datasets_text(model)}")
     st.page_link("pages/model_inference.py", label="Open its inference page", icon=":material/search_insights:",
                  query_params={"model": mid})  # in this tab: a new one would start a new browser session
     metrics = model_metrics(mid)

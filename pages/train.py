@@ -1,4 +1,4 @@
-"""Train: choose a data set, see its summary, fill the training form, start, and watch runs live."""
+"""Train: choose one or more data sets, see their summaries, fill the training form, start, and watch runs live."""
 from pathlib import Path
 
 import streamlit as st
@@ -8,9 +8,10 @@ from ui.readers import list_models
 from ui.runtime import run_page, sentence_of
 from ui.workers import queue_picker
 from ui.training_form import (
-    dataset_delete_controls, dataset_summary, first_usable, form_defaults, generate_synthetic, measure_plan,
-    plan_line, registered_datasets, release_start_button, run_monitor, scroll_to_monitor, start_button_held,
-    start_from_picker, submission_key, submit_callback, submit_message, training_form,
+    dataset_delete_controls, dataset_summary, datasets_problem, first_usable, form_defaults, generate_synthetic,
+    measure_plan, more_datasets, plan_line, registered_datasets, release_start_button, run_monitor,
+    scroll_to_monitor, start_button_held, start_from_picker, submission_key, submit_callback, submit_message,
+    training_form,
 )
 from storage import paths
 from storage.archives import unpack_dataset_zip
@@ -115,12 +116,26 @@ def monitor() -> None:
             run_monitor(row, smoothing)
 
 
+def choose_datasets() -> tuple[str | list[str] | None, bool]:
+    """(the run's data set, or its list of data sets; whether all of them can train), each set's summary shown."""
+    first = choose_dataset()
+    if not first:
+        return None, False
+    usable = show_summary(first)
+    folders = [first, *more_datasets(first)]
+    for folder in folders[1:]:
+        usable = show_summary(folder) and usable
+    if usable and len(folders) > 1 and (problem := datasets_problem(folders)):
+        st.error(problem)
+        usable = False
+    return (folders if len(folders) > 1 else first), usable
+
+
 def main() -> None:
     st.title("Train")
     defaults = form_defaults()
-    dataset = choose_dataset()
+    dataset, usable = choose_datasets()
     st.session_state["train_dataset"] = dataset
-    usable = bool(dataset) and show_summary(dataset)
     # Not an st.form: a form sends what was typed only when submitted, so a name or a time budget typed
     # before visiting another page was lost. Each field reaches the server as it is left, and the page's
     # inputs are kept for the browser session (ui.runtime.keep_page_inputs).

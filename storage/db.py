@@ -7,7 +7,7 @@ waits a moment instead of failing with "database is locked". The schema lives in
 Every query function takes an optional ``db=`` (a connection from :func:`connect`); without it,
 the function opens ``paths.db_path()`` of the current ``ML_MANAGER_HOME`` and closes it again.
 Timestamps are ISO-8601 UTC strings (``2025-01-31T12:00:00.123+00:00``). JSON columns
-(``config``, ``recommended_postprocess``, ``postprocess``) are stored and returned as JSON strings,
+(``config``, ``recommended_postprocess``, ``postprocess``, ``datasets``) are stored and returned as JSON strings,
 except presets, whose ``config`` comes back as a dict.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 JOB_ACTIVE_STATUSES = ("queued", "running")  # a batch job waiting for or in the worker
 BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline
 
-_JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan", "settings_from"}
+_JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan", "settings_from", "datasets"}
 
 
 class UnknownModelError(UserError):
@@ -223,12 +223,14 @@ def integrity_check(db: Database | None = None) -> str:
 
 # --------------------------------------------------------------------------- models
 
-def create_model(name: str, config: dict, dataset: str, db: Database | None = None,
+def create_model(name: str, config: dict, dataset: str | list[str], db: Database | None = None,
                  submission_key: str | None = None, plan: dict | None = None,
                  settings_from: dict | None = None) -> str:
     """Register a new run (status ``queued``, not yet in the worker's queue) and return its id.
 
     Args:
+        dataset: the folder the run trains on, or a list of them (stored in ``datasets`` as a JSON list,
+            the first also in ``dataset``; read them back with :func:`model_datasets`).
         submission_key: identifies one submission of a form (the dashboard draws each Start form with a
             new key); the check and the insert share one transaction and the column is UNIQUE, so two
             submissions with the same key create one row, however close together they arrive.
@@ -244,10 +246,13 @@ def create_model(name: str, config: dict, dataset: str, db: Database | None = No
         raise UserError("A model needs a name: give a short non-empty text such as 'unet-dice-v1'.")
     if not isinstance(config, dict):
         raise UserError(f"config must be a dict of training settings, not {type(config).__name__}.")
+    folders = [str(d) for d in dataset] if isinstance(dataset, (list, tuple)) else [str(dataset)]
+    if not folders:
+        raise UserError("A run needs at least one data set: give the folder of its photographs and vessel masks.")
     model_id = new_id()
     now = utc_now()
     record = {"id": model_id, "name": name.strip(), "status": "queued", "config": json.dumps(config, sort_keys=True),
-              "dataset": str(dataset), "created_at": now, "queued_at": now,
+              "dataset": folders[0], "datasets": json.dumps(folders), "created_at": now, "queued_at": now,
               "total_epochs": config.get("epochs"), "patience": config.get("early_stopping_patience"),
               "monitor": config.get("early_stopping_monitor"), "submission_key": submission_key,
               "plan": json.dumps(plan, sort_keys=True) if plan is not None else None,
@@ -269,6 +274,20 @@ def get_model(model_id: str, db: Database | None = None) -> dict:
     if not rows:
         raise UnknownModelError(f"There is no model with id {model_id!r}; check the id in the model list.")
     return rows[0]
+
+
+def model_datasets(row: dict) -> list[str]:
+    """The folders a run trains on, in order: its ``datasets`` list, or, for a row without one (written by
+    an older version), its ``dataset``."""
+    listed = row.get("datasets")
+    if listed:
+        try:
+            folders = json.loads(listed) if isinstance(listed, str) else listed
+        except json.JSONDecodeError:
+            folders = None
+        if isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders):
+            return folders
+    return [row["dataset"]] if row.get("dataset") else []
 
 
 def list_models(status: str | tuple[str, ...] | None = None, db: Database | None = None) -> list[dict]:
@@ -342,9 +361,13 @@ def retire_dataset(name: str, db: Database | None = None) -> Path:
     where = str(folder.resolve())
     with _use(db) as db:
         with immediate(db):
+            # any of a run's data sets (``datasets``; ``dataset`` for a row written by an older version)
             users = _rows(db, f"SELECT name, status FROM models WHERE status IN ({', '.join('?' * len(ACTIVE_STATUSES))}) "
-                              "AND (dataset = ? OR substr(dataset, 1, ?) = ?)",
-                          [*ACTIVE_STATUSES, where, len(where) + 1, where + os.sep])
+                              "AND (dataset = ? OR substr(dataset, 1, ?) = ? OR EXISTS (SELECT 1 FROM "
+                              "json_each(CASE WHEN json_valid(datasets) THEN datasets ELSE '[]' END) "
+                              "WHERE value = ? OR substr(value, 1, ?) = ?))",
+                          [*ACTIVE_STATUSES, where, len(where) + 1, where + os.sep, where, len(where) + 1,
+                           where + os.sep])
             if users:
                 runs = ", ".join(f"{u['name']} ({u['status']})" for u in users)
                 raise WrongStateError(f"Data set {name} is in use by {runs}: stop the run or wait until it has "

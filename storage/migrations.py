@@ -159,3 +159,12 @@ def settings_from(db: Database) -> None:
     or command-line submission, chosen by the plan for the machine, or copied from an earlier run's settings.
     NULL for a run queued before it was recorded."""
     db["models"].add_column("settings_from", str)
+
+
+@MIGRATIONS(name="0008_datasets")
+def training_datasets(db: Database) -> None:
+    """A run trains on a list of data sets: ``datasets`` holds their folders as a JSON list (``dataset`` keeps
+    the first, so a reader of one folder still finds one). Runs made before this column trained on their
+    ``dataset`` alone, which becomes their list."""
+    db["models"].add_column("datasets", str)
+    db.execute("UPDATE models SET datasets = json_array(dataset) WHERE dataset IS NOT NULL")

@@ -432,3 +432,22 @@ def test_a_workers_plan_that_changes_a_users_field_is_refused(lab, held_run):
     assert status == 400
     assert "learning_rate" in body["error"]
     assert _registry_row(lab, held_run)["config"] == before
+
+
+# --------------------------------------------------------------------------- several data sets
+
+def test_a_run_on_two_data_sets_trains_on_both_each_downloaded_once(lab):
+    """The worker fetches each set once (by content hash), trains on both, and its checkpoint names them
+    as the dashboard does; a second run on them downloads nothing."""
+    make_synthetic_dataset(lab.a / "datasets" / "synth3", n_images=3, size=80, seed=3)
+    body = {"name": "two-sets", "dataset": ["datasets/synth", "datasets/synth3"], "plan": False,
+            "training_config": {**TINY, "epochs": 1, "calibrate_postprocess": False}, "queue": "cpu"}
+    ends, cached = [], []
+    for _ in range(2):
+        answer = lab.dashboard.call("POST", "/api/v1/training/start", body)[1]
+        ends.append(lab.wait_end(answer["model_id"])["status"])
+        cached.append({p.name: p.stat().st_mtime_ns for p in (lab.w1.home / "cache" / "datasets").iterdir()})
+    best = torch.load(lab.a / "models" / answer["model_id"] / "checkpoints" / "best.pt", weights_only=True)
+    counts = {len(list((lab.w1.home / "cache" / "datasets" / name / "images").iterdir())) for name in cached[1]}
+    assert (ends, [s["name"] for s in best["scale"]["datasets"]], cached[0] == cached[1], counts) == (
+        ["completed", "completed"], ["synth", "synth3"], True, {3, 4})

@@ -55,7 +55,7 @@ def test_migrations_are_recorded_once(home):
     names = [r["name"] for r in conn["_sqlite_migrations"].rows]
     conn.close()
     assert names == ["0001_initial", "0002_submission_key", "0003_inference_scale", "0004_plan",
-                     "0005_trained_seconds", "0006_queues_and_workers", "0007_settings_from"]
+                     "0005_trained_seconds", "0006_queues_and_workers", "0007_settings_from", "0008_datasets"]
 
 
 def test_two_processes_creating_the_file_at_once_both_succeed(home):

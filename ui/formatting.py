@@ -1,7 +1,7 @@
 """Small words and numbers the pages show: scores, stop reasons, ages and run durations."""
 from __future__ import annotations
 
-from storage.db import STOP_REASONS, TRAINING_STATUSES
+from storage.db import STOP_REASONS, TRAINING_STATUSES, model_datasets
 from ui.readers import model_metrics
 
 def val_dice_words(value: float | None) -> str:
@@ -54,3 +54,10 @@ def settings_from_rows(model: dict) -> list[dict] | None:
     sources, config = json.loads(model["settings_from"]), json.loads(model.get("config") or "{}")
     return [{"setting": name.replace("_", " "), "value": str(config.get(name, "")),
              "from": SOURCE_WORDS.get(source, source)} for name, source in sorted(sources.items())]
+
+
+def datasets_text(row: dict) -> str:
+    """The data sets a run trains on, in words: "data set `A`", or "data sets `A`, `B`" for several."""
+    folders = model_datasets(row)
+    listed = ", ".join(f"`{folder}`" for folder in folders) or "—"
+    return f"data set{'s' if len(folders) > 1 else ''} {listed}"

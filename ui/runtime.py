@@ -75,7 +75,8 @@ ENTRYPOINT_RAN = "app__entrypoint_ran"  # session-state flag app.py sets on ever
 
 # The inputs a page keeps for the browser session: widget keys, or prefixes ending in "_" (never a button's
 # or an uploader's key: their values cannot be set; uploads are kept by upload_images).
-KEPT_INPUTS = ("train_name", "train_source", "train_registered", "train_folder", "train_synth_n", "train_synth_size",
+KEPT_INPUTS = ("train_name", "train_source", "train_registered", "train_folder", "train_more_registered",
+               "train_more_folders", "train_synth_n", "train_synth_size",
                "train_synth_seed", "train_smoothing", "train_cfg_", "train_start_from",
                "inf_model", "inf_ckpt_", "inf_pick", "inf_fov_choice", "inf_scale", "inf_scale_factor",
                "inf_batch_kind", "inf_batch_folder", "mi_ckpt", "mi_pick", "mi_fov_choice", "mi_scale",

@@ -213,6 +213,35 @@ def _delete_dataset(name: str) -> None:
     s["train_delete_msg"] = ("success", f"The data set {name} was deleted.")
 
 
+def more_datasets(first: str) -> list[str]:
+    """"Also train on": further data sets for the run that trains on ``first``, registered ones and folders,
+    each in its own layout and resolution; returns their paths, in order (none: the run trains on ``first``)."""
+    s = st.session_state
+    root = paths.datasets_dir()
+    names = [n for n in registered_datasets() if str(root / n) != first]
+    if "train_more_registered" in s:  # a set deleted meanwhile, or the one now chosen above, cannot stay picked
+        s["train_more_registered"] = [n for n in s["train_more_registered"] if n in names]
+    picked = st.multiselect("Also train on (registered data sets)", names, key="train_more_registered",
+                            help="A run can train on several data sets at once, each in its own layout and "
+                                 "resolution: a share of every set is held out for validation, and patches come "
+                                 "from each set equally often (Balance datasets).")
+    text = st.text_area("Also train on (folders, one per line)", key="train_more_folders", height=68,
+                        placeholder="../shared/data/chase_db1/training")
+    return [str(root / n) for n in picked] + [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def datasets_problem(folders: list[str]) -> str | None:
+    """The sentence that refuses the run's list of data sets (a set chosen twice, a folder without vessel
+    masks …), or None when every set can train together."""
+    from engine.training.data import load_datasets
+
+    try:
+        load_datasets(folders)
+    except Exception as exc:  # noqa: BLE001 - a user's error is its sentence; a bug is raised
+        return sentence_of(exc)
+    return None
+
+
 @st.cache_data(ttl=10, show_spinner=False, max_entries=32)
 def dataset_summary(path: str) -> tuple[dict, bytes | None]:
     """The data set's summary and a PNG of its first image with the vessel mask overlaid."""

@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Train and apply vessel-segmentation models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a U-Net on a data set folder")
-    p.add_argument("--data", required=True,
-                   help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]")
+    p = sub.add_parser("train", help="train a U-Net on one or more data set folders")
+    p.add_argument("--data", required=True, action="append",
+                   help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]; "
+                        "give it once per set to train on several, each in its own layout and resolution")
     p.add_argument("--out", required=True, help="folder for best.pt and last.pt")
     p.add_argument("--config", help="JSON file with training options")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")

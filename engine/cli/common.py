@@ -30,8 +30,25 @@ def read_json(path: str, what: str) -> dict:
 
 
 
-def planned(config: Any, user_fields: set[str], data: Path) -> tuple[Any, Any]:
-    """(config, Plan) for ``data`` on this machine; fields in ``user_fields`` (the keys of ``--config``
+def data_folders(values: list[str] | str) -> list[Path]:
+    """The ``--data`` folders of a training command, in order, each checked with ``load_datasets``: one
+    sentence for a missing, empty or unreadable folder, a folder without vessel masks or one given twice.
+
+    Raises:
+        CliError: a folder does not exist. DatasetError: a folder is not a usable data set, or is given twice.
+    """
+    from engine.training.data import load_datasets
+
+    folders = [Path(value) for value in ([values] if isinstance(values, str) else values)]
+    for folder in folders:
+        if not folder.is_dir():
+            raise CliError(f"The data folder {folder} does not exist.")
+    load_datasets(folders)
+    return folders
+
+
+def planned(config: Any, user_fields: set[str], data: Path | list[Path]) -> tuple[Any, Any]:
+    """(config, Plan) for ``data`` (a folder or a list of them) on this machine; fields in ``user_fields`` (the keys of ``--config``
     and ``--set``) are kept. A folder with fewer than 2 images is not planned for (Plan None): training
     refuses it with a sentence.
 

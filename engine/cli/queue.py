@@ -2,7 +2,7 @@
 ``prune`` and ``backup`` (the worker must be running for queued trainings to start: ``make worker`` or
 ``make run``).
 
-    python -m engine submit --data DIR [--config cfg.json] [--set key=value …] [--name NAME] [--no-plan]
+    python -m engine submit --data DIR [--data DIR …] [--config cfg.json] [--set key=value …] [--name NAME] [--no-plan]
     python -m engine status [MODEL_ID] [--json]
     python -m engine stop MODEL_ID
     python -m engine cancel JOB_ID
@@ -21,18 +21,19 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from engine.cli.common import CliError, planned, read_json, user_fields
-from engine.errors import UserError, number_or_none
+from engine.cli.common import CliError, data_folders, planned, read_json, user_fields
+from engine.errors import number_or_none
 
 
 def register(subparsers) -> None:
     """Add the queue commands to ``python -m engine``'s sub-command parser."""
     p = subparsers.add_parser("submit", help="queue a training on the background worker; prints the model id")
-    p.add_argument("--data", required=True,
-                   help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]")
+    p.add_argument("--data", required=True, action="append",
+                   help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]; "
+                        "give it once per set to train on several, each in its own layout and resolution")
     p.add_argument("--config", help="JSON file with training options")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
-    p.add_argument("--name", help="a name for the model (default: the data folder's name and the time)")
+    p.add_argument("--name", help="a name for the model (default: the data folders' names and the time)")
     p.add_argument("--no-plan", action="store_true", help="queue the options as given: do not measure this "
                    "machine to choose patch size, batch size, precision and epochs")
     p.add_argument("--queue", help="with several machines (ML_MANAGER_QUEUE=redis://...): the queue to send it "
@@ -102,10 +103,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     config = TrainingConfig.from_dict(read_json(args.config, "config") if args.config else {})
     config = config.with_updates(**dict(parse_set_option(item) for item in args.set or []))
-    data = Path(args.data)
-    if not data.is_dir():
-        raise UserError(f"The data folder {data} does not exist.")
-    name = args.name or f"{data.resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
+    data = data_folders(args.data)
+    name = args.name or f"{'+'.join(folder.resolve().name for folder in data)}-{datetime.now():%Y%m%d-%H%M%S}"
     plan = None
     if not args.no_plan:
         config, plan = planned(config, user_fields(args), data)

@@ -6,7 +6,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.cli.common import CliError, planned, read_json, user_fields
+from engine.cli.common import CliError, data_folders, planned, read_json, user_fields
 
 class ProgressBar:
     """One text line per epoch: ``epoch 3/60 [#######.....] 28/40 loss 0.4123``, then a summary line."""
@@ -65,9 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"--max-minutes must be a positive number, not {args.max_minutes}.")
         updates["max_minutes"] = float(args.max_minutes)
     config = config.with_updates(**updates)
-    data = Path(args.data)
-    if not data.is_dir():
-        raise CliError(f"The data folder {data} does not exist.")
+    data = data_folders(args.data)
     plan = None
     if not args.no_plan and not args.resume:  # a resumed run keeps the shape its checkpoint was trained with
         config, plan = planned(config, user_fields(args), data)

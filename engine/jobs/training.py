@@ -107,7 +107,7 @@ def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn
 
         row = store.get_model(model_id, db=conn)
         plan = json.loads(row["plan"]) if row.get("plan") else None  # the row is the record of the plan
-        result = train(TrainingConfig.from_dict(config), row["dataset"], paths.checkpoints_dir(model_id),
+        result = train(TrainingConfig.from_dict(config), store.model_datasets(row), paths.checkpoints_dir(model_id),
                        on_event=progress, should_stop=stopper, resume_from=resume_from, plan=plan)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
         log.exception("training of %s failed", model_id)
@@ -222,10 +222,12 @@ def settings_sources(config: dict, plan: dict | None = None, copied: dict | None
     return sources
 
 
-def submit_training(name: str, dataset: str | os.PathLike, config: Any, submission_key: str | None = None,
+def submit_training(name: str, dataset: str | os.PathLike | list, config: Any, submission_key: str | None = None,
                     plan: dict | None = None, queue: str | None = None, sources: dict | None = None) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id.
 
+    ``dataset``: one data set folder or a list of them, each in its own layout and resolution (the run
+    trains on all of them, ``engine.training.loop.train``); the registry records every one.
     ``sources``: where each setting came from (``settings_sources``), stored with the run; None: the plan's
     fields are "planned" and the other settings that are not the defaults "set".
 
@@ -239,17 +241,20 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
 
     Raises:
         storage.db.DuplicateSubmissionError: a run was queued with ``submission_key`` already.
-        DatasetError: the folder is unusable, holds fewer than 2 images (training holds one out for
-            validation), its path is not valid UTF-8 (the run registry stores text), or the patch does
-            not fit; nothing is created or queued.
+        DatasetError: the list is empty, a folder is unusable (missing, empty, without vessel masks) or listed
+            twice, the sets hold fewer than 2 images together (training holds one out for validation), a path
+            is not valid UTF-8 (the run registry stores text), or the patch does not fit; nothing is created or
+            queued.
         UserError: a bad config or name.
     """
-    from engine.training.data import DatasetError, check_patch_size, load_dataset
+    from engine.training.data import DatasetError, check_patch_size, load_datasets
 
     config = _training_config(config)
     queue = check_queue(queue, TRAINING)
-    folder = Path(dataset).expanduser()
-    for what, text in (("data folder's path", str(folder.resolve())), ("model name", str(name))):
+    items = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
+    folders = [Path(item).expanduser() for item in items]
+    for what, text in [*(("data folder's path", str(folder.resolve())) for folder in folders),
+                       ("model name", str(name))]:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # e.g. a Latin-1 folder name read on a UTF-8 system: b"caf\xe9" -> 'caf\udce9'
@@ -259,13 +264,17 @@ def submit_training(name: str, dataset: str | os.PathLike, config: Any, submissi
                 shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
             raise DatasetError(f"The {what} {shown} is not valid UTF-8 text, which the run registry cannot store: "
                                "rename it using letters, digits, '-' or '_'.") from None
-    # DatasetError (a UserError) with a sentence when the folder is unusable, too small, or the patch
-    # cannot fit, before anything is queued: the user hears it now, not minutes later from the worker.
-    ds = load_dataset(folder)
-    if len(ds) < 2:  # the same refusal train() makes, made before a row exists
-        raise DatasetError(f"{ds.root} has {len(ds)} image(s); training needs at least 2 (one held out for validation).")
-    check_patch_size(ds, int(config["patch_size"]))
-    model_id = store.create_model(name, config, str(folder.resolve()), submission_key=submission_key, plan=plan,
+    # DatasetError (a UserError) with a sentence when a folder is unusable or listed twice, the sets are too
+    # small, or the patch cannot fit, before anything is queued: the user hears it now, not minutes later
+    # from the worker.
+    sets = load_datasets(folders)
+    if sum(len(ds) for ds in sets) < 2:  # the same refusal train() makes, made before a row exists
+        raise DatasetError(f"{sets[0].root} has {len(sets[0])} image(s); training needs at least 2 (one held out "
+                           "for validation).")
+    for ds in sets:
+        check_patch_size(ds, int(config["patch_size"]))
+    model_id = store.create_model(name, config, [str(folder.resolve()) for folder in folders],
+                                  submission_key=submission_key, plan=plan,
                                   settings_from=sources if sources is not None else settings_sources(config, plan))
     try:
         start_training(model_id, config, queue=queue)
@@ -311,7 +320,7 @@ def training_status(model_id: str) -> dict:
         "trained_s": row.get("trained_s"),  # every round of a continued run; its budget is max_minutes of them all
         "heartbeat_at": row["heartbeat_at"], "heartbeat_age_s": store.age_seconds(row["heartbeat_at"]),
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
-        "dataset": row["dataset"], "task_id": row["task_id"], "queue": row.get("queue"),
+        "dataset": row["dataset"], "datasets": store.model_datasets(row), "task_id": row["task_id"], "queue": row.get("queue"),
         "worker": row.get("worker"),
         "plan": json.loads(row["plan"]) if row.get("plan") else None,
     }

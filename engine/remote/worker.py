@@ -116,8 +116,14 @@ class RemoteLink:
         from engine.training.config import TrainingConfig
         from engine.training.loop import train
 
+        from engine.training.data import load_dataset
+
         base = f"/workers/trainings/{model_id}"
-        dataset = self.dataset(model_id, reply["dataset"])
+        dataset = []  # every data set of the run, each downloaded once per content hash, named as on the dashboard
+        for index, info in enumerate(reply.get("datasets") or [reply["dataset"]]):
+            ds = load_dataset(self.dataset(model_id, info, index))
+            ds.label = str(info.get("name") or "") or None
+            dataset.append(ds)
         out = paths.checkpoints_dir(model_id)
         for old in out.glob("*.pt"):  # what an earlier attempt here left: the dashboard holds the record
             old.unlink()
@@ -143,13 +149,13 @@ class RemoteLink:
             "has_best": result.best_checkpoint is not None, "stop_reason": result.stop_reason,
             "stop_cause": stopper.reason, "recommended_postprocess": result.recommended_postprocess})
 
-    def plan_here(self, model_id: str, config: Any, plan: dict | None, dataset: Path) -> tuple[Any, dict | None]:
+    def plan_here(self, model_id: str, config: Any, plan: dict | None, dataset: list) -> tuple[Any, dict | None]:
         """A run planned on another kind of device (the dashboard's CPU) is planned again on this worker's
-        (a GPU): shapes, precision and width measured here; the dashboard records the new plan."""
-        from engine.training.data import load_dataset
+        (a GPU): shapes, precision and width measured here; the dashboard records the new plan.
+        ``dataset``: the run's data sets (``engine.training.data.Dataset``)."""
         from engine.training.planner import replan_for_device
 
-        replanned = replan_for_device(config, plan, dataset=load_dataset(dataset)) if plan else None
+        replanned = replan_for_device(config, plan, dataset=dataset) if plan else None
         if replanned is None:
             return config, plan
         config, new_plan = replanned
@@ -158,9 +164,9 @@ class RemoteLink:
                   {"events": [{"type": "plan", "config": config.to_dict(), "plan": new_plan.to_dict()}]})
         return config, new_plan.to_dict()
 
-    def dataset(self, model_id: str, info: dict) -> Path:
-        """The run's data set in this worker's cache (``<data home>/cache/datasets/<sha256>``), downloaded
-        once per content hash."""
+    def dataset(self, model_id: str, info: dict, index: int = 0) -> Path:
+        """The run's ``index``-th data set in this worker's cache (``<data home>/cache/datasets/<sha256>``),
+        downloaded once per content hash."""
         digest = info["sha256"]
         if not digest.isalnum():
             raise UserError("The dashboard sent a data set without a usable content hash.")
@@ -168,7 +174,7 @@ class RemoteLink:
         if folder.is_dir():
             return folder
         archive = self.api.download(f"/workers/trainings/{model_id}/dataset", folder.with_name(f".{digest}.zip"),
-                                    {"worker_id": self.worker_id})
+                                    {"worker_id": self.worker_id, "index": str(index)})
         try:
             unpacked = archives.safe_extract_zip(archive, folder.with_name(f".{digest}.{os.getpid()}"))
             try:

@@ -148,6 +148,7 @@ class Dataset:
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._diameters_cache: list[float | None] | None = None
         self._lock = threading.RLock()
+        self.label: str | None = None  # the name to record instead of the folder's (a remote worker's copy)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -248,7 +249,10 @@ class Dataset:
     @property
     def name(self) -> str:
         """How the registry, the pages and a checkpoint name the set: its folder's name (and its parent's
-        where the folder is a half such as ``training``)."""
+        where the folder is a half such as ``training``), or its ``label`` when one was given (a remote worker
+        trains on a copy named by its content hash, labelled with the dashboard's name)."""
+        if self.label:
+            return self.label
         if self.root.name.lower() in ("training", "train", "test", "images") and self.root.parent.name:
             return f"{self.root.parent.name}/{self.root.name}"
         return self.root.name
@@ -505,13 +509,15 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def check_patch_size(sizes: "Dataset | list[tuple[int, int]]", patch_size: int) -> None:
+def check_patch_size(sizes: "Dataset | list[Dataset] | list[tuple[int, int]]", patch_size: int) -> None:
     """Refuse a training patch larger than the smallest image (it would be mostly padding).
 
-    ``sizes``: a :class:`Dataset` (its headers are read) or (height, width) pairs.
+    ``sizes``: a :class:`Dataset` or a list of them (their headers are read), or (height, width) pairs.
     """
     if isinstance(sizes, Dataset):
-        found = [(_header_size(s.image_path)[::-1], s.image_path.name) for s in sizes.pairs]
+        sizes = [sizes]
+    if sizes and all(isinstance(item, Dataset) for item in sizes):
+        found = [(_header_size(s.image_path)[::-1], s.image_path.name) for ds in sizes for s in ds.pairs]
     else:
         found = [(tuple(int(v) for v in hw), None) for hw in sizes]
     if not found:

@@ -238,7 +238,8 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
         user_fields: names of the fields the user set; the plan never changes them.
         measure: ``measure(config, patch_size, batch_size, precision, device=...) -> seconds per step``.
         device: the device to plan for; None resolves ``config.device``.
-        dataset: a Dataset or (height, width) pairs; patches larger than its smallest image are not tried.
+        dataset: a Dataset, a list of them, or (height, width) pairs; patches larger than the smallest image are
+            not tried.
 
     Returns:
         (the config with the planned fields replaced, the Plan).
@@ -394,19 +395,23 @@ def replan_for_device(config: TrainingConfig, plan: dict | None, device: str | N
 
 def plan_for_folder(config: TrainingConfig, user_fields: Iterable[str], folder: Any,
                     measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan | None]:
-    """``plan_training`` for the data set in ``folder``: patches larger than its smallest image are not tried.
+    """``plan_training`` for the data set in ``folder``, or for several: patches larger than the smallest
+    image of any of them are not tried.
+
+    Args:
+        folder: a data set folder, or a list of them (``engine.training.data.load_datasets``).
 
     Returns:
-        (the planned config, the Plan); (``config``, None) when the folder holds fewer than 2 images,
+        (the planned config, the Plan); (``config``, None) when the sets hold fewer than 2 images together,
         which training refuses with its own sentence.
 
     Raises:
-        DatasetError: ``folder`` is not a usable data set.
+        DatasetError: a folder is not a usable data set, or the list is empty or names a set twice.
         PlanError, TrainingError: as ``plan_training``.
     """
-    from engine.training.data import load_dataset
+    from engine.training.data import load_datasets
 
-    dataset = load_dataset(folder)
-    if len(dataset) < 2:
+    sets = load_datasets(folder)
+    if sum(len(ds) for ds in sets) < 2:
         return config, None
-    return plan_training(config, user_fields, measure=measure, dataset=dataset)
+    return plan_training(config, user_fields, measure=measure, dataset=sets[0] if len(sets) == 1 else sets)
