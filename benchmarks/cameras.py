@@ -15,6 +15,18 @@ row per model, then the ratios of every row against the first (the reference).
 With no ``--model`` it scores the shipped model on the 3 DRIVE images it held out for validation.
 
 It is the proxy for data sets that are not here; ``make bench-cameras`` runs it on the shipped model.
+
+``--leave-one-out`` measures the real thing on the three cameras of ``../shared/data`` instead: for each recipe
+(``--recipe NAME=key=value,key=value``; the first is the shipped model's recipe) and each camera, a model is
+trained through the product's multi-set training on the other two sets for ``--steps`` optimiser steps and
+scored on every photograph of the third at its native resolution, as ``python -m engine evaluate --recommended``
+scores it (automatic scale, its field-of-view masks or estimated ones, the model's recommended settings): Dice,
+precision, sensitivity, AUC and seconds per photograph. ``--reference CHECKPOINT`` adds rows for a model that
+trained on none of the photographs scored (e.g. the DRIVE-only model: its CHASE_DB1 and HRF rows), and
+``--in-set CHECKPOINT`` scores a model of all three sets on the photographs each set held out for validation.
+
+    .venv/bin/python benchmarks/cameras.py --leave-one-out [--steps 2400] [--recipe NAME=k=v,...]
+        [--reference CHECKPOINT] [--in-set CHECKPOINT] [--threads 1]
 """
 from __future__ import annotations
 
@@ -36,7 +48,9 @@ from engine.pretrained import PRETRAINED_PATH  # noqa: E402
 from engine.training.camera import SHIFTS, apply_shift, random_camera  # noqa: E402
 from engine.training.data import load_dataset, split_indices  # noqa: E402
 
-DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"
+SHARED = ROOT.parent / "shared" / "data"
+DRIVE = SHARED / "drive" / "training"
+CAMERAS = {"DRIVE": DRIVE, "CHASE_DB1": SHARED / "chase_db1" / "training", "HRF": SHARED / "hrf" / "training"}
 GEOMETRIC = {"scale ×0.8": ("scale", 0.8), "scale ×1.25": ("scale", 1.25), "rotate 30°": ("rotate", 30.0)}
 COLUMNS = ("none", *SHIFTS, "camera mix", *GEOMETRIC)
 
@@ -78,8 +92,100 @@ def score(checkpoint: str, samples: list[tuple], tta: bool) -> dict[str, float]:
     return row
 
 
+def _recommended(predictor):
+    from engine.postprocess.config import PostProcessConfig
+
+    settings = predictor.recommended_settings()
+    return PostProcessConfig.from_dict(settings) if settings else None
+
+
+def evaluate_camera(checkpoint: str, camera: str, indices: list[int] | None = None) -> dict:
+    """One model on one camera's photographs at their native resolution, as ``evaluate --recommended``."""
+    from engine.inference.evaluate import evaluate_dataset
+    from engine.inference.predictor import Predictor
+
+    predictor = Predictor.open(checkpoint)
+    evaluation = evaluate_dataset(predictor, load_dataset(CAMERAS[camera]), indices, config=_recommended(predictor))
+    return {**evaluation.pooled, "seconds": evaluation.seconds_per_image}
+
+
+def _recipes(texts: list[str]) -> list[tuple[str, dict]]:
+    from engine.pretrained import RECIPE
+    from engine.training.config import parse_set_option
+
+    recipes = [("shipped recipe", dict(RECIPE))]
+    for text in texts:
+        name, _, changes = text.partition("=")
+        recipe = dict(RECIPE)
+        recipe.update(dict(parse_set_option(change) for change in changes.split(",") if change))
+        recipes.append((name, recipe))
+    return recipes
+
+
+def leave_one_out(args) -> int:
+    """Train on two cameras, score the third (see the module docstring); prints the table."""
+    from engine.training.config import TrainingConfig
+    from engine.training.loop import train
+
+    missing = [str(path) for path in CAMERAS.values() if not path.is_dir()]
+    if missing:
+        print(f"The shared data sets are not here ({missing[0]}): leave-one-camera-out needs all three.",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out or ROOT / "benchmarks" / "out" / f"cameras_{time.strftime('%Y%m%d_%H%M%S')}")
+    rows = []  # (recipe, camera, how, metrics)
+    for reference in args.reference:
+        for camera in CAMERAS:
+            rows.append((Path(reference).name, camera, "reference", evaluate_camera(reference, camera)))
+            print(f"  {Path(reference).name} on {camera}: Dice {rows[-1][3]['dice']:.4f}", flush=True)
+    for checkpoint in args.in_set:
+        config = load_model(checkpoint).config
+        for camera in CAMERAS:
+            held = split_indices(len(load_dataset(CAMERAS[camera])), config.val_fraction, config.seed)[1]
+            rows.append((Path(checkpoint).name, camera, f"its {len(held)} validation photographs",
+                         evaluate_camera(checkpoint, camera, held)))
+            print(f"  {Path(checkpoint).name} on {camera}'s validation photographs: Dice {rows[-1][3]['dice']:.4f}",
+                  flush=True)
+    for name, recipe in _recipes(args.recipe):
+        for camera in CAMERAS:
+            others = [str(path) for other, path in CAMERAS.items() if other != camera]
+            steps_per_epoch = min(int(recipe.get("steps_per_epoch", 400)), args.steps)
+            config = TrainingConfig(**{**recipe, "steps_per_epoch": steps_per_epoch,
+                                       "epochs": max(1, args.steps // steps_per_epoch),
+                                       "num_threads": args.threads, "early_stopping_patience": 0})
+            t0 = time.monotonic()
+            result = train(config, others, out / name.replace(" ", "_") / f"without_{camera}")
+            minutes = (time.monotonic() - t0) / 60
+            metrics = evaluate_camera(str(result.best_checkpoint), camera)
+            rows.append((name, camera, f"trained on the other two, {minutes:.0f} min", metrics))
+            print(f"  {name} without {camera}: Dice {metrics['dice']:.4f} ({minutes:.0f} min)", flush=True)
+    print("\n| model | scored on | how | Dice | precision | sensitivity | AUC | s / photograph |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name, camera, how, m in rows:
+        auc = f"{m['roc_auc']:.4f}" if m.get("roc_auc") is not None else "–"
+        print(f"| {name} | {camera} | {how} | {m['dice']:.4f} | {m['precision']:.4f} | {m['sensitivity']:.4f} | "
+              f"{auc} | {m['seconds']:.2f} |")
+    if args.reference and len(rows) > len(CAMERAS):
+        reference = {camera: m for name, camera, how, m in rows[:len(CAMERAS)]}
+        print("\n| model / reference | " + " | ".join(CAMERAS) + " |\n|---|" + "---:|" * len(CAMERAS))
+        for name in dict.fromkeys(r[0] for r in rows[len(CAMERAS):]):
+            ratios = {camera: m["dice"] / reference[camera]["dice"] for n, camera, how, m in rows if n == name}
+            print(f"| {name} | " + " | ".join(f"{ratios.get(c, float('nan')):.3f}" for c in CAMERAS) + " |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leave-one-out", action="store_true",
+                        help="train on two shared cameras and score the third, for each camera and recipe")
+    parser.add_argument("--recipe", action="append", default=[], metavar="NAME=KEY=VALUE,...",
+                        help="with --leave-one-out: another recipe, as changes to the shipped model's")
+    parser.add_argument("--steps", type=int, default=2400, help="with --leave-one-out: optimiser steps per model")
+    parser.add_argument("--reference", action="append", default=[], metavar="CHECKPOINT",
+                        help="with --leave-one-out: a model scored on every photograph of each camera")
+    parser.add_argument("--in-set", action="append", default=[], metavar="CHECKPOINT",
+                        help="with --leave-one-out: a model of the three sets, scored on their validation photographs")
+    parser.add_argument("--out", default=None, help="with --leave-one-out: where the models are written")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
                         help="a row; the first is the reference (default: the shipped model)")
     parser.add_argument("--data", default=str(DRIVE), help="DRIVE training folder")
@@ -89,6 +195,9 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true", help="predict with flip test-time augmentation")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.leave_one_out:
+        return leave_one_out(args)
     if not Path(args.data).is_dir():
         print(f"DRIVE not found at {args.data}: pass --data.", file=sys.stderr)
         return 2

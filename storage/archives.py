@@ -352,12 +352,12 @@ def zip_folder(folder: str | os.PathLike, out_path: str | os.PathLike,
     """
     folder, out_path = Path(folder), Path(out_path)
     roots = [folder / name for name in include] if include is not None else [folder]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for root in roots:
-            for path in sorted([root] if root.is_file() else root.rglob("*")):
-                rel = path.relative_to(folder)
-                if (path.is_file() and path.resolve() != out_path.resolve()
-                        and not any(part.startswith(".") for part in rel.parts)):
-                    zf.write(path, rel.as_posix())
-    return paths.atomic_write_bytes(out_path, buf.getvalue())
+    with paths.atomic_writer(out_path) as fh:  # streamed to disk: memory does not grow with the files zipped
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for root in roots:
+                for path in sorted([root] if root.is_file() else root.rglob("*")):
+                    rel = path.relative_to(folder)
+                    if (path.is_file() and path.resolve() != out_path.resolve()
+                            and not any(part.startswith(".") for part in rel.parts)):
+                        zf.write(path, rel.as_posix())
+    return out_path

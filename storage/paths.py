@@ -12,10 +12,12 @@ Layout (``ML_MANAGER_HOME``, default ``./data``)::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import BinaryIO, Iterator
 from storage.errors import UserError
 
 HOME_ENV = "ML_MANAGER_HOME"
@@ -137,12 +139,23 @@ def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temp file in the same folder, then os.replace."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, piece by piece, atomically: the pieces go to a hidden temp file
+    in the same folder, which replaces ``path`` only when the block ends without an error (else it is removed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -30,14 +30,6 @@ def _postprocess_config(args: argparse.Namespace, predictor) -> tuple[Any, str]:
     threshold = PLAIN_THRESHOLD if args.threshold is None else args.threshold
     args.threshold = threshold
     return None, f"the probability map at {threshold:g}, not post-processed"
-def _binarise(prob: np.ndarray, cfg: Any, threshold: float, fov: np.ndarray | None) -> np.ndarray:
-    if cfg is None:
-        return (prob >= threshold).astype(np.uint8)
-    from engine.postprocess import enhanced_post_processing
-
-    return enhanced_post_processing(prob, config=cfg, fov=fov).mask
-
-
 def _input_images(path: Path) -> list[Path]:
     from engine.imageio import IMAGE_EXTENSIONS, list_images
 
@@ -54,6 +46,7 @@ def _input_images(path: Path) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from engine.fov import estimate_fov
     from engine.imageio import encode_png, read_image
+    from engine.inference.evaluate import binarise
     from engine.inference.predictor import Predictor
     from storage.paths import atomic_write_bytes
 
@@ -70,7 +63,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fov = estimate_fov(image)
         prediction = predictor.predict(image, fov, scale=args.scale, tta=args.tta)
         prob, factor = prediction.map, prediction.factor
-        mask = _binarise(prob, cfg, args.threshold, fov)  # nothing outside the FOV
+        mask = binarise(prob, cfg, args.threshold, fov)  # nothing outside the FOV
         atomic_write_bytes(out / f"{path.stem}_prob.png", encode_png((prob * 255 + 0.5).astype(np.uint8)))
         atomic_write_bytes(out / f"{path.stem}_mask.png", encode_png(mask))
         print(f"{path.name}: {out / (path.stem + '_mask.png')} ({mask.mean() * 100:.1f}% vessel pixels; "
@@ -80,35 +73,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.training.data import load_dataset
+    from engine.inference.evaluate import evaluate_dataset
     from engine.inference.predictor import Predictor
-    from engine.metrics import RunningMetrics
+    from engine.training.data import load_dataset
 
     predictor = Predictor.open(args.checkpoint)
     cfg, settings_words = _postprocess_config(args, predictor)
     ds = load_dataset(args.data)
-    # Pooled over every FOV pixel of the set, as the papers count, one photograph at a time: nothing of a
-    # photograph is kept once it is scored, so memory does not grow with the number of photographs.
-    running, per_image = RunningMetrics(), []
-    for i, sample in enumerate(ds.pairs):
-        image, mask, fov = ds.raw(i)  # the supplied FOV mask, or the estimated one
-        prediction = predictor.predict(image, fov, scale=args.scale, tta=args.tta)
-        pred = _binarise(prediction.map, cfg, args.threshold, fov)
-        m = running.add(pred, mask, fov, prob=prediction.map)
-        per_image.append({"id": sample.id, **_plain(m), "fov": "supplied" if sample.fov_path else "estimated",
-                          "scale_factor": prediction.factor})
-        del image, mask, fov, prediction, pred
-    pooled = running.result()
-    result = {**_plain(pooled), "n_images": len(per_image), "layout": ds.layout,
+    # Pooled over every FOV pixel of the set, as the papers count, one photograph at a time (bounded memory).
+    evaluation = evaluate_dataset(predictor, ds, config=cfg, threshold=args.threshold, scale=args.scale, tta=args.tta)
+    per_image = [{k: v for k, v in row.items() if k != "seconds"} for row in evaluation.per_image]
+    result = {**evaluation.pooled, "n_images": len(per_image), "layout": ds.layout,
               "checkpoint": str(Path(predictor.source)),
               "model_fov_diameter": predictor.fov_diameter, "scale": args.scale,
               "postprocess": cfg.to_dict() if cfg is not None else {"threshold": args.threshold},
