@@ -30,6 +30,14 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
     return starts + [size - tile]
 
 
+def tile_count(h: int, w: int, tile_size: int = TILE_SIZE, overlap: float = TILE_OVERLAP) -> int:
+    """How many tiles ``sliding_window_logits`` runs the model on for an (H, W) image."""
+    if h <= tile_size and w <= tile_size:
+        return 1
+    step = max(1, int(tile_size * (1 - overlap)))
+    return len(_starts(h, min(tile_size, h), step)) * len(_starts(w, min(tile_size, w), step))
+
+
 def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, tile_size: int = TILE_SIZE,
                           overlap: float = TILE_OVERLAP,
                           should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
