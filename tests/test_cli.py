@@ -216,3 +216,21 @@ def test_evaluate_scores_the_plain_map_unless_recommended(with_and_without_recom
     result = json.loads(capsys.readouterr().out)
     want = PostProcessConfig(**RECOMMENDED).to_dict() if expected == "recommended" else expected
     assert result["postprocess"] == want
+
+
+EPOCH_END = {"type": "epoch_end", "epoch": 31, "total_epochs": 60, "train_loss": 0.3, "val_loss": 0.4,
+             "val_dice": 0.7, "lr": 1e-3, "seconds": 9.0, "elapsed": 300.0, "is_best": False}
+
+
+@pytest.mark.parametrize("budget_s, expected", [
+    (None, "epoch 31/60 [########################]"),
+    (600.0, "epoch 31, 5.0 of 10 min [############............]"),   # the budget ends it, not epoch 60
+])
+def test_the_progress_line_of_a_budgeted_run_counts_its_time(budget_s, expected):
+    import io
+
+    from engine.cli.train import ProgressBar
+
+    out = io.StringIO()
+    ProgressBar(stream=out, budget_s=budget_s)(EPOCH_END)
+    assert out.getvalue().lstrip("\r").startswith(expected + " ")

@@ -122,12 +122,14 @@ def _fmt(value, spec: str = "") -> str:
 
 def _line(status: dict) -> str:
     epoch = f"{_fmt(status['epoch'])}/{_fmt(status['total_epochs'])}"
+    if status.get("budget_s") and status.get("trained_s") is not None:  # the budget ends it, not the epoch limit
+        epoch = f"{status['trained_s'] / 60:.1f}/{status['budget_s'] / 60:g} min"
     best = status["best"]
     eta = f"{status['eta_s'] / 60:.1f} min" if status["eta_s"] is not None else "-"
     note = status["stop_reason"] or ""
     if status["error"]:
         note = f"{note} {status['error']}".strip()
-    return (f"{status['model_id']:<24} {status['name'][:24]:<24} {status['status']:<10} {epoch:>9} "
+    return (f"{status['model_id']:<24} {status['name'][:24]:<24} {status['status']:<10} {epoch:>13} "
             f"{_fmt(best['val_dice'], '.4f'):>9} {eta:>9}  {note}")
 
 
@@ -151,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print("no models yet: queue one with `python -m engine submit --data DIR`")
         return 0
-    print(f"{'model id':<24} {'name':<24} {'status':<10} {'epoch':>9} {'best dice':>9} {'eta':>9}  note")
+    print(f"{'model id':<24} {'name':<24} {'status':<10} {'epoch or time':>13} {'best dice':>9} {'eta':>9}  note")
     for status in statuses:
         print(_line(status))
     beat = store.worker_heartbeat()
