@@ -127,7 +127,8 @@ class Plan:
                      f"(fewer than {WIDE_ENOUGH_STEPS:,})")
         if self.max_minutes and self.steps_per_epoch and self.planned_steps:
             epoch_s = self.steps_per_epoch * self.seconds_per_step + (self.validation_s or 0.0)
-            text += f"; {self.steps_per_epoch:,} steps per epoch, so a checkpoint is saved about every {epoch_s:.0f} s"
+            steps = f"{self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''}"
+            text += f"; {steps} per epoch, so a checkpoint is saved about every {epoch_s:.0f} s"
         if self.changed.get("val_fraction") == 0.0:  # the plans of earlier versions
             text += "; every image trains and the last epoch is kept"
         elif "val_fraction" in self.changed:
@@ -181,8 +182,8 @@ def measure_step_seconds(config: TrainingConfig, patch_size: int, batch_size: in
         device: a torch device name.
         steps: at most this many timed steps; the median is returned.
         batches: draws one (images, masks) batch as float32 (B, C, P, P) and (B, 1, P, P) arrays.
-        max_seconds: timing ends after this many seconds once a step was timed (on a busy machine one
-            step may be all there is time for).
+        max_seconds: timing ends after this many seconds once a step was timed (on a CPU, where the first
+            step is timed and left out, once two were); on a busy machine that may be all there is time for.
 
     Returns:
         The median seconds per step (> 0).
@@ -228,9 +229,10 @@ def measure_step_seconds(config: TrainingConfig, patch_size: int, batch_size: in
                 torch.cuda.synchronize(dev)
 
         if dev.type != "cpu":
-            step()  # a GPU's first step chooses kernels for seconds; a CPU's is timed (about 1.5× a later one)
+            step()  # a GPU's first step chooses kernels for seconds; a CPU's is timed (1.5-3× a later one) and dropped
         timings: list[float] = []
-        while len(timings) < steps + (dev.type == "cpu") and (not timings or sum(timings) < max_seconds):
+        least = 2 if dev.type == "cpu" else 1
+        while len(timings) < steps + least - 1 and (len(timings) < least or sum(timings) < max_seconds):
             start = time.perf_counter()
             step()
             timings.append(time.perf_counter() - start)
