@@ -98,6 +98,7 @@ def _days(text: str) -> float:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from engine.jobs import submit_training
+    from engine.jobs.queue import TRAINING, check_queue
     from engine.training.config import TrainingConfig, parse_set_option
 
     config = TrainingConfig.from_dict(read_json(args.config, "config") if args.config else {})
@@ -106,6 +107,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise UserError(f"The data folder {data} does not exist.")
     name = args.name or f"{data.resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_queue(args.queue, TRAINING)  # before measuring this machine: a wrong name is refused at once
     plan = None
     if not args.no_plan:
         config, plan = planned(config, user_fields(args), data)
