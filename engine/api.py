@@ -53,6 +53,10 @@ from engine.fields import Field
 log = logging.getLogger("ml_manager.api")
 
 PREFIX = "/api/v1"
+# the original system's paths, answered by the same routes (an old script needs only the token); each with
+# and without its trailing slash
+LEGACY_PREFIX = "/ml_manager"
+LEGACY_PATHS = ("/training/start", "/training/stop", "/training/status/{model_id}", "/inference/status/{job_id}")
 TOKEN_FILE = "api_token"
 FOLDERS_ENV = "ML_MANAGER_API_FOLDERS"
 MAX_BODY_BYTES = 1_000_000  # requests are small JSON objects; anything bigger is a mistake
@@ -492,7 +496,9 @@ def api_routes(token: str | None = None) -> list[Route]:
     Args:
         token: the bearer token requests must carry; default ``api_token()`` (read or made now).
     Returns:
-        One route per endpoint under ``/api/v1/``, then a catch-all that answers 404/405 as JSON.
+        One route per endpoint under ``/api/v1/``, the original system's four paths under ``/ml_manager/``
+        (``LEGACY_PATHS``, trailing slash or not) as aliases with the same guard, then a catch-all that
+        answers 404/405 as JSON.
     """
     guard = _Guard(token or api_token())
     table = [("GET", "/health", health), ("POST", "/training/start", training_start),
@@ -503,6 +509,8 @@ def api_routes(token: str | None = None) -> list[Route]:
              ("GET", "/inference/results/{job_id}", inference_results), ("POST", "/inference/cancel", inference_cancel),
              ("POST", "/prune", prune)]
     routes = [Route(PREFIX + path, guard.wrap(func, method), methods=[method]) for method, path, func in table]
+    routes += [Route(LEGACY_PREFIX + path + slash, guard.wrap(func, method), methods=[method])
+               for method, path, func in table if path in LEGACY_PATHS for slash in ("", "/")]
     routes += worker_routes(guard)  # engine.api_workers: what workers on other machines report through
 
     def no_route(request: Request, body: None) -> tuple[int, dict]:
