@@ -490,6 +490,28 @@ class _Guard:
         return endpoint
 
 
+def served_urls(address: str, port: int) -> list[str]:
+    """The URLs the dashboard answers on when it listens on ``address``: every address of this machine
+    (the loopback first) for ``0.0.0.0`` or ``::``, else ``address`` itself."""
+    import socket
+
+    if address not in ("0.0.0.0", "::", ""):
+        host = f"[{address}]" if ":" in address else address
+        return [f"http://{host}:{port}"]
+    found = ["127.0.0.1"]
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    try:  # the address other machines reach this one by (a UDP "connection" sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            found.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    return [f"http://{a}:{port}" for a in dict.fromkeys(found) if a != "0.0.0.0"]
+
+
 def api_routes(token: str | None = None) -> list[Route]:
     """The API's Starlette routes, for ``st.App(..., routes=api_routes())``.
 
