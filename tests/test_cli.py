@@ -234,3 +234,14 @@ def test_the_progress_line_of_a_budgeted_run_counts_its_time(budget_s, expected)
     out = io.StringIO()
     ProgressBar(stream=out, budget_s=budget_s)(EPOCH_END)
     assert out.getvalue().lstrip("\r").startswith(expected + " ")
+
+
+@pytest.mark.parametrize("write, refused_for_the_file", [(False, True), (True, False)])
+def test_the_worker_reads_its_token_from_a_file(tmp_path, monkeypatch, capsys, write, refused_for_the_file):
+    monkeypatch.delenv("ML_MANAGER_TOKEN", raising=False)
+    token_file = tmp_path / "api_token"
+    if write:
+        token_file.write_text("a-token\n")
+    # port 9 answers nothing: a worker that read its file goes on to reach the dashboard, and says it cannot
+    code = main(["worker", "--server", "http://127.0.0.1:9", "--token-file", str(token_file)])
+    assert (code, "The token file" in capsys.readouterr().err) == (2, refused_for_the_file)

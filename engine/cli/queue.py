@@ -8,7 +8,8 @@
     python -m engine cancel JOB_ID
     python -m engine prune [MODEL_ID] [--keep N] [--inference-older-than DAYS] [--dry-run]
     python -m engine backup DEST
-    python -m engine worker [--server URL --token TOKEN] [--queues training,inference] [--device auto|cpu|cuda]
+    python -m engine worker [--server URL] [--queues training,inference] [--device auto|cpu|cuda]
+        (the token from ML_MANAGER_TOKEN, --token-file FILE or --token TOKEN)
 
 Errors are UserErrors with a sentence; ``engine.cli.main`` prints them and exits with status 2.
 """
@@ -74,7 +75,11 @@ def register(subparsers) -> None:
                    help="the dashboard's address, e.g. http://lab-pc:8501 (or ML_MANAGER_SERVER); without it the "
                         "worker writes this machine's data home itself")
     p.add_argument("--token", default=os.environ.get("ML_MANAGER_TOKEN"),
-                   help="the dashboard's API token (or ML_MANAGER_TOKEN)")
+                   help="the dashboard's API token; better ML_MANAGER_TOKEN or --token-file, which other users "
+                        "of this machine cannot read in the process list")
+    p.add_argument("--token-file", default=os.environ.get("ML_MANAGER_TOKEN_FILE"),
+                   help="a file holding the API token, such as a copy of the dashboard's data/api_token "
+                        "(or ML_MANAGER_TOKEN_FILE)")
     p.add_argument("--queues", default="training,inference", help="comma-separated queues to take jobs from "
                    "(default training,inference)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -224,4 +229,11 @@ def cmd_worker(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s:%(name)s:%(threadName)s:%(message)s")
     names = [q.strip() for q in args.queues.split(",") if q.strip()]
-    return run_worker(args.server, args.token, names, device=args.device, threads=max(1, args.threads))
+    token = args.token
+    if not token and args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise CliError(f"The token file {args.token_file} cannot be read ({exc.strerror}): copy the "
+                           "dashboard's data/api_token there, or set ML_MANAGER_TOKEN.") from None
+    return run_worker(args.server, token, names, device=args.device, threads=max(1, args.threads))
