@@ -368,3 +368,22 @@ def test_measuring_drive_is_short_and_prices_validation():
     _, plan = plan_for_folder(TrainingConfig(max_minutes=2.0), set(), DRIVE)
     # about 10 s on two busy cores (the plan it replaced took 40 to 60 s); the bound leaves room for a busier machine
     assert (plan.measured_s < 30, plan.validation_s > 0) == (True, True)
+
+
+def test_a_folder_is_planned_on_batches_of_its_own_images(tmp_path, monkeypatch):
+    import engine.training.planner as planner
+
+    timed = []
+    real = planner.data_measure
+
+    def recording(dataset):
+        measure = real(dataset)
+
+        def timed_measure(config, patch_size, batch_size, precision, device="cpu"):
+            timed.append(patch_size)
+            return measure(config, patch_size, batch_size, precision, device=device)
+        return timed_measure
+    monkeypatch.setattr(planner, "data_measure", recording)
+    data = make_synthetic_dataset(tmp_path / "data", n_images=3, size=64, seed=1)
+    planner.plan_for_folder(TrainingConfig(**TINY, max_minutes=1.0), set(TINY), data)
+    assert timed == [32]

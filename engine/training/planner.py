@@ -539,7 +539,7 @@ def _steps(budget_minutes: float, seconds_per_step: float, validation_s: float |
 
 
 def replan_for_device(config: TrainingConfig, plan: dict | None, device: str | None = None, dataset: Any = None,
-                      measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan] | None:
+                      measure: Callable[..., float] | None = None) -> tuple[TrainingConfig, Plan] | None:
     """The plan again, measured on ``device``, when the run was planned on another kind of device.
 
     A run is planned where it is submitted (the dashboard's machine); a worker on another machine (a GPU
@@ -577,7 +577,7 @@ def replan_for_device(config: TrainingConfig, plan: dict | None, device: str | N
 
 
 def plan_for_folder(config: TrainingConfig, user_fields: Iterable[str], folder: Any,
-                    measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan | None]:
+                    measure: Callable[..., float] | None = None) -> tuple[TrainingConfig, Plan | None]:
     """``plan_training`` for the data set in ``folder``: patches larger than its smallest image are not tried.
 
     Returns:
