@@ -122,9 +122,11 @@ class Plan:
         elif len(self.candidates) == 1:
             text += " (your patch size and batch size, measured)"
         wider = [w for w in self.widths if self.base_channels is not None and w["base_channels"] > self.base_channels]
-        if wider:
-            text += (f"; width {wider[0]['base_channels']} would get only about {wider[0]['planned_steps']:,} steps "
-                     f"(fewer than {WIDE_ENOUGH_STEPS:,})")
+        if wider and wider[-1]["planned_steps"] is None:  # the next wider one was not measured
+            text += "; a wider U-Net would get fewer steps (it is slower per step; not measured)"
+        elif wider:
+            text += (f"; width {wider[-1]['base_channels']} would get only about {wider[-1]['planned_steps']:,} "
+                     f"steps (fewer than {WIDE_ENOUGH_STEPS:,})")
         if self.max_minutes and self.steps_per_epoch and self.planned_steps:
             epoch_s = self.steps_per_epoch * self.seconds_per_step + (self.validation_s or 0.0)
             steps = f"{self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''}"
@@ -380,23 +382,27 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
     planned_steps, validation_s, steps_per_epoch = None, None, config.steps_per_epoch
     widths, width, cfg = [], config.base_channels, bench.config
     spe_free = "steps_per_epoch" not in user
-    if budget is not None:
+    plan_width = budget is not None and "base_channels" not in user
+    narrowest = min({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}) if plan_width \
+        else config.base_channels
+    if budget is not None:  # validation is timed on the narrowest width measured (the cheapest), then scaled
         sizes = _validation_sizes(dataset, bench.config)
         if measure_validation is not None and sizes is not None:
-            validation_s = float(measure_validation(bench.config, sizes))
-    if budget is not None and "base_channels" not in user:
+            validation_s = float(measure_validation(bench.config.with_updates(base_channels=narrowest), sizes))
+    if plan_width:
         # the widths compare at one shape (the first), so their steps compare; then the shapes at the chosen width
-        first = bench.shapes_of(bench.config, first_only=True)[0]
-        widths = _widths(bench, first, budget, validation_s, config.steps_per_epoch, spe_free)
-        enough = [w for w in widths if w["planned_steps"] >= WIDE_ENOUGH_STEPS]
+        widths = _widths(bench, _shapes(bench.config, user, bench.fits)[0], bench.precisions[0], budget,
+                         validation_s, config.steps_per_epoch, spe_free)
+        measured = [w for w in widths if w["planned_steps"] is not None]
+        enough = [w for w in measured if w["planned_steps"] >= WIDE_ENOUGH_STEPS]
         # the widest with enough steps, else the one with the most (the wider of equals): never a width that
         # gets fewer steps than a wider one
-        chosen = enough[0] if enough else max(widths, key=lambda w: w["planned_steps"])
+        chosen = enough[0] if enough else max(measured, key=lambda w: w["planned_steps"])
         width = chosen["base_channels"]
         changes["base_channels"] = width
         cfg = bench.config.with_updates(base_channels=width)
         if validation_s is not None:  # validation takes as much longer as a step does at the chosen width
-            validation_s *= chosen["seconds_per_step"] / first["seconds_per_step"]
+            validation_s *= chosen["seconds_per_step"] / measured[-1]["seconds_per_step"]
     tried = bench.shapes_of(cfg)
     best = max(tried, key=lambda c: c["pixels_per_second"])  # max keeps the first of equals
     if "patch_size" not in user:
@@ -414,7 +420,7 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
         if widths:  # the other widths' steps at the chosen shape, in proportion to those at the first one
             at_first = next(w["planned_steps"] for w in widths if w["base_channels"] == width)
             widths = [{**w, "planned_steps": max(1, round(w["planned_steps"] * planned_steps / at_first))}
-                      for w in widths]
+                      if w["planned_steps"] is not None else w for w in widths]
         needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / steps_per_epoch))
         if "epochs" not in user and needed > config.epochs:
             changes["epochs"] = needed
@@ -499,21 +505,28 @@ class _Bench:
         return tried
 
 
-def _widths(bench: _Bench, best: dict, budget: float, validation_s: float | None, steps_per_epoch: int,
-            spe_free: bool) -> list[dict]:
+def _widths(bench: _Bench, shape: tuple[int, int], precision: str, budget: float, validation_s: float | None,
+            steps_per_epoch: int, spe_free: bool) -> list[dict]:
     """The widths tried under a budget, widest first (the config's and the narrower ``WIDTHS``), each with
-    its seconds per step at the best shape and the steps the budget gives it (all at one shape, so the
-    steps compare)."""
+    its seconds per step at one shape and the steps the budget gives it, so the steps compare.
+
+    They are measured narrowest first, and a wider one only while the narrower gets ``WIDE_ENOUGH_STEPS``:
+    a wider U-Net is slower per step, so it cannot get the steps the narrower one lacks (its
+    ``seconds_per_step`` and ``planned_steps`` are then None). ``validation_s`` is that of the narrowest.
+    """
     config = bench.config
-    widths = []
-    for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}, reverse=True):
-        seconds = best["seconds_per_step"] if candidate == config.base_channels else bench.seconds(
-            config.with_updates(base_channels=candidate), best["patch_size"], best["batch_size"], best["precision"])
-        val = None if validation_s is None else validation_s * seconds / best["seconds_per_step"]
+    widths: list[dict] = []
+    for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}):
+        if widths and (widths[-1]["planned_steps"] is None or widths[-1]["planned_steps"] < WIDE_ENOUGH_STEPS):
+            widths.append({"base_channels": candidate, "seconds_per_step": None, "planned_steps": None})
+            continue
+        seconds = bench.seconds(config.with_updates(base_channels=candidate), *shape, precision)
+        val = None if validation_s is None else validation_s * seconds / (widths[0]["seconds_per_step"]
+                                                                          if widths else seconds)
         spe = _steps_per_epoch(budget, seconds, val, steps_per_epoch, spe_free)
         widths.append({"base_channels": candidate, "seconds_per_step": seconds,
                        "planned_steps": _steps(budget, seconds, val, spe)})
-    return widths
+    return widths[::-1]
 
 
 def _steps_per_epoch(budget_minutes: float, seconds_per_step: float, validation_s: float | None, configured: int,
