@@ -92,6 +92,7 @@ class Shell:
         command = command.replace("--port 6379", f"--port {self.redis_port}")
         command = re.sub(r"^redis-server\b", redis_server_binary() or "redis-server", command)
         command = re.sub(r"(?<![\w/.~-])data/", f"{self.home}/", command)
+        command = command.replace("-o results.zip", f"-o {self.tmp / 'results.zip'}")  # not into the clone
         for folder in ("runs", "out"):
             command = re.sub(rf"(?<![\w/.~-]){folder}/", f"{self.tmp / folder}/", command)
         return command
