@@ -44,7 +44,8 @@ run: $(STAMP_RUN)
 	@$(WORKER_CMD) $(if $(filter redis% rediss% unix%,$(ML_MANAGER_QUEUE)),,-q) \
 		>>"$(ML_MANAGER_HOME)/logs/worker.log" 2>&1 & worker=$$!; \
 	trap 'kill -INT $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
-	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT)
+	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT) \
+		--logger.hideWelcomeMessage true
 
 ## worker: only the background worker (training and batch inference)
 worker: $(STAMP_RUN)
@@ -53,7 +54,8 @@ worker: $(STAMP_RUN)
 
 ## dashboard: only the dashboard and its HTTP API
 dashboard: $(STAMP_RUN)
-	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT)
+	$(VENV)/bin/streamlit run server.py --server.address $(HOST) --server.port $(PORT) \
+		--logger.hideWelcomeMessage true
 
 ## test: the whole suite (unit, real worker, AppTest, headless browser), in TEST_JOBS processes (a file
 ##       stays in one process, so its module fixtures are made once); TEST_JOBS=0 runs it in this one

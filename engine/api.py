@@ -53,6 +53,10 @@ from engine.fields import Field
 log = logging.getLogger("ml_manager.api")
 
 PREFIX = "/api/v1"
+# the original system's paths, answered by the same routes (an old script needs only the token); each with
+# and without its trailing slash
+LEGACY_PREFIX = "/ml_manager"
+LEGACY_PATHS = ("/training/start", "/training/stop", "/training/status/{model_id}", "/inference/status/{job_id}")
 TOKEN_FILE = "api_token"
 FOLDERS_ENV = "ML_MANAGER_API_FOLDERS"
 MAX_BODY_BYTES = 1_000_000  # requests are small JSON objects; anything bigger is a mistake
@@ -501,13 +505,37 @@ class _Guard:
         return endpoint
 
 
+def served_urls(address: str, port: int) -> list[str]:
+    """The URLs the dashboard answers on when it listens on ``address``: every address of this machine
+    (the loopback first) for ``0.0.0.0`` or ``::``, else ``address`` itself."""
+    import socket
+
+    if address not in ("0.0.0.0", "::", ""):
+        host = f"[{address}]" if ":" in address else address
+        return [f"http://{host}:{port}"]
+    found = ["127.0.0.1"]
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    try:  # the address other machines reach this one by (a UDP "connection" sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            found.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    return [f"http://{a}:{port}" for a in dict.fromkeys(found) if a != "0.0.0.0"]
+
+
 def api_routes(token: str | None = None) -> list[Route]:
     """The API's Starlette routes, for ``st.App(..., routes=api_routes())``.
 
     Args:
         token: the bearer token requests must carry; default ``api_token()`` (read or made now).
     Returns:
-        One route per endpoint under ``/api/v1/``, then a catch-all that answers 404/405 as JSON.
+        One route per endpoint under ``/api/v1/``, the original system's four paths under ``/ml_manager/``
+        (``LEGACY_PATHS``, trailing slash or not) as aliases with the same guard, then a catch-all that
+        answers 404/405 as JSON.
     """
     guard = _Guard(token or api_token())
     table = [("GET", "/health", health), ("POST", "/training/start", training_start),
@@ -518,6 +546,8 @@ def api_routes(token: str | None = None) -> list[Route]:
              ("GET", "/inference/results/{job_id}", inference_results), ("POST", "/inference/cancel", inference_cancel),
              ("POST", "/prune", prune)]
     routes = [Route(PREFIX + path, guard.wrap(func, method), methods=[method]) for method, path, func in table]
+    routes += [Route(LEGACY_PREFIX + path + slash, guard.wrap(func, method), methods=[method])
+               for method, path, func in table if path in LEGACY_PATHS for slash in ("", "/")]
     routes += worker_routes(guard)  # engine.api_workers: what workers on other machines report through
 
     def no_route(request: Request, body: None) -> tuple[int, dict]:

@@ -197,6 +197,24 @@ def _check_finite(arr: np.ndarray, label: str) -> None:
         )
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding its pixels; gzip-compressed too.
+
+    Raises:
+        ImageReadError: the file is missing, unreadable or not an image.
+    """
+    label = _label(path, None)
+    data = _read_file(Path(path), label)
+    if data[:2] == _GZIP_MAGIC:
+        data = _gunzip(data, label)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except Exception:  # PIL raises many types for garbage headers
+        raise ImageReadError(f"{label} is not an image this program can read: replace or remove it.") from None
+    return h, w
+
+
 def read_image(source: Source, name: str | None = None) -> np.ndarray:
     """Read a photograph as RGB uint8 (H, W, 3).
 

@@ -33,12 +33,26 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
     return starts + [size - tile]
 
 
+def one_piece(h: int, w: int, tile_size: int = TILE_SIZE) -> bool:
+    """Whether ``sliding_window_logits`` runs the model on an (H, W) image whole, in one piece."""
+    return (h <= tile_size and w <= tile_size) or (h * w <= ONE_PIECE_TILES * tile_size ** 2
+                                                    and max(h, w) <= 2 * tile_size)
+
+
+def tile_count(h: int, w: int, tile_size: int = TILE_SIZE, overlap: float = TILE_OVERLAP) -> int:
+    """How many tiles ``sliding_window_logits`` runs the model on for an (H, W) image."""
+    if one_piece(h, w, tile_size):
+        return 1
+    step = max(1, int(tile_size * (1 - overlap)))
+    return len(_starts(h, min(tile_size, h), step)) * len(_starts(w, min(tile_size, w), step))
+
+
 def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, tile_size: int = TILE_SIZE,
                           overlap: float = TILE_OVERLAP,
                           should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Logits (H, W) for one input (C, H, W); tiles with Gaussian blending when larger than ``tile_size``."""
     _, h, w = x.shape
-    if (h <= tile_size and w <= tile_size) or (h * w <= ONE_PIECE_TILES * tile_size ** 2 and max(h, w) <= 2 * tile_size):
+    if one_piece(h, w, tile_size):
         return model(x[None])[0, 0]
     th, tw = min(tile_size, h), min(tile_size, w)
     step = max(1, int(tile_size * (1 - overlap)))

@@ -9,9 +9,9 @@ from ui.runtime import run_page, sentence_of
 from ui.workers import queue_picker
 from ui.training_form import (
     dataset_delete_controls, dataset_summary, datasets_problem, first_usable, form_defaults, generate_synthetic,
-    measure_plan, more_datasets, plan_line, registered_datasets, release_start_button, run_monitor,
-    scroll_to_monitor, start_button_held, start_from_picker, submission_key, submit_callback, submit_message,
-    training_form,
+    measure_if_requested, measuring, more_datasets, plan_line, registered_datasets, release_start_button,
+    request_measurement, run_monitor, scroll_to_monitor, start_button_held, start_from_picker, submission_key,
+    submit_callback, submit_message, training_form,
 )
 from storage import paths
 from storage.archives import unpack_dataset_zip
@@ -151,13 +151,12 @@ def main() -> None:
         held = start_button_held()
         submission_key(held)
         a, b = st.columns(2)
-        a.button("Start training", type="primary", key="train_start", disabled=not usable or held,
+        a.button("Start training", type="primary", key="train_start", disabled=not usable or held or measuring(),
                  on_click=submit_callback, args=(defaults,), width="stretch",
                  help="One click queues one run: a double click does not queue it twice.")
-        if b.button("Measure this machine", key="train_measure", disabled=not usable, width="stretch"):
-            # in the script body, not a callback: the spinner shows while the steps are timed
-            with st.spinner("Measuring this machine: timing a few training steps…", show_time=True):
-                measure_plan(defaults)
+        b.button("Measure this machine", key="train_measure", disabled=not usable or measuring(), width="stretch",
+                 on_click=request_measurement)
+        measure_if_requested(defaults)  # in the script body, after Start is drawn disabled: the spinner shows
     plan_line(defaults, dataset, values)
     submit_message()
     monitor()

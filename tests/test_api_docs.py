@@ -16,11 +16,13 @@ CATCH_ALL = "/api/v1/{rest:path}"  # answers 404 with a sentence for any other p
 
 def _documented() -> list[tuple[str, str]]:
     found = NAMED.findall(ARCHITECTURE.read_text())
-    return sorted({(method, path if path.startswith("/api/v1/") else "/api/v1" + path) for method, path in found})
+    return sorted({(method, path if path.startswith(("/api/v1/", "/ml_manager/")) else "/api/v1" + path)
+                   for method, path in found})
 
 
 def _served() -> set[tuple[str, str]]:
-    return {(method, route.path) for route in api_routes("a-token") if route.path != CATCH_ALL
+    # the original system's paths are served with and without a trailing slash; the architecture names them once
+    return {(method, route.path.rstrip("/")) for route in api_routes("a-token") if route.path != CATCH_ALL
             for method in route.methods or () if method != "HEAD"}
 
 

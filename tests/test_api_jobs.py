@@ -326,3 +326,33 @@ def test_a_bad_scale_is_refused_with_a_sentence(api, scale):
                               {"model_id": "baseline", "input": "datasets/synth/images", "scale": scale})
     assert status == 400
     assert answer["error"].startswith("scale must be")
+
+
+# --------------------------------------------------------------------------- the original system's paths
+
+@pytest.mark.parametrize("method, legacy, current, body, token", [
+    ("GET", "/ml_manager/training/status/{model}/", "/api/v1/training/status/{model}", None, ""),
+    ("GET", "/ml_manager/training/status/{model}", "/api/v1/training/status/{model}", None, ""),
+    ("GET", "/ml_manager/inference/status/{job}/", "/api/v1/inference/status/{job}", None, ""),
+    ("GET", "/ml_manager/inference/status/{job}", "/api/v1/inference/status/{job}", None, ""),
+    ("POST", "/ml_manager/training/stop/", "/api/v1/training/stop", {"model_id": "{model}"}, ""),
+    ("POST", "/ml_manager/training/start/", "/api/v1/training/start", {"model_id": "{model}"}, ""),
+    ("POST", "/ml_manager/training/start", "/api/v1/training/start", {"model_id": "{model}"}, ""),
+    ("GET", "/ml_manager/training/status/{model}/", "/api/v1/training/status/{model}", None, None),  # no token
+    ("POST", "/ml_manager/training/stop/", "/api/v1/training/stop", {"model_id": "{model}"}, "wrong"),
+])
+def test_the_original_systems_paths_answer_as_the_api(api, trained, finished_job, method, legacy, current, body,
+                                                      token):
+    def answer(path: str) -> tuple:
+        fill = {"model": trained, "job": finished_job}
+        sent = {k: v.format(**fill) for k, v in body.items()} if body else None
+        status, data = api.call(method, path.format(**fill), sent, token=token)
+        return status, data.get("error") or data.get("status")
+    assert answer(legacy) == answer(current)
+
+
+def test_the_original_systems_start_queues_a_run(api):
+    status, body = api.call("POST", "/ml_manager/training/start/",
+                            {"name": "legacy-start", "dataset": "datasets/synth", "training_config": TINY,
+                             "plan": False})
+    assert (status, api.status(body.get("model_id", "?")).get("name")) == (202, "legacy-start")

@@ -244,3 +244,16 @@ def test_a_cold_deep_link_is_not_reported_as_a_page_not_found(cold_deep_link):
 def test_a_cold_deep_link_keeps_its_model_in_the_url(cold_deep_link):
     shown, model_id = cold_deep_link
     assert shown["url"].endswith(f"/model_inference?model={model_id}")
+
+
+def test_start_is_disabled_while_the_machine_is_measured(served, page):
+    url, home = served
+    synthetic_set(home, "traps_measure")
+    open_train(page, url)
+    page.get_by_text("Image / mask pairs").wait_for()
+    page.get_by_role("button", name="Measure this machine").click()
+    page.get_by_text("Measuring this machine").wait_for(timeout=10_000)
+    during = page.get_by_role("button", name="Start training").is_disabled()
+    page.get_by_text(re.compile("Plan for this machine: .* Start training uses it")).wait_for(timeout=120_000)
+    wait_idle(page)
+    assert (during, page.get_by_role("button", name="Start training").is_disabled()) == (True, False)

@@ -216,3 +216,32 @@ def test_evaluate_scores_the_plain_map_unless_recommended(with_and_without_recom
     result = json.loads(capsys.readouterr().out)
     want = PostProcessConfig(**RECOMMENDED).to_dict() if expected == "recommended" else expected
     assert result["postprocess"] == want
+
+
+EPOCH_END = {"type": "epoch_end", "epoch": 31, "total_epochs": 60, "train_loss": 0.3, "val_loss": 0.4,
+             "val_dice": 0.7, "lr": 1e-3, "seconds": 9.0, "elapsed": 300.0, "is_best": False}
+
+
+@pytest.mark.parametrize("budget_s, expected", [
+    (None, "epoch 31/60 [########################]"),
+    (600.0, "epoch 31, 5.0 of 10 min [############............]"),   # the budget ends it, not epoch 60
+])
+def test_the_progress_line_of_a_budgeted_run_counts_its_time(budget_s, expected):
+    import io
+
+    from engine.cli.train import ProgressBar
+
+    out = io.StringIO()
+    ProgressBar(stream=out, budget_s=budget_s)(EPOCH_END)
+    assert out.getvalue().lstrip("\r").startswith(expected + " ")
+
+
+@pytest.mark.parametrize("write, refused_for_the_file", [(False, True), (True, False)])
+def test_the_worker_reads_its_token_from_a_file(tmp_path, monkeypatch, capsys, write, refused_for_the_file):
+    monkeypatch.delenv("ML_MANAGER_TOKEN", raising=False)
+    token_file = tmp_path / "api_token"
+    if write:
+        token_file.write_text("a-token\n")
+    # port 9 answers nothing: a worker that read its file goes on to reach the dashboard, and says it cannot
+    code = main(["worker", "--server", "http://127.0.0.1:9", "--token-file", str(token_file)])
+    assert (code, "The token file" in capsys.readouterr().err) == (2, refused_for_the_file)

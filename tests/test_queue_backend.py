@@ -74,3 +74,41 @@ def test_an_unreachable_redis_is_a_sentence_not_a_traceback(monkeypatch):
 ])
 def test_a_remote_worker_reaches_the_dashboards_redis(queue_url, server, expected):
     assert queue_url_for_worker(queue_url, server) == expected
+
+
+# --- issue 31: a shell that sends a job knows the queues that running workers take jobs from -----------------
+
+@pytest.mark.parametrize("registered, name, accepted", [
+    ("training,gpu", "gpu", True),         # a worker started with --queues training,gpu
+    ("training,gpu", "big-memory", False),
+    ("", "gpu", False),
+])
+def test_a_queue_a_running_worker_takes_jobs_from_needs_no_setting(home, monkeypatch, registered, name, accepted):
+    from storage import db as store
+
+    monkeypatch.setenv(queue.QUEUE_ENV, "redis://127.0.0.1:1/0")
+    monkeypatch.delenv(queue.NAMES_ENV, raising=False)
+    store.beat_worker("lab-gpu:1:a", host="lab-gpu", pid=1, queues=registered, kind="remote")
+    try:
+        got = queue.check_queue(name, "training") == name
+    except UserError:
+        got = False
+    assert got == accepted
+
+
+def test_submit_refuses_an_unknown_queue_before_measuring_the_machine(home, monkeypatch, tmp_path, capsys):
+    import time
+
+    from engine.cli import main
+    from engine.training.synthetic import make_synthetic_dataset
+
+    monkeypatch.setenv(queue.QUEUE_ENV, "redis://127.0.0.1:1/0")
+    monkeypatch.delenv(queue.NAMES_ENV, raising=False)
+    data = make_synthetic_dataset(tmp_path / "data", n_images=3, size=256, seed=1)
+    import engine.jobs  # noqa: F401 - loaded before the clock starts: the command's own imports are not its checks
+    import engine.training.planner  # noqa: F401
+    started = time.monotonic()
+    code = main(["submit", "--data", str(data), "--queue", "gpu", "--set", "max_minutes=10"])
+    seconds = time.monotonic() - started
+    # measuring takes seconds (7.7 s in the report); a refusal before it takes milliseconds
+    assert (code, capsys.readouterr().err.startswith("error: There is no queue 'gpu'"), seconds < 2) == (2, True, True)

@@ -303,6 +303,29 @@ def _plan_key(dataset: str | None, changed: dict) -> str:
     return json.dumps([dataset, changed], sort_keys=True, default=str)
 
 
+def request_measurement() -> None:
+    """The Measure button's callback: the page's next run draws Start disabled, then measures."""
+    st.session_state["train_measuring"] = True
+
+
+def measuring() -> bool:
+    """True while a measurement was asked for and has not ended (Start is drawn disabled meanwhile)."""
+    return bool(st.session_state.get("train_measuring"))
+
+
+def measure_if_requested(defaults: TrainingConfig) -> None:
+    """Measure when the Measure button asked for it, with a spinner, then draw the page again so Start is
+    enabled with the plan: a click on Start while the steps were timed would have queued the form unplanned."""
+    if not measuring():
+        return
+    try:
+        with st.spinner("Measuring this machine: timing a few training steps…", show_time=True):
+            measure_plan(defaults)
+    finally:
+        st.session_state["train_measuring"] = False
+    st.rerun()
+
+
 def measure_plan(defaults: TrainingConfig) -> None:
     """"Measure this machine": plan the form's run for this machine and its time budget, keeping the
     fields the user changed; the plan is kept for this data set and these changes until they change."""
@@ -357,8 +380,9 @@ def plan_line(defaults: TrainingConfig, dataset: str | None, values: dict) -> No
         st.caption("Plan for this machine: the form or the data set changed since the last measurement; "
                    "Measure this machine again to plan for them (Start training uses the form as it is).")
     else:
-        st.caption("Plan for this machine: Measure this machine times a few training steps (a few seconds) and "
-                   "chooses patch size, batch size, precision and, with a time budget, epochs; the fields you "
+        st.caption("Plan for this machine: Measure this machine times a few training steps (about 10 seconds) and "
+                   "chooses patch size, batch size, precision and, with a time budget, the U-Net width, epochs and "
+                   "steps per epoch (a checkpoint at least every tenth of the budget); the fields you "
                    "changed stay as you set them. Without it, Start training uses the form as it is.")
 
 

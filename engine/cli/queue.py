@@ -8,7 +8,8 @@
     python -m engine cancel JOB_ID
     python -m engine prune [MODEL_ID] [--keep N] [--inference-older-than DAYS] [--dry-run]
     python -m engine backup DEST
-    python -m engine worker [--server URL --token TOKEN] [--queues training,inference] [--device auto|cpu|cuda]
+    python -m engine worker [--server URL] [--queues training,inference] [--device auto|cpu|cuda]
+        (the token from ML_MANAGER_TOKEN, --token-file FILE or --token TOKEN)
 
 Errors are UserErrors with a sentence; ``engine.cli.main`` prints them and exits with status 2.
 """
@@ -75,7 +76,11 @@ def register(subparsers) -> None:
                    help="the dashboard's address, e.g. http://lab-pc:8501 (or ML_MANAGER_SERVER); without it the "
                         "worker writes this machine's data home itself")
     p.add_argument("--token", default=os.environ.get("ML_MANAGER_TOKEN"),
-                   help="the dashboard's API token (or ML_MANAGER_TOKEN)")
+                   help="the dashboard's API token; better ML_MANAGER_TOKEN or --token-file, which other users "
+                        "of this machine cannot read in the process list")
+    p.add_argument("--token-file", default=os.environ.get("ML_MANAGER_TOKEN_FILE"),
+                   help="a file holding the API token, such as a copy of the dashboard's data/api_token "
+                        "(or ML_MANAGER_TOKEN_FILE)")
     p.add_argument("--queues", default="training,inference", help="comma-separated queues to take jobs from "
                    "(default training,inference)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -99,12 +104,14 @@ def _days(text: str) -> float:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from engine.jobs import submit_training
+    from engine.jobs.queue import TRAINING, check_queue
     from engine.training.config import TrainingConfig, parse_set_option
 
     config = TrainingConfig.from_dict(read_json(args.config, "config") if args.config else {})
     config = config.with_updates(**dict(parse_set_option(item) for item in args.set or []))
     data = data_folders(args.data)
     name = args.name or f"{'+'.join(folder.resolve().name for folder in data)}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_queue(args.queue, TRAINING)  # before measuring this machine: a wrong name is refused at once
     plan = None
     if not args.no_plan:
         config, plan = planned(config, user_fields(args), data)
@@ -121,12 +128,14 @@ def _fmt(value, spec: str = "") -> str:
 
 def _line(status: dict) -> str:
     epoch = f"{_fmt(status['epoch'])}/{_fmt(status['total_epochs'])}"
+    if status.get("budget_s") and status.get("trained_s") is not None:  # the budget ends it, not the epoch limit
+        epoch = f"{status['trained_s'] / 60:.1f}/{status['budget_s'] / 60:g} min"
     best = status["best"]
     eta = f"{status['eta_s'] / 60:.1f} min" if status["eta_s"] is not None else "-"
     note = status["stop_reason"] or ""
     if status["error"]:
         note = f"{note} {status['error']}".strip()
-    return (f"{status['model_id']:<24} {status['name'][:24]:<24} {status['status']:<10} {epoch:>9} "
+    return (f"{status['model_id']:<24} {status['name'][:24]:<24} {status['status']:<10} {epoch:>13} "
             f"{_fmt(best['val_dice'], '.4f'):>9} {eta:>9}  {note}")
 
 
@@ -150,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print("no models yet: queue one with `python -m engine submit --data DIR`")
         return 0
-    print(f"{'model id':<24} {'name':<24} {'status':<10} {'epoch':>9} {'best dice':>9} {'eta':>9}  note")
+    print(f"{'model id':<24} {'name':<24} {'status':<10} {'epoch or time':>13} {'best dice':>9} {'eta':>9}  note")
     for status in statuses:
         print(_line(status))
     beat = store.worker_heartbeat()
@@ -219,4 +228,11 @@ def cmd_worker(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s:%(name)s:%(threadName)s:%(message)s")
     names = [q.strip() for q in args.queues.split(",") if q.strip()]
-    return run_worker(args.server, args.token, names, device=args.device, threads=max(1, args.threads))
+    token = args.token
+    if not token and args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise CliError(f"The token file {args.token_file} cannot be read ({exc.strerror}): copy the "
+                           "dashboard's data/api_token there, or set ML_MANAGER_TOKEN.") from None
+    return run_worker(args.server, token, names, device=args.device, threads=max(1, args.threads))

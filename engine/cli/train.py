@@ -9,26 +9,39 @@ from pathlib import Path
 from engine.cli.common import CliError, data_folders, planned, read_json, user_fields
 
 class ProgressBar:
-    """One text line per epoch: ``epoch 3/60 [#######.....] 28/40 loss 0.4123``, then a summary line."""
+    """One text line per epoch: ``epoch 3/60 [#######.....] 28/40 loss 0.4123``, then a summary line.
 
-    def __init__(self, stream=None, width: int = 24):
-        self.stream, self.width = stream or sys.stdout, width
+    With a time budget (``budget_s``) the budget ends the run, not the epoch limit the plan raised past it, so
+    an epoch's line reads ``epoch 3, 1.2 of 10 min [##......]``: the bar is the share of the budget spent.
+    """
+
+    def __init__(self, stream=None, width: int = 24, budget_s: float | None = None):
+        self.stream, self.width, self.budget_s = stream or sys.stdout, width, budget_s or None
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def _bar(self, share: float) -> str:
+        done = int(self.width * min(1.0, max(0.0, share)))
+        return "#" * done + "." * (self.width - done)
 
     def __call__(self, event: dict) -> None:
         kind = event["type"]
         if kind == "start":
+            until = (f"until {self.budget_s / 60:g} minutes have been trained" if self.budget_s
+                     else f"epochs {event['start_epoch']}-{event['total_epochs']}")
             print(f"training on {event['n_train']} images, validating on {event['n_val']}, device {event['device']}; "
-                  f"epochs {event['start_epoch']}-{event['total_epochs']}", file=self.stream, flush=True)
+                  f"{until}", file=self.stream, flush=True)
         elif kind == "batch" and self.tty:
-            done = int(self.width * event["step"] / event["steps"])
-            bar = "#" * done + "." * (self.width - done)
+            bar = self._bar(event["step"] / event["steps"])
             print(f"\repoch {event['epoch']} [{bar}] {event['step']}/{event['steps']} loss {event['loss']:.4f}",
                   end="", file=self.stream, flush=True)
         elif kind == "epoch_end":
-            bar = "#" * self.width
             mark = " *best*" if event["is_best"] else ""
-            print(f"\repoch {event['epoch']}/{event['total_epochs']} [{bar}] train_loss {event['train_loss']:.4f} "
+            if self.budget_s:
+                where = f"epoch {event['epoch']}, {event['elapsed'] / 60:.1f} of {self.budget_s / 60:g} min"
+                bar = self._bar(event["elapsed"] / self.budget_s)
+            else:
+                where, bar = f"epoch {event['epoch']}/{event['total_epochs']}", "#" * self.width
+            print(f"\r{where} [{bar}] train_loss {event['train_loss']:.4f} "
                   + (f"val_loss {event['val_loss']:.4f} val_dice {event['val_dice']:.4f} "
                      if event["val_dice"] is not None else "(no validation images) ")
                   + f"lr {event['lr']:.2e} "
@@ -81,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        result = train(config, data, args.out, on_event=ProgressBar(), should_stop=lambda: stop["requested"],
+        result = train(config, data, args.out, on_event=ProgressBar(budget_s=config.max_minutes * 60),
+                       should_stop=lambda: stop["requested"],
                        resume_from=args.resume, plan=plan.to_dict() if plan else None)
     finally:
         signal.signal(signal.SIGINT, previous)

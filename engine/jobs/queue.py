@@ -156,10 +156,24 @@ def check_queue(name: str | None, default: str) -> str | None:
             return None
         raise UserError(f"The queue {name!r} needs the Redis queue of several machines: start the dashboard and "
                         f"workers with {QUEUE_ENV}=redis://host:6379/0 (see the README's Several machines).")
-    if name not in queue_names():
-        raise UserError(f"There is no queue {name!r}: choose one of {', '.join(queue_names())}, or add it to "
-                        f"{NAMES_ENV} (comma-separated) on the dashboard and the workers.")
+    if name not in queue_names() and name not in worker_queues():
+        known = list(dict.fromkeys([*queue_names(), *worker_queues()]))
+        raise UserError(f"There is no queue {name!r}: no running worker takes jobs from it. Choose one of "
+                        f"{', '.join(known)}, or start a worker with --queues {name} (or add it to {NAMES_ENV}, "
+                        "comma-separated, where the job is sent from).")
     return name
+
+
+def worker_queues() -> list[str]:
+    """The queue names that workers which reported in the last ``WORKER_FRESH_S`` seconds take jobs from, as
+    this data home's registry holds them (a shell that sends a job need not repeat ``ML_MANAGER_QUEUES``)."""
+    from storage import db as store
+
+    if not paths.db_path().exists():  # asking must not make a data home
+        return []
+    names = [q.strip() for w in store.list_workers(max_age_s=store.WORKER_FRESH_S)
+             for q in (w.get("queues") or "").split(",") if q.strip()]
+    return list(dict.fromkeys(names))
 
 
 def queued_task(priority: int | None = None) -> Callable:

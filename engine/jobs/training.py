@@ -318,6 +318,7 @@ def training_status(model_id: str) -> dict:
         "epochs_since_best": row["epochs_since_best"], "patience": row["patience"],
         "eta_s": row["eta_s"] if row["status"] in store.TRAINING_STATUSES else None,
         "trained_s": row.get("trained_s"),  # every round of a continued run; its budget is max_minutes of them all
+        "budget_s": store.run_budget_s(row),
         "heartbeat_at": row["heartbeat_at"], "heartbeat_age_s": store.age_seconds(row["heartbeat_at"]),
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
         "dataset": row["dataset"], "datasets": store.model_datasets(row), "task_id": row["task_id"], "queue": row.get("queue"),

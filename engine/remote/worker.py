@@ -365,8 +365,15 @@ def run_worker(server: str | None, token: str | None, queue_names: list[str], de
     consumers = [jobs.queue_for(name).create_consumer(workers=threads, worker_type="thread", periodic=False,
                                                       initial_delay=0.1, backoff=1.15, max_delay=0.5)
                  for name in queue_names]
-    for consumer in consumers:
-        consumer.start()
+    huey_log = logging.getLogger("huey.consumer")
+    for i, consumer in enumerate(consumers):
+        level = huey_log.level
+        if i:  # every consumer logs the same start-up block (settings, tasks); once is enough
+            huey_log.setLevel(logging.WARNING)
+        try:
+            consumer.start()
+        finally:
+            huey_log.setLevel(level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 
 from engine.errors import UserError
@@ -27,7 +28,12 @@ from engine.training.device import native_bf16, resolve_device, resolve_precisio
 
 # (patch side, batch size): about the same patch pixels per step (128² × 8 ≈ 96² × 16 ≈ 64² × 32)
 CANDIDATES = ((128, 8), (96, 16), (64, 32))
-VALIDATION_SHARE = 0.1  # share of a time budget left for validation after each epoch
+VALIDATION_SHARE = 0.1  # share of a time budget left for validation when validation was not measured
+MEASURE_SECONDS = 10.0  # measuring a plan takes about this long at most, even on a busy machine
+SHAPE_SECONDS = 5.0  # shapes after the first are measured only while measuring has taken less than this
+STEP_SECONDS = 1.5  # one shape's timed steps end after this many seconds (after at least one)
+VALIDATION_PIECE = 512  # validation is timed on a square of at most this side and scaled by the pixels
+CHECKPOINTS_PER_BUDGET = 10  # a budgeted run ends an epoch, and saves a checkpoint, at least this often
 EPOCH_MARGIN = 1.5  # planned epochs cover this many times the planned steps, so the clock ends the run
 # U-Net widths (base_channels) tried under a time budget, widest first. A width is kept when the budget
 # gives it at least WIDE_ENOUGH_STEPS steps; otherwise the narrowest is used, which takes about twice
@@ -41,7 +47,7 @@ WIDE_ENOUGH_STEPS = 4000
 BUDGET_VAL_FRACTION = 0.1
 BUDGET_PATIENCE = 0
 PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs", "base_channels", "val_fraction",
-                  "early_stopping_patience")
+                  "early_stopping_patience", "steps_per_epoch")
 _DEVICE_WORDS = {"cpu": "this CPU", "cuda": "this GPU", "mps": "this Mac's GPU"}
 
 
@@ -66,6 +72,10 @@ class Plan:
         base_channels: the U-Net width trained (None in plans made before widths were planned).
         widths: the widths measured under the budget, as dicts with ``base_channels, seconds_per_step,
             planned_steps``, widest first (empty when the width was not planned).
+        validation_s: the measured seconds of one validation pass of the chosen width (None: not measured).
+        measured_s: the seconds measuring took (None in plans made before it was recorded).
+        steps_per_epoch: the steps of one epoch of the planned run (None in older plans).
+        shapes_left_out: candidate shapes not measured because measuring had taken ``SHAPE_SECONDS`` already.
     """
 
     patch_size: int
@@ -80,11 +90,17 @@ class Plan:
     changed: dict = field(default_factory=dict)
     base_channels: int | None = None
     widths: list[dict] = field(default_factory=list)
+    validation_s: float | None = None
+    measured_s: float | None = None
+    steps_per_epoch: int | None = None
+    shapes_left_out: int = 0
 
     def explain(self) -> str:
         """One sentence for the user: the chosen shape, the steps it gets, and how it compared."""
         where = _DEVICE_WORDS.get(self.device, f"this {self.device}")
-        text = f"{self.precision} on {where}: {self.patch_size}×{self.patch_size} patches, batch {self.batch_size}, "
+        measured = f" (measured in {self.measured_s:.1f} s)" if self.measured_s is not None else ""
+        text = (f"{self.precision} on {where}{measured}: {self.patch_size}×{self.patch_size} patches, "
+                f"batch {self.batch_size}, ")
         if self.widths and self.base_channels is not None:
             text += f"U-Net width {self.base_channels}, "
         if self.planned_steps is not None and self.max_minutes:
@@ -93,17 +109,28 @@ class Plan:
             text += f"about {self.seconds_per_step:.2g} s per step"
         others = [c for c in self.candidates if c["precision"] == self.precision
                   and (c["patch_size"], c["batch_size"]) != (self.patch_size, self.batch_size)]
+        mine = [c for c in self.candidates if (c["patch_size"], c["batch_size"], c["precision"])
+                == (self.patch_size, self.batch_size, self.precision)]
         if others and others[0]["pixels_per_second"] > 0:
-            ref = others[0]
-            ratio = self.pixels_per_second / ref["pixels_per_second"]
+            ref = others[0]  # both measured at one width, so the ratio compares shapes only
+            ratio = (mine[0] if mine else {"pixels_per_second": self.pixels_per_second})["pixels_per_second"] \
+                / ref["pixels_per_second"]
             text += (f" ({ratio:.1f}× the patch pixels per second of {ref['patch_size']}×{ref['patch_size']} "
                      f"× {ref['batch_size']})")
+        elif len(self.candidates) == 1 and self.shapes_left_out:
+            text += " (the only shape there was time to measure on this busy machine)"
         elif len(self.candidates) == 1:
             text += " (your patch size and batch size, measured)"
         wider = [w for w in self.widths if self.base_channels is not None and w["base_channels"] > self.base_channels]
-        if wider:
-            text += (f"; width {wider[0]['base_channels']} would get only about {wider[0]['planned_steps']:,} steps "
-                     f"(fewer than {WIDE_ENOUGH_STEPS:,})")
+        if wider and wider[-1]["planned_steps"] is None:  # the next wider one was not measured
+            text += "; a wider U-Net would get fewer steps (it is slower per step; not measured)"
+        elif wider:
+            text += (f"; width {wider[-1]['base_channels']} would get only about {wider[-1]['planned_steps']:,} "
+                     f"steps (fewer than {WIDE_ENOUGH_STEPS:,})")
+        if self.max_minutes and self.steps_per_epoch and self.planned_steps:
+            epoch_s = self.steps_per_epoch * self.seconds_per_step + (self.validation_s or 0.0)
+            steps = f"{self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''}"
+            text += f"; {steps} per epoch, so a checkpoint is saved about every {epoch_s:.0f} s"
         if self.changed.get("val_fraction") == 0.0:  # the plans of earlier versions
             text += "; every image trains and the last epoch is kept"
         elif "val_fraction" in self.changed:
@@ -141,18 +168,24 @@ class Plan:
 
 
 def measure_step_seconds(config: TrainingConfig, patch_size: int, batch_size: int, precision: str,
-                         device: str = "cpu", steps: int = 2) -> float:
-    """Seconds of one real optimisation step of ``config``'s U-Net on random input of this shape.
+                         device: str = "cpu", steps: int = 3,
+                         batches: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+                         max_seconds: float = STEP_SECONDS) -> float:
+    """Seconds of one real optimisation step of ``config``'s U-Net at this shape.
 
-    The step is the one train() takes: the config's U-Net (channels-last on a CPU), its loss, AdamW,
-    bfloat16 autocast when ``precision`` is 'bf16'. One warm-up step is not timed.
+    The step is the one train() takes: a batch drawn by ``batches`` (random input without it), the config's
+    U-Net (channels-last on a CPU), its loss, AdamW, bfloat16 autocast when ``precision`` is 'bf16', with the
+    config's thread count. One warm-up step is not timed; drawing the batch is.
 
     Args:
         config: the TrainingConfig whose model, loss and thread count are measured.
         patch_size, batch_size: the input shape, (batch_size, channels, patch_size, patch_size).
         precision: 'bf16' or 'fp32'.
         device: a torch device name.
-        steps: timed steps; the median is returned.
+        steps: at most this many timed steps; the median is returned.
+        batches: draws one (images, masks) batch as float32 (B, C, P, P) and (B, 1, P, P) arrays.
+        max_seconds: timing ends after this many seconds once a step was timed (on a CPU, where the first
+            step is timed and left out, once two were); on a busy machine that may be all there is time for.
 
     Returns:
         The median seconds per step (> 0).
@@ -180,29 +213,100 @@ def measure_step_seconds(config: TrainingConfig, patch_size: int, batch_size: in
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         loss_fn = build_loss(config)
         channels = 3 if config.channel == "rgb" else 1
-        x = torch.randn(batch_size, channels, patch_size, patch_size, generator=generator).to(dev)
-        y = (torch.rand(batch_size, 1, patch_size, patch_size, generator=generator) > 0.9).float().to(dev)
+        if batches is None:
+            x = torch.randn(batch_size, channels, patch_size, patch_size, generator=generator)
+            y = (torch.rand(batch_size, 1, patch_size, patch_size, generator=generator) > 0.9).float()
+            batches = lambda: (x, y)  # noqa: E731
         bf16 = precision == "bf16"
 
         def step() -> None:
+            xb, yb = (torch.as_tensor(a).to(dev) for a in batches())
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
+                logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
 
-        step()  # warm-up: allocations, kernel choice
-        timings = []
-        for _ in range(steps):
+        if dev.type != "cpu":
+            step()  # a GPU's first step chooses kernels for seconds; a CPU's is timed (1.5-3× a later one) and dropped
+        timings: list[float] = []
+        least = 2 if dev.type == "cpu" else 1
+        while len(timings) < steps + least - 1 and (len(timings) < least or sum(timings) < max_seconds):
             start = time.perf_counter()
             step()
             timings.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
-    return max(statistics.median(timings), 1e-9)
+    later = timings[1:] if dev.type == "cpu" and len(timings) > 1 else timings
+    return max(statistics.median(later), 1e-9)
+
+
+def data_measure(dataset: Any) -> Callable[..., float]:
+    """A ``measure`` for ``plan_training`` that times the run's real steps: batches of the actual
+    ``PatchSampler`` (its sampling and augmentation) over a training image of ``dataset`` (of the first set,
+    for a list of them).
+
+    One training image is read once (the first of the config's split) and kept for every shape.
+    """
+    from engine.training.data import PatchSampler, normalization_stats, prepare_channels, split_indices
+
+    if isinstance(dataset, (list, tuple)):
+        dataset = dataset[0]
+
+    images: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def measure(config: TrainingConfig, patch_size: int, batch_size: int, precision: str,
+                device: str = "cpu") -> float:
+        index = split_indices(len(dataset), config.val_fraction, config.seed)[0][0]
+        key = (index, config.channel, bool(config.clahe))
+        if key not in images:
+            image, mask, fov = dataset.raw(index)
+            images[key] = (prepare_channels(image, config.channel, config.clahe), mask, fov)
+        x, mask, fov = images[key]
+        sampler = PatchSampler([x], [mask], [fov], [normalization_stats(x, fov, config.normalization)], patch_size,
+                               config.augment, config.max_zoom, config.any_angle)
+        rng = np.random.default_rng(config.seed)
+        return measure_step_seconds(config, patch_size, batch_size, precision, device,
+                                    batches=lambda: sampler.sample(batch_size, rng))
+    return measure
+
+
+def measure_validation_seconds(config: TrainingConfig, sizes: list[tuple[int, int]], device: str = "cpu") -> float:
+    """Seconds of one validation pass as train() runs it after every epoch: the config's U-Net in fp32 on
+    every tile of every validation image (``sizes``: their (height, width)). One pass over a piece of at
+    most ``VALIDATION_PIECE``² pixels is timed (cold on a CPU, so the estimate errs long) and scaled by the
+    pixels of the tiles; 0.0 without validation images."""
+    from engine.tiling import TILE_SIZE, one_piece, tile_count
+    from engine.training.checkpoint import build_model
+
+    if not sizes:
+        return 0.0
+    dev = torch.device(device)
+    threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        tiles = [(h, w, 1) if one_piece(h, w) else (min(h, TILE_SIZE), min(w, TILE_SIZE), tile_count(h, w))
+                 for h, w in sizes]
+        tile_pixels = sum(th * tw * n for th, tw, n in tiles)
+        side = 2 ** config.depth * max(1, min(VALIDATION_PIECE, max(min(th, tw) for th, tw, _ in tiles)) // 2 ** config.depth)
+        model = build_model(config).to(dev).eval()
+        x = torch.zeros(1, 3 if config.channel == "rgb" else 1, side, side, device=dev)
+        with torch.inference_mode():
+            if dev.type != "cpu":  # a GPU's first pass chooses kernels for seconds; a CPU's costs little more
+                model(x)
+                torch.cuda.synchronize(dev) if dev.type == "cuda" else None
+            start = time.perf_counter()
+            model(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    return seconds * tile_pixels / (side * side)
 
 
 def _shapes(config: TrainingConfig, user: set[str], fits: Callable[[int], bool]) -> list[tuple[int, int]]:
@@ -219,27 +323,41 @@ def _shapes(config: TrainingConfig, user: set[str], fits: Callable[[int], bool])
 
 
 def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
-                  measure: Callable[..., float] = measure_step_seconds, device: str | None = None,
-                  dataset: Any = None) -> tuple[TrainingConfig, Plan]:
-    """Choose patch size, batch size and precision for this machine, and epochs for the time budget.
+                  measure: Callable[..., float] | None = None, device: str | None = None,
+                  dataset: Any = None,
+                  measure_validation: Callable[[TrainingConfig, list[tuple[int, int]]], float] | None = None,
+                  ) -> tuple[TrainingConfig, Plan]:
+    """Choose patch size, batch size and precision for this machine, and width, epochs and steps per epoch
+    for the time budget.
 
     Every candidate of ``CANDIDATES`` (fields the user set replace the candidate's) is measured on
     each precision the device runs natively (bf16 and fp32 where bf16 is native, else fp32; a config
     whose precision is 'bf16' or 'fp32' keeps it); the one with the most patch pixels per second wins
-    (the first one tried on a tie). With ``max_minutes > 0`` the planned steps are the budget, less
-    validation's share, over the measured seconds per step, and ``epochs`` (unless user-set) is raised
-    to cover them with a margin, so the budget ends the run. Under a budget the U-Net width
-    (``base_channels``, unless user-set) is the widest of ``WIDTHS`` (up to the config's) that still gets
-    ``WIDE_ENOUGH_STEPS`` steps, else the narrowest, ``val_fraction`` (unless user-set) becomes
-    ``BUDGET_VAL_FRACTION`` and ``early_stopping_patience`` (unless user-set) ``BUDGET_PATIENCE`` (off).
+    (the first one tried on a tie). Shapes after the first are measured only while measuring has taken
+    less than ``SHAPE_SECONDS``, so a plan takes about ``MEASURE_SECONDS`` at most.
+
+    With ``max_minutes > 0``: the U-Net width (``base_channels``, unless user-set) is the widest of
+    ``WIDTHS`` (up to the config's), measured at the first candidate shape, that still gets
+    ``WIDE_ENOUGH_STEPS`` steps, else the one that gets the most (then the shapes are measured at that width); ``steps_per_epoch`` (unless user-set) is lowered so that an
+    epoch and its validation take at most a ``CHECKPOINTS_PER_BUDGET``-th of the budget (a checkpoint is
+    saved after every epoch); the planned steps are the budget less the measured validation after every
+    epoch (``VALIDATION_SHARE`` of it when validation was not measured) over the seconds per step;
+    ``epochs`` (unless user-set) is raised to cover them with a margin, so the budget ends the run;
+    ``val_fraction`` (unless user-set) becomes ``BUDGET_VAL_FRACTION`` and ``early_stopping_patience``
+    (unless user-set) ``BUDGET_PATIENCE`` (off).
 
     Args:
         config: the training config as the user left it.
         user_fields: names of the fields the user set; the plan never changes them.
-        measure: ``measure(config, patch_size, batch_size, precision, device=...) -> seconds per step``.
+        measure: ``measure(config, patch_size, batch_size, precision, device=...) -> seconds per step``;
+            None: ``data_measure(dataset)`` for a Dataset (real batches of its images), else
+            ``measure_step_seconds`` (random input).
         device: the device to plan for; None resolves ``config.device``.
         dataset: a Dataset, a list of them, or (height, width) pairs; patches larger than the smallest image are
-            not tried.
+            not tried, and the sizes of the validation images (at the training scale) price validation.
+        measure_validation: ``measure_validation(config, sizes) -> seconds`` of one validation pass over
+            images of these (height, width); None: ``measure_validation_seconds`` when ``dataset`` is
+            given, else validation is not measured.
 
     Returns:
         (the config with the planned fields replaced, the Plan).
@@ -248,48 +366,113 @@ def plan_training(config: TrainingConfig, user_fields: Iterable[str] = (),
         PlanError: a name in ``user_fields`` is not a training option, or a measurement is not a positive number.
         TrainingError: ``config.device`` is not available.
     """
+    started = time.perf_counter()
     user = set(user_fields)
     unknown = sorted(user - {f.name for f in fields(TrainingConfig)})
     if unknown:
         raise PlanError(f"Unknown training option(s) {', '.join(map(repr, unknown))} among the fields you set.")
     dev = resolve_device(config.device) if device is None else torch.device(device)
-    bench = _Bench(config, user, measure, dev, dataset)
-    tried = bench.shapes_of(config)
-    best = max(tried, key=lambda c: c["pixels_per_second"])  # max keeps the first of equals
+    if measure is None:
+        measure = data_measure(dataset) if _datasets(dataset) else measure_step_seconds
+    if measure_validation is None and dataset is not None:
+        measure_validation = lambda cfg, sizes: measure_validation_seconds(cfg, sizes, str(dev.type))  # noqa: E731
+    budget = config.max_minutes if config.max_minutes > 0 else None
     changes: dict[str, Any] = {}
+    if budget is not None:  # before measuring: the split decides which image the steps are timed on
+        if "val_fraction" not in user:
+            changes["val_fraction"] = BUDGET_VAL_FRACTION
+        if "early_stopping_patience" not in user:
+            changes["early_stopping_patience"] = BUDGET_PATIENCE
+    bench = _Bench(config.with_updates(**changes), user, measure, dev, dataset)
+    planned_steps, validation_s, steps_per_epoch = None, None, config.steps_per_epoch
+    widths, width, cfg = [], config.base_channels, bench.config
+    spe_free = "steps_per_epoch" not in user
+    plan_width = budget is not None and "base_channels" not in user
+    narrowest = min({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}) if plan_width \
+        else config.base_channels
+    if budget is not None:  # validation is timed on the narrowest width measured (the cheapest), then scaled
+        sizes = _validation_sizes(dataset, bench.config)
+        if measure_validation is not None and sizes is not None:
+            validation_s = float(measure_validation(bench.config.with_updates(base_channels=narrowest), sizes))
+    if plan_width:
+        # the widths compare at one shape (the first), so their steps compare; then the shapes at the chosen width
+        widths = _widths(bench, _shapes(bench.config, user, bench.fits)[0], bench.precisions[0], budget,
+                         validation_s, config.steps_per_epoch, spe_free)
+        measured = [w for w in widths if w["planned_steps"] is not None]
+        enough = [w for w in measured if w["planned_steps"] >= WIDE_ENOUGH_STEPS]
+        # the widest with enough steps, else the one with the most (the wider of equals): never a width that
+        # gets fewer steps than a wider one
+        chosen = enough[0] if enough else max(measured, key=lambda w: w["planned_steps"])
+        width = chosen["base_channels"]
+        changes["base_channels"] = width
+        cfg = bench.config.with_updates(base_channels=width)
+        if validation_s is not None:  # validation takes as much longer as a step does at the chosen width
+            validation_s *= chosen["seconds_per_step"] / measured[-1]["seconds_per_step"]
+    tried = bench.shapes_of(cfg)
+    best = max(tried, key=lambda c: c["pixels_per_second"])  # max keeps the first of equals
     if "patch_size" not in user:
         changes["patch_size"] = best["patch_size"]
     if "batch_size" not in user:
         changes["batch_size"] = best["batch_size"]
     if config.precision == "auto" and "precision" not in user:
         changes["precision"] = best["precision"]
-    planned_steps = None
-    budget = config.max_minutes if config.max_minutes > 0 else None
-    seconds_per_step, widths, width = best["seconds_per_step"], [], config.base_channels
-    if budget is not None and "base_channels" not in user:
-        widths = _widths(config, bench, best, budget)
-        chosen = next((w for w in widths if w["planned_steps"] >= WIDE_ENOUGH_STEPS), widths[-1])
-        width, seconds_per_step = chosen["base_channels"], chosen["seconds_per_step"]
-        changes["base_channels"] = width
-        if width != config.base_channels:  # the best shape of the narrower U-Net may be another one
-            tried = bench.shapes_of(config.with_updates(base_channels=width))
-            best = max(tried, key=lambda c: c["pixels_per_second"])
-            seconds_per_step = best["seconds_per_step"]
-            changes.update({k: best[k] for k in ("patch_size", "batch_size", "precision") if k in changes})
+    seconds_per_step = best["seconds_per_step"]
     if budget is not None:
-        if "val_fraction" not in user:
-            changes["val_fraction"] = BUDGET_VAL_FRACTION
-        if "early_stopping_patience" not in user:
-            changes["early_stopping_patience"] = BUDGET_PATIENCE
-        planned_steps = _steps(budget, seconds_per_step)
-        needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / config.steps_per_epoch))
+        steps_per_epoch = _steps_per_epoch(budget, seconds_per_step, validation_s, config.steps_per_epoch, spe_free)
+        if spe_free:
+            changes["steps_per_epoch"] = steps_per_epoch
+        planned_steps = _steps(budget, seconds_per_step, validation_s, steps_per_epoch)
+        if widths:  # the other widths' steps at the chosen shape, in proportion to those at the first one
+            at_first = next(w["planned_steps"] for w in widths if w["base_channels"] == width)
+            widths = [{**w, "planned_steps": max(1, round(w["planned_steps"] * planned_steps / at_first))}
+                      if w["planned_steps"] is not None else w for w in widths]
+        needed = min(100_000, math.ceil(planned_steps * EPOCH_MARGIN / steps_per_epoch))
         if "epochs" not in user and needed > config.epochs:
             changes["epochs"] = needed
     changes = {k: v for k, v in changes.items() if getattr(config, k) != v}
     pixels_per_second = best["patch_size"] ** 2 * best["batch_size"] / seconds_per_step
     plan = Plan(best["patch_size"], best["batch_size"], best["precision"], seconds_per_step, pixels_per_second,
-                tried, planned_steps, budget, dev.type, changes, width, widths)
+                tried, planned_steps, budget, dev.type, changes, width, widths, validation_s,
+                round(time.perf_counter() - started, 2), steps_per_epoch if budget is not None else None,
+                bench.left_out)
     return config.with_updates(**changes), plan
+
+
+def _is_dataset(dataset: Any) -> bool:
+    return dataset is not None and hasattr(dataset, "raw") and hasattr(dataset, "pairs")
+
+
+def _datasets(dataset: Any) -> list | None:
+    """The Datasets ``dataset`` stands for (one, or a list of them); None for (height, width) pairs or nothing."""
+    if _is_dataset(dataset):
+        return [dataset]
+    if isinstance(dataset, (list, tuple)) and dataset and all(_is_dataset(d) for d in dataset):
+        return list(dataset)
+    return None
+
+
+def _validation_sizes(dataset: Any, config: TrainingConfig) -> list[tuple[int, int]] | None:
+    """(height, width) of the images the config's split validates on, each set's at about its training scale (a
+    photograph wider than ``max_fov_px`` is brought down to it); None without a data set."""
+    from engine.imageio import image_size
+    from engine.training.data import split_indices
+
+    sets = _datasets(dataset)
+    if sets is None:
+        if dataset is None or len(dataset) < 2:
+            return None
+        _, val = split_indices(len(dataset), config.val_fraction, config.seed)
+        return [tuple(int(v) for v in dataset[i]) for i in val]
+    if sum(len(ds) for ds in sets) < 2:
+        return None
+    sizes = []
+    for ds in sets:
+        for i in split_indices(len(ds), config.val_fraction, config.seed)[1]:
+            h, w = image_size(ds.pairs[i].image_path)
+            # the field of view spans about the photograph's longer side: the header is enough to price it
+            factor = min(1.0, config.max_fov_px / max(h, w)) if config.max_fov_px else 1.0
+            sizes.append((max(1, round(h * factor)), max(1, round(w * factor))))
+    return sizes
 
 
 class _Bench:
@@ -298,7 +481,9 @@ class _Bench:
 
     def __init__(self, config: TrainingConfig, user: set[str], measure: Callable[..., float], dev: torch.device,
                  dataset: Any):
-        self.user, self.measure, self.dev, self.dataset = user, measure, dev, dataset
+        self.config, self.user, self.measure, self.dev, self.dataset = config, user, measure, dev, dataset
+        self.started = time.perf_counter()
+        self.left_out = 0
         if config.precision != "auto" or "precision" in user:
             self.precisions = ["bf16" if resolve_precision(config.precision, dev) is not None else "fp32"]
         else:
@@ -327,11 +512,17 @@ class _Bench:
             self.timings[key] = seconds
         return self.timings[key]
 
-    def shapes_of(self, cfg: TrainingConfig) -> list[dict]:
-        """Every candidate shape of ``cfg`` on every precision, with its speed."""
-        tried = []
+    def shapes_of(self, cfg: TrainingConfig, first_only: bool = False) -> list[dict]:
+        """Every candidate shape of ``cfg`` on every precision, with its speed (only the first with
+        ``first_only``; only those measured before ``SHAPE_SECONDS`` passed, and the first, on a slow machine)."""
+        tried: list[dict] = []
         for precision in self.precisions:
             for patch, batch in _shapes(cfg, self.user, self.fits):
+                measured = (cfg.base_channels, patch, batch, precision) in self.timings
+                if tried and (first_only or not measured and time.perf_counter() - self.started > SHAPE_SECONDS):
+                    if not first_only:
+                        self.left_out = len(self.precisions) * len(_shapes(cfg, self.user, self.fits)) - len(tried)
+                    return tried
                 seconds = self.seconds(cfg, patch, batch, precision)
                 tried.append({"patch_size": patch, "batch_size": batch, "precision": precision,
                               "base_channels": cfg.base_channels, "seconds_per_step": seconds,
@@ -339,24 +530,54 @@ class _Bench:
         return tried
 
 
-def _widths(config: TrainingConfig, bench: _Bench, best: dict, budget: float) -> list[dict]:
+def _widths(bench: _Bench, shape: tuple[int, int], precision: str, budget: float, validation_s: float | None,
+            steps_per_epoch: int, spe_free: bool) -> list[dict]:
     """The widths tried under a budget, widest first (the config's and the narrower ``WIDTHS``), each with
-    its seconds per step at the best shape and the steps the budget gives it."""
-    widths = []
-    for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}, reverse=True):
-        seconds = best["seconds_per_step"] if candidate == config.base_channels else bench.seconds(
-            config.with_updates(base_channels=candidate), best["patch_size"], best["batch_size"], best["precision"])
-        widths.append({"base_channels": candidate, "seconds_per_step": seconds, "planned_steps": _steps(budget, seconds)})
-    return widths
+    its seconds per step at one shape and the steps the budget gives it, so the steps compare.
+
+    They are measured narrowest first, and a wider one only while the narrower gets ``WIDE_ENOUGH_STEPS``:
+    a wider U-Net is slower per step, so it cannot get the steps the narrower one lacks (its
+    ``seconds_per_step`` and ``planned_steps`` are then None). ``validation_s`` is that of the narrowest.
+    """
+    config = bench.config
+    widths: list[dict] = []
+    for candidate in sorted({config.base_channels} | {w for w in WIDTHS if w < config.base_channels}):
+        if widths and (widths[-1]["planned_steps"] is None or widths[-1]["planned_steps"] < WIDE_ENOUGH_STEPS):
+            widths.append({"base_channels": candidate, "seconds_per_step": None, "planned_steps": None})
+            continue
+        seconds = bench.seconds(config.with_updates(base_channels=candidate), *shape, precision)
+        val = None if validation_s is None else validation_s * seconds / (widths[0]["seconds_per_step"]
+                                                                          if widths else seconds)
+        spe = _steps_per_epoch(budget, seconds, val, steps_per_epoch, spe_free)
+        widths.append({"base_channels": candidate, "seconds_per_step": seconds,
+                       "planned_steps": _steps(budget, seconds, val, spe)})
+    return widths[::-1]
 
 
-def _steps(budget_minutes: float, seconds_per_step: float) -> int:
-    """Optimisation steps that fit in the budget, less validation's share."""
-    return max(1, int(budget_minutes * 60 * (1 - VALIDATION_SHARE) / seconds_per_step))
+def _steps_per_epoch(budget_minutes: float, seconds_per_step: float, validation_s: float | None, configured: int,
+                     free: bool) -> int:
+    """Steps per epoch so that an epoch and its validation take at most a ``CHECKPOINTS_PER_BUDGET``-th of the
+    budget (``configured`` when the user set it, and never more than it)."""
+    if not free:
+        return configured
+    epoch_s = budget_minutes * 60 / CHECKPOINTS_PER_BUDGET
+    train_s = epoch_s - (validation_s or 0.0) if validation_s is not None else epoch_s * (1 - VALIDATION_SHARE)
+    train_s = max(train_s, epoch_s / 2)  # validation longer than an epoch's share: half of it still trains
+    return max(1, min(configured, int(train_s / seconds_per_step)))
+
+
+def _steps(budget_minutes: float, seconds_per_step: float, validation_s: float | None = None,
+           steps_per_epoch: int = 1) -> int:
+    """Optimisation steps that fit in the budget, less validation: measured after every epoch, or its share."""
+    budget_s = budget_minutes * 60
+    if validation_s is None:
+        return max(1, int(budget_s * (1 - VALIDATION_SHARE) / seconds_per_step))
+    epoch_s = steps_per_epoch * seconds_per_step + validation_s
+    return max(1, int(budget_s / epoch_s * steps_per_epoch))
 
 
 def replan_for_device(config: TrainingConfig, plan: dict | None, device: str | None = None, dataset: Any = None,
-                      measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan] | None:
+                      measure: Callable[..., float] | None = None) -> tuple[TrainingConfig, Plan] | None:
     """The plan again, measured on ``device``, when the run was planned on another kind of device.
 
     A run is planned where it is submitted (the dashboard's machine); a worker on another machine (a GPU
@@ -394,7 +615,7 @@ def replan_for_device(config: TrainingConfig, plan: dict | None, device: str | N
 
 
 def plan_for_folder(config: TrainingConfig, user_fields: Iterable[str], folder: Any,
-                    measure: Callable[..., float] = measure_step_seconds) -> tuple[TrainingConfig, Plan | None]:
+                    measure: Callable[..., float] | None = None) -> tuple[TrainingConfig, Plan | None]:
     """``plan_training`` for the data set in ``folder``, or for several: patches larger than the smallest
     image of any of them are not tried.
 
