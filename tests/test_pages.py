@@ -153,3 +153,26 @@ def test_the_upload_size_limit_fits_the_largest_image_accepted():
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] * 1e6 >= MAX_PIXELS * 4
+
+
+@pytest.fixture(scope="module")
+def large_upload(tmp_path_factory):
+    """The Post-processing page with a 1,600×1,600 px photograph: 2.56 million pixels, more than a preview's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ML_MANAGER_HOME", str(tmp_path_factory.mktemp("home")))
+        yield upload_fundus(open_page("pages/postprocess.py"), size=1600)
+
+
+def test_a_large_photograph_is_tuned_on_a_preview_that_says_so(large_upload):
+    assert any("Preview at" in c.value and "1,600×1,600" in c.value for c in large_upload.caption)
+
+
+def test_the_downloaded_mask_of_a_previewed_photograph_has_its_full_size(large_upload):
+    from ui.tuner import _full_mask
+
+    assert _full_mask(large_upload.session_state["pp__holder"]).shape == (1600, 1600)
+
+
+def test_a_small_photograph_is_tuned_at_full_size(home):
+    at = upload_fundus(open_page("pages/postprocess.py"), size=128)
+    assert not any("Preview at" in c.value for c in at.caption)

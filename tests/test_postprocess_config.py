@@ -195,3 +195,16 @@ def test_the_readme_troubleshooting_says_what_to_do_about_a_noisy_mask():
     troubleshooting = (ROOT / "README.md").read_text(encoding="utf-8").split("## Troubleshooting", 1)[1]
     entry = troubleshooting.split("**The mask is still noisy.**", 1)[1].split("\n\n", 1)[0]
     assert all(words in entry for words in ("*Threshold*", "0.6–0.8", "*Minimum component (px)*", "*Opening*"))
+
+
+@pytest.mark.parametrize("factor, field, expected", [
+    (0.5, "opening_kernel", 3),  # 5 px at half size: 2.5 -> the nearest odd side, 3
+    (0.5, "closing_kernel", 1),  # 3 px -> 1.5 -> 1 (no effect)
+    (0.5, "min_component_size", 25),  # an area: 100 px -> a quarter
+    (0.5, "fill_holes_below", 10),
+    (0.5, "threshold", 0.6),  # not a size: unchanged
+    (1.0, "min_component_size", 100),
+])
+def test_at_scale_scales_the_sizes_in_pixels(factor, field, expected):
+    config = PostProcessConfig(opening_kernel=5, closing_kernel=3, min_component_size=100, fill_holes_below=40)
+    assert getattr(config.at_scale(factor), field) == expected

@@ -6,7 +6,9 @@ photograph and its probability map are drawn once per page run.
 from __future__ import annotations
 
 import json
+import math
 
+import cv2
 import numpy as np
 import streamlit as st
 
@@ -152,6 +154,32 @@ def _map_auc(prob_digest: str, truth_digest: str, fov_digest: str, _prob, _truth
     return segmentation_metrics(_prob, _truth, fov=_fov).get("roc_auc")
 
 
+# A map of more pixels than this is tuned on a preview of about this many: post-processing a 3504×2336 map takes
+# about half a second on 2 cores, too slow to follow a slider. The downloaded mask is always made at full size.
+PREVIEW_PIXELS = 2_000_000
+
+
+def preview_factor(shape: tuple[int, ...]) -> float:
+    """The factor the tuner's view shrinks a map of ``shape`` by (1.0: shown at full size)."""
+    h, w = shape[:2]
+    return 1.0 if h * w <= PREVIEW_PIXELS else math.sqrt(PREVIEW_PIXELS / (h * w))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _preview(digest: str, factor: float, kind: str, _array: np.ndarray) -> np.ndarray:
+    """``_array`` shrunk by ``factor``: averaged for a photograph or a map, nearest for a mask."""
+    h, w = _array.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv2.resize(_array, size, interpolation=cv2.INTER_NEAREST if kind == "mask" else cv2.INTER_AREA)
+
+
+def _full_mask(holder: dict) -> np.ndarray:
+    """The mask the settings on screen make at full size (the view may show a preview)."""
+    if holder.get("mask") is not None:
+        return holder["mask"]
+    return enhanced_post_processing(holder["prob"], config=holder["config"], fov=holder["fov"]).mask
+
+
 STEP_WORDS = {  # engine stats key -> the step's name in the step-by-step table
     ("removed", "opening"): "Opening removed specks",
     ("added", "closing"): "Closing filled gaps",
@@ -212,7 +240,8 @@ def _show_metrics(result, prob_map, truth, fov, digests, fov_scope) -> None:
             col.metric(METRIC_LABELS[name], "—" if value is None else f"{value:.3f}")
 
 
-def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, reset_label) -> PostProcessConfig | None:
+def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, reset_label,
+                preview: dict | None = None) -> PostProcessConfig | None:
     """The controls and the view; returns the settings the view used (None when they are invalid)."""
     # Controls wide enough for their labels at 1280 px; the view stays in sight while the lower sliders move
     left, right = st.columns([2, 3], gap="medium")
@@ -226,13 +255,24 @@ def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, 
         if config is None:
             st.error(error)
             return None
-        _view(prob_map, image_rgb, key, config, fov, truth, digests, fov_scope)
+        _view(prob_map, image_rgb, key, config, fov, truth, digests, fov_scope, preview)
         return config
 
 
-def _view(prob_map, image_rgb, key, config, fov, truth, digests, fov_scope) -> None:
+def _view(prob_map, image_rgb, key, config, fov, truth, digests, fov_scope, preview=None) -> None:
     # the settings the mask is made with, kept for _seed (widgets Streamlit dropped while no tuner was drawn)
     st.session_state[f"{key}__config"] = config.to_dict()
+    holder = st.session_state[f"{key}__holder"]
+    holder.update(config=config, mask=None, prob=prob_map, fov=fov)  # read by the downloads
+    if preview is not None:  # a large photograph: the sliders work on a smaller copy, and say so
+        factor = preview["factor"]
+        h, w = prob_map.shape[:2]
+        prob_map, image_rgb, fov, truth, digests = (preview["prob"], preview["image"], preview["fov"], preview["truth"],
+                                                    preview["digests"])
+        st.caption(f"Preview at {prob_map.shape[1]:,}×{prob_map.shape[0]:,} px (×{factor:.2f}), so that the sliders "
+                   f"answer at once: sizes in pixels are scaled to it. “Download mask” makes the full "
+                   f"{w:,}×{h:,} px mask with these settings, as batch jobs do.")
+        config = config.at_scale(factor)
     result = enhanced_post_processing(prob_map, config=config, fov=fov)
     st.session_state[f"{key}__kept"] = int(result.mask.sum())  # read by tests
     edge = ", the amber line is the field of view's edge" if fov is not None and not fov.all() else ""
@@ -243,7 +283,8 @@ def _view(prob_map, image_rgb, key, config, fov, truth, digests, fov_scope) -> N
         st.warning(sentence)
     if truth is not None:
         _show_metrics(result, prob_map, truth, fov, digests, fov_scope)
-    st.session_state[f"{key}__holder"].update(config=config, mask=result.mask)  # read by the downloads
+    if preview is None:
+        holder["mask"] = result.mask
 
 
 def _downloads(key: str, file_stem: str) -> None:
@@ -251,7 +292,7 @@ def _downloads(key: str, file_stem: str) -> None:
     clicked, from what the view last showed (a dict shared with it), so a slider move redraws fewer elements."""
     holder = st.session_state.setdefault(f"{key}__holder", {})
     a, b = st.columns(2)
-    a.download_button("Download mask (PNG)", lambda: encode_png(holder["mask"]), file_name=f"{file_stem}_mask.png",
+    a.download_button("Download mask (PNG)", lambda: encode_png(_full_mask(holder)), file_name=f"{file_stem}_mask.png",
                       mime="image/png", key=f"{key}_dl_mask", on_click="ignore")
     b.download_button("Download settings (JSON)", lambda: json.dumps(holder["config"].to_dict(), indent=2),
                       file_name=f"{file_stem}_postprocess.json", mime="application/json",
@@ -304,8 +345,15 @@ def postprocess_tuner(
     # the mask stays on screen while the controls below it are used (its column sticks under the header)
     st.html(f"<style>[data-testid='stLayoutWrapper']:has(> .st-key-{key}__view) "
             "{position: sticky; top: 3.75rem; z-index: 2;}</style>")
+    factor, preview = preview_factor(prob_map.shape), None
+    if factor < 1.0:
+        preview = {"factor": factor, "prob": _preview(digests["prob"], factor, "map", prob_map),
+                   "image": _preview(digests["image"], factor, "image", image_rgb),
+                   "fov": _preview(digests["fov"], factor, "mask", fov) if fov is not None else None,
+                   "truth": _preview(digests["truth"], factor, "mask", truth) if truth is not None else None,
+                   "digests": {k: f"{v}@{factor:.4f}" if v else v for k, v in digests.items()}}
     config = st.fragment(_tuner_body, key=f"{key}__tuner")(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope,
-                                                                 reset_label)
+                                                                 reset_label, preview)
     _downloads(key, file_stem)
     # The photograph and its map never change with the sliders: drawn outside the fragment, once per page run.
     a, b = st.columns(2)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 import cv2
@@ -77,6 +77,22 @@ class PostProcessConfig:
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
+
+    def at_scale(self, factor: float) -> "PostProcessConfig":
+        """These settings for the same photograph resized by ``factor`` (e.g. 0.5: half the width): the sizes in
+        pixels follow it (areas by ``factor``², kernel sides by ``factor``, kept odd and at least 1), everything
+        else is unchanged. A preview made with them approximates the full-size mask; it is not the same mask."""
+        if factor == 1.0:
+            return self
+
+        def side(k: int) -> int:
+            return max(1, int(round((k - 1) * factor / 2)) * 2 + 1)
+
+        def area(n: int) -> int:
+            return int(round(n * factor * factor)) if n else 0
+
+        return replace(self, opening_kernel=side(self.opening_kernel), closing_kernel=side(self.closing_kernel),
+                       min_component_size=area(self.min_component_size), fill_holes_below=area(self.fill_holes_below))
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of every option."""
