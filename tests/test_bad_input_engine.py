@@ -132,7 +132,7 @@ ROWS: list[Row] = [
 ZERO_MEANS_SOMETHING = {  # zero is a real setting here ("off", "none", "no weight"), so it is accepted
     "dropout_rate", "dice_weight", "focal_alpha", "focal_gamma", "tversky_alpha", "tversky_beta", "weight_decay",
     "min_learning_rate", "plateau_patience", "early_stopping_patience", "min_delta", "max_minutes", "seed",
-    "num_threads", "checkpoint_every", "ema_decay", "val_fraction", "camera_augment",
+    "num_threads", "checkpoint_every", "ema_decay", "val_fraction", "camera_augment", "max_fov_px",
 }
 NUMERIC = [f for f in dataclasses.fields(TrainingConfig) if f.type in ("int", "float")]
 for f in NUMERIC:
