@@ -96,10 +96,11 @@ bench-scale: $(STAMP_DEV)
 bench-cameras: $(STAMP_DEV)
 	$(PY) benchmarks/cameras.py
 
-## pretrained: re-train the shipped model (engine/weights/drive_unet.pt) on ../shared/data/drive
-##             (9,000 steps: about 40-60 min on 2 busy cores with one thread)
+## pretrained: re-train the shipped model (engine/weights/drive_unet.pt) on ../shared/data's DRIVE, CHASE_DB1
+##             and HRF training sets (8,000 steps: about an hour on 2 busy cores with one thread)
 pretrained: $(STAMP_RUN)
-	$(PY) -m engine.pretrained --data ../shared/data/drive/training --threads 1
+	$(PY) -m engine pretrained --data ../shared/data/drive/training --data ../shared/data/chase_db1/training \
+		--data ../shared/data/hrf/training --threads 1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -58,7 +58,7 @@ from starlette.routing import Route
 
 from engine import jobs
 from engine.errors import UserError, number_or_none, user_error
-from engine.inference.predictor import checkpoint_file
+from storage.db import checkpoint_file
 from engine.fields import Field
 from engine.jobs import lifecycle
 from engine.jobs.liveness import BEAT_S

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.inference.predictor import checkpoint_file
 from storage import db as store
+from storage.db import checkpoint_file
 from storage import paths
 
 KEEP_ENV = "ML_MANAGER_KEEP_EPOCH_CHECKPOINTS"

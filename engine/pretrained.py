@@ -10,17 +10,15 @@ fixed, so that a rebuild does not depend on the machine's speed. Like its traini
 research use. The file holds the averaged weights, the settings, the recommended post-processing and the
 training images' scales; it has no optimiser state, so it predicts but cannot be continued.
 
-``python -m engine.pretrained --data ../shared/data/drive/training --data ../shared/data/chase_db1/training
---data ../shared/data/hrf/training`` (``make pretrained``) trains it and writes ``engine/weights/drive_unet.pt``,
-printing its validation Dice.
+``python -m engine pretrained --data ../shared/data/drive/training --data ../shared/data/chase_db1/training
+--data ../shared/data/hrf/training`` (``make pretrained``; ``train_pretrained`` here) trains it and writes
+``engine/weights/drive_unet.pt``, printing its validation Dice.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 PRETRAINED_ID = "pretrained"  # how the API and the CLI name it where a model id is expected
 PRETRAINED_NAME = "Pretrained U-Net (DRIVE, CHASE_DB1, HRF)"
@@ -68,43 +66,25 @@ def export_pretrained(checkpoint: str | Path, dest: str | Path = PRETRAINED_PATH
     return save_checkpoint(Path(dest), slim)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from engine.cli.train import ProgressBar
-    from engine.training.data import DatasetError
+def train_pretrained(folders: Sequence[str | Path], dest: str | Path = PRETRAINED_PATH, epochs: int = EPOCHS,
+                     threads: int = 0, max_minutes: float = 0.0, on_event: Callable[[dict], None] | None = None):
+    """Train the shipped model's recipe on ``folders`` and write its predicting part to ``dest``.
+
+    Args:
+        folders: the training data sets (DRIVE, CHASE_DB1 and HRF's training folders make the shipped model).
+        epochs: a fixed count (``EPOCHS``), so that a rebuild does not depend on the machine's speed.
+        threads: torch CPU threads (0: torch's default).
+        max_minutes: also stop after this many minutes (the learning rate annealed by then); 0: every epoch.
+        on_event: the training's events (``engine.training.loop.train``).
+    Returns:
+        (``dest``, the ``TrainResult``).
+    Raises:
+        DatasetError: a folder is missing or not a usable data set.
+    """
     from engine.training.config import TrainingConfig
     from engine.training.loop import train
 
-    parser = argparse.ArgumentParser(prog="python -m engine.pretrained", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, action="append",
-                        help="a training data set folder; give it once per set (DRIVE, CHASE_DB1 and HRF's training "
-                             "folders make the shipped model)")
-    parser.add_argument("--dest", default=str(PRETRAINED_PATH), help="where to write the model file")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--max-minutes", type=float, default=0.0,
-                        help="also stop (the learning rate annealed by then) after this many minutes; 0: run every "
-                             "epoch")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default; 1 is faster on a machine busy with other work)")
-    args = parser.parse_args(argv)
-    missing = [folder for folder in args.data if not Path(folder).is_dir()]
-    if missing:
-        print(f"error: {missing[0]} does not exist: the pretrained model is trained on the DRIVE, CHASE_DB1 and HRF "
-              "training images (../shared/data).", file=sys.stderr)
-        return 2
-    config = TrainingConfig(**RECIPE, epochs=args.epochs, num_threads=args.threads, max_minutes=args.max_minutes)
+    config = TrainingConfig(**RECIPE, epochs=epochs, num_threads=threads, max_minutes=max_minutes)
     with tempfile.TemporaryDirectory(prefix="pretrained-") as out:
-        try:
-            result = train(config, args.data, out, on_event=ProgressBar())
-        except DatasetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        dest = export_pretrained(result.best_checkpoint, args.dest)
-    size_mb = dest.stat().st_size / 1e6
-    minutes = sum(h["seconds"] for h in result.history) / 60
-    print(f"wrote {dest} ({size_mb:.1f} MB): validation Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
-          f"of {result.epochs_run}; {minutes:.0f} min of training")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        result = train(config, [str(folder) for folder in folders], out, on_event=on_event)
+        return export_pretrained(result.best_checkpoint, dest), result

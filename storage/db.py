@@ -46,6 +46,12 @@ JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 JOB_ACTIVE_STATUSES = ("queued", "running")  # a batch job waiting for or in the worker
 BASELINE = "baseline"  # model id / checkpoint path that stands for the classical vesselness baseline
 
+
+def checkpoint_file(source: str | os.PathLike) -> Path | None:
+    """The file an inference job's stored ``checkpoint_path`` reads (a checkpoint or the shipped model), None
+    for the classical filter (``BASELINE``)."""
+    return None if str(source) == BASELINE else Path(source)
+
 _JSON_FIELDS = {"config", "recommended_postprocess", "postprocess", "plan", "settings_from", "datasets"}
 
 

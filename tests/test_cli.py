@@ -238,10 +238,20 @@ def test_the_progress_line_of_a_budgeted_run_counts_its_time(budget_s, expected)
 
 @pytest.mark.parametrize("write, refused_for_the_file", [(False, True), (True, False)])
 def test_the_worker_reads_its_token_from_a_file(tmp_path, monkeypatch, capsys, write, refused_for_the_file):
+    import threading
+
+    from engine.jobs.queue import STOPPING
+
     monkeypatch.delenv("ML_MANAGER_TOKEN", raising=False)
     token_file = tmp_path / "api_token"
     if write:
         token_file.write_text("a-token\n")
-    # port 9 answers nothing: a worker that read its file goes on to reach the dashboard, and says it cannot
-    code = main(["worker", "--server", "http://127.0.0.1:9", "--token-file", str(token_file)])
+    # port 9 answers nothing: a worker that read its file goes on to wait for the dashboard, until it is stopped
+    stop = threading.Timer(1.0, STOPPING.set)
+    stop.start()
+    try:
+        code = main(["worker", "--server", "http://127.0.0.1:9", "--token-file", str(token_file)])
+    finally:
+        stop.cancel()
+        STOPPING.clear()
     assert (code, "The token file" in capsys.readouterr().err) == (2, refused_for_the_file)

@@ -292,3 +292,30 @@ def test_no_file_in_tests_exceeds_500_lines():
     lines = {_id(p): len(p.read_text().splitlines()) for p in sorted(ROOT.glob("tests/**/*.py"))}
     long = {name: n for name, n in lines.items() if n > MAX_TEST_FILE_LINES}
     assert long == {}, ", ".join(f"{name} has {n} lines (at most {MAX_TEST_FILE_LINES})" for name, n in long.items())
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The absolute module names ``path`` imports (``from a.b import c`` counts as ``a.b``)."""
+    names: set[str] = set()
+    for node in _imports(path):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+# The command line is a face: the engine below it never reaches up to it (only engine/__main__ starts it).
+BELOW_THE_COMMAND_LINE = [p for p in sorted(ROOT.glob("engine/**/*.py"))
+                          if "cli" not in p.relative_to(ROOT).parts and p.name != "__main__.py"]
+
+
+@pytest.mark.parametrize("path", BELOW_THE_COMMAND_LINE, ids=_id)
+def test_the_engine_never_imports_the_command_line(path):
+    assert {m for m in _imported_modules(path) if m == "engine.cli" or m.startswith("engine.cli.")} == set()
+
+
+def test_housekeeping_imports_only_storage_and_the_foundations():
+    """Retention and deletion of files work on the registry and the file layout alone (docs/ARCHITECTURE.md)."""
+    engine = {m for m in _imported_modules(ROOT / "engine" / "housekeeping.py") if m.startswith("engine")}
+    assert engine <= {"engine.errors"}

@@ -10,7 +10,8 @@ import torch
 
 from engine.fov import estimate_fov
 from engine.inference.predict import DASHBOARD_TTA, TTA_WORDS, load_model, predict
-from engine.inference.predictor import CLASSICAL, SHIPPED, Predictor, checkpoint_file
+from engine.inference.predictor import CLASSICAL, SHIPPED, Predictor
+from storage.db import checkpoint_file
 from engine.pretrained import PRETRAINED_NAME, PRETRAINED_PATH, pretrained_available
 from engine.training.checkpoint import CheckpointError, load_checkpoint_dict
 from engine.training.config import TrainingConfig

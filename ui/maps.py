@@ -13,7 +13,8 @@ import numpy as np
 import streamlit as st
 
 from engine.errors import UserError
-from engine.inference.predictor import CLASSICAL, SHIPPED, Predictor, checkpoint_file
+from engine.inference.predictor import CLASSICAL, SHIPPED, Predictor
+from storage.db import checkpoint_file
 from storage import paths
 from ui.runtime import logger
 from ui.uploads import Upload, digest_array

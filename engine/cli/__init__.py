@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine train|predict|evaluate|synthesize`` and the queue commands.
+"""Command line: ``python -m engine train|predict|evaluate|synthesize|pretrained`` and the queue commands.
 
 ``main(argv)`` parses and runs one command; ``build_parser()`` is the whole command line. The commands
 live in ``engine.cli.train``, ``engine.cli.predict`` and ``engine.cli.queue``. Every user error prints
@@ -100,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train.cmd_synthesize)
+
+    from engine.pretrained import EPOCHS, PRETRAINED_PATH
+
+    p = sub.add_parser("pretrained", help="re-train the shipped model (make pretrained) from its training sets")
+    p.add_argument("--data", required=True, action="append",
+                   help="a training data set folder; give it once per set (DRIVE, CHASE_DB1 and HRF's training "
+                        "folders make the shipped model)")
+    p.add_argument("--dest", default=str(PRETRAINED_PATH), help="where to write the model file")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="also stop (the learning rate annealed by then) after this many minutes; 0: run every epoch")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default; 1 is faster on a machine busy with other work)")
+    p.set_defaults(func=train.cmd_pretrained)
 
     queue.register(sub)
     return parser

@@ -116,3 +116,18 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     out = make_synthetic_dataset(args.out, n_images=args.n, size=args.size, seed=args.seed)
     print(f"wrote {args.n} synthetic images ({args.size}×{args.size}) to {out}")
     return 0
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    from engine.pretrained import train_pretrained
+
+    missing = [folder for folder in args.data if not Path(folder).is_dir()]
+    if missing:
+        raise CliError(f"{missing[0]} does not exist: the shipped model is trained on the DRIVE, CHASE_DB1 and HRF "
+                       "training images (../shared/data).")
+    dest, result = train_pretrained(args.data, args.dest, args.epochs, args.threads, args.max_minutes,
+                                    on_event=ProgressBar())
+    minutes = sum(h["seconds"] for h in result.history) / 60
+    print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB): validation Dice {result.best_metric:.4f} at epoch "
+          f"{result.best_epoch} of {result.epochs_run}; {minutes:.0f} min of training")
+    return 0

@@ -29,7 +29,8 @@ import numpy as np
 from engine.errors import UserError, WorkerShutdown
 from engine.fov import estimate_fov
 from engine.imageio import IMAGE_EXTENSIONS, encode_png, is_image_name, list_images, read_image
-from engine.inference.predictor import CLASSICAL, Predictor, checkpoint_file
+from engine.inference.predictor import CLASSICAL, Predictor
+from storage.db import checkpoint_file
 from storage import archives, paths
 from storage import db as store
 

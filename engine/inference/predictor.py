@@ -40,11 +40,6 @@ class Prediction:
     factor: float  # 1.0: the model or filter saw the photograph as it is
 
 
-def checkpoint_file(source: str | Path) -> Path | None:
-    """The file a source reads (a checkpoint or the shipped model), None for the classical filter."""
-    return None if str(source) == CLASSICAL else Path(source)
-
-
 class Predictor:
     """A trained checkpoint, the shipped model or the classical filter, behind one interface."""
 
