@@ -23,10 +23,11 @@ scored on every photograph of the third at its native resolution, as ``python -m
 scores it (automatic scale, its field-of-view masks or estimated ones, the model's recommended settings): Dice,
 precision, sensitivity, AUC and seconds per photograph. ``--reference CHECKPOINT`` adds rows for a model that
 trained on none of the photographs scored (e.g. the DRIVE-only model: its CHASE_DB1 and HRF rows), and
-``--in-set CHECKPOINT`` scores a model of all three sets on the photographs each set held out for validation.
+``--in-set CHECKPOINT`` scores a model of all three sets on the photographs each set held out for validation (a
+second ``--in-set`` model is scored on the first one's).
 
     .venv/bin/python benchmarks/cameras.py --leave-one-out [--steps 2400] [--recipe NAME=k=v,...]
-        [--reference CHECKPOINT] [--in-set CHECKPOINT] [--threads 1]
+        [--reference CHECKPOINT] [--in-set CHECKPOINT] [--no-training] [--threads 1]
 """
 from __future__ import annotations
 
@@ -138,15 +139,16 @@ def leave_one_out(args) -> int:
         for camera in CAMERAS:
             rows.append((Path(reference).name, camera, "reference", evaluate_camera(reference, camera)))
             print(f"  {Path(reference).name} on {camera}: Dice {rows[-1][3]['dice']:.4f}", flush=True)
+    split = load_model(args.in_set[0]).config if args.in_set else None  # every --in-set row on the first's split
     for checkpoint in args.in_set:
-        config = load_model(checkpoint).config
+        config = split
         for camera in CAMERAS:
             held = split_indices(len(load_dataset(CAMERAS[camera])), config.val_fraction, config.seed)[1]
             rows.append((Path(checkpoint).name, camera, f"its {len(held)} validation photographs",
                          evaluate_camera(checkpoint, camera, held)))
             print(f"  {Path(checkpoint).name} on {camera}'s validation photographs: Dice {rows[-1][3]['dice']:.4f}",
                   flush=True)
-    for name, recipe in _recipes(args.recipe):
+    for name, recipe in [] if args.no_training else _recipes(args.recipe):
         for camera in CAMERAS:
             others = [str(path) for other, path in CAMERAS.items() if other != camera]
             steps_per_epoch = min(int(recipe.get("steps_per_epoch", 400)), args.steps)
@@ -186,6 +188,8 @@ def main() -> int:
     parser.add_argument("--in-set", action="append", default=[], metavar="CHECKPOINT",
                         help="with --leave-one-out: a model of the three sets, scored on their validation photographs")
     parser.add_argument("--out", default=None, help="with --leave-one-out: where the models are written")
+    parser.add_argument("--no-training", action="store_true",
+                        help="with --leave-one-out: only the --reference and --in-set rows, no recipe trained")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
                         help="a row; the first is the reference (default: the shipped model)")
     parser.add_argument("--data", default=str(DRIVE), help="DRIVE training folder")
