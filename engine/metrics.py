@@ -236,11 +236,17 @@ class RunningMetrics:
         self.n_images = 0
 
     def _histograms(self, prob: Any, target: Any, fov: Any) -> tuple[np.ndarray, np.ndarray]:
-        c = _image_counts(prob, target, fov, 0.5)
-        if c["scores"] is None:
+        """Per-bin counts of the probabilities of the vessel and of the background pixels inside ``fov``."""
+        prob_arr, target_arr = _as_map(prob, "prob"), _as_map(target, "target")
+        binary, scores = _binarise_pred(prob_arr, 0.5)
+        if scores is None:
             raise UserError("prob must be a probability map in [0, 1], not a binary mask: AUC ranks probabilities.")
-        index = np.minimum((c["scores"] * self.bins).astype(np.int64), self.bins - 1)
-        labels = c["labels"]
+        if prob_arr.shape != target_arr.shape:
+            raise UserError(f"prob is {prob_arr.shape[1]}x{prob_arr.shape[0]} (width x height) but target is "
+                            f"{target_arr.shape[1]}x{target_arr.shape[0]}: use the map of the same image.")
+        inside = np.ones(target_arr.shape, bool) if fov is None else _as_map(fov, "fov") != 0
+        index = np.minimum((scores[inside] * self.bins).astype(np.int64), self.bins - 1)
+        labels = target_arr[inside] != 0
         return (np.bincount(index[labels], minlength=self.bins), np.bincount(index[~labels], minlength=self.bins))
 
     def add(self, pred: Any, target: Any, fov: Any = None, prob: Any = None, threshold: float = 0.5) -> dict:
