@@ -201,3 +201,11 @@ def test_a_map_of_a_wide_photograph_is_enlarged_back_to_its_size(lines):
     image, _, fov = lines
     small = rescale(image, 0.1)
     assert predict(_loaded(_DarkLines(), 540.0, 1200.0), small).shape == small.shape[:2]
+
+
+def test_the_scale_note_names_the_range_of_a_model_of_several_sets():
+    from engine.inference.predictor import SHIPPED
+    from ui.inference_workspace import scale_note
+
+    note = scale_note(SHIPPED, np.zeros((3000, 3000, 3), np.uint8), _disc(3000, 2900), "auto")
+    assert "from 540 to 1,200 px across, so it is shrunk ×0.41" in note

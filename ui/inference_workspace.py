@@ -124,10 +124,11 @@ def _scale_words(predictor, image: np.ndarray, fov: np.ndarray, scale: str | flo
     if diameter is None:
         return ("Automatic: the field of view covers the whole image, so the photograph's scale is unknown and it is "
                 "used as it is; choose a resize factor if its vessels are much wider or thinner than the model's.")
-    seen = (f"Automatic: this photograph's field of view is {diameter:,.0f} px across and the model was trained at "
-            f"{trained:,.0f} px")
+    low, high = predictor.fov_range or (trained, trained)
+    at = f"{trained:,.0f} px" if low == high else f"fields of view from {low:,.0f} to {high:,.0f} px across"
+    seen = f"Automatic: this photograph's field of view is {diameter:,.0f} px across and the model was trained at {at}"
     if factor == 1.0:
-        return f"{seen}, close enough to use it as it is."
+        return f"{seen}, close enough to use it as it is." if low == high else f"{seen}, so it is used as it is."
     way, back = ("shrunk", "enlarged") if factor < 1 else ("enlarged", "shrunk")
     return f"{seen}, so it is {way} ×{factor:.2f} (to {size}) for the model and the map is {back} back."
 

@@ -81,6 +81,17 @@ class Predictor:
         ``engine.vesselness.FOV_DIAMETER``); None when a checkpoint does not record it."""
         return FOV_DIAMETER if self.kind == "classical" else self.loaded.fov_diameter
 
+    @property
+    def fov_range(self) -> tuple[float, float] | None:
+        """The narrowest and widest field of view, in pixels, the model was trained at (one data set: both its
+        one scale); None when a checkpoint records none."""
+        if self.kind == "classical":
+            return (FOV_DIAMETER, FOV_DIAMETER)
+        low_high = self.loaded.fov_range
+        if low_high is None and self.loaded.fov_diameter is not None:
+            return (self.loaded.fov_diameter, self.loaded.fov_diameter)
+        return low_high
+
     # ------------------------------------------------------------------ describing itself
     @property
     def name(self) -> str:
