@@ -631,7 +631,9 @@ def start_watchdog() -> None:
 def _watch_forever() -> None:
     missing: dict[str, float] = {}
     last_lost_check = 0.0
-    time.sleep(START_GRACE_S)  # a dashboard that was down: the workers' next heartbeats arrive first
+    # a dashboard that was down: every worker gets a whole stale period to beat (a restarted one imports torch
+    # first, which takes seconds on a busy machine) before any run is judged by its old heartbeat
+    time.sleep(max(START_GRACE_S, lifecycle.stale_after_s()))
     while True:
         time.sleep(WATCH_EVERY_S)
         try:

@@ -102,7 +102,7 @@ def test_data_sets_are_deleted_after_confirmation_but_not_while_a_run_uses_them(
     db.create_model("busy-run", {"epochs": 1}, str(busy.resolve()), db=db.connect(home / "ml_manager.db"))
     open_train(page, url)
     for name, message in (("traps_spare", "was deleted"), ("traps_busy", "busy-run")):
-        page.get_by_role("combobox", name="Registered data sets").click()
+        page.get_by_role("combobox", name="Registered data sets", exact=True).click()
         page.get_by_role("option", name=name, exact=True).click()
         wait_idle(page)
         page.get_by_role("button", name="Delete this data set").click()

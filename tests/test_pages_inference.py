@@ -20,11 +20,11 @@ def test_model_page_lists_only_its_own_checkpoints_while_global_lists_completed(
     options = at.selectbox(key="mi_ckpt").options
     assert len(options) == 1 and options[0].startswith("best.pt")
     assert any("still training" in c.value for c in at.caption)
-    from engine.pretrained import pretrained_available
+    from engine.pretrained import PRETRAINED_NAME, pretrained_available
 
     at = open_page("pages/inference.py")
     models = at.selectbox(key="inf_model")
-    pretrained = ["Pretrained U-Net (DRIVE)"] if pretrained_available() else []
+    pretrained = [PRETRAINED_NAME] if pretrained_available() else []
     assert models.options == [*pretrained, "Classical vesselness (Frangi)", "done (val Dice 0.500)"]
     assert training not in str(models.options)
     at.selectbox(key="inf_model").set_value(done).run()

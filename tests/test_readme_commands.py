@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -83,7 +84,11 @@ class Shell:
         images = sorted((self.home / "datasets" / "synth" / "images").glob("*"))
         words = {"IMAGE_OR_DIR": "data/datasets/synth/images", "DASHBOARD-HOST": "127.0.0.1",
                  "IMAGE": f"data/datasets/synth/images/{images[0].name}" if images else "IMAGE",
-                 "DIR": "data/datasets/synth", "DEST": str(self.tmp / "backup"), **self.ids}
+                 "DIR": "data/datasets/synth", "DIR2": "data/datasets/synth2", "DEST": str(self.tmp / "backup"),
+                 **self.ids}
+        synth, second = self.home / "datasets" / "synth", self.home / "datasets" / "synth2"
+        if "DIR2" in command and synth.is_dir() and not second.exists():  # a second data set for DIR2
+            shutil.copytree(synth, second)
         for word, value in words.items():
             command = re.sub(rf"(?<![\w$-]){re.escape(word)}(?![\w-])", value, command)
         if (self.home / "api_token").exists():
@@ -107,7 +112,7 @@ class Shell:
             self.start(kind, filled)
             return
         env_file = self.tmp / "env"
-        done = subprocess.run(["bash", "-c", f"set -a\n{filled}\nenv -0 > {env_file}"], cwd=ROOT, env=self.env,
+        done = subprocess.run(["bash", "-c", f"set -ae\n{filled}\nenv -0 > {env_file}"], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{filled}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         self.env = dict(item.split("=", 1) for item in env_file.read_text().split("\0") if "=" in item)
