@@ -75,7 +75,14 @@ _started_pid: int | None = None
 
 def recover_stale_runs(at_startup: bool = False) -> list[str]:
     """Mark abandoned runs and inference jobs ``failed`` (``lifecycle.recover_stale``), sparing what this
-    process works on itself; returns their ids."""
+    process works on itself; returns their ids.
+
+    With the Redis queue it does nothing: workers on other machines (or on this one) beat through the
+    dashboard, so while the dashboard is away or has just started their heartbeats are old, and a worker
+    restarted on this machine leaves a process id that no longer runs; the dashboard's watchdog judges those
+    runs once their workers could beat (``engine.api_workers``)."""
+    if redis_url() is not None:
+        return []
     return recover_stale(at_startup, ACTIVE.snapshot())
 
 
