@@ -238,7 +238,7 @@ class RunningMetrics:
     def _histograms(self, prob: Any, target: Any, fov: Any) -> tuple[np.ndarray, np.ndarray]:
         """Per-bin counts of the probabilities of the vessel and of the background pixels inside ``fov``."""
         prob_arr, target_arr = _as_map(prob, "prob"), _as_map(target, "target")
-        binary, scores = _binarise_pred(prob_arr, 0.5)
+        _, scores = _binarise_pred(prob_arr, 0.5)
         if scores is None:
             raise UserError("prob must be a probability map in [0, 1], not a binary mask: AUC ranks probabilities.")
         if prob_arr.shape != target_arr.shape:
