@@ -412,36 +412,6 @@ def claim_training_slot(model_id: str, max_running: int, fresh_s: float, worker:
         return True
 
 
-def run_budget_s(row: dict) -> float | None:
-    """A run's time budget in seconds (its config's ``max_minutes``, the rounds of a continued run together);
-    None without one."""
-    try:
-        minutes = float(json.loads(row.get("config") or "{}").get("max_minutes") or 0)
-    except (ValueError, TypeError, AttributeError):
-        return None
-    return minutes * 60 if minutes > 0 else None
-
-
-def run_progress(row: dict) -> float | None:
-    """The share of a run done, in [0, 1]: of its epochs, counting the running epoch's batches, or, for a
-    run with a time budget, of that budget when more of it is spent (the budget, not the epoch limit, then
-    ends the run); None when the row records no number of epochs yet. A completed run is 1.0 even when
-    early stopping ended it."""
-    total, done, epoch = row.get("total_epochs"), row.get("epochs_run") or 0, row.get("current_epoch")
-    if not total:
-        return None
-    if row.get("status") == "completed":
-        return 1.0
-    inside = 0.0
-    if row.get("batches") and row.get("status") in TRAINING_STATUSES and epoch and epoch > done:
-        inside = (row.get("batch") or 0) / row["batches"]
-    share = (done + inside) / total
-    budget, trained = run_budget_s(row), row.get("trained_s")
-    if budget and trained is not None:
-        share = max(share, trained / budget)
-    return min(1.0, share)
-
-
 def request_stop(model_id: str, db: Database | None = None) -> str:
     """Ask a run to stop. Returns ``"cancelled"`` for a run that had not started (it is now failed with
     stop_reason user_stop) or ``"stopping"`` for a running one; a finished run raises UserError."""
