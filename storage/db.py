@@ -221,12 +221,6 @@ def _check_fields(table: str, fields: dict[str, Any], db: Database) -> None:
         raise UserError(f"{table} has no field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(columns))}.")
 
 
-def integrity_check(db: Database | None = None) -> str:
-    """SQLite's own consistency check: ``"ok"`` when the file is sound."""
-    with _use(db) as db:
-        return db.execute("PRAGMA integrity_check").fetchone()[0]
-
-
 # --------------------------------------------------------------------------- models
 
 def create_model(name: str, config: dict, dataset: str | list[str], db: Database | None = None,
@@ -697,12 +691,6 @@ def list_presets(model_id: str, db: Database | None = None) -> list[dict]:
     return rows
 
 
-def delete_preset(model_id: str, name: str, db: Database | None = None) -> bool:
-    """Remove a preset; returns whether one was there."""
-    with _use(db) as db:
-        return _write(db, "DELETE FROM presets WHERE model_id = ? AND name = ?", [model_id, name]) > 0
-
-
 # --------------------------------------------------------------------------- what the worker writes while it runs
 
 def model_status(model_id: str, db: Database | None = None) -> str | None:
@@ -787,13 +775,6 @@ def list_workers(max_age_s: float | None = None, db: Database | None = None) -> 
     for row in rows:
         row["age_s"] = age_seconds(row["beat_at"])
     return [r for r in rows if max_age_s is None or (r["age_s"] is not None and r["age_s"] <= max_age_s)]
-
-
-def get_worker(worker_id: str, db: Database | None = None) -> dict | None:
-    """One worker's row, or None when it never reported."""
-    with _use(db) as db:
-        rows = _rows(db, "SELECT * FROM workers WHERE id = ?", [worker_id])
-    return rows[0] if rows else None
 
 
 def forget_workers(older_than_s: float, db: Database | None = None) -> int:
