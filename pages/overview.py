@@ -10,7 +10,8 @@ from ui.runtime import run_page
 from ui.workers import start_worker, worker_age
 from ui.housekeeping import disk_use_summary, inference_results_controls, stored_data_controls
 from ui.workers import live_workers, workers_table
-from storage.db import TRAINING_STATUSES, run_budget_s, run_progress
+from engine.progress import run_budget_s, run_progress
+from storage.db import TRAINING_STATUSES
 
 
 def worker_panel() -> None:

@@ -1,6 +1,6 @@
-"""The root of every error meant for a user.
+"""The root of every error meant for a user, and the registry's :class:`WrongStateError`.
 
-It lives in ``storage`` because both layers raise it and ``storage`` cannot import the engine;
+``UserError`` lives in ``storage`` because both layers raise it and ``storage`` cannot import the engine;
 ``engine.errors`` re-exports it. The message is the sentence a face (the dashboard, the HTTP API, the
 CLI) shows as it is; anything a face catches that is not a ``UserError`` is a bug, logged with its
 traceback.
@@ -15,3 +15,8 @@ class UserError(Exception):
     our own) must reach the log, never a user as if it were a sentence for them. Every check that speaks
     to a user raises this (or a subclass); the faces catch only this.
     """
+
+
+class WrongStateError(UserError):
+    """The run or job is in a state that does not allow the request (starting a running model, stopping a
+    finished one); the message says which state and what to do instead."""

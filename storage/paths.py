@@ -104,10 +104,6 @@ def models_dir() -> Path:
     return _subdir("models")
 
 
-def model_dir(model_id: str) -> Path:
-    return _subdir("models", check_id(model_id, "model id"))
-
-
 def checkpoints_dir(model_id: str) -> Path:
     return _subdir("models", check_id(model_id, "model id"), "checkpoints")
 

@@ -469,7 +469,7 @@ def test_the_recorder_writes_the_seconds_trained_in_all_rounds(home):
     ({"max_minutes": 2.0}, 500.0, 1.0),   # never above 1
 ])
 def test_a_budgeted_run_s_progress_is_its_share_of_the_budget(config, trained_s, expected):
-    from storage.db import run_progress
+    from engine.progress import run_progress
 
     row = {"status": "running", "total_epochs": 60, "epochs_run": 2, "current_epoch": 3, "batch": 20, "batches": 40,
            "config": json.dumps(config), "trained_s": trained_s}

@@ -19,7 +19,8 @@ from ui.overlays import overlay_bytes
 from ui.readers import forget_queries, list_models, model_metrics
 from ui.runtime import logger, sentence_of
 from storage import paths
-from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES, run_budget_s, run_progress
+from engine.progress import run_budget_s, run_progress
+from storage.db import ACTIVE_STATUSES, TRAINING_STATUSES
 
 # Field -> the form's group; fields not listed go to "Advanced". The help comes with the option's spec (FIELDS).
 GROUPS = ("Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced")

@@ -33,6 +33,7 @@ from engine.jobs.lifecycle import STOPPED_EARLY, ProgressRecorder, max_trainings
 from engine.jobs.liveness import ACTIVE
 from engine.jobs.queue import (TRAINING, check_queue, log, queue_for, queued_task, redis_errors, redis_url,
                                remote_link, shutting_down)
+from engine.progress import run_budget_s, run_progress
 from storage import db as store
 from storage import paths
 
@@ -311,14 +312,14 @@ def training_status(model_id: str) -> dict:
     return {
         "model_id": row["id"], "name": row["name"], "status": row["status"], "stop_reason": row["stop_reason"],
         "error": row["error"], "epoch": epoch, "total_epochs": total, "epochs_run": done,
-        "batch": row["batch"], "batches": row["batches"], "progress": store.run_progress(row),
+        "batch": row["batch"], "batches": row["batches"], "progress": run_progress(row),
         "latest": latest,
         "best": {"epoch": row["best_epoch"], "metric": row["best_metric"], "monitor": row["monitor"],
                  "val_dice": row["best_val_dice"]},
         "epochs_since_best": row["epochs_since_best"], "patience": row["patience"],
         "eta_s": row["eta_s"] if row["status"] in store.TRAINING_STATUSES else None,
         "trained_s": row.get("trained_s"),  # every round of a continued run; its budget is max_minutes of them all
-        "budget_s": store.run_budget_s(row),
+        "budget_s": run_budget_s(row),
         "heartbeat_at": row["heartbeat_at"], "heartbeat_age_s": store.age_seconds(row["heartbeat_at"]),
         "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
         "dataset": row["dataset"], "datasets": store.model_datasets(row), "task_id": row["task_id"], "queue": row.get("queue"),
