@@ -108,8 +108,9 @@ class Field:
             words = [str(c) for c in self.choices]
             what = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
         elif self.kind in (int, float) and self.low is not None and self.high is not None:
-            low = f">{self.low:g}" if self.low_open else f"{self.low:g}"
-            what = f"{'whole number' if self.kind is int else 'number'} {low}–{self.high:g}"
+            low, high = (f"{int(end)}" if self.kind is int else f"{end:g}" for end in (self.low, self.high))
+            what = f"number above {low} up to {high}" if self.low_open else \
+                f"{'whole number' if self.kind is int else 'number'} {low}–{high}"
         else:
             what = self.what or _WHAT[self.kind]
         default = str(self.default).lower() if self.kind is bool else f"{self.default:g}" \

@@ -18,7 +18,6 @@ from engine.metrics import segmentation_metrics
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing, warnings_for
 from engine.postprocess.config import FIELDS
 from ui.overlays import heatmap_bytes, overlay_bytes, photo_layers
-from ui.runtime import sentence_of
 from ui.uploads import digest_array
 
 _KERNELS = list(range(FIELDS["opening_kernel"].low, FIELDS["opening_kernel"].high + 1, 2))  # odd sides only
@@ -100,8 +99,7 @@ def tuner_settings(key: str) -> PostProcessConfig | None:
             values[field] = base[field]
     try:
         return PostProcessConfig.from_dict({**base, **values})
-    except Exception as exc:  # noqa: BLE001 - invalid settings: None; a bug is re-raised
-        sentence_of(exc)
+    except UserError:  # invalid settings
         return None
 
 
@@ -248,8 +246,8 @@ def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, 
     with left:
         try:
             config, error = _controls(key, base), None
-        except Exception as exc:  # noqa: BLE001 - invalid settings are a sentence; a bug is re-raised
-            config, error = None, sentence_of(exc)
+        except UserError as exc:  # invalid settings are a sentence
+            config, error = None, str(exc)
         st.button(reset_label, key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
     with right, st.container(key=f"{key}__view"):
         if config is None:
