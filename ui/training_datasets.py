@@ -168,10 +168,10 @@ def _use_registered(name: str) -> None:
 
 
 def _unpack() -> None:
-    up = st.session_state.get("train_zip")
-    st.session_state["train_unpack_error"] = None
     from engine.training.data import load_dataset
 
+    up = st.session_state.get("train_zip")
+    st.session_state["train_unpack_error"] = None
     try:  # load_dataset judges the unpacked folder: a zip without a data set leaves nothing behind
         _use_registered(unpack_dataset_zip(up.getvalue(), up.name, check=load_dataset).name)
     except UserError as exc:
