@@ -14,8 +14,8 @@ THRESHOLD_MODES = ("fixed", "otsu", "hysteresis")
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT}
 MAX_KERNEL = 31  # larger kernels erase vessels on any fundus image we know of
 
-# Every post-processing option, declared once: type, default, range (ends included), choices and the help
-# the tuner's widgets show, with ``usual`` their slider's range where it is narrower than the allowed one.
+# Every post-processing option, declared once: type, default, range (ends included), choices, and the label
+# and help of the tuner's widget, with ``usual`` its slider's range where narrower than the allowed one.
 # Lenient: the dashboard's sliders give numpy scalars, presets written by other tools 50.0. The
 # PostProcessConfig dataclass is made from this table, in this order (that of the stored JSON).
 _FRACTION = dict(low=0.0, high=1.0, lenient=True)
@@ -23,40 +23,44 @@ FIELDS: dict[str, Field] = {
     # probability a pixel needs (fixed) or a seed needs (hysteresis)
     "threshold": Field(float, 0.6, **_FRACTION,
                        help="0.6 is the usual start; lower keeps fainter vessels."),
-    "threshold_mode": Field(str, "fixed", choices=THRESHOLD_MODES, lenient=True,
+    "threshold_mode": Field(str, "fixed", choices=THRESHOLD_MODES, lenient=True, label="Mode",
                             help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
                                  "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too."),
     "hysteresis_low": Field(float, 0.3, **_FRACTION,
                             help="Faint pixels at or above this are kept when connected to a confident one."),
     # erode then dilate: removes specks and 1-px bridges; an odd kernel side in pixels (1 = no effect)
-    "apply_opening": Field(bool, True, lenient=True),
-    "opening_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True,
+    "apply_opening": Field(bool, True, lenient=True, label="Opening (remove specks, thin bridges)"),
+    "opening_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True, label="Opening kernel (px)",
                             help="Odd side of the structuring element; larger removes more."),
     # dilate then erode: closes small gaps
-    "apply_closing": Field(bool, True, lenient=True),
-    "closing_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True,
+    "apply_closing": Field(bool, True, lenient=True, label="Closing (fill small gaps)"),
+    "closing_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True, label="Closing kernel (px)",
                             help="Odd side of the structuring element; larger joins farther fragments."),
     "kernel_shape": Field(str, "ellipse", choices=tuple(KERNEL_SHAPES), lenient=True),
     "min_component_size": Field(int, 50, 0, 100_000_000, lenient=True, usual=(0, 2000, 5),
+                                label="Minimum component (px)",
                                 help="Connected pieces smaller than this are removed; 0 switches the filter off. "
                                      "Start at 50."),
     "connectivity": Field(int, 8, 4, 8, lenient=True, choices=(4, 8),
                           help="8 joins pixels that touch at a corner; 4 only along edges."),
     # the mean probability of a component's thresholded pixels
-    "confidence_threshold": Field(float, 0.6, **_FRACTION,
+    "confidence_threshold": Field(float, 0.6, **_FRACTION, label="Component confidence",
                                   help="A piece is removed when its mean probability is below this; 0 switches "
                                        "the filter off."),
-    "shape_filter": Field(bool, False, lenient=True),  # remove compact (non-vessel-like) components of any size
+    # remove compact (non-vessel-like) components of any size
+    "shape_filter": Field(bool, False, lenient=True, label="Vessel-shape filter (drop blobs and dots)"),
     # the vessel ratio is a component's length / width
     "min_elongation": Field(float, 3.0, 1.0, 1000.0, lenient=True, usual=(1.0, 20.0, 0.5),
+                            label="Minimum length / width",
                             help="Pieces shorter than this many times their width are removed, whatever their "
                                  "size: a disc scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and "
                                  "branches score higher. Start at 3."),
     # enclosed holes (background not touching the image border) with fewer pixels are filled; border notches
     # stay open
     "fill_holes_below": Field(int, 0, 0, 100_000_000, lenient=True, usual=(0, 500, 1),
+                              label="Fill holes below (px)",
                               help="0 switches hole filling off."),
-    "from_logits": Field(bool, False, lenient=True,  # the input is logits: a sigmoid is applied first
+    "from_logits": Field(bool, False, lenient=True, label="Input is logits",  # a sigmoid is applied first
                          help="The maps shown here are already probabilities in [0, 1]; from_logits is for "
                               "scripts that pass raw model outputs."),
 }
