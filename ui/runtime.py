@@ -3,6 +3,9 @@ the browser session, and ``run_page``, which every page script calls.
 
 A user's error (``engine.errors.user_error``) is shown as its sentence; anything else is a bug, logged
 with its traceback to ``<data home>/logs/dashboard.log`` and shown as a sentence that says where the log is.
+These are the dashboard's two last resorts: ``user_errors`` (every page, through ``run_page``) and
+``last_resort`` (a button's callback, which Streamlit runs outside the page); every other handler in ui/ and
+pages/ catches ``UserError``.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def user_errors(doing: str):
     log is, instead of showing a traceback."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - engine.errors.user_error tells a sentence from a bug
+    except Exception as exc:  # noqa: BLE001 - a page's last resort (run_page); user_error tells a sentence from a bug
         if (error := user_error(exc)) is not None:
             logger.info("refused while %s: %s", doing, error, exc_info=True)
             st.error(str(error))
