@@ -28,7 +28,8 @@ def warm_up_imports() -> threading.Thread:
             import engine.inference.predict  # noqa: F401  (imports torch)
             import engine.jobs  # noqa: F401
             import engine.training.loop  # noqa: F401
-        except Exception:  # the page that needs the module imports it again and shows the error as a sentence
+        except Exception:  # noqa: BLE001 - this thread's last resort: the page that needs the module imports it
+            #                   again and shows the error as a sentence
             logging.getLogger("ml_manager.dashboard").exception("warming up the engine imports failed")
         # Streamlit runs a full gc.collect(2) after every script and fragment run, before the browser can
         # fetch the new image; with torch imported that pass walks every object torch made and slows each

@@ -1,8 +1,11 @@
-"""One way to declare and check a setting a user gives: its type, range, choices, default and help.
+"""One way to declare and check a setting a user gives: its type, default, range, choices, label, group and help.
 
-Both config dataclasses (``TrainingConfig``, ``PostProcessConfig``), the HTTP API's request fields and the
-command line's arguments check their values through :meth:`Field.check`; the dashboard's forms take their
-ranges, choices and help from the same :class:`Field`. A value that does not fit raises
+Each config has one table of :class:`Field` by option name (``engine.training.config.FIELDS``,
+``engine.postprocess.config.FIELDS``), and :func:`config_dataclass` makes the config's frozen dataclass
+from it: the table is the only place an option is declared. Both config dataclasses, the HTTP API's request
+fields and the command line's arguments check their values through :meth:`Field.check`; the dashboard's
+forms take their widgets' labels, groups, ranges, choices and help from the same table, and the command
+line's help lists it (:meth:`Field.summary`). A value that does not fit raises
 :class:`~engine.errors.UserError` with a sentence naming the setting and what it accepts.
 
 Two coercion rules, a flag of the spec (``lenient``):
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -48,6 +51,8 @@ class Field:
         help: one sentence for the dashboard's widget: what the value does and its usual range.
         usual: (low, high, step) of the dashboard's slider when it is narrower than the allowed range.
         what: how a refusal names the accepted values, when not by the kind (``a JSON object of …``).
+        label: the form's label, when not the name spaced and capitalised (see :meth:`label_of`).
+        group: the form's section the option is drawn in ("" where a config's form has none).
     """
 
     kind: type
@@ -60,6 +65,8 @@ class Field:
     help: str = ""
     usual: tuple | None = None
     what: str = ""
+    label: str = ""
+    group: str = ""
 
     def check(self, value: Any, name: str, show: Callable[[Any], str] = repr) -> Any:
         """``value`` as this field's type, when it fits.
@@ -89,6 +96,26 @@ class Field:
         if self.usual is not None:
             return self.usual
         return self.low, self.high, 1 if self.kind is int else 0.01
+
+    def label_of(self, name: str) -> str:
+        """The form's label of the option ``name``: ``label`` when given, else ``batch_size`` → "Batch size"."""
+        return self.label or name.replace("_", " ").capitalize()
+
+    def summary(self) -> str:
+        """What the option takes and its default, for the command line's help: ``whole number 1–256,
+        default 16``, ``cosine, plateau or none, default cosine``, ``true or false, default true``."""
+        if self.choices:
+            words = [str(c) for c in self.choices]
+            what = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+        elif self.kind in (int, float) and self.low is not None and self.high is not None:
+            low, high = (f"{int(end)}" if self.kind is int else f"{end:g}" for end in (self.low, self.high))
+            what = f"number above {low} up to {high}" if self.low_open else \
+                f"{'whole number' if self.kind is int else 'number'} {low}–{high}"
+        else:
+            what = self.what or _WHAT[self.kind]
+        default = str(self.default).lower() if self.kind is bool else f"{self.default:g}" \
+            if self.kind is float else str(self.default)
+        return f"{what}, default {default}"
 
     # --- the steps of check -------------------------------------------------------------------
     def _typed(self, value: Any, name: str, show: Callable[[Any], str]) -> Any:
@@ -139,3 +166,23 @@ class Field:
     def _end(self, number: float) -> str:
         """A number as the lenient sentences write it: ``{:g}`` for a number, as it is for a whole one."""
         return f"{number}" if self.kind is int else f"{number:g}"
+
+
+def config_dataclass(specs: Mapping[str, Field]) -> Callable[[type], type]:
+    """A class decorator that makes a frozen dataclass whose fields are ``specs``, in their order, each with
+    its spec's type and default; the class body holds only methods. The order is that of ``to_dict`` and so
+    of the stored JSON.
+
+    Example::
+
+        @config_dataclass(FIELDS)
+        class TrainingConfig:
+            def __post_init__(self) -> None: ...
+    """
+    def build(cls: type) -> type:
+        cls.__annotations__ = {name: spec.kind.__name__ for name, spec in specs.items()}
+        for name, spec in specs.items():
+            setattr(cls, name, spec.default)
+        return dataclass(frozen=True)(cls)
+
+    return build

@@ -13,7 +13,8 @@ from ui.formatting import age_text, datasets_text, run_duration, settings_from_r
 from ui.readers import forget_queries, list_models, model_checkpoints, model_metrics
 from ui.runtime import run_page
 from ui.housekeeping import checkpoint_controls
-from ui.training_form import continue_controls, status_text
+from ui.training_continue import continue_controls
+from ui.training_monitor import status_text
 from storage.db import ACTIVE_STATUSES as ACTIVE
 
 

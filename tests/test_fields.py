@@ -75,3 +75,46 @@ def test_the_cli_threshold_takes_the_config_s_range(text, accepted, capsys):
 
 def test_the_cli_plain_threshold_defaults_to_half():
     assert build_parser().parse_args(["evaluate", "--checkpoint", "c.pt", "--data", "d"]).threshold == 0.5
+
+
+@pytest.mark.parametrize("spec, summary", [
+    (STRICT, "whole number 1–1024, default 8"), (OPEN, "number above 0 up to 1, default 0.003"),
+    (Field(bool, True), "true or false, default true"),
+    (Field(str, "a", choices=("a", "b", "c")), "a, b or c, default a"),
+])
+def test_the_cli_help_summarises_a_spec(spec, summary):
+    assert spec.summary() == summary
+
+
+def test_every_training_option_has_a_section_of_the_train_form_and_a_label():
+    from engine.training.config import GROUPS
+
+    assert [name for name, spec in TRAINING_FIELDS.items() if spec.group not in GROUPS] == []
+    assert (TRAINING_FIELDS["batch_size"].label_of("batch_size"), TRAINING_FIELDS["clahe"].label_of("clahe")) == \
+        ("Batch size", "CLAHE")
+
+
+@pytest.mark.parametrize("command", ["train", "submit"])
+def test_the_cli_help_lists_every_training_option(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert [name for name, spec in TRAINING_FIELDS.items() if f"{name}: {spec.summary()}" not in shown] == []
+
+
+@pytest.mark.parametrize("stored", [
+    TrainingConfig(epochs=5, learning_rate=1e-3).to_dict(), {"epochs": 5}, {}, {"max_minutes": 2, "channel": "rgb"},
+], ids=["whole", "one-key", "empty", "int-for-float"])
+def test_a_stored_config_reads_back_as_from_dict_reads_it(stored):
+    read = TrainingConfig.from_stored(json.loads(json.dumps(stored)))
+    assert (read, read.to_dict()) == (TrainingConfig.from_dict(stored), TrainingConfig.from_dict(stored).to_dict())
+    assert type(read.max_minutes) is float
+
+
+@pytest.mark.parametrize("stored", [{"epochs": 5, "retired_option": 1}, [1, 2]], ids=["unknown-key", "not-a-dict"])
+def test_a_stored_config_is_refused_with_from_dict_s_sentence(stored):
+    with pytest.raises(UserError) as by_dict:
+        TrainingConfig.from_dict(stored)
+    with pytest.raises(UserError) as by_stored:
+        TrainingConfig.from_stored(stored)
+    assert str(by_stored.value) == str(by_dict.value)

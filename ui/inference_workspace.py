@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from engine.errors import UserError
 from engine.inference.batch import unique_names
 from engine.inference.predictor import Predictor
 from engine.fov import estimate_fov, fov_diameter
@@ -23,7 +24,6 @@ from engine.imageio import encode_png
 from engine.postprocess import PostProcessConfig, enhanced_post_processing
 from ui.maps import predictor_of, probability_map
 from ui.readers import forget_queries, list_inference_jobs, list_models, list_presets
-from ui.runtime import sentence_of
 from ui.tuner import postprocess_tuner, tuner_settings
 from ui.uploads import matching_mask, Upload, upload_image, upload_images
 from storage import paths
@@ -218,8 +218,8 @@ def start_from(model: dict | None, key: str, recommended: dict | None = None, sc
             st.info(note)
     try:
         config = PostProcessConfig.from_dict(choices[pick]) if choices[pick] else None
-    except Exception as exc:  # noqa: BLE001 - settings this version refuses are a sentence; a bug is raised
-        st.warning(f"The saved settings cannot be used ({sentence_of(exc)}); the tuner opens with the defaults.")
+    except UserError as exc:  # settings this version refuses
+        st.warning(f"The saved settings cannot be used ({exc}); the tuner opens with the defaults.")
         return StartPoint(None, DEFAULTS_LABEL, "with the default settings")
     st.caption(settings_sentence(config or PostProcessConfig()))
     if why and pick == "Recommended by training":
@@ -361,13 +361,15 @@ def batch_controls(source: str, model_id: str | None, key: str, start: StartPoin
         if upload is not None:  # kept under the user's own name, in a folder of its own
             stored = paths.uploads_dir() / uuid.uuid4().hex / stored_upload_name(upload.name)
             folder = str(paths.atomic_write_bytes(stored, upload.getvalue()))
+        job_id = None
         try:
             job_id = start_inference(source, folder, config.to_dict(), model_id=model_id, scale=scale)
-        except Exception as exc:  # noqa: BLE001 - checked before queuing: nothing is queued, the stored zip goes
-            if stored is not None:
-                shutil.rmtree(stored.parent, ignore_errors=True)
-            st.error(sentence_of(exc))  # a bug is raised, for the page to log
+        except UserError as exc:  # checked before queuing: nothing is queued
+            st.error(str(exc))
             return
+        finally:  # refused, or a bug (raised, for the page to log): the stored zip goes
+            if job_id is None and stored is not None:
+                shutil.rmtree(stored.parent, ignore_errors=True)
         st.session_state.setdefault(f"{key}_jobs", []).insert(0, job_id)
         forget_queries()
         st.success(f"Queued job {job_id} {words}.")

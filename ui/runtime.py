@@ -3,6 +3,9 @@ the browser session, and ``run_page``, which every page script calls.
 
 A user's error (``engine.errors.user_error``) is shown as its sentence; anything else is a bug, logged
 with its traceback to ``<data home>/logs/dashboard.log`` and shown as a sentence that says where the log is.
+These are the dashboard's two last resorts: ``user_errors`` (every page, through ``run_page``) and
+``last_resort`` (a button's callback, which Streamlit runs outside the page); every other handler in ui/ and
+pages/ catches ``UserError``.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def user_errors(doing: str):
     log is, instead of showing a traceback."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - engine.errors.user_error tells a sentence from a bug
+    except Exception as exc:  # noqa: BLE001 - a page's last resort (run_page); user_error tells a sentence from a bug
         if (error := user_error(exc)) is not None:
             logger.info("refused while %s: %s", doing, error, exc_info=True)
             st.error(str(error))
@@ -56,12 +59,26 @@ def user_errors(doing: str):
         )
 
 
-def sentence_of(exc: Exception) -> str:
-    """The sentence of a user's error, for a handler that shows it in its own place (``except Exception as
-    exc: s[key] = sentence_of(exc)``); re-raises anything else, a bug, for ``user_errors``/``run_page`` to log."""
-    if (error := user_error(exc)) is None:
-        raise exc
-    return str(error)
+# What a button says when queuing failed on a bug (the traceback is in the log).
+NOT_QUEUED = "The run could not be queued because of an unexpected error; details are in logs/dashboard.log."
+
+
+@contextmanager
+def last_resort(say: Callable[[str], None], sentence: str, doing: str):
+    """The last resort of a button's callback, or of a step whose outcome the page shows in its own place:
+    a bug (the block catches a user's ``UserError`` itself) is logged with its traceback, as "could not
+    ``doing``", and ``say(sentence)`` tells the user, where the outcome is shown; the block is left.
+
+    Args:
+        say: puts the sentence where the page shows this outcome (a session-state message).
+        sentence: what to tell the user, naming the log.
+        doing: what was being done, for the log.
+    """
+    try:
+        yield
+    except Exception:  # noqa: BLE001 - Streamlit runs a callback before the page, outside run_page's last resort
+        logger.exception("could not %s", doing)
+        say(sentence)
 
 
 def _log_path() -> str:

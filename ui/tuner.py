@@ -18,7 +18,6 @@ from engine.metrics import segmentation_metrics
 from engine.postprocess import PostProcessConfig, PostProcessResult, enhanced_post_processing, warnings_for
 from engine.postprocess.config import FIELDS
 from ui.overlays import heatmap_bytes, overlay_bytes, photo_layers
-from ui.runtime import sentence_of
 from ui.uploads import digest_array
 
 _KERNELS = list(range(FIELDS["opening_kernel"].low, FIELDS["opening_kernel"].high + 1, 2))  # odd sides only
@@ -68,14 +67,18 @@ def _reset(key: str, d: dict) -> None:
     _settings_changed(key)
 
 
-def _slider(key, field, label, disabled=False):
-    """A slider over the option's usual range (``FIELDS``), with its help."""
+def _slider(key, field, disabled=False):
+    """A slider over the option's usual range (``FIELDS``), with its label and help."""
     spec = FIELDS[field]
     lo, hi, step = spec.slider()
     value = st.session_state.get(_wkey(key, field), lo)
     hi = max(hi, value)  # a preset beyond the usual range still fits
-    return st.slider(label, lo, hi, step=step, key=_wkey(key, field), help=spec.help, disabled=disabled,
+    return st.slider(spec.label_of(field), lo, hi, step=step, key=_wkey(key, field), help=spec.help, disabled=disabled,
                      on_change=_settings_changed, args=(key,))
+
+
+def _label(field: str) -> str:
+    return FIELDS[field].label_of(field)
 
 
 def _settings_changed(key: str) -> None:
@@ -100,8 +103,7 @@ def tuner_settings(key: str) -> PostProcessConfig | None:
             values[field] = base[field]
     try:
         return PostProcessConfig.from_dict({**base, **values})
-    except Exception as exc:  # noqa: BLE001 - invalid settings: None; a bug is re-raised
-        sentence_of(exc)
+    except UserError:  # invalid settings
         return None
 
 
@@ -116,31 +118,31 @@ def _controls(key: str, base: dict) -> PostProcessConfig:
     cb = {"on_change": _settings_changed, "args": (key,)}
     with st.expander("Threshold", expanded=True):
         v["threshold_mode"] = st.segmented_control(
-            "Mode", list(FIELDS["threshold_mode"].choices), key=_wkey(key, "threshold_mode"), required=True, **cb,
-            help=FIELDS["threshold_mode"].help)
+            _label("threshold_mode"), list(FIELDS["threshold_mode"].choices), key=_wkey(key, "threshold_mode"),
+            required=True, **cb, help=FIELDS["threshold_mode"].help)
         mode = v["threshold_mode"] or "fixed"
-        v["threshold"] = _slider(key, "threshold", "Threshold", disabled=mode == "otsu")
-        v["hysteresis_low"] = _slider(key, "hysteresis_low", "Hysteresis low", disabled=mode != "hysteresis")
+        v["threshold"] = _slider(key, "threshold", disabled=mode == "otsu")
+        v["hysteresis_low"] = _slider(key, "hysteresis_low", disabled=mode != "hysteresis")
     with st.expander("Morphology", expanded=True):
-        v["apply_opening"] = st.toggle("Opening (remove specks, thin bridges)", key=_wkey(key, "apply_opening"), **cb)
-        v["opening_kernel"] = st.select_slider("Opening kernel (px)", _KERNELS, key=_wkey(key, "opening_kernel"), **cb,
-                                               help=FIELDS["opening_kernel"].help, disabled=not v["apply_opening"])
-        v["apply_closing"] = st.toggle("Closing (fill small gaps)", key=_wkey(key, "apply_closing"), **cb)
-        v["closing_kernel"] = st.select_slider("Closing kernel (px)", _KERNELS, key=_wkey(key, "closing_kernel"), **cb,
-                                               help=FIELDS["closing_kernel"].help, disabled=not v["apply_closing"])
-        v["kernel_shape"] = st.selectbox("Kernel shape", list(FIELDS["kernel_shape"].choices),
+        v["apply_opening"] = st.toggle(_label("apply_opening"), key=_wkey(key, "apply_opening"), **cb)
+        v["opening_kernel"] = st.select_slider(_label("opening_kernel"), _KERNELS, key=_wkey(key, "opening_kernel"),
+                                               **cb, help=FIELDS["opening_kernel"].help, disabled=not v["apply_opening"])
+        v["apply_closing"] = st.toggle(_label("apply_closing"), key=_wkey(key, "apply_closing"), **cb)
+        v["closing_kernel"] = st.select_slider(_label("closing_kernel"), _KERNELS, key=_wkey(key, "closing_kernel"),
+                                               **cb, help=FIELDS["closing_kernel"].help, disabled=not v["apply_closing"])
+        v["kernel_shape"] = st.selectbox(_label("kernel_shape"), list(FIELDS["kernel_shape"].choices),
                                          key=_wkey(key, "kernel_shape"), **cb)
     with st.expander("Components", expanded=True):
-        v["min_component_size"] = _slider(key, "min_component_size", "Minimum component (px)")
-        v["connectivity"] = st.segmented_control("Connectivity", list(FIELDS["connectivity"].choices),
+        v["min_component_size"] = _slider(key, "min_component_size")
+        v["connectivity"] = st.segmented_control(_label("connectivity"), list(FIELDS["connectivity"].choices),
                                                  key=_wkey(key, "connectivity"), required=True, **cb,
                                                  help=FIELDS["connectivity"].help)
-        v["confidence_threshold"] = _slider(key, "confidence_threshold", "Component confidence")
+        v["confidence_threshold"] = _slider(key, "confidence_threshold")
     with st.expander("Shape and holes"):
-        v["shape_filter"] = st.toggle("Vessel-shape filter (drop blobs and dots)", key=_wkey(key, "shape_filter"), **cb)
-        v["min_elongation"] = _slider(key, "min_elongation", "Minimum length / width", disabled=not v["shape_filter"])
-        v["fill_holes_below"] = _slider(key, "fill_holes_below", "Fill holes below (px)")
-        v["from_logits"] = st.toggle("Input is logits", key=_wkey(key, "from_logits"), disabled=True,
+        v["shape_filter"] = st.toggle(_label("shape_filter"), key=_wkey(key, "shape_filter"), **cb)
+        v["min_elongation"] = _slider(key, "min_elongation", disabled=not v["shape_filter"])
+        v["fill_holes_below"] = _slider(key, "fill_holes_below")
+        v["from_logits"] = st.toggle(_label("from_logits"), key=_wkey(key, "from_logits"), disabled=True,
                                      help=FIELDS["from_logits"].help)
     if v["threshold_mode"] is None:  # segmented controls can be cleared by clicking again
         v["threshold_mode"] = base.get("threshold_mode", "fixed")
@@ -248,8 +250,8 @@ def _tuner_body(prob_map, image_rgb, key, fov, truth, base, digests, fov_scope, 
     with left:
         try:
             config, error = _controls(key, base), None
-        except Exception as exc:  # noqa: BLE001 - invalid settings are a sentence; a bug is re-raised
-            config, error = None, sentence_of(exc)
+        except UserError as exc:  # invalid settings are a sentence
+            config, error = None, str(exc)
         st.button(reset_label, key=f"{key}_reset", on_click=_reset, args=(key, st.session_state[f"{key}__defaults"]))
     with right, st.container(key=f"{key}__view"):
         if config is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from engine.cli import predict, queue, train
-from engine.cli.common import EXIT_USER_ERROR, PLAIN_THRESHOLD
+from engine.cli.common import EXIT_USER_ERROR, PLAIN_THRESHOLD, training_options_help
 from engine.errors import UserError, number_or_none, user_error
 
 
@@ -45,18 +45,24 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence, not the usage block
         self.exit(EXIT_USER_ERROR, f"{self.prog}: {message}. See --help.\n")
 
+    def format_help(self) -> str:
+        if callable(self.epilog):  # made when asked for: the training options' list imports torch
+            self.epilog = self.epilog()
+        return super().format_help()
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Train and apply vessel-segmentation models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a U-Net on one or more data set folders")
+    p = sub.add_parser("train", help="train a U-Net on one or more data set folders", epilog=training_options_help)
     p.add_argument("--data", required=True, action="append",
                    help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]; "
                         "give it once per set to train on several, each in its own layout and resolution")
     p.add_argument("--out", required=True, help="folder for best.pt and last.pt")
     p.add_argument("--config", help="JSON file with training options")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one option (repeatable); the options are listed below")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes")
     p.add_argument("--no-plan", action="store_true", help="train with the options as given: do not measure "
                    "this machine to choose patch size, batch size, precision and epochs")
@@ -129,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sqlite3.Error as exc:  # storage turns known cases into sentences; this is the backstop
         print(f"error: the run registry could not be used ({exc}); nothing was changed.", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception as exc:  # noqa: BLE001 - a user's error (or a file the user named) is one sentence
+    except Exception as exc:  # noqa: BLE001 - the command line's last resort: a user's error (or a file the
+        #                       user named) is one sentence, a bug one line and its traceback in the log
         error = user_error(exc)
         if error is not None or isinstance(exc, OSError):
             message = str(error if error is not None else exc) or type(exc).__name__
@@ -156,5 +163,5 @@ def _log_traceback() -> Path | None:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} python -m engine {' '.join(sys.argv[1:])}\n")
             out.write(traceback.format_exc())
         return log
-    except Exception:  # never let the report of a fault raise a second one
+    except (OSError, UserError):  # the log cannot be written: the line printed then names no log
         return None

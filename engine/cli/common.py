@@ -16,6 +16,15 @@ class CliError(UserError):
     """A problem with the command's arguments; the message is the sentence shown."""
 
 
+def training_options_help() -> str:
+    """The help's list of the training options ``--set`` and ``--config`` take, from their specs
+    (``engine.training.config.FIELDS``): ``base_channels: whole number 1–256, default 16; …``."""
+    from engine.training.config import FIELDS
+
+    listed = "; ".join(f"{name}: {spec.summary()}" for name, spec in FIELDS.items())
+    return f"training options for --set KEY=VALUE and the --config file: {listed}."
+
+
 def read_json(path: str, what: str) -> dict:
     p = Path(path)
     if not p.is_file():

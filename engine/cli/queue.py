@@ -22,18 +22,20 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from engine.cli.common import CliError, data_folders, planned, read_json, user_fields
+from engine.cli.common import CliError, data_folders, planned, read_json, training_options_help, user_fields
 from engine.errors import number_or_none
 
 
 def register(subparsers) -> None:
     """Add the queue commands to ``python -m engine``'s sub-command parser."""
-    p = subparsers.add_parser("submit", help="queue a training on the background worker; prints the model id")
+    p = subparsers.add_parser("submit", help="queue a training on the background worker; prints the model id",
+                              epilog=training_options_help)
     p.add_argument("--data", required=True, action="append",
                    help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]; "
                         "give it once per set to train on several, each in its own layout and resolution")
     p.add_argument("--config", help="JSON file with training options")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one option (repeatable); the options are listed below")
     p.add_argument("--name", help="a name for the model (default: the data folders' names and the time)")
     p.add_argument("--no-plan", action="store_true", help="queue the options as given: do not measure this "
                    "machine to choose patch size, batch size, precision and epochs")

@@ -2,18 +2,72 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
 import cv2
 
 from engine.errors import UserError
-from engine.fields import Field
+from engine.fields import Field, config_dataclass
 
 THRESHOLD_MODES = ("fixed", "otsu", "hysteresis")
 KERNEL_SHAPES = {"ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS, "rect": cv2.MORPH_RECT}
 MAX_KERNEL = 31  # larger kernels erase vessels on any fundus image we know of
 
+# Every post-processing option, declared once: type, default, range (ends included), choices, and the label
+# and help of the tuner's widget, with ``usual`` its slider's range where narrower than the allowed one.
+# Lenient: the dashboard's sliders give numpy scalars, presets written by other tools 50.0. The
+# PostProcessConfig dataclass is made from this table, in this order (that of the stored JSON).
+_FRACTION = dict(low=0.0, high=1.0, lenient=True)
+FIELDS: dict[str, Field] = {
+    # probability a pixel needs (fixed) or a seed needs (hysteresis)
+    "threshold": Field(float, 0.6, **_FRACTION,
+                       help="0.6 is the usual start; lower keeps fainter vessels."),
+    "threshold_mode": Field(str, "fixed", choices=THRESHOLD_MODES, lenient=True, label="Mode",
+                            help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
+                                 "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too."),
+    "hysteresis_low": Field(float, 0.3, **_FRACTION,
+                            help="Faint pixels at or above this are kept when connected to a confident one."),
+    # erode then dilate: removes specks and 1-px bridges; an odd kernel side in pixels (1 = no effect)
+    "apply_opening": Field(bool, True, lenient=True, label="Opening (remove specks, thin bridges)"),
+    "opening_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True, label="Opening kernel (px)",
+                            help="Odd side of the structuring element; larger removes more."),
+    # dilate then erode: closes small gaps
+    "apply_closing": Field(bool, True, lenient=True, label="Closing (fill small gaps)"),
+    "closing_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True, label="Closing kernel (px)",
+                            help="Odd side of the structuring element; larger joins farther fragments."),
+    "kernel_shape": Field(str, "ellipse", choices=tuple(KERNEL_SHAPES), lenient=True),
+    "min_component_size": Field(int, 50, 0, 100_000_000, lenient=True, usual=(0, 2000, 5),
+                                label="Minimum component (px)",
+                                help="Connected pieces smaller than this are removed; 0 switches the filter off. "
+                                     "Start at 50."),
+    "connectivity": Field(int, 8, 4, 8, lenient=True, choices=(4, 8),
+                          help="8 joins pixels that touch at a corner; 4 only along edges."),
+    # the mean probability of a component's thresholded pixels
+    "confidence_threshold": Field(float, 0.6, **_FRACTION, label="Component confidence",
+                                  help="A piece is removed when its mean probability is below this; 0 switches "
+                                       "the filter off."),
+    # remove compact (non-vessel-like) components of any size
+    "shape_filter": Field(bool, False, lenient=True, label="Vessel-shape filter (drop blobs and dots)"),
+    # the vessel ratio is a component's length / width
+    "min_elongation": Field(float, 3.0, 1.0, 1000.0, lenient=True, usual=(1.0, 20.0, 0.5),
+                            label="Minimum length / width",
+                            help="Pieces shorter than this many times their width are removed, whatever their "
+                                 "size: a disc scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and "
+                                 "branches score higher. Start at 3."),
+    # enclosed holes (background not touching the image border) with fewer pixels are filled; border notches
+    # stay open
+    "fill_holes_below": Field(int, 0, 0, 100_000_000, lenient=True, usual=(0, 500, 1),
+                              label="Fill holes below (px)",
+                              help="0 switches hole filling off."),
+    "from_logits": Field(bool, False, lenient=True, label="Input is logits",  # a sigmoid is applied first
+                         help="The maps shown here are already probabilities in [0, 1]; from_logits is for "
+                              "scripts that pass raw model outputs."),
+}
+# __post_init__ checks the numbers, then the switches, the whole numbers (those with choices last) and the
+# words, so that a preset with several bad values is refused for the same one as by earlier versions.
+_CHECK_ORDER = sorted(FIELDS.items(), key=lambda item: ((float, bool, int, str).index(item[1].kind),
+                                                        bool(item[1].choices)))
 
 
 # Options of earlier versions that settings saved then may still carry: from_dict ignores them and
@@ -27,7 +81,7 @@ RETIRED_OPTIONS = {
 
 def check_option_names(names: Iterable[str]) -> None:
     """UserError naming every key that is not a PostProcessConfig field, and the valid ones."""
-    known = {f.name for f in dataclasses.fields(PostProcessConfig)}
+    known = set(FIELDS)
     retired = sorted(set(names) & set(RETIRED_OPTIONS))
     if retired:
         raise UserError(
@@ -42,29 +96,13 @@ def check_option_names(names: Iterable[str]) -> None:
         )
 
 
-@dataclass(frozen=True)
+@config_dataclass(FIELDS)
 class PostProcessConfig:
-    """Every post-processing option; validated on creation, stored as JSON via to_dict()."""
-
-    threshold: float = 0.6  # probability a pixel needs (fixed) or a seed needs (hysteresis)
-    threshold_mode: str = "fixed"  # 'fixed' | 'otsu' | 'hysteresis'
-    hysteresis_low: float = 0.3  # hysteresis: weaker pixels kept when connected to a seed
-    apply_opening: bool = True  # erode then dilate: removes specks and 1-px bridges
-    opening_kernel: int = 3  # odd kernel side in pixels, 1..31 (1 = no effect)
-    apply_closing: bool = True  # dilate then erode: closes small gaps
-    closing_kernel: int = 3  # odd kernel side in pixels, 1..31 (1 = no effect)
-    kernel_shape: str = "ellipse"  # 'ellipse' | 'cross' | 'rect'
-    min_component_size: int = 50  # components with fewer pixels are removed; 0 = off
-    connectivity: int = 8  # 4 or 8: which neighbours join a component
-    confidence_threshold: float = 0.6  # components whose thresholded pixels' mean probability is lower go; 0 = off
-    shape_filter: bool = False  # remove compact (non-vessel-like) components of any size
-    min_elongation: float = 3.0  # shape filter: components whose vessel ratio (length / width) is below this go
-    fill_holes_below: int = 0  # fill enclosed holes (background not touching the image border)
-    #                            with fewer pixels than this; border notches stay open; 0 = off
-    from_logits: bool = False  # the input is logits: apply a sigmoid first
+    """Every post-processing option, one field per entry of ``FIELDS`` (its type and default), in that order;
+    validated on creation, stored as JSON via to_dict()."""
 
     def __post_init__(self) -> None:
-        for name, spec in FIELDS.items():
+        for name, spec in _CHECK_ORDER:
             value = spec.check(getattr(self, name), name)
             if name.endswith("_kernel") and value % 2 == 0:
                 raise UserError(f"{name} must be odd so the kernel has a centre; got {value}: use {value + 1}.")
@@ -133,42 +171,3 @@ class PostProcessConfig:
                 note += " With the shape filter on, compare the kept vessels with what you saw before."
             notes.append(note)
         return notes
-
-
-# Every option's spec (lenient: the dashboard's sliders give numpy scalars, presets written by other tools
-# 50.0), checked in this order by __post_init__; ``help`` and ``usual`` are what the tuner's widgets show.
-_FRACTION = dict(low=0.0, high=1.0, lenient=True)
-FIELDS: dict[str, Field] = {
-    "threshold": Field(float, 0.6, **_FRACTION,
-                       help="0.6 is the usual start; lower keeps fainter vessels."),
-    "hysteresis_low": Field(float, 0.3, **_FRACTION,
-                            help="Faint pixels at or above this are kept when connected to a confident one."),
-    "confidence_threshold": Field(float, 0.6, **_FRACTION,
-                                  help="A piece is removed when its mean probability is below this; 0 switches "
-                                       "the filter off."),
-    "min_elongation": Field(float, 3.0, 1.0, 1000.0, lenient=True, usual=(1.0, 20.0, 0.5),
-                            help="Pieces shorter than this many times their width are removed, whatever their "
-                                 "size: a disc scores about 0.8, a 2:1 ellipse about 1.6, vessel segments and "
-                                 "branches score higher. Start at 3."),
-    "apply_opening": Field(bool, True, lenient=True),
-    "apply_closing": Field(bool, True, lenient=True),
-    "shape_filter": Field(bool, False, lenient=True),
-    "from_logits": Field(bool, False, lenient=True,
-                         help="The maps shown here are already probabilities in [0, 1]; from_logits is for "
-                              "scripts that pass raw model outputs."),
-    "opening_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True,
-                            help="Odd side of the structuring element; larger removes more."),
-    "closing_kernel": Field(int, 3, 1, MAX_KERNEL, lenient=True,
-                            help="Odd side of the structuring element; larger joins farther fragments."),
-    "min_component_size": Field(int, 50, 0, 100_000_000, lenient=True, usual=(0, 2000, 5),
-                                help="Connected pieces smaller than this are removed; 0 switches the filter off. "
-                                     "Start at 50."),
-    "fill_holes_below": Field(int, 0, 0, 100_000_000, lenient=True, usual=(0, 500, 1),
-                              help="0 switches hole filling off."),
-    "connectivity": Field(int, 8, 4, 8, lenient=True, choices=(4, 8),
-                          help="8 joins pixels that touch at a corner; 4 only along edges."),
-    "threshold_mode": Field(str, "fixed", choices=THRESHOLD_MODES, lenient=True,
-                            help="fixed: keep pixels ≥ threshold. otsu: threshold from the map's histogram. "
-                                 "hysteresis: pixels ≥ threshold seed, connected pixels ≥ low are kept too."),
-    "kernel_shape": Field(str, "ellipse", choices=tuple(KERNEL_SHAPES), lenient=True),
-}

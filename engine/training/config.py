@@ -1,16 +1,18 @@
 """The training options: one frozen, validated dataclass, stored as JSON in the run's row and in every checkpoint.
 
-``TrainingConfig()`` holds the defaults (each with a comment); ``TrainingConfig.from_dict(d)`` and
-``with_updates(**kw)`` refuse unknown keys with a sentence naming the known ones; ``parse_set_option``
-reads the CLI's ``--set key=value``. ``CHOICES`` lists the allowed words of every option that takes one.
+``FIELDS`` declares every option once (type, default, range, choices, the Train form's section and label,
+help); ``TrainingConfig`` is made from it. ``TrainingConfig()`` holds the defaults;
+``TrainingConfig.from_dict(d)`` and ``with_updates(**kw)`` refuse unknown keys with a sentence naming the
+known ones; ``TrainingConfig.from_stored(d)`` reads back what was stored without checking it again;
+``parse_set_option`` reads the CLI's ``--set key=value``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from engine.errors import UserError
-from engine.fields import Field
+from engine.fields import Field, config_dataclass
 from engine.training.data import CHANNELS, MAX_FOV_PX, NORMALIZATIONS
 from engine.training.losses import LOSS_NAMES
 
@@ -18,61 +20,142 @@ SCHEDULES = ("cosine", "plateau", "none")
 MONITORS = ("val_dice", "val_loss")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "bf16", "fp32")
+# The Train form's sections, in the order it draws them; an option's ``group`` names one.
+BASICS, LOSS, REGULARISATION, SCHEDULE, ADVANCED = GROUPS = (
+    "Basics", "Loss", "Regularisation", "Early stopping and LR", "Advanced")
 
-
-@dataclass(frozen=True)
-class TrainingConfig:
+# Every training option, declared once: type, default, range (ends included; low_open excludes the low end),
+# choices, the Train form's section and label, and the help the form shows beside it. The TrainingConfig
+# dataclass is made from this table (in this order, which is that of the stored JSON and of the form's
+# fields within a section); its checks (strict: typed values from JSON, the CLI and the form), the HTTP API's,
+# the command line's help and the Train form all read it.
+FIELDS: dict[str, Field] = {
     # --- model
-    base_channels: int = 16  # channels of the first level (doubles per level)
-    depth: int = 3  # down-sampling steps; 3 sees 8× context, enough for retinal vessels
-    dropout_rate: float = 0.1  # Dropout2d at the bottleneck
+    "base_channels": Field(int, 16, 1, 256, group=ADVANCED,  # channels of the first level (doubles per level)
+                           help="Channels of the first U-Net level (doubling per level); more channels learn "
+                                "finer detail and take longer per step."),
+    "depth": Field(int, 3, 1, 6, group=ADVANCED,
+                   help="Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
+    "dropout_rate": Field(float, 0.1, 0.0, 0.9, group=REGULARISATION,  # Dropout2d at the bottleneck
+                          help="Dropout at the bottleneck; 0.1–0.3 reduces over-fitting."),
     # --- preprocessing (saved with the model, applied again at inference)
-    channel: str = "green"  # 'green' (best vessel contrast in fundus photos), 'gray' or 'rgb'
-    clahe: bool = True  # contrast-limited adaptive histogram equalisation (clip 2, 8×8 tiles)
-    normalization: str = "zscore"  # 'zscore' per image inside the FOV, or 'unit' (divide by 255)
-    max_fov_px: int = MAX_FOV_PX  # photographs with a wider field of view train (and predict) brought down to it
-    #                               (see engine.training.data.MAX_FOV_PX); 0 = every data set at its own size
+    "channel": Field(str, "green", choices=CHANNELS, group=ADVANCED,
+                     help="Input channel: green has the best vessel contrast in fundus photographs; rgb "
+                          "gives the model all three."),
+    "clahe": Field(bool, True, group=ADVANCED, label="CLAHE",  # clip 2, 8×8 tiles
+                   help="Contrast-limited adaptive histogram equalisation before the network; saved with the "
+                        "model and applied again at inference."),
+    "normalization": Field(str, "zscore", choices=NORMALIZATIONS, group=ADVANCED,
+                           help="zscore: per image inside the field of view; unit: divide by 255."),
+    # see engine.training.data.MAX_FOV_PX; 0 = every data set at its own size
+    "max_fov_px": Field(int, MAX_FOV_PX, 0, 100_000, group=ADVANCED,
+                        help="Photographs whose field of view is wider than this many pixels are brought down to "
+                             "it for training, and predicted at that scale; 1200 makes the vessels of 3504×2336 "
+                             "photographs about as wide in pixels as those of 565×584 ones. 0 trains every data "
+                             "set at its own size."),
     # --- loss
-    loss_function: str = "combined_dice_focal"  # or 'dice', 'focal', 'tversky', 'bce'
-    dice_weight: float = 0.7  # combined loss = dice_weight·Dice + (1 − dice_weight)·Focal
-    focal_alpha: float = 0.25  # focal weight of vessel pixels (background gets 1 − alpha), Lin et al.
-    focal_gamma: float = 2.0  # focal focusing exponent, Lin et al.
-    tversky_alpha: float = 0.3  # Tversky weight of false positives
-    tversky_beta: float = 0.7  # Tversky weight of false negatives (> alpha favours thin vessels)
+    "loss_function": Field(str, "combined_dice_focal", choices=LOSS_NAMES, group=LOSS,
+                           help="Start with combined_dice_focal: Dice copes with thin vessels being a small share "
+                                "of the pixels, focal with the hard pixels at their edges."),
+    # combined loss = dice_weight·Dice + (1 − dice_weight)·Focal
+    "dice_weight": Field(float, 0.7, 0.0, 1.0, group=LOSS,
+                         help="Share of Dice in the combined loss; 0.7 is the recommended start."),
+    "focal_alpha": Field(float, 0.25, 0.0, 1.0, group=LOSS,  # Lin et al.
+                         help="Focal weight of vessel pixels (background gets 1 − alpha)."),
+    "focal_gamma": Field(float, 2.0, 0.0, 10.0, group=LOSS,  # Lin et al.
+                         help="Focal focusing exponent; 2 is the usual value."),
+    "tversky_alpha": Field(float, 0.3, 0.0, 1.0, group=LOSS, help="Tversky weight of false positives."),
+    "tversky_beta": Field(float, 0.7, 0.0, 1.0, group=LOSS,
+                          help="Tversky weight of false negatives; above alpha favours thin vessels."),
     # --- optimisation
-    optimizer: str = "adamw"  # AdamW, the only optimiser offered
-    learning_rate: float = 3e-3  # peak learning rate (AdamW, cosine decay)
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    batch_size: int = 8  # patches per step
-    patch_size: int = 128  # side of the square training patches, in pixels: 128 gives more context than 64 per pixel
-    epochs: int = 60  # maximum number of epochs
-    steps_per_epoch: int = 250  # optimiser steps (batches) per epoch; validation runs after each
-    val_fraction: float = 0.2  # share of the images held out for validation (seeded split); 0 = train on all
-    #                            (with several data sets, this share of each set)
-    balance_datasets: bool = True  # with several data sets, draw patches from each set equally often
-    augment: bool = True  # flips, rotations, zoom, brightness/contrast/gamma jitter
-    max_zoom: float = 1.0  # augment: zoom patches by a factor in [1/max_zoom, max_zoom]; 1 = off
-    any_angle: bool = False  # augment: rotate patches by any angle, not only by 90° steps
-    camera_augment: float = 0.0  # augment: share of patches cut from the image as another camera would take it
-    #                              (colour cast, gamma, uneven light, blur/sharpen, JPEG, noise); 0 = off
-    ema_decay: float = 0.998  # validate and save an exponential moving average of the weights (~500 steps); 0 = off
+    "optimizer": Field(str, "adamw", choices=("adamw",), group=ADVANCED, help="AdamW, the only optimiser offered."),
+    "learning_rate": Field(float, 3e-3, 0.0, 1.0, low_open=True, group=BASICS,  # cosine decay from it
+                           help="Peak learning rate of AdamW."),
+    "weight_decay": Field(float, 1e-4, 0.0, 1.0, group=REGULARISATION,  # AdamW's decoupled weight decay
+                          help="Raise it (e.g. 1e-3) to reduce over-fitting: validation loss rising while "
+                               "training loss falls."),
+    "batch_size": Field(int, 8, 1, 1024, group=BASICS,
+                        help="Patches per optimiser step. Lower it if memory runs out."),
+    # 128 gives more context per pixel than 64
+    "patch_size": Field(int, 128, 16, 1024, group=BASICS,
+                        help="Side of the square training patches; a multiple of 2^depth."),
+    "epochs": Field(int, 60, 1, 100_000, group=BASICS,
+                    help="Upper limit; early stopping usually ends the run sooner."),
+    "steps_per_epoch": Field(int, 250, 1, 1_000_000, group=BASICS,
+                             help="Optimiser steps per epoch; validation runs after each epoch."),
+    # with several data sets, this share of each set; the split is seeded
+    "val_fraction": Field(float, 0.2, 0.0, 0.9, group=BASICS,
+                          help="Share of the images held out for validation; 0 trains on every image and keeps "
+                               "the newest epoch (nothing is then calibrated or stopped early)."),
+    "balance_datasets": Field(bool, True, group=ADVANCED,
+                              help="With several data sets, draw training patches from each set equally often, "
+                                   "however many photographs it has; off draws every photograph equally often."),
+    "augment": Field(bool, True, group=REGULARISATION,
+                     help="Flips, rotations, zoom and brightness/contrast jitter: keep on for small data sets."),
+    "max_zoom": Field(float, 1.0, 1.0, 2.0, group=REGULARISATION, label="Maximum zoom",
+                      help="With augmentation on, zoom patches by a random factor between 1/max_zoom and "
+                           "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. "
+                           "Photographs from one camera rarely need it."),
+    "any_angle": Field(bool, False, group=REGULARISATION, label="Rotate by any angle",
+                       help="With augmentation on, rotate patches by any angle instead of only by multiples "
+                            "of 90°."),
+    "camera_augment": Field(float, 0.0, 0.0, 1.0, group=REGULARISATION, label="Other-camera share",
+                            help="With augmentation on, the share of patches cut from the photograph as "
+                                 "another camera would take it: colour cast, gamma and contrast, uneven "
+                                 "illumination, blur or sharpening, JPEG, sensor noise. 0 turns it off; "
+                                 "for photographs of other cameras than the training set's."),
+    # about the last 500 steps
+    "ema_decay": Field(float, 0.998, 0.0, 0.99999, group=REGULARISATION, label="Weight-average decay",
+                       help="Validate and save a moving average of the weights: steadier curves and a better "
+                            "chosen checkpoint. 0.998 averages about the last 500 steps; 0 turns it off."),
     # --- learning-rate schedule
-    lr_schedule: str = "cosine"  # 'cosine' (to min_learning_rate by the last epoch), 'plateau' or 'none'
-    min_learning_rate: float = 1e-5  # floor of the cosine schedule
-    plateau_factor: float = 0.5  # 'plateau': multiply the LR by this ...
-    plateau_patience: int = 5  # ... after this many epochs without improvement
+    "lr_schedule": Field(str, "cosine", choices=SCHEDULES, group=SCHEDULE, label="LR schedule",
+                         help="cosine anneals to the minimum LR; plateau lowers it when stuck."),
+    "min_learning_rate": Field(float, 1e-5, 0.0, 1.0, group=SCHEDULE, label="Minimum learning rate",
+                               help="Floor of the cosine schedule."),
+    "plateau_factor": Field(float, 0.5, 0.0, 0.99, low_open=True, group=SCHEDULE,
+                            help="plateau: multiply the LR by this when stuck."),
+    "plateau_patience": Field(int, 5, 0, 1000, group=SCHEDULE,
+                              help="plateau: epochs without improvement before lowering the LR."),
     # --- early stopping
-    early_stopping_monitor: str = "val_dice"  # 'val_dice' (higher is better) or 'val_loss' (lower is better)
-    early_stopping_patience: int = 15  # epochs without improvement before stopping; 0 = never stop early
-    min_delta: float = 1e-4  # smallest change that counts as an improvement
+    "early_stopping_monitor": Field(str, "val_dice", choices=MONITORS, group=SCHEDULE,
+                                    label="Early-stopping monitor",
+                                    help="val_dice (higher is better) or val_loss (lower is better)."),
+    "early_stopping_patience": Field(int, 15, 0, 100_000, group=SCHEDULE, label="Early-stopping patience",
+                                     help="Epochs without improvement before stopping; 10–20 is a good range. "
+                                          "0 never stops early."),
+    "min_delta": Field(float, 1e-4, 0.0, 1.0, group=SCHEDULE,
+                       help="Smallest change that counts as an improvement."),
     # --- run
-    max_minutes: float = 0.0  # wall-clock budget; 0 = none. With 'cosine' the LR anneals over this time
-    seed: int = 0  # seeds the split, the patches and the weights: same seed, same result on CPU
-    device: str = "auto"  # 'auto' picks cuda, then mps, then cpu
-    precision: str = "auto"  # training arithmetic: 'auto' = bf16 where the chip does it natively, else 'fp32'
-    num_threads: int = 0  # torch CPU threads; 0 = leave torch's default
-    checkpoint_every: int = 0  # also keep epoch_XXX.pt every this many epochs; 0 = off
-    calibrate_postprocess: bool = True  # search post-processing on the validation images at the end
+    # a run's total budget; with 'cosine' the LR anneals over this time
+    "max_minutes": Field(float, 0.0, 0.0, 10_080.0, group=BASICS,
+                         help="Minutes of training; the run ends when they are used up. 0 = no time limit, the "
+                              "epochs end it. Measure this machine then sizes the run to fit them."),
+    "seed": Field(int, 0, 0, 2**31 - 1, group=BASICS,  # seeds the split, the patches and the weights
+                  help="Same seed, same result on CPU: change it to check a result is not luck."),
+    "device": Field(str, "auto", choices=DEVICES, group=ADVANCED,
+                    help="auto picks a CUDA GPU, then Apple MPS, then the CPU."),
+    "precision": Field(str, "auto", choices=PRECISIONS, group=ADVANCED,
+                       help="auto trains in bfloat16 where the processor does it natively (faster), else "
+                            "float32. Prediction is always float32."),
+    "num_threads": Field(int, 0, 0, 256, group=ADVANCED,
+                         help="Torch CPU threads; 0 leaves torch's default (all cores)."),
+    "checkpoint_every": Field(int, 0, 0, 100_000, group=ADVANCED,
+                              help="Also keep epoch_XXX.pt every this many epochs; 0 keeps only best.pt and "
+                                   "last.pt."),
+    "calibrate_postprocess": Field(bool, True, group=ADVANCED, label="Calibrate post-processing",
+                                   help="At the end, search the post-processing settings that give the best "
+                                        "Dice on the validation images; the inference pages open with them."),
+}
+
+
+@config_dataclass(FIELDS)
+class TrainingConfig:
+    """Every training option, one field per entry of ``FIELDS`` (its type and default), in that order.
+
+    ``TrainingConfig()`` holds the defaults; ``from_dict`` reads what a user sent, ``from_stored`` what this
+    program stored; ``to_dict`` is the JSON stored in the run's row and in every checkpoint.
+    """
 
     def __post_init__(self) -> None:
         for name, spec in FIELDS.items():
@@ -90,12 +173,33 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
-        if not isinstance(data, dict):
-            raise UserError(f"A training config must be a JSON object, not {type(data).__name__}.")
-        unknown = sorted(set(data) - set(FIELDS))
-        if unknown:
-            raise UserError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+        """The config a user (a form, a JSON body, a file) sent, every value checked; missing keys take the
+        defaults.
+
+        Raises:
+            UserError: ``data`` is not an object, names an unknown option or holds a value that does not fit.
+        """
+        _check_names(data)
         return cls(**data)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "TrainingConfig":
+        """The config this program stored (``to_dict``'s JSON in a run's row or a checkpoint), without checking
+        every value again: they were checked when it was made. Keys are handled as ``from_dict`` handles them
+        (an unknown one is refused, a missing one takes its default); a whole number stored for a number
+        becomes a float. Never use it on what a user sent: that is ``from_dict``'s.
+
+        Raises:
+            UserError: ``data`` is not an object or names an unknown option.
+        """
+        _check_names(data)
+        config = object.__new__(cls)
+        for name, spec in FIELDS.items():
+            value = data.get(name, spec.default)
+            if spec.kind is float and type(value) is int:
+                value = float(value)
+            object.__setattr__(config, name, value)
+        return config
 
     def with_updates(self, **changes: Any) -> "TrainingConfig":
         unknown = sorted(set(changes) - set(FIELDS))
@@ -104,100 +208,14 @@ class TrainingConfig:
         return replace(self, **changes)
 
 
-# name: (low, high, low is excluded); every number has a range
-_RANGES = {
-    "base_channels": (1, 256, False), "depth": (1, 6, False), "dropout_rate": (0.0, 0.9, False),
-    "dice_weight": (0.0, 1.0, False), "focal_alpha": (0.0, 1.0, False), "focal_gamma": (0.0, 10.0, False),
-    "tversky_alpha": (0.0, 1.0, False), "tversky_beta": (0.0, 1.0, False),
-    "learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "batch_size": (1, 1024, False),
-    "patch_size": (16, 1024, False), "epochs": (1, 100_000, False), "steps_per_epoch": (1, 1_000_000, False),
-    "val_fraction": (0.0, 0.9, False), "ema_decay": (0.0, 0.99999, False), "max_zoom": (1.0, 2.0, False),
-    "camera_augment": (0.0, 1.0, False),
-    "min_learning_rate": (0.0, 1.0, False),
-    "plateau_factor": (0.0, 0.99, True),
-    "plateau_patience": (0, 1000, False), "early_stopping_patience": (0, 100_000, False),
-    "min_delta": (0.0, 1.0, False), "max_minutes": (0.0, 10_080.0, False), "seed": (0, 2**31 - 1, False),
-    "num_threads": (0, 256, False), "checkpoint_every": (0, 100_000, False), "max_fov_px": (0, 100_000, False),
-}
-# The allowed values of every option that takes one of a few words.
-CHOICES = {
-    "channel": CHANNELS, "normalization": NORMALIZATIONS, "loss_function": LOSS_NAMES, "optimizer": ("adamw",),
-    "lr_schedule": SCHEDULES, "early_stopping_monitor": MONITORS, "device": DEVICES,
-    "precision": PRECISIONS,
-}
-# What each option does and its usual range, in the words the Train page's form shows beside it.
-HELP = {
-    "epochs": ("Upper limit; early stopping usually ends the run sooner."),
-    "batch_size": ("Patches per optimiser step. Lower it if memory runs out."),
-    "patch_size": ("Side of the square training patches; a multiple of 2^depth."),
-    "steps_per_epoch": ("Optimiser steps per epoch; validation runs after each epoch."),
-    "learning_rate": ("Peak learning rate of AdamW."),
-    "val_fraction": ("Share of the images held out for validation; 0 trains on every image and keeps "
-                     "the newest epoch (nothing is then calibrated or stopped early)."),
-    "max_fov_px": ("Photographs whose field of view is wider than this many pixels are brought down to it for "
-                   "training, and predicted at that scale; 1200 makes the vessels of 3504×2336 photographs about "
-                   "as wide in pixels as those of 565×584 ones. 0 trains every data set at its own size."),
-    "balance_datasets": ("With several data sets, draw training patches from each set equally often, however "
-                         "many photographs it has; off draws every photograph equally often."),
-    "seed": ("Same seed, same result on CPU: change it to check a result is not luck."),
-    "loss_function": ("Start with combined_dice_focal: Dice copes with thin vessels being a small "
-                              "share of the pixels, focal with the hard pixels at their edges."),
-    "dice_weight": ("Share of Dice in the combined loss; 0.7 is the recommended start."),
-    "focal_alpha": ("Focal weight of vessel pixels (background gets 1 − alpha)."),
-    "focal_gamma": ("Focal focusing exponent; 2 is the usual value."),
-    "tversky_alpha": ("Tversky weight of false positives."),
-    "tversky_beta": ("Tversky weight of false negatives; above alpha favours thin vessels."),
-    "weight_decay": ("Raise it (e.g. 1e-3) to reduce over-fitting: validation loss rising while "
-                                       "training loss falls."),
-    "dropout_rate": ("Dropout at the bottleneck; 0.1–0.3 reduces over-fitting."),
-    "ema_decay": ("Validate and save a moving average of the weights: steadier curves and a "
-                                    "better chosen checkpoint. 0.998 averages about the last 500 steps; 0 turns it off."),
-    "augment": ("Flips, rotations, zoom and brightness/contrast jitter: keep on for small data "
-                                  "sets."),
-    "max_zoom": ("With augmentation on, zoom patches by a random factor between 1/max_zoom and "
-                                   "max_zoom (e.g. 1.25), for images taken at different scales; 1 turns zoom off. "
-                                   "Photographs from one camera rarely need it."),
-    "any_angle": ("With augmentation on, rotate patches by any angle instead of only by multiples "
-                                    "of 90°."),
-    "camera_augment": ("With augmentation on, the share of patches cut from the photograph as "
-                                         "another camera would take it: colour cast, gamma and contrast, uneven "
-                                         "illumination, blur or sharpening, JPEG, sensor noise. 0 turns it off; "
-                                         "for photographs of other cameras than the training set's."),
-    "early_stopping_monitor": ("val_dice (higher is better) or val_loss (lower is better)."),
-    "early_stopping_patience": ("Epochs without improvement before stopping; 10–20 is a "
-                                                         "good range. 0 never stops early."),
-    "min_delta": ("Smallest change that counts as an improvement."),
-    "lr_schedule": ("cosine anneals to the minimum LR; plateau lowers it when stuck."),
-    "min_learning_rate": ("Floor of the cosine schedule."),
-    "plateau_factor": ("plateau: multiply the LR by this when stuck."),
-    "plateau_patience": ("plateau: epochs without improvement before lowering the LR."),
-    "max_minutes": ("Minutes of training; the run ends when they are used up. 0 = no time limit, the "
-                              "epochs end it. Measure this machine then sizes the run to fit them."),
-    "base_channels": ("Channels of the first U-Net level (doubling per level); more channels learn "
-                                  "finer detail and take longer per step."),
-    "depth": ("Down-sampling steps of the U-Net; 3 sees 8× context, enough for retinal vessels."),
-    "channel": ("Input channel: green has the best vessel contrast in fundus photographs; rgb "
-                            "gives the model all three."),
-    "clahe": ("Contrast-limited adaptive histogram equalisation before the network; saved with the "
-                          "model and applied again at inference."),
-    "normalization": ("zscore: per image inside the field of view; unit: divide by 255."),
-    "optimizer": ("AdamW, the only optimiser offered."),
-    "device": ("auto picks a CUDA GPU, then Apple MPS, then the CPU."),
-    "precision": ("auto trains in bfloat16 where the processor does it natively (faster), else "
-                              "float32. Prediction is always float32."),
-    "num_threads": ("Torch CPU threads; 0 leaves torch's default (all cores)."),
-    "checkpoint_every": ("Also keep epoch_XXX.pt every this many epochs; 0 keeps only best.pt and "
-                                     "last.pt."),
-    "calibrate_postprocess": ("At the end, search the post-processing settings that give the best "
-                                          "Dice on the validation images; the inference pages open with them."),
-}
-# Every option's spec (strict: typed values from JSON, the CLI and the form), checked in __post_init__.
-FIELDS: dict[str, Field] = {
-    f.name: Field({"int": int, "float": float, "bool": bool, "str": str}[f.type], f.default,
-                  *_RANGES.get(f.name, (None, None, False)), choices=CHOICES.get(f.name, ()),
-                  help=HELP.get(f.name, ""))
-    for f in fields(TrainingConfig)
-}
+def _check_names(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"A training config must be a JSON object, not {type(data).__name__}.")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UserError(f"Unknown training option(s) {', '.join(map(repr, unknown))}: {_known()}")
+
+
 # Settings that shape the network or its input; a resumed run must keep them.
 ARCHITECTURE_KEYS = ("base_channels", "depth", "channel", "clahe", "normalization")
 
