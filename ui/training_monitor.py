@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.errors import UserError
+from engine.progress import run_budget_s, run_progress
 from ui.charts import curves_figure
 from ui.formatting import age_text, stop_reason_text, val_dice_words
 from ui.readers import forget_queries, model_metrics
 from ui.training_continue import continue_controls
-from engine.progress import run_budget_s, run_progress
 from storage.db import TRAINING_STATUSES
 
 
