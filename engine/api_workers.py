@@ -32,9 +32,9 @@ An uploaded checkpoint is refused with a sentence, and nothing registered, when 
 ``ML_MANAGER_MAX_UPLOAD_MB`` (default 512), does not load with ``torch.load(..., weights_only=True)`` (a
 truncated file, a pickle that carries code), or is not this program's format version.
 
-With the Redis queue the dashboard also watches over the workers (``engine.jobs.watchdog.start_watchdog``): a run or job
-whose worker stopped beating is failed with "the worker on HOST stopped (...)", and a queued job whose
-queue entry vanished (Redis restarted without persistence) is queued again (``engine.jobs.watchdog``).
+With the Redis queue the dashboard also watches over the workers (``engine.jobs.watchdog``, started by
+:func:`worker_routes`): a run or job whose worker stopped beating is failed with "the worker on HOST stopped
+(...)", and a queued job whose queue entry vanished (Redis restarted without persistence) is queued again.
 
 The routes themselves live by concern: ``engine.api_worker_training`` (runs), ``engine.api_worker_jobs``
 (batch jobs), with the checks every one makes in ``engine.api_worker_requests`` and the zips they send in
