@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.api import ApiError
-from engine.api_workers import UploadRefused
+from engine.api_worker_requests import UploadRefused
 from engine.cli.common import CliError
 from engine.errors import UserError, error_text, number_or_none, user_error
 from engine.housekeeping import HousekeepingError

@@ -1,15 +1,17 @@
 """Liveness and recovery: the worker's heartbeat, and failing the runs and jobs a dead worker left behind.
 
 A background thread started with the worker beats every ``BEAT_S`` seconds for the worker and for
-each run and job it executes (``ACTIVE``). The periodic ``check_stale_runs`` (every minute) and the
-start-up hook mark runs whose heartbeat is older than ``ML_MANAGER_STALE_AFTER_S`` (default 60 s)
-``failed``; at start-up a run owned by a worker process that no longer exists is failed at once.
-Freeing those rows is what releases the training slots a killed worker held (the slots are rows,
-not Huey locks). When no worker runs at all, ``recover_if_no_worker`` (called by the dashboard, the
-API and ``python -m engine status``) does the same; each run is failed by one conditional UPDATE, so
-a worker starting at that moment and the dashboard never both fail it. The check itself is
-``engine.jobs.lifecycle.recover_stale``; with the Redis queue the dashboard also runs it every second for
-the workers on other machines (``engine.api_workers``).
+each run and job it executes (``ACTIVE``). Stale-run recovery is :func:`recover_stale_runs`, whoever
+calls it: it marks runs whose heartbeat is older than ``ML_MANAGER_STALE_AFTER_S`` (default 60 s)
+``failed`` (``engine.jobs.lifecycle.recover_stale``), each by one conditional UPDATE, so a worker starting
+at that moment and the dashboard never both fail it. Freeing those rows is what releases the training
+slots a killed worker held (the slots are rows, not Huey locks). Who calls it depends on the queue:
+
+* The SQLite queue file: the worker at its start (where a run owned by a worker process that no longer
+  exists is failed at once) and every minute (``check_stale_runs``); when no worker runs at all,
+  ``recover_if_no_worker`` (called by the dashboard, the API and ``python -m engine status``).
+* The Redis queue of several machines: only the dashboard's watchdog (``engine.jobs.watchdog``), every
+  second, which also queues again what the queue lost.
 """
 from __future__ import annotations
 
@@ -73,15 +75,20 @@ _startup_lock = threading.Lock()
 _started_pid: int | None = None
 
 
-def recover_stale_runs(at_startup: bool = False) -> list[str]:
+def recover_stale_runs(at_startup: bool = False, watchdog: bool = False) -> list[str]:
     """Mark abandoned runs and inference jobs ``failed`` (``lifecycle.recover_stale``), sparing what this
     process works on itself; returns their ids.
 
-    With the Redis queue it does nothing: workers on other machines (or on this one) beat through the
-    dashboard, so while the dashboard is away or has just started their heartbeats are old, and a worker
-    restarted on this machine leaves a process id that no longer runs; the dashboard's watchdog judges those
-    runs once their workers could beat (``engine.api_workers``)."""
-    if redis_url() is not None:
+    Args:
+        at_startup: a worker starting: also fail the rows of worker processes on this machine that no longer
+            exist, whatever their heartbeat.
+        watchdog: the dashboard's watchdog calls (``engine.jobs.watchdog``). With the Redis queue only the
+            watchdog judges runs: workers on other machines (or on this one) beat through the dashboard, so
+            while the dashboard is away or has just started their heartbeats are old, and a worker restarted
+            on this machine leaves a process id that no longer runs; the watchdog judges those runs once their
+            workers could beat. With the queue file only the others do.
+    """
+    if (redis_url() is not None) != watchdog:
         return []
     return recover_stale(at_startup, ACTIVE.snapshot())
 
@@ -97,7 +104,7 @@ def recover_if_no_worker(force: bool = False) -> list[str]:
     ago. Queued runs are left alone: their tasks wait in the queue for the next worker. With the Redis queue
     it does nothing: workers on other machines beat through the dashboard, so a dashboard that was away (or
     a command run while it is) has not heard them yet; the dashboard's watchdog judges those runs once its
-    workers could beat (``engine.api_workers``).
+    workers could beat (``engine.jobs.watchdog``).
 
     Returns:
         The ids of the runs and jobs marked ``failed`` by this call.
@@ -151,7 +158,7 @@ def _beat_forever() -> None:
             job = f"training {runs[0]}" if runs else f"inference {jobs[0]}" if jobs else None
             store.beat_worker(db=conn, job=job, **WORKER_INFO)
             store.beat_active(runs, jobs, db=conn)
-        except Exception:  # noqa: BLE001 - keep beating; a locked moment passes
+        except Exception:  # noqa: BLE001 - the heartbeat thread's loop: keep beating, a locked moment passes
             log.exception("heartbeat failed")
             if conn is not None:
                 conn.close()
@@ -183,6 +190,6 @@ def _warm_up() -> None:
     try:
         import engine.inference.predict  # noqa: F401
         import engine.training.loop  # noqa: F401
-    except Exception:  # noqa: BLE001 - the training task will report the same error properly
+    except (ImportError, OSError, RuntimeError):  # a broken install: the training task reports it properly
         log.exception("warming up the engine failed")
 
