@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from engine.errors import UserError
 from engine.jobs.queue import log
 from storage import db as store
 from storage import paths
@@ -98,7 +100,9 @@ class ProgressRecorder:
     def __call__(self, event: dict) -> None:
         try:
             self._handle(event)
-        except Exception:  # noqa: BLE001 - a registry hiccup must not kill the training; it is logged
+        except (sqlite3.Error, OSError, UserError, KeyError, TypeError, ValueError):
+            # a registry hiccup (locked, a disk error, the run gone) or a malformed event from a remote worker
+            # must not kill the training; it is logged
             self.failures += 1
             log.exception("could not record %s event of model %s", event.get("type"), self.model_id)
 
