@@ -7,10 +7,11 @@ a run whose heartbeat is older than ``stale_after_s()`` is failed by :func:`reco
 on HOST stopped (...)". A batch job goes ``queued`` -> ``running`` (:func:`claim_job`) -> ``completed`` /
 ``failed`` / ``cancelled``.
 
-A worker on the dashboard's machine calls these functions itself (``engine.jobs.training``,
-``engine.jobs.inference``); a worker on another machine sends the same events over the HTTP API and the
-dashboard calls them for it (``engine.api_workers``). Either way ``ProgressRecorder`` turns the training
-loop's events into the row's progress, so the two paths cannot drift apart.
+A worker on the dashboard's machine calls these functions itself (through the registry's ledger,
+``engine.jobs.ledger``, which the one runner ``engine.jobs.runner`` drives); a worker on another machine
+sends the same events over the HTTP API and the dashboard calls them for it (``engine.api_workers``).
+Either way ``ProgressRecorder`` turns the training loop's events into the row's progress, so the two paths
+cannot drift apart.
 """
 from __future__ import annotations
 
