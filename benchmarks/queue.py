@@ -103,12 +103,15 @@ def bookkeeping_cost_ms_per_s(config: dict, dataset: Path) -> float:
     the throughput ratio, this does not drown in the noise of a shared machine.
     """
     from engine import jobs
+    from engine.jobs.ledger import RegistryTraining
     from storage import db as store
 
     model_id = store.create_model("overhead", config, str(dataset))
     store.update_model(model_id, status="running")
     conn = store.connect()
-    stopper, progress = jobs.StopWatch(model_id, conn), jobs.ProgressRecorder(model_id, conn)
+    ledger = RegistryTraining(model_id)
+    ledger.conn = conn
+    stopper, progress = jobs.StopPoller(ledger.stop_requested), jobs.ProgressRecorder(model_id, conn)
     progress({"type": "start", "start_epoch": 1, "total_epochs": 3, "steps_per_epoch": 20, "n_train": 4,
               "n_val": 1, "device": "cpu"})
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import os
 import secrets
 from pathlib import Path
@@ -49,6 +48,7 @@ from engine import housekeeping, jobs
 from engine.api_requests import ApiError, check_fields, flag_field, model_id_field
 from engine.api_workers import worker_routes
 from engine.errors import user_error
+from engine.jobs.ledger import json_safe
 from storage import db as store
 from storage import paths
 
@@ -140,19 +140,8 @@ def prune(request: Request, body: dict) -> tuple[int, dict]:
 # --------------------------------------------------------------------------- the guard every request passes
 
 def _json_response(status: int, data: Any, headers: dict | None = None) -> Response:
-    return Response(json.dumps(_finite(data), default=str), status_code=status, media_type="application/json",
+    return Response(json.dumps(json_safe(data), default=str), status_code=status, media_type="application/json",
                     headers={"Cache-Control": "no-store", **(headers or {})})
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities (a diverged loss) as null: JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _status_of(exc: Exception) -> int:

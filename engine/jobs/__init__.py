@@ -15,11 +15,11 @@ from engine.jobs.liveness import (BEAT_S, check_stale_runs, recover_if_no_worker
                                   remove_temp_files, stale_after_s)
 from engine.jobs.queue import (current_queue, huey, queue_for, queue_length, queue_names, redis_url,
                                shutting_down)
-from engine.jobs.training import (STOP_POLL_S, STOPPED_EARLY, ProgressRecorder, StopWatch, max_trainings,
+from engine.jobs.training import (STOP_POLL_S, STOPPED_EARLY, ProgressRecorder, StopPoller, max_trainings,
                                   start_training, stop_training, stop_training_task, submit_training,
                                   train_model_task, training_status)
 
-__all__ = ["BEAT_S", "STOP_POLL_S", "STOPPED_EARLY", "ProgressRecorder", "StopWatch", "cancel_inference",
+__all__ = ["BEAT_S", "STOP_POLL_S", "STOPPED_EARLY", "ProgressRecorder", "StopPoller", "cancel_inference",
            "check_stale_runs", "current_queue", "huey", "inference_status", "max_trainings", "queue_for", "queue_length", "queue_names",
            "recover_if_no_worker", "recover_stale_runs", "redis_url", "remove_temp_files", "run_inference_task",
            "shutting_down", "stale_after_s", "start_inference", "start_training", "stop_training",

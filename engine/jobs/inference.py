@@ -5,35 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
-from engine.errors import error_text
-from engine.jobs import lifecycle
-from engine.jobs.liveness import ACTIVE
-from engine.jobs.queue import (INFERENCE, check_queue, log, queue_for, queued_task, redis_errors, remote_link,
-                               shutting_down)
+from engine.errors import UserError
+from engine.jobs.ledger import RegistryJob
+from engine.jobs.queue import INFERENCE, check_queue, queue_for, queued_task, redis_errors, remote_link
+from engine.jobs.runner import run_job
 from storage import db as store
 
 
 @queued_task()
 def run_inference_task(job_id: str) -> None:
     """Predict every image of the job's folder or zip; outputs go to ``inference/<job_id>/`` (on a worker
-    on another machine: through its remote link, which downloads the inputs and uploads the results)."""
-    from engine.inference.batch import run_job
-
+    on another machine: through its remote link, which downloads the inputs and uploads the results).
+    Either way the one runner (``engine.jobs.runner``) runs it."""
     link = remote_link()
     if link is not None:
         return link.infer(job_id)
-    with ACTIVE.job(job_id):
-        if not lifecycle.claim_job(job_id, store.this_worker_id()):
-            log.info("inference job %s skipped: it is no longer queued", job_id)
-            return
-        try:
-            run_job(job_id, should_stop=shutting_down)
-        except Exception as exc:  # noqa: BLE001 - recorded on the job's row
-            log.exception("inference job %s failed", job_id)
-            store.update_inference_job(job_id, status="failed", finished_at=store.utc_now(), error=error_text(exc))
-
+    run_job(RegistryJob(job_id))
 
 
 def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.PathLike, postprocess: dict | None,
@@ -62,7 +52,7 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
     try:
         with redis_errors("queue the job"):
             q.enqueue(task)
-    except Exception as exc:
+    except (UserError, OSError, sqlite3.Error) as exc:  # a queue that cannot be reached or written
         store.update_inference_job(job_id, status="failed", error=f"could not be queued: {exc}")
         raise
     return job_id

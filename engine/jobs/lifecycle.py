@@ -7,19 +7,22 @@ a run whose heartbeat is older than ``stale_after_s()`` is failed by :func:`reco
 on HOST stopped (...)". A batch job goes ``queued`` -> ``running`` (:func:`claim_job`) -> ``completed`` /
 ``failed`` / ``cancelled``.
 
-A worker on the dashboard's machine calls these functions itself (``engine.jobs.training``,
-``engine.jobs.inference``); a worker on another machine sends the same events over the HTTP API and the
-dashboard calls them for it (``engine.api_workers``). Either way ``ProgressRecorder`` turns the training
-loop's events into the row's progress, so the two paths cannot drift apart.
+A worker on the dashboard's machine calls these functions itself (through the registry's ledger,
+``engine.jobs.ledger``, which the one runner ``engine.jobs.runner`` drives); a worker on another machine
+sends the same events over the HTTP API and the dashboard calls them for it (``engine.api_workers``).
+Either way ``ProgressRecorder`` turns the training loop's events into the row's progress, so the two paths
+cannot drift apart.
 """
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from engine.errors import UserError
 from engine.jobs.queue import log
 from storage import db as store
 from storage import paths
@@ -98,7 +101,9 @@ class ProgressRecorder:
     def __call__(self, event: dict) -> None:
         try:
             self._handle(event)
-        except Exception:  # noqa: BLE001 - a registry hiccup must not kill the training; it is logged
+        except (sqlite3.Error, OSError, UserError, KeyError, TypeError, ValueError):
+            # a registry hiccup (locked, a disk error, the run gone) or a malformed event from a remote worker
+            # must not kill the training; it is logged
             self.failures += 1
             log.exception("could not record %s event of model %s", event.get("type"), self.model_id)
 

@@ -21,51 +21,23 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from huey.exceptions import RetryTask
-
-from engine.errors import error_text
-from engine.jobs import lifecycle
+from engine.jobs.ledger import STOP_POLL_S, RegistryTraining
 from engine.jobs.lifecycle import STOPPED_EARLY, ProgressRecorder, max_trainings
-from engine.jobs.liveness import ACTIVE
-from engine.jobs.queue import (TRAINING, check_queue, log, queue_for, queued_task, redis_errors, redis_url,
-                               remote_link, shutting_down)
+from engine.jobs.queue import TRAINING, check_queue, queue_for, queued_task, redis_errors, redis_url, remote_link
+from engine.jobs.runner import StopPoller, run_training
 from engine.progress import run_budget_s, run_progress
 from storage import db as store
 from storage import paths
 
-STOP_POLL_S = 0.5  # how often a training reads its row for a stop request
-WAIT_RETRY_S = 1  # a training waiting for a slot asks again after this many seconds
-__all__ = ["STOP_POLL_S", "STOPPED_EARLY", "ProgressRecorder", "StopWatch", "max_trainings", "settings_sources",
+if TYPE_CHECKING:
+    from engine.training.config import TrainingConfig
+
+__all__ = ["STOP_POLL_S", "STOPPED_EARLY", "ProgressRecorder", "StopPoller", "max_trainings", "settings_sources",
            "start_training",
            "stop_training", "stop_training_task", "submit_training", "train_model_task", "training_status"]
-
-
-
-class StopWatch:
-    """``should_stop`` for the training loop: a stop request in the row, or the worker shutting down."""
-
-    def __init__(self, model_id: str, conn):
-        self.model_id, self.conn = model_id, conn
-        self.reason: str | None = None  # "user" | "shutdown"
-        self._last = 0.0
-
-    def __call__(self) -> bool:
-        if self.reason:
-            return True
-        if shutting_down():
-            self.reason = "shutdown"
-            return True
-        now = time.monotonic()
-        if now - self._last >= STOP_POLL_S:
-            self._last = now
-            status = store.model_status(self.model_id, db=self.conn)
-            if status is None or status == "stopping":
-                self.reason = "user"
-        return self.reason is not None
 
 
 @queued_task()
@@ -74,51 +46,13 @@ def train_model_task(model_id: str, config: dict | None = None, resume_from: str
 
     ``config`` None: the run's row holds it (the Redis queue carries only ids: the configuration was
     validated once, when the run was submitted). On a worker on another machine the run goes through its
-    remote link (``engine.remote.worker``), which fetches all of it from the dashboard.
+    remote link (``engine.remote.worker``), which fetches all of it from the dashboard. Either way the one
+    runner (``engine.jobs.runner``) runs it.
     """
     link = remote_link()
     if link is not None:
         return link.train(model_id, resume=bool(resume_from))
-    with ACTIVE.run(model_id):  # before the claim, so the stale check never sees it ownerless
-        claimed = lifecycle.claim_training(model_id, store.this_worker_id())
-        if not claimed:
-            if claimed is False:
-                raise RetryTask(delay=WAIT_RETRY_S)
-            log.info("training task of %s skipped: the run is no longer queued", model_id)
-            return
-        if config is None:
-            config = json.loads(store.get_model(model_id)["config"])
-        _run_training(model_id, config, resume_from)
-
-
-def _run_training(model_id: str, config: dict, resume_from: str | None) -> None:
-    conn = store.connect()
-    try:
-        _train_and_record(model_id, config, resume_from, conn)
-    finally:
-        conn.close()
-
-
-def _train_and_record(model_id: str, config: dict, resume_from: str | None, conn) -> None:
-    budget = float(config.get("max_minutes") or 0.0) if isinstance(config, dict) else 0.0
-    stopper, progress = StopWatch(model_id, conn), ProgressRecorder(model_id, conn, max_minutes=budget)
-    try:
-        from engine.training.config import TrainingConfig
-        from engine.training.loop import train
-
-        row = store.get_model(model_id, db=conn)
-        plan = json.loads(row["plan"]) if row.get("plan") else None  # the row is the record of the plan
-        result = train(TrainingConfig.from_dict(config), store.model_datasets(row), paths.checkpoints_dir(model_id),
-                       on_event=progress, should_stop=stopper, resume_from=resume_from, plan=plan)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes the run's error text
-        log.exception("training of %s failed", model_id)
-        lifecycle.fail_training(model_id, error_text(exc), conn)
-        return
-    if result.best_checkpoint is not None:  # the checkpoint event wrote this row already; this covers a lost write
-        store.add_checkpoint(model_id, result.best_epoch, result.best_checkpoint, "best", result.best_metric, db=conn)
-    lifecycle.finish_training(model_id, lifecycle.training_outcome(
-        result.epochs_run, result.best_epoch, result.best_metric, result.best_checkpoint is not None,
-        result.stop_reason, stopper.reason, result.recommended_postprocess), conn)
+    run_training(RegistryTraining(model_id, config, resume_from))
 
 
 @queued_task(priority=100)
@@ -130,13 +64,14 @@ def stop_training_task(model_id: str) -> str:
 
 # --------------------------------------------------------------------------- Python API
 
-def _training_config(config: Any) -> dict:
-    """A validated TrainingConfig dict from a dict or a TrainingConfig (UserError names the bad option)."""
+def _typed_config(config: Any) -> "TrainingConfig":
+    """The face's one check: a TrainingConfig as it is, a dict (a Python caller's) checked into one
+    (UserError names the bad option); None is the defaults."""
     from engine.training.config import TrainingConfig
 
     if isinstance(config, TrainingConfig):
-        return config.to_dict()
-    return TrainingConfig.from_dict(config if config is not None else {}).to_dict()
+        return config
+    return TrainingConfig.from_dict(config if config is not None else {})
 
 
 def _check_startable(row: dict, resume: bool) -> None:
@@ -155,6 +90,8 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
                    queue: str | None = None) -> str:
     """Queue the training of an existing model row and return the Huey task id.
 
+    ``training_config``: a ``TrainingConfig`` (or a dict, checked into one here).
+
     ``queue``: with the Redis queue, the named queue to send it to (None: the one it went to before, or
     ``training``); ignored on the SQLite queue file, which has one queue.
 
@@ -166,35 +103,41 @@ def start_training(model_id: str, training_config: Any, resume: bool = False, pl
     the curves carry on; ``engine.training.checkpoint.check_resume`` says what to change when nothing is left to run).
     Anything else raises UserError and changes nothing.
     """
-    config = _training_config(training_config)
+    return _queue_training(model_id, _typed_config(training_config), resume, plan, queue, config_stored=False)
+
+
+def _queue_training(model_id: str, config: "TrainingConfig", resume: bool, plan: dict | None, queue: str | None,
+                    config_stored: bool) -> str:
+    """``start_training`` with the config checked already; ``config_stored``: the row holds it (a run
+    ``submit_training`` just created), so it is not written again."""
     row = store.get_model(model_id)
     _check_startable(row, resume)
     queue = check_queue(queue, row.get("queue") or TRAINING)
     resume_from = None
     if resume:  # read the file before taking the registry's write lock
         from engine.training.checkpoint import check_resume
-        from engine.training.config import TrainingConfig
 
         last = paths.checkpoints_dir(model_id) / "last.pt"
         if not last.exists():
             raise store.WrongStateError(f"Model {model_id!r} has no last.pt to continue from (no epoch was "
                                         "saved): start it again without resume.")
-        check_resume(last, TrainingConfig.from_dict(config))
+        check_resume(last, config)
         resume_from = str(last)
+    stored = config.to_dict()
     q = queue_for(queue)
     conn = store.connect()
     try:
         with store.immediate(conn):
             _check_startable(store.get_model(model_id, db=conn), resume)
             # the Redis queue carries only the id: a worker on another machine fetches the rest from the row
-            task = train_model_task.s(model_id, None if redis_url() else config, resume_from)
+            task = train_model_task.s(model_id, None if redis_url() else stored, resume_from)
             now = store.utc_now()
-            store.update_model(model_id, db=conn, status="queued", task_id=task.id, config=config, queued_at=now,
+            store.update_model(model_id, db=conn, status="queued", task_id=task.id, queued_at=now,
                                heartbeat_at=now, error=None, stop_reason=None, finished_at=None, started_at=None,
-                               current_epoch=None, batch=None, eta_s=None, total_epochs=config["epochs"],
-                               patience=config["early_stopping_patience"],
-                               monitor=config["early_stopping_monitor"], queue=queue, resume_from=resume_from,
-                               **({"plan": plan} if plan else {}))
+                               current_epoch=None, batch=None, eta_s=None, total_epochs=config.epochs,
+                               patience=config.early_stopping_patience,
+                               monitor=config.early_stopping_monitor, queue=queue, resume_from=resume_from,
+                               **({} if config_stored else {"config": stored}), **({"plan": plan} if plan else {}))
             with redis_errors("queue the training"):
                 q.enqueue(task)  # inside the transaction: if queueing fails, the row is rolled back
     finally:
@@ -227,6 +170,8 @@ def submit_training(name: str, dataset: str | os.PathLike | list, config: Any, s
                     plan: dict | None = None, queue: str | None = None, sources: dict | None = None) -> str:
     """Create a model row for ``dataset`` and queue its training; returns the new model id.
 
+    ``config``: a ``TrainingConfig`` (or a dict, checked into one here: the one check on its way to the worker).
+
     ``dataset``: one data set folder or a list of them, each in its own layout and resolution (the run
     trains on all of them, ``engine.training.loop.train``); the registry records every one.
     ``sources``: where each setting came from (``settings_sources``), stored with the run; None: the plan's
@@ -250,7 +195,7 @@ def submit_training(name: str, dataset: str | os.PathLike | list, config: Any, s
     """
     from engine.training.data import DatasetError, check_patch_size, load_datasets
 
-    config = _training_config(config)
+    config = _typed_config(config)
     queue = check_queue(queue, TRAINING)
     items = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
     folders = [Path(item).expanduser() for item in items]
@@ -273,12 +218,13 @@ def submit_training(name: str, dataset: str | os.PathLike | list, config: Any, s
         raise DatasetError(f"{sets[0].root} has {len(sets[0])} image(s); training needs at least 2 (one held out "
                            "for validation).")
     for ds in sets:
-        check_patch_size(ds, int(config["patch_size"]))
-    model_id = store.create_model(name, config, [str(folder.resolve()) for folder in folders],
+        check_patch_size(ds, config.patch_size)
+    stored = config.to_dict()
+    model_id = store.create_model(name, stored, [str(folder.resolve()) for folder in folders],
                                   submission_key=submission_key, plan=plan,
-                                  settings_from=sources if sources is not None else settings_sources(config, plan))
+                                  settings_from=sources if sources is not None else settings_sources(stored, plan))
     try:
-        start_training(model_id, config, queue=queue)
+        _queue_training(model_id, config, False, None, queue, config_stored=True)
     except BaseException:
         from engine.housekeeping import delete_model
 
