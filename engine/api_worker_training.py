@@ -135,7 +135,7 @@ def record_worker_plan(model_id: str, row: dict, event: dict) -> None:
         raise UserError("A plan event must carry the planned 'config' and 'plan' as JSON objects.")
     config = TrainingConfig.from_dict(event["config"]).to_dict()
     plan = Plan.from_dict(event["plan"]).to_dict()
-    stored = TrainingConfig.from_dict(json.loads(row["config"])).to_dict()
+    stored = TrainingConfig.from_stored(json.loads(row["config"])).to_dict()  # checked when it was submitted
     changed = sorted(k for k in config if config[k] != stored.get(k) and k not in (*PLANNED_FIELDS, "device"))
     if changed:
         raise UserError(f"A worker's plan may change only the planned fields, not {', '.join(changed)}.")

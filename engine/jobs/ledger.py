@@ -167,8 +167,8 @@ class RegistryTraining:
         self.conn = store.connect()
         row = store.get_model(self.model_id, db=self.conn)
         config = self.config if self.config is not None else json.loads(row["config"])
-        if not isinstance(config, TrainingConfig):
-            config = TrainingConfig.from_dict(config)
+        if not isinstance(config, TrainingConfig):  # the row's JSON, checked when the run was submitted
+            config = TrainingConfig.from_stored(config)
         self.progress = lifecycle.ProgressRecorder(self.model_id, self.conn, max_minutes=config.max_minutes or 0.0)
         plan = json.loads(row["plan"]) if row.get("plan") else None  # the row is the record of the plan
         return TrainingOrder(config, plan, load_datasets(store.model_datasets(row)),

@@ -77,11 +77,11 @@ class RemoteTraining:
         if reply.get("resume"):
             target = paths.data_home() / "cache" / "resume" / f"{self.model_id}.pt"
             resume_from = self.link.api.download(f"{self.base}/last.pt", target, {"worker_id": self.link.worker_id})
-        # the stored config, read once; a worker told its device trains on it, whatever the run's setting
+        # the stored config as the dashboard checked it (--device is one of DEVICES); a worker told its device trains on it, whatever the run's setting
         stored = reply["config"]
         if self.link.device != "auto" and isinstance(stored, dict):
             stored = {**stored, "device": self.link.device}
-        return TrainingOrder(TrainingConfig.from_dict(stored), reply.get("plan"), datasets, out, resume_from)
+        return TrainingOrder(TrainingConfig.from_stored(stored), reply.get("plan"), datasets, out, resume_from)
 
     def dataset(self, info: dict, index: int = 0) -> Path:
         """The run's ``index``-th data set in this worker's cache (``<data home>/cache/datasets/<sha256>``),
