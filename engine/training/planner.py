@@ -251,7 +251,8 @@ def data_measure(dataset: Any) -> Callable[..., float]:
 
     One training image is read once (the first of the config's split) and kept for every shape.
     """
-    from engine.training.data import PatchSampler, normalization_stats, prepare_channels, split_indices
+    from engine.training.preprocess import normalization_stats, prepare_channels
+    from engine.training.sampling import PatchSampler, split_indices
 
     if isinstance(dataset, (list, tuple)):
         dataset = dataset[0]
@@ -455,7 +456,7 @@ def _validation_sizes(dataset: Any, config: TrainingConfig) -> list[tuple[int, i
     """(height, width) of the images the config's split validates on, each set's at about its training scale (a
     photograph wider than ``max_fov_px`` is brought down to it); None without a data set."""
     from engine.imageio import image_size
-    from engine.training.data import split_indices
+    from engine.training.sampling import split_indices
 
     sets = _datasets(dataset)
     if sets is None:
