@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.errors import UserError
-from engine.imageio import IMAGE_EXTENSIONS, is_image_name, list_images
+from engine.imageio import DECODE_ERRORS, IMAGE_EXTENSIONS, is_image_name, list_images
 
 EXTENSIONS = tuple(sorted(IMAGE_EXTENSIONS))  # alphabetically, for messages
 _SUFFIX = re.compile(
@@ -114,7 +114,7 @@ def header_size(path: Path) -> tuple[int, int]:
                 return img.size
         with Image.open(path) as img:
             return img.size
-    except Exception:
+    except DECODE_ERRORS:  # a missing file is an OSError too
         raise DatasetError(f"{path.name} in {path.parent} is not a readable image: replace or remove it.") from None
 
 
