@@ -111,7 +111,10 @@ def _open(source: Source, name: str | None) -> tuple[Image.Image, str]:
         raise ImageReadError(
             f"{label} is {w}×{h} pixels; images must be at least {MIN_SIDE}×{MIN_SIDE} pixels."
         )
-    n_frames = getattr(img, "n_frames", 1)
+    try:
+        n_frames = getattr(img, "n_frames", 1)  # a TIFF reads every page's header to count them
+    except DECODE_ERRORS:
+        raise ImageReadError(f"{label} is truncated or damaged (its header cannot be read).") from None
     if n_frames > 1 and img.format != "TIFF":
         raise ImageReadError(
             f"{label} is an animation with {n_frames} frames: save the frame you want as a single image."
