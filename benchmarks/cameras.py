@@ -47,7 +47,8 @@ from engine.inference.predict import load_model, predict  # noqa: E402
 from engine.postprocess.calibration import pooled_dice  # noqa: E402
 from engine.pretrained import PRETRAINED_PATH  # noqa: E402
 from engine.training.camera import SHIFTS, apply_shift, random_camera  # noqa: E402
-from engine.training.data import load_dataset, split_indices  # noqa: E402
+from engine.training.data import load_dataset  # noqa: E402
+from engine.training.sampling import split_indices  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DRIVE = SHARED / "drive" / "training"

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.postprocess.calibration import pooled_dice  # noqa: E402
-from engine.training.data import load_dataset, split_indices  # noqa: E402
+from engine.training.data import load_dataset  # noqa: E402
+from engine.training.sampling import split_indices  # noqa: E402
 from engine.fov import estimate_fov  # noqa: E402
 from engine.inference.predict import load_model, predict, resolve_scale  # noqa: E402
 from engine.postprocess import PostProcessConfig, enhanced_post_processing  # noqa: E402

@@ -25,7 +25,8 @@ import torch  # noqa: E402
 from engine.fov import fov_diameter  # noqa: E402
 from engine.inference.predict import load_model, predict, resolve_scale  # noqa: E402
 from engine.metrics import RunningMetrics  # noqa: E402
-from engine.training.data import load_dataset, split_indices  # noqa: E402
+from engine.training.data import load_dataset  # noqa: E402
+from engine.training.sampling import split_indices  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 CAMERAS = {"DRIVE": SHARED / "drive" / "training", "CHASE_DB1": SHARED / "chase_db1" / "training",

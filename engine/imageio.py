@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -34,6 +35,15 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = None
 
 Source = Union[str, os.PathLike, bytes, BinaryIO]
+
+# What reading a damaged, truncated or foreign file raises, from its header or its pixels: Pillow's own fuzz
+# tests (Tests/oss-fuzz/test_fuzzers.py) accept OSError (UnidentifiedImageError, "image file is truncated",
+# decoder errors), SyntaxError (a broken PNG chunk), ValueError, MemoryError, NotImplementedError and
+# OverflowError; fuzzing this program's formats also met TypeError (a garbled TIFF tag); EOFError, IndexError,
+# KeyError and struct.error are what a format's header parser raises where Pillow does not turn them into
+# SyntaxError; zlib.error and EOFError come from inflating a damaged ``.gz``.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, MemoryError, NotImplementedError, OverflowError,
+                 EOFError, IndexError, KeyError, struct.error, zlib.error)
 
 
 def is_image_name(name: str) -> bool:
@@ -92,7 +102,7 @@ def _open(source: Source, name: str | None) -> tuple[Image.Image, str]:
         raise ImageReadError(
             f"{label} is not an image this program can read: use PNG, JPEG, TIFF, GIF, PPM or BMP."
         ) from None
-    except Exception:  # PIL raises many types for garbage headers
+    except DECODE_ERRORS:
         raise ImageReadError(f"{label} is truncated or damaged (its header cannot be read).") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
@@ -101,14 +111,17 @@ def _open(source: Source, name: str | None) -> tuple[Image.Image, str]:
         raise ImageReadError(
             f"{label} is {w}×{h} pixels; images must be at least {MIN_SIDE}×{MIN_SIDE} pixels."
         )
-    n_frames = getattr(img, "n_frames", 1)
+    try:
+        n_frames = getattr(img, "n_frames", 1)  # a TIFF reads every page's header to count them
+    except DECODE_ERRORS:
+        raise ImageReadError(f"{label} is truncated or damaged (its header cannot be read).") from None
     if n_frames > 1 and img.format != "TIFF":
         raise ImageReadError(
             f"{label} is an animation with {n_frames} frames: save the frame you want as a single image."
         )
     try:
         img.load()
-    except Exception:
+    except DECODE_ERRORS:
         raise ImageReadError(
             f"{label} is truncated or damaged and could not be decoded: export it again."
         ) from None
@@ -210,7 +223,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
-    except Exception:  # PIL raises many types for garbage headers
+    except DECODE_ERRORS:
         raise ImageReadError(f"{label} is not an image this program can read: replace or remove it.") from None
     return h, w
 

@@ -8,7 +8,7 @@ import torch
 
 from engine.training.camera import SHIFTS, apply_shift, camera_variants, random_camera
 from engine.training.config import TrainingConfig
-from engine.training.data import PatchSampler
+from engine.training.sampling import PatchSampler
 from engine.training.loop import train
 from engine.training.synthetic import make_synthetic_dataset
 from engine.errors import UserError

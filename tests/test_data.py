@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.training.data import (DatasetError, PatchSampler, identifier, load_dataset, normalization_stats,
-                                  prepare_channels, preprocess, split_indices)
+from engine.training.data import DatasetError, load_dataset
+from engine.training.layouts import identifier
+from engine.training.preprocess import normalization_stats, prepare_channels, preprocess
+from engine.training.sampling import PatchSampler, split_indices
 from engine.training.synthetic import make_synthetic_dataset
 from engine.errors import UserError
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.training.data import Dataset, Sample, load_dataset
+from engine.training.data import Dataset, load_dataset
+from engine.training.layouts import Sample
 from engine.training.synthetic import synthetic_sample
 from engine.fov import SCALE_TOLERANCE, estimate_fov, fov_diameter, rescale, scale_factor
 from engine.imageio import encode_png, read_image, read_mask

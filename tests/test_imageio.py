@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 RGB = Image.fromarray((np.arange(64 * 48 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
 
 
+def _tiff_with_a_broken_second_page() -> bytes:
+    """A 32×32 TIFF whose first page is whole and whose second page's header lacks its dimensions."""
+    data = bytearray(_encode(Image.new("L", (32, 32)), "TIFF"))
+    first = struct.unpack_from("<I", data, 4)[0]  # little-endian ("II*\0"), as Pillow writes it
+    entries = struct.unpack_from("<H", data, first)[0]
+    struct.pack_into("<I", data, first + 2 + 12 * entries, len(data))  # the first page's "next page" offset
+    return bytes(data + struct.pack("<HHHII", 1, 262, 3, 1, 1) + bytes(4))  # a page with one tag, no size
+
+
 @pytest.mark.parametrize(
     "data, expected",
     [
@@ -31,8 +41,9 @@ RGB = Image.fromarray((np.arange(64 * 48 * 3) % 251).astype(np.uint8).reshape(48
         (_encode(RGB, "PNG")[:200], "truncated or damaged"),
         (_encode(RGB, "JPEG")[:300], "truncated or damaged"),
         (_encode(Image.new("RGB", (1, 1)), "PNG"), "at least 16×16"),
+        (_tiff_with_a_broken_second_page(), "truncated or damaged"),
     ],
-    ids=["empty", "text", "truncated-png", "truncated-jpeg", "1x1"],
+    ids=["empty", "text", "truncated-png", "truncated-jpeg", "1x1", "tiff-broken-second-page"],
 )
 def test_bad_images_give_a_sentence(data, expected):
     with pytest.raises(ImageReadError, match=expected):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.training.data import DatasetError, identifier, load_dataset
+from engine.training.data import DatasetError, load_dataset
+from engine.training.layouts import identifier
 from engine.training.synthetic import synthetic_sample
 from storage.archives import unpack_dataset_zip
 

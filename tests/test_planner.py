@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from engine.training.synthetic import make_synthetic_dataset
-from engine.training.planner import Plan, PlanError, measure_step_seconds, plan_training, replan_for_device
+from engine.training.measure import measure_step_seconds
+from engine.training.plan import Plan, PlanError
+from engine.training.planner import plan_training, replan_for_device
 from engine.training.config import TrainingConfig
 from engine.training.device import native_bf16
 from engine.training.loop import train
@@ -374,7 +376,7 @@ def test_image_size_reads_the_header(tmp_path):
 
 def test_real_batches_of_the_data_set_are_timed(tmp_path):
     from engine.training.data import load_dataset
-    from engine.training.planner import data_measure
+    from engine.training.measure import data_measure
 
     data = load_dataset(make_synthetic_dataset(tmp_path / "data", n_images=3, size=64, seed=1))
     assert data_measure(data)(TrainingConfig(**TINY), 32, 2, "fp32", device="cpu") > 0

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.training.data import load_dataset, split_indices
+from engine.training.data import load_dataset
+from engine.training.sampling import split_indices
 from engine.training.synthetic import synthetic_sample
 from engine.fov import rescale
 from engine.imageio import encode_png

@@ -15,7 +15,8 @@ from sqlite_utils import Database
 
 import engine.jobs as jobs
 from engine import housekeeping
-from engine.training.data import DatasetError, PatchSampler, load_dataset
+from engine.training.data import DatasetError, load_dataset
+from engine.training.sampling import PatchSampler
 from storage import db as store
 from storage import paths
 from storage.migrations import MIGRATIONS

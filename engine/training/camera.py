@@ -158,7 +158,7 @@ def camera_variants(images: list[np.ndarray], fovs: list[np.ndarray], channel: s
     Returns:
         Per photograph (float32 (C, H, W) in [0, 1], (mean, std)), as ``PatchSampler.set_variants`` takes them.
     """
-    from engine.training.data import normalization_stats, prepare_channels
+    from engine.training.preprocess import normalization_stats, prepare_channels
 
     out = []
     for image, fov in zip(images, fovs):

@@ -14,6 +14,7 @@ import io
 import math
 import pickle
 import platform
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,16 @@ class CheckpointError(UserError):
 def build_model(config: Any) -> UNet:
     """The U-Net a TrainingConfig describes."""
     return UNet(3 if config.channel == "rgb" else 1, config.base_channels, config.depth, config.dropout_rate)
+
+
+# What torch.load(weights_only=True) raises for a truncated, damaged or foreign file besides
+# pickle.UnpicklingError (handled first): its zip reader a RuntimeError ("Invalid magic number",
+# "failed finding central directory"); its unpickler EOFError, ValueError (UnicodeDecodeError), IndexError,
+# KeyError, TypeError, AttributeError, AssertionError and struct.error where a damaged file's bytes stand
+# where it expects others (all met fuzzing the zip and legacy formats); OSError when the file cannot be read;
+# MemoryError and OverflowError when a damaged size field asks for more than there is.
+_DAMAGED_FILE_ERRORS = (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, TypeError,
+                        AttributeError, AssertionError, struct.error, MemoryError, OverflowError)
 
 
 def load_checkpoint_dict(path: str | Path) -> dict:
@@ -70,7 +81,7 @@ def load_checkpoint_dict(path: str | Path) -> dict:
             f"{name} contains objects other than weights and settings (possibly code), so it was not loaded: "
             "use a checkpoint written by this program."
         ) from None
-    except Exception:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, …)
+    except _DAMAGED_FILE_ERRORS:
         raise CheckpointError(
             f"{name} is not a readable checkpoint (truncated, damaged or another kind of file): "
             "use a .pt file written by this program."

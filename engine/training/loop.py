@@ -27,7 +27,9 @@ from engine.training.callbacks import EarlyStopping, LRSchedule, WeightAverage
 from engine.training.checkpoint import (TrainingState, build_model, read_training_state, read_weights,
                                         record_calibration, save_checkpoint, scale_record, training_payload)
 from engine.training.config import TrainingConfig, TrainingError
-from engine.training.data import Dataset, DatasetError, PatchSampler, load_datasets, normalization_stats, split_indices
+from engine.training.data import Dataset, DatasetError, load_datasets
+from engine.training.preprocess import normalization_stats
+from engine.training.sampling import PatchSampler, split_indices
 from engine.training.device import resolve_device, resolve_precision
 from engine.training.losses import build_loss
 

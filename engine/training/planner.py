@@ -10,36 +10,42 @@ the epoch count, ends the run (the cosine schedule then anneals over the budget)
     print(plan.explain())
 
 Fields the user set are never changed. ``Plan`` is stored with the run (registry and checkpoint).
+The plan's record and its explanation are :mod:`engine.training.plan`; the timings it compares come
+from :mod:`engine.training.measure`.
 """
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 
-from engine.errors import UserError
 from engine.training.config import TrainingConfig
 from engine.training.device import native_bf16, resolve_device, resolve_precision
+from engine.training.measure import data_measure, measure_step_seconds, measure_validation_seconds
+from engine.training.plan import WIDE_ENOUGH_STEPS, Plan, PlanError
+
+__all__ = [
+    "CANDIDATES", "VALIDATION_SHARE", "MEASURE_SECONDS", "SHAPE_SECONDS", "CHECKPOINTS_PER_BUDGET", "EPOCH_MARGIN",
+    "WIDTHS", "BUDGET_VAL_FRACTION", "BUDGET_PATIENCE", "PLANNED_FIELDS",
+    "plan_training", "replan_for_device", "plan_for_folder",
+    # defined in engine.training.plan; re-exported for the packages that import them from here
+    "Plan", "PlanError",
+]
 
 # (patch side, batch size): about the same patch pixels per step (128² × 8 ≈ 96² × 16 ≈ 64² × 32)
 CANDIDATES = ((128, 8), (96, 16), (64, 32))
 VALIDATION_SHARE = 0.1  # share of a time budget left for validation when validation was not measured
 MEASURE_SECONDS = 10.0  # measuring a plan takes about this long at most, even on a busy machine
 SHAPE_SECONDS = 5.0  # shapes after the first are measured only while measuring has taken less than this
-STEP_SECONDS = 1.5  # one shape's timed steps end after this many seconds (after at least one)
-VALIDATION_PIECE = 512  # validation is timed on a square of at most this side and scaled by the pixels
 CHECKPOINTS_PER_BUDGET = 10  # a budgeted run ends an epoch, and saves a checkpoint, at least this often
 EPOCH_MARGIN = 1.5  # planned epochs cover this many times the planned steps, so the clock ends the run
 # U-Net widths (base_channels) tried under a time budget, widest first. A width is kept when the budget
 # gives it at least WIDE_ENOUGH_STEPS steps; otherwise the narrowest is used, which takes about twice
 # the steps in the same time (benchmarks/train_drive.py compares them).
 WIDTHS = (16, 8)
-WIDE_ENOUGH_STEPS = 4000
 # A budgeted run holds out a small validation split (for the validation curve, the choice of best.pt and
 # the recommended settings) and is never stopped early: with early stopping a few held-out images picked
 # an early epoch and stopped the run before the schedule annealed. On DRIVE at 10 minutes, holding out 2 of
@@ -48,265 +54,6 @@ BUDGET_VAL_FRACTION = 0.1
 BUDGET_PATIENCE = 0
 PLANNED_FIELDS = ("patch_size", "batch_size", "precision", "epochs", "base_channels", "val_fraction",
                   "early_stopping_patience", "steps_per_epoch")
-_DEVICE_WORDS = {"cpu": "this CPU", "cuda": "this GPU", "mps": "this Mac's GPU"}
-
-
-class PlanError(UserError):
-    """The run cannot be planned; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the planner chose and why.
-
-    Attributes:
-        patch_size, batch_size, precision: the chosen shape and arithmetic ('bf16' | 'fp32').
-        seconds_per_step: the measured seconds of one optimisation step of the chosen shape.
-        pixels_per_second: patch pixels processed per second by the chosen shape.
-        candidates: every shape tried, as dicts with ``patch_size, batch_size, precision,
-            seconds_per_step, pixels_per_second`` (the chosen one included), in the order tried.
-        planned_steps: optimisation steps expected within the budget (None without a budget).
-        max_minutes: the time budget in minutes (None without one).
-        device: the device measured ('cpu', 'cuda', 'mps').
-        changed: the config fields the plan changed, with their new values.
-        base_channels: the U-Net width trained (None in plans made before widths were planned).
-        widths: the widths measured under the budget, as dicts with ``base_channels, seconds_per_step,
-            planned_steps``, widest first (empty when the width was not planned).
-        validation_s: the measured seconds of one validation pass of the chosen width (None: not measured).
-        measured_s: the seconds measuring took (None in plans made before it was recorded).
-        steps_per_epoch: the steps of one epoch of the planned run (None in older plans).
-        shapes_left_out: candidate shapes not measured because measuring had taken ``SHAPE_SECONDS`` already.
-    """
-
-    patch_size: int
-    batch_size: int
-    precision: str
-    seconds_per_step: float
-    pixels_per_second: float
-    candidates: list[dict] = field(default_factory=list)
-    planned_steps: int | None = None
-    max_minutes: float | None = None
-    device: str = "cpu"
-    changed: dict = field(default_factory=dict)
-    base_channels: int | None = None
-    widths: list[dict] = field(default_factory=list)
-    validation_s: float | None = None
-    measured_s: float | None = None
-    steps_per_epoch: int | None = None
-    shapes_left_out: int = 0
-
-    def explain(self) -> str:
-        """One sentence for the user: the chosen shape, the steps it gets, and how it compared."""
-        where = _DEVICE_WORDS.get(self.device, f"this {self.device}")
-        measured = f" (measured in {self.measured_s:.1f} s)" if self.measured_s is not None else ""
-        text = (f"{self.precision} on {where}{measured}: {self.patch_size}×{self.patch_size} patches, "
-                f"batch {self.batch_size}, ")
-        if self.widths and self.base_channels is not None:
-            text += f"U-Net width {self.base_channels}, "
-        if self.planned_steps is not None and self.max_minutes:
-            text += f"about {self.planned_steps:,} steps in {self.max_minutes:g} min"
-        else:
-            text += f"about {self.seconds_per_step:.2g} s per step"
-        others = [c for c in self.candidates if c["precision"] == self.precision
-                  and (c["patch_size"], c["batch_size"]) != (self.patch_size, self.batch_size)]
-        mine = [c for c in self.candidates if (c["patch_size"], c["batch_size"], c["precision"])
-                == (self.patch_size, self.batch_size, self.precision)]
-        if others and others[0]["pixels_per_second"] > 0:
-            ref = others[0]  # both measured at one width, so the ratio compares shapes only
-            ratio = (mine[0] if mine else {"pixels_per_second": self.pixels_per_second})["pixels_per_second"] \
-                / ref["pixels_per_second"]
-            text += (f" ({ratio:.1f}× the patch pixels per second of {ref['patch_size']}×{ref['patch_size']} "
-                     f"× {ref['batch_size']})")
-        elif len(self.candidates) == 1 and self.shapes_left_out:
-            text += " (the only shape there was time to measure on this busy machine)"
-        elif len(self.candidates) == 1:
-            text += " (your patch size and batch size, measured)"
-        wider = [w for w in self.widths if self.base_channels is not None and w["base_channels"] > self.base_channels]
-        if wider and wider[-1]["planned_steps"] is None:  # the next wider one was not measured
-            text += "; a wider U-Net would get fewer steps (it is slower per step; not measured)"
-        elif wider:
-            text += (f"; width {wider[-1]['base_channels']} would get only about {wider[-1]['planned_steps']:,} "
-                     f"steps (fewer than {WIDE_ENOUGH_STEPS:,})")
-        if self.max_minutes and self.steps_per_epoch and self.planned_steps:
-            epoch_s = self.steps_per_epoch * self.seconds_per_step + (self.validation_s or 0.0)
-            steps = f"{self.steps_per_epoch:,} step{'s' if self.steps_per_epoch != 1 else ''}"
-            text += f"; {steps} per epoch, so a checkpoint is saved about every {epoch_s:.0f} s"
-        if self.changed.get("val_fraction") == 0.0:  # the plans of earlier versions
-            text += "; every image trains and the last epoch is kept"
-        elif "val_fraction" in self.changed:
-            text += (f"; {self.changed['val_fraction']:.0%} of the images are held out for the validation curve "
-                     "and the recommended settings")
-        if self.changed.get("early_stopping_patience") == 0:
-            text += "; the budget, not early stopping, ends the run"
-        return text + "."
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict; ``Plan.from_dict(plan.to_dict()) == plan``."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Plan":
-        """The Plan ``to_dict`` wrote.
-
-        Raises:
-            PlanError: ``data`` is not a dict or has unknown or missing keys.
-        """
-        if not isinstance(data, dict):
-            raise PlanError(f"A training plan must be a JSON object, not {type(data).__name__}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PlanError(f"Unknown training plan key(s) {', '.join(map(repr, unknown))}.")
-        try:
-            return cls(**{**data, "candidates": [dict(c) for c in data.get("candidates") or []],
-                          "changed": dict(data.get("changed") or {}),
-                          "widths": [dict(w) for w in data.get("widths") or []]})
-        except TypeError:
-            missing = sorted(k for k in ("patch_size", "batch_size", "precision", "seconds_per_step",
-                                         "pixels_per_second") if k not in data)
-            raise PlanError(f"The training plan lacks {', '.join(missing)}.") from None
-
-
-def measure_step_seconds(config: TrainingConfig, patch_size: int, batch_size: int, precision: str,
-                         device: str = "cpu", steps: int = 3,
-                         batches: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
-                         max_seconds: float = STEP_SECONDS) -> float:
-    """Seconds of one real optimisation step of ``config``'s U-Net at this shape.
-
-    The step is the one train() takes: a batch drawn by ``batches`` (random input without it), the config's
-    U-Net (channels-last on a CPU), its loss, AdamW, bfloat16 autocast when ``precision`` is 'bf16', with the
-    config's thread count. One warm-up step is not timed; drawing the batch is.
-
-    Args:
-        config: the TrainingConfig whose model, loss and thread count are measured.
-        patch_size, batch_size: the input shape, (batch_size, channels, patch_size, patch_size).
-        precision: 'bf16' or 'fp32'.
-        device: a torch device name.
-        steps: at most this many timed steps; the median is returned.
-        batches: draws one (images, masks) batch as float32 (B, C, P, P) and (B, 1, P, P) arrays.
-        max_seconds: timing ends after this many seconds once a step was timed (on a CPU, where the first
-            step is timed and left out, once two were); on a busy machine that may be all there is time for.
-
-    Returns:
-        The median seconds per step (> 0).
-
-    Raises:
-        PlanError: ``precision`` is not 'bf16' or 'fp32', or ``steps`` is below 1.
-    """
-    from engine.training.checkpoint import build_model
-    from engine.training.losses import build_loss
-
-    if precision not in ("bf16", "fp32"):
-        raise PlanError(f"precision must be 'bf16' or 'fp32' to be measured, not {precision!r}.")
-    if steps < 1:
-        raise PlanError(f"steps must be at least 1, not {steps}.")
-    dev = torch.device(device)
-    threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
-        generator = torch.Generator().manual_seed(config.seed)
-        model = build_model(config).to(dev)
-        if dev.type == "cpu":  # as train() does
-            model = model.to(memory_format=torch.channels_last)
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        loss_fn = build_loss(config)
-        channels = 3 if config.channel == "rgb" else 1
-        if batches is None:
-            x = torch.randn(batch_size, channels, patch_size, patch_size, generator=generator)
-            y = (torch.rand(batch_size, 1, patch_size, patch_size, generator=generator) > 0.9).float()
-            batches = lambda: (x, y)  # noqa: E731
-        bf16 = precision == "bf16"
-
-        def step() -> None:
-            xb, yb = (torch.as_tensor(a).to(dev) for a in batches())
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(xb)
-            loss = loss_fn(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-
-        if dev.type != "cpu":
-            step()  # a GPU's first step chooses kernels for seconds; a CPU's is timed (1.5-3× a later one) and dropped
-        timings: list[float] = []
-        least = 2 if dev.type == "cpu" else 1
-        while len(timings) < steps + least - 1 and (len(timings) < least or sum(timings) < max_seconds):
-            start = time.perf_counter()
-            step()
-            timings.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    later = timings[1:] if dev.type == "cpu" and len(timings) > 1 else timings
-    return max(statistics.median(later), 1e-9)
-
-
-def data_measure(dataset: Any) -> Callable[..., float]:
-    """A ``measure`` for ``plan_training`` that times the run's real steps: batches of the actual
-    ``PatchSampler`` (its sampling and augmentation) over a training image of ``dataset`` (of the first set,
-    for a list of them).
-
-    One training image is read once (the first of the config's split) and kept for every shape.
-    """
-    from engine.training.data import PatchSampler, normalization_stats, prepare_channels, split_indices
-
-    if isinstance(dataset, (list, tuple)):
-        dataset = dataset[0]
-
-    images: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    def measure(config: TrainingConfig, patch_size: int, batch_size: int, precision: str,
-                device: str = "cpu") -> float:
-        index = split_indices(len(dataset), config.val_fraction, config.seed)[0][0]
-        key = (index, config.channel, bool(config.clahe))
-        if key not in images:
-            image, mask, fov = dataset.raw(index)
-            images[key] = (prepare_channels(image, config.channel, config.clahe), mask, fov)
-        x, mask, fov = images[key]
-        sampler = PatchSampler([x], [mask], [fov], [normalization_stats(x, fov, config.normalization)], patch_size,
-                               config.augment, config.max_zoom, config.any_angle)
-        rng = np.random.default_rng(config.seed)
-        return measure_step_seconds(config, patch_size, batch_size, precision, device,
-                                    batches=lambda: sampler.sample(batch_size, rng))
-    return measure
-
-
-def measure_validation_seconds(config: TrainingConfig, sizes: list[tuple[int, int]], device: str = "cpu") -> float:
-    """Seconds of one validation pass as train() runs it after every epoch: the config's U-Net in fp32 on
-    every tile of every validation image (``sizes``: their (height, width)). One pass over a piece of at
-    most ``VALIDATION_PIECE``² pixels is timed (cold on a CPU, so the estimate errs long) and scaled by the
-    pixels of the tiles; 0.0 without validation images."""
-    from engine.tiling import TILE_SIZE, one_piece, tile_count
-    from engine.training.checkpoint import build_model
-
-    if not sizes:
-        return 0.0
-    dev = torch.device(device)
-    threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
-        tiles = [(h, w, 1) if one_piece(h, w) else (min(h, TILE_SIZE), min(w, TILE_SIZE), tile_count(h, w))
-                 for h, w in sizes]
-        tile_pixels = sum(th * tw * n for th, tw, n in tiles)
-        side = 2 ** config.depth * max(1, min(VALIDATION_PIECE, max(min(th, tw) for th, tw, _ in tiles)) // 2 ** config.depth)
-        model = build_model(config).to(dev).eval()
-        x = torch.zeros(1, 3 if config.channel == "rgb" else 1, side, side, device=dev)
-        with torch.inference_mode():
-            if dev.type != "cpu":  # a GPU's first pass chooses kernels for seconds; a CPU's costs little more
-                model(x)
-                torch.cuda.synchronize(dev) if dev.type == "cuda" else None
-            start = time.perf_counter()
-            model(x)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
-    return seconds * tile_pixels / (side * side)
 
 
 def _shapes(config: TrainingConfig, user: set[str], fits: Callable[[int], bool]) -> list[tuple[int, int]]:
@@ -455,7 +202,7 @@ def _validation_sizes(dataset: Any, config: TrainingConfig) -> list[tuple[int, i
     """(height, width) of the images the config's split validates on, each set's at about its training scale (a
     photograph wider than ``max_fov_px`` is brought down to it); None without a data set."""
     from engine.imageio import image_size
-    from engine.training.data import split_indices
+    from engine.training.sampling import split_indices
 
     sets = _datasets(dataset)
     if sets is None:
