@@ -42,43 +42,44 @@ def configure_logging() -> Path:
 
 
 @contextmanager
-def user_errors(doing: str):
-    """Show a user's error as its sentence; log anything else (a bug) with its traceback and say where the
-    log is, instead of showing a traceback."""
+def _last_resort(doing: str, on_sentence: Callable[[str], None] | None, on_bug: Callable[[], None]):
+    """The dashboard's one last resort: a user's error (``UserError``) goes to ``on_sentence`` when given;
+    anything else (a bug) is logged with its traceback and ``on_bug`` tells the user, never a traceback."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - a page's last resort (run_page); user_error tells a sentence from a bug
-        if (error := user_error(exc)) is not None:
+    except Exception as exc:  # noqa: BLE001 - the last resort of a page's run and of a button's callback
+        if on_sentence is not None and (error := user_error(exc)) is not None:
             logger.info("refused while %s: %s", doing, error, exc_info=True)
-            st.error(str(error))
+            on_sentence(str(error))
             return
         logger.exception("unexpected error while %s", doing)
-        st.error(
-            f"Something unexpected went wrong while {doing}. The details were written to the dashboard's log "
-            f"({_log_path()}); try again, and report it if it happens again."
-        )
+        on_bug()
+
+
+def user_errors(doing: str):
+    """Show a user's error as its sentence; log anything else (a bug) with its traceback and say where the
+    log is, instead of showing a traceback (``run_page``'s last resort)."""
+    return _last_resort(doing, st.error, lambda: st.error(
+        f"Something unexpected went wrong while {doing}. The details were written to the dashboard's log "
+        f"({_log_path()}); try again, and report it if it happens again."))
 
 
 # What a button says when queuing failed on a bug (the traceback is in the log).
 NOT_QUEUED = "The run could not be queued because of an unexpected error; details are in logs/dashboard.log."
 
 
-@contextmanager
 def last_resort(say: Callable[[str], None], sentence: str, doing: str):
-    """The last resort of a button's callback, or of a step whose outcome the page shows in its own place:
-    a bug (the block catches a user's ``UserError`` itself) is logged with its traceback, as "could not
-    ``doing``", and ``say(sentence)`` tells the user, where the outcome is shown; the block is left.
+    """The last resort of a button's callback (Streamlit runs it before the page, outside ``run_page``'s), or
+    of a step whose outcome the page shows in its own place: a bug (the block catches a user's ``UserError``
+    itself) is logged with its traceback, and ``say(sentence)`` tells the user, where the outcome is shown;
+    the block is left.
 
     Args:
         say: puts the sentence where the page shows this outcome (a session-state message).
         sentence: what to tell the user, naming the log.
         doing: what was being done, for the log.
     """
-    try:
-        yield
-    except Exception:  # noqa: BLE001 - Streamlit runs a callback before the page, outside run_page's last resort
-        logger.exception("could not %s", doing)
-        say(sentence)
+    return _last_resort(f"trying to {doing}", None, lambda: say(sentence))
 
 
 def _log_path() -> str:
