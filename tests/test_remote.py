@@ -102,6 +102,15 @@ def test_its_checkpoints_are_in_the_dashboards_data_home(lab, trained):
                                                                                       ("last.pt", True)]
 
 
+@pytest.mark.parametrize("name", ["best.pt", "last.pt"])
+def test_each_checkpoint_is_recorded_with_its_own_epochs_metric(lab, trained, name):
+    """As a local worker records them: best.pt with the best epoch's score, last.pt with the last epoch's."""
+    history = lab.dashboard.call("GET", f"/api/v1/training/status/{trained[0]}?history=1")[1]["history"]
+    listed = lab.dashboard.call("GET", f"/api/v1/models/{trained[0]}/checkpoints")[1]["checkpoints"]
+    row = next(c for c in listed if c["name"] == name)
+    assert row["metric"] == next(h["val_dice"] for h in history if h["epoch"] == row["epoch"])
+
+
 def test_its_recommended_settings_are_in_the_registry(lab, trained):
     models = lab.dashboard.call("GET", "/api/v1/models")[1]["models"]
     row = next(m for m in models if m["id"] == trained[0])

@@ -77,7 +77,8 @@ class RemoteTraining:
         if reply.get("resume"):
             target = paths.data_home() / "cache" / "resume" / f"{self.model_id}.pt"
             resume_from = self.link.api.download(f"{self.base}/last.pt", target, {"worker_id": self.link.worker_id})
-        # the stored config as the dashboard checked it (--device is one of DEVICES); a worker told its device trains on it, whatever the run's setting
+        # the stored config as the dashboard checked it; a worker told its device (--device, one of DEVICES)
+        # trains on it, whatever the run's setting
         stored = reply["config"]
         if self.link.device != "auto" and isinstance(stored, dict):
             stored = {**stored, "device": self.link.device}
@@ -120,9 +121,12 @@ class RemoteTraining:
     def record_final(self, result: "TrainResult") -> None:
         recorder = self.recorder
         recorder.flush()
-        for path, name in ((result.best_checkpoint, "best.pt"), (result.last_checkpoint, "last.pt")):
+        last = recorder.recorded.get("last.pt", (None, None))  # last.pt's epoch and metric, as its event said
+        best = (result.best_epoch, result.best_metric)
+        for path, name, (epoch, metric) in ((result.best_checkpoint, "best.pt", best),
+                                            (result.last_checkpoint, "last.pt", last)):
             if path is not None and recorder.uploaded.get(name) != Path(path).stat().st_mtime_ns:
-                recorder.upload(Path(path), name, result.best_epoch, result.best_metric)
+                recorder.upload(Path(path), name, epoch, metric)
 
     def finish(self, outcome: dict) -> None:
         self.link.report(f"{self.base}/finish", outcome)
@@ -146,6 +150,7 @@ class RemoteRecorder:
         self.base = f"/workers/trainings/{model_id}"
         self.pending: list[dict] = []
         self.uploaded: dict[str, int] = {}  # name -> mtime of the file last uploaded
+        self.recorded: dict[str, tuple] = {}  # name -> (epoch, metric) of its last upload
         self.status: str | None = None
         self._last_sent = 0.0
         self.failures = 0
@@ -182,6 +187,7 @@ class RemoteRecorder:
         self.link.outbox.send("PUT", f"{self.base}/checkpoints/{name}", file=path,
                               query={"worker_id": self.link.worker_id, "epoch": epoch, "metric": metric})
         self.uploaded[name] = mtime
+        self.recorded[name] = (epoch, metric)
 
 
 class RemoteJob:
