@@ -10,7 +10,7 @@ from engine import jobs
 from engine.api_requests import (ApiError, allowed_datasets, check_fields, flag_field, model_id_field,
                                  query_flag, settings_field, text_field)
 from engine.pretrained import pretrained_entry
-from engine.training.config import config_with_changes
+from engine.training.config import TrainingConfig, config_with_changes
 from storage import db as store
 
 _JSON_COLUMNS = ("config", "recommended_postprocess", "postprocess", "datasets")
@@ -42,14 +42,13 @@ def training_start(request: Request, body: dict) -> tuple[int, dict]:
         check_fields(body, {"name", "dataset"}, {"training_config", "plan", "queue"})
         name = text_field(body, "name", "'unet-dice-v1'")
         folder = allowed_datasets(body["dataset"])
-        config = settings_field(body, "training_config") if "training_config" in body else {}
+        sent = settings_field(body, "training_config") if "training_config" in body else {}
+        config = TrainingConfig.from_dict(sent)  # the one check of what the caller sent
         plan = None
         if "plan" not in body or flag_field(body, "plan"):
             from engine.training.planner import plan_for_folder
-            from engine.training.config import TrainingConfig
 
-            planned, plan = plan_for_folder(TrainingConfig.from_dict(config), set(config), folder)
-            config = planned.to_dict()
+            config, plan = plan_for_folder(config, set(sent), folder)
         model_id = jobs.submit_training(name, folder, config, plan=plan.to_dict() if plan else None,
                                         queue=body.get("queue"))
         task_id = store.get_model(model_id)["task_id"]

@@ -28,9 +28,10 @@ def resume_point(path: str, mtime: float) -> dict:
 def _restart(model_id: str, config_json: str, key: str) -> None:
     """Queue a run that was stopped before its first epoch again, from the start, with its own settings."""
     from engine.jobs import start_training
+    from engine.training.config import TrainingConfig
 
     try:
-        start_training(model_id, json.loads(config_json))
+        start_training(model_id, TrainingConfig.from_stored(json.loads(config_json)))  # checked when submitted
         st.session_state[f"{key}_msg_{model_id}"] = ("success", "Queued again from the start.")
     except UserError as exc:
         st.session_state[f"{key}_msg_{model_id}"] = ("error", str(exc))

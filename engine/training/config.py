@@ -220,7 +220,7 @@ def _check_names(data: Any) -> None:
 ARCHITECTURE_KEYS = ("base_channels", "depth", "channel", "clahe", "normalization")
 
 
-def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> "TrainingConfig":
     """The settings a restarted or continued run trains with: its stored config (what the plan chose
     included) with only the fields in ``changes`` replaced; a field not sent keeps its stored value.
 
@@ -228,7 +228,8 @@ def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict
         stored: the run's config as its registry row holds it (a ``TrainingConfig`` dict).
         changes: the fields the caller sent, e.g. ``{"epochs": 40}``.
     Returns:
-        A validated ``TrainingConfig`` dict.
+        The ``TrainingConfig``, checked once here with the changes in it (the stored part is read back with
+        ``from_stored``: it was checked when the run was submitted).
     Raises:
         UserError: ``changes`` is not an object, names an unknown option, or makes an invalid config
             (the sentence names the option).
@@ -237,7 +238,7 @@ def config_with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict
         raise UserError(f"The changed training options must be a JSON object such as {{\"epochs\": 40}}, "
                          f"not {type(changes).__name__}.")
     base = {k: v for k, v in (stored or {}).items() if k in FIELDS}  # a retired option is dropped
-    return TrainingConfig.from_dict(base).with_updates(**changes).to_dict()
+    return TrainingConfig.from_stored(base).with_updates(**changes)
 
 
 def more_time_changes(config: dict[str, Any], trained_minutes: float, epochs_done: int,
