@@ -33,7 +33,7 @@ def warm_up_imports() -> threading.Thread:
             logging.getLogger("ml_manager.dashboard").exception("warming up the engine imports failed")
         # Streamlit runs a full gc.collect(2) after every script and fragment run, before the browser can
         # fetch the new image; with torch imported that pass walks every object torch made and slows each
-        # tuner slider move (README, "Slider latency"). The imported modules live as long as the server,
+        # tuner slider move (docs/BENCHMARKS.md, "Slider latency"). The imported modules live as long as the server,
         # so move them out of the collector's reach once: later collections only walk new objects.
         gc.collect()
         gc.freeze()

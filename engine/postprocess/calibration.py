@@ -34,13 +34,13 @@ MIN_SIZES = (0, 10, 20, 30, 50, 80, 100, 120)
 CONFIDENCES = (0.55, 0.6, 0.65, 0.7)  # minimum mean probability of a kept component
 VESSEL_RATIOS = (2.0, 3.0, 5.0)  # shape filter: minimum length / width of a kept component
 # A step must raise the pooled validation Dice by this much to be kept: with a few validation images,
-# smaller gains are noise that costs Dice on unseen images (the README's DRIVE results give the runs).
+# smaller gains are noise that costs Dice on unseen images (docs/BENCHMARKS.md, "Quality for the time you give").
 CALIBRATION_MIN_GAIN = 0.002
 # ... and may lower the Dice of at most this share of the validation images (rounded down: none of 1-3).
 LOSING_SHARE = 0.25
 # The trainer calibrates only with this many validation images; with fewer it recommends the plain map. On
 # DRIVE, settings chosen on 2 validation images changed the unseen images' Dice by +0.0003, 0, +0.0016,
-# -0.0013 and -0.0145 in five runs (README, "Quality for the time you give").
+# -0.0013 and -0.0145 in five runs (docs/BENCHMARKS.md, "Calibrating post-processing on few images").
 MIN_CALIBRATION_IMAGES = 3
 # The usual conservative advice for noisy vessel maps, which the explanation compares the choice with.
 USUAL_THRESHOLDS = (0.6, 0.7, 0.8)

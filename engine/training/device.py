@@ -29,7 +29,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
     bf16 autocast runs the convolutions in bfloat16 while weights, optimiser state, BatchNorm
     statistics and the loss stay float32. A CPU without native bf16 would emulate it, slower than
-    float32, so 'auto' uses it only where the hardware has it (``native_bf16``; the README gives the
+    float32, so 'auto' uses it only where the hardware has it (``native_bf16``; docs/BENCHMARKS.md gives the
     measured speed-up). Validation and prediction always run in float32.
 
     Raises:
