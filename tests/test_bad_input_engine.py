@@ -157,14 +157,15 @@ def test_every_numeric_option_has_its_four_rows():
 
 # --------------------------------------------------------------------------- batch inference
 def test_one_unreadable_file_fails_only_its_own_row_of_a_batch(ctx):
-    from engine.inference.batch import run_job
+    from engine.jobs.ledger import RegistryJob
+    from engine.jobs.runner import run_job
 
     folder = unreadable_file(ctx).parent
     (folder / "good.png").write_bytes(FUNDUS)
     (folder / "blocked.png").write_bytes(FUNDUS)
     job_id = store.create_inference_job(store.BASELINE, str(folder), {})
     (paths.inference_dir(job_id) / "prob" / "blocked.png").mkdir(parents=True)  # its result cannot be written
-    run_job(job_id)
+    run_job(RegistryJob(job_id))  # what the worker's task runs
     job = store.get_inference_job(job_id)
     stats = (paths.inference_dir(job_id) / "stats.csv").read_text()
     rows = {r["image"]: r for r in csv.DictReader(io.StringIO(stats))}

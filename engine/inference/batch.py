@@ -32,7 +32,6 @@ from engine.imageio import IMAGE_EXTENSIONS, encode_png, is_image_name, list_ima
 from engine.inference.predictor import CLASSICAL, Predictor
 from storage.db import checkpoint_file
 from storage import archives, paths
-from storage import db as store
 
 STATS_COLUMNS = ("image", "width", "height", "vessel_pixels", "vessel_fraction", "components", "mean_probability",
                  "threshold_used", "pixels_removed", "fov_fraction", "scale_factor", "seconds", "error")
@@ -122,16 +121,6 @@ def job_settings(row: dict, pp_config) -> dict:
             "postprocess": pp_config.to_dict(), "scale": job_scale(row), "field_of_view": "estimated from each image",
             "test_time_augmentation": predictor.tta_words,
             "input": row["input_path"], "versions": versions()}
-
-
-def run_job(job_id: str, should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Run one queued-and-claimed inference job to the end, recording progress on its row."""
-    row = store.get_inference_job(job_id)
-    outcome = run_images(
-        row, paths.inference_dir(job_id), source=Path(row["input_path"]),
-        on_progress=lambda **counts: store.update_inference_job(job_id, heartbeat_at=store.utc_now(), **counts),
-        cancelled=lambda: store.inference_cancelled(job_id), should_stop=should_stop)
-    store.update_inference_job(job_id, finished_at=store.utc_now(), **outcome)
 
 
 def job_outcome(n_total: int, n_failed: int, n_done: int, cancelled: bool) -> dict:
