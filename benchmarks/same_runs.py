@@ -106,12 +106,14 @@ def measure(base: Path) -> dict:
     home = base / "S"
     (home / "logs").mkdir(parents=True)
     _synth(home)
+    os.environ.pop("ML_MANAGER_QUEUE", None)
     dashboard = Dashboard(home, {})
-    env = {**os.environ, "ML_MANAGER_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    os.environ["ML_MANAGER_HOME"] = str(home)  # the queue module reads it when first imported
+    from engine.jobs.queue import worker_command
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(home / "logs" / "worker.log", "ab") as log:
-        consumer = subprocess.Popen([str(Path(sys.executable).with_name("huey_consumer")), "engine.jobs.huey", "-k",
-                                     "thread", "-w", "2", "-m", "0.5", "-C"], cwd=ROOT, env=env, stdout=log,
-                                    stderr=log)
+        consumer = subprocess.Popen(worker_command(), cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
         results["sqlite"] = fingerprint(dashboard, run_one(dashboard, None), base)
     finally:
