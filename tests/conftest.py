@@ -86,3 +86,13 @@ def served_api(tmp_path_factory):
                 yield server
             finally:
                 server.stop()
+
+
+@pytest.fixture
+def readme_shell(tmp_path):
+    """A shell for one of the README's ```bash blocks on a fresh data home (tests/readme_helpers.py); what it
+    started is stopped with Ctrl-C at the end."""
+    from tests.readme_helpers import new_shell
+
+    with new_shell(tmp_path) as shell:
+        yield shell
