@@ -58,9 +58,10 @@ dashboard: $(STAMP_RUN)
 		--logger.hideWelcomeMessage true
 
 ## test: the whole suite (unit, real worker, AppTest, headless browser), in TEST_JOBS processes (a file
-##       stays in one process, so its module fixtures are made once); TEST_JOBS=0 runs it in this one
+##       stays in one process, so its module fixtures are made once; files go out in collection order, which
+##       tests/conftest.py starts with the slowest); TEST_JOBS=0 runs it in this one
 test: $(STAMP_DEV)
-	$(PY) -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 ## screenshots: re-take the README's screenshots (docs/screenshots/) with the end-to-end browser test
 screenshots: $(STAMP_DEV)

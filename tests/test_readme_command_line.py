@@ -10,6 +10,7 @@ from tests.readme_helpers import ROOT, block
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(900)  # the two-set training's first epoch (250 steps) may take EPOCH_S on a busy machine
 def test_the_command_line_block_runs_as_written(readme_shell):
     shell = readme_shell
     commands = block("Command line")
