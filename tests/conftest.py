@@ -17,16 +17,17 @@ if str(ROOT) not in sys.path:
 # Keep torch and BLAS from fighting over the two cores of a CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# The files that take longest, slowest first (one process, `--durations`, on the busy 2-core machine: the commit
-# that last changed this list gives the seconds). `make test` hands whole files to its processes in collection
-# order (`--dist loadfile --no-loadscope-reorder`), so these start first and the short files fill in around them;
+# The files that take longest, slowest first (measured one at a time on the shared 2-core machine; the commit that
+# last changed this list gives the seconds). `make test` hands whole files to its processes in collection order
+# (`--dist loadfile --no-loadscope-reorder`), so these start first and the short files fill in around them;
 # xdist's own order (most tests first) started the long README, remote and browser files last: they set the tail.
 SLOWEST_FIRST = (
-    "test_readme_command_line.py", "test_browser_traps.py", "test_browser_tuner.py", "test_browser.py",
-    "test_remote.py", "test_bad_input_cli.py", "test_remote_outbox.py", "test_browser_session.py",
-    "test_readme_several_machines.py", "test_crash.py", "test_bounded_memory.py", "test_pages.py", "test_api_jobs.py",
-    "test_scales.py", "test_readme_http_api.py", "test_several_datasets.py", "test_several_datasets_cli.py",
-    "test_pages_inference.py", "test_readme_commands.py",
+    "test_readme_command_line.py", "test_browser_traps.py", "test_remote.py", "test_browser_tuner.py",
+    "test_remote_outbox.py", "test_browser.py", "test_crash.py", "test_bad_input_cli.py", "test_jobs.py",
+    "test_browser_session.py", "test_readme_several_machines.py", "test_cli.py", "test_api_jobs.py",
+    "test_readme_http_api.py", "test_pretrained.py", "test_bounded_memory.py", "test_readme_commands.py",
+    "test_storage.py", "test_resume.py", "test_housekeeping_worker.py", "test_pages_inference.py",
+    "test_pages_train.py", "test_fov.py",
 )
 
 
