@@ -37,7 +37,7 @@ LONG_RUNNING = {  # what a command that keeps running is, by how it starts
 }
 FOREGROUND = {"make test"}  # stopped as soon as it answers; a training once read from, the others at the block's end
 ANSWER_S = 300  # how long a command that keeps running may take to answer
-EPOCH_S = 540  # how long a training may take to end its first epoch (it shares the CPU with the lines after it)
+EPOCH_S = 780  # how long a training may take to end its first epoch (it shares the CPU with the lines after it)
 
 
 def shell_blocks() -> list[tuple[str, list[str]]]:
