@@ -17,6 +17,45 @@ if str(ROOT) not in sys.path:
 # Keep torch and BLAS from fighting over the two cores of a CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The files that take longest, slowest first (measured one at a time on the shared 2-core machine; the commit that
+# last changed this list gives the seconds). `make test` hands whole files to its processes in collection order
+# (`--dist loadfile --no-loadscope-reorder`), so these start first and the short files fill in around them;
+# xdist's own order (most tests first) started the long README, remote and browser files last: they set the tail.
+SLOWEST_FIRST = (
+    "test_readme_command_line.py", "test_browser_traps.py", "test_remote.py", "test_browser_tuner.py",
+    "test_remote_outbox.py", "test_browser.py", "test_crash.py", "test_bad_input_cli.py", "test_jobs.py",
+    "test_browser_session.py", "test_readme_several_machines.py", "test_cli.py", "test_api_jobs.py",
+    "test_readme_http_api.py", "test_pretrained.py", "test_bounded_memory.py", "test_readme_commands.py",
+    "test_storage.py", "test_resume.py", "test_housekeeping_worker.py", "test_pages_inference.py",
+    "test_pages_train.py", "test_fov.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which would make a plain loadfile scheduler
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, except that the file queued behind a slow one is a short one.
+
+    A process is handed its next file when two tests of its current one are left (it needs the next test to know
+    what to tear down), so the next file waits behind those two: behind a file of SLOWEST_FIRST that is the last
+    file of the queue (the short ones are at its end), and the next slow file goes to a process that is free."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ShortBehindSlow(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            running = [scope for scope, tests in self.assigned_work.get(node, {}).items() if not all(tests.values())]
+            if any(Path(scope).name in SLOWEST_FIRST for scope in running) and len(self.workqueue) > 1:
+                self.workqueue.move_to_end(next(reversed(self.workqueue)), last=False)
+            super()._assign_work_unit(node)
+
+    return ShortBehindSlow(config, log)
+
 
 @pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
 def cpu_bf16(request, monkeypatch) -> bool:
@@ -86,3 +125,13 @@ def served_api(tmp_path_factory):
                 yield server
             finally:
                 server.stop()
+
+
+@pytest.fixture
+def readme_shell(tmp_path):
+    """A shell for one of the README's ```bash blocks on a fresh data home (tests/readme_helpers.py); what it
+    started is stopped with Ctrl-C at the end."""
+    from tests.readme_helpers import new_shell
+
+    with new_shell(tmp_path) as shell:
+        yield shell
