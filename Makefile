@@ -22,7 +22,7 @@ WORKER_CMD = $(VENV)/bin/huey_consumer engine.jobs.huey -k thread -w $(WORKERS) 
 endif
 export ML_MANAGER_HOME ?= $(CURDIR)/data
 
-.PHONY: run test worker dashboard bench bench-remote bench-train bench-train-cv bench-train-cv-2min bench-scale bench-cameras pretrained screenshots clean-venv
+.PHONY: run test worker dashboard bench bench-remote bench-same-runs bench-train bench-train-cv bench-train-cv-2min bench-scale bench-cameras pretrained screenshots clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ bench: $(STAMP_DEV)
 ## bench-remote: the same short training on a local and on a remote worker, DRIVE's download, status latency
 bench-remote: $(STAMP_DEV)
 	$(PY) benchmarks/remote.py
+
+## bench-same-runs: one fixed-seed training on every kind of worker, fingerprinted (OUT=file.json keeps it;
+##                  compare two with .venv/bin/python benchmarks/same_runs.py --compare A B)
+bench-same-runs: $(STAMP_DEV)
+	$(PY) benchmarks/same_runs.py $(if $(OUT),--out $(OUT))
 
 ## bench-train: train the default config on DRIVE for 10 minutes and score it on unseen images
 bench-train: $(STAMP_DEV)
