@@ -121,11 +121,11 @@ class RemoteTraining:
     def record_final(self, result: "TrainResult") -> None:
         recorder = self.recorder
         recorder.flush()
-        last = recorder.recorded.get("last.pt", (None, None))  # last.pt's epoch and metric, as its event said
+        last = recorder.uploaded.get("last.pt", (None, None, None))[1:]  # its epoch and metric, as its event said
         best = (result.best_epoch, result.best_metric)
         for path, name, (epoch, metric) in ((result.best_checkpoint, "best.pt", best),
                                             (result.last_checkpoint, "last.pt", last)):
-            if path is not None and recorder.uploaded.get(name) != Path(path).stat().st_mtime_ns:
+            if path is not None and recorder.uploaded.get(name, (None,))[0] != Path(path).stat().st_mtime_ns:
                 recorder.upload(Path(path), name, epoch, metric)
 
     def finish(self, outcome: dict) -> None:
@@ -149,11 +149,8 @@ class RemoteRecorder:
         self.link, self.model_id = link, model_id
         self.base = f"/workers/trainings/{model_id}"
         self.pending: list[dict] = []
-        self.uploaded: dict[str, int] = {}  # name -> mtime of the file last uploaded
-        self.recorded: dict[str, tuple] = {}  # name -> (epoch, metric) of its last upload
-        self.status: str | None = None
+        self.uploaded: dict[str, tuple] = {}  # name -> (mtime, epoch, metric) of its last upload
         self._last_sent = 0.0
-        self.failures = 0
 
     def __call__(self, event: dict) -> None:
         kind = event.get("type")
@@ -168,7 +165,6 @@ class RemoteRecorder:
             if kind != "batch" or time.monotonic() - self._last_sent >= BATCH_EVERY_S:
                 self.flush()
         except DashboardError as exc:  # refused (an unreachable dashboard keeps the report in the outbox)
-            self.failures += 1
             log.warning("%s of model %s not recorded: %s", kind, self.model_id, exc)
 
     def flush(self) -> None:
@@ -178,16 +174,13 @@ class RemoteRecorder:
             return
         events, self.pending = self.pending, []
         self._last_sent = time.monotonic()
-        answer = self.link.report(f"{self.base}/events", {"events": events})
-        if answer is not None:
-            self.status = answer["status"]
+        self.link.report(f"{self.base}/events", {"events": events})
 
     def upload(self, path: Path, name: str, epoch: int | None, metric: float | None) -> None:
         mtime = path.stat().st_mtime_ns
         self.link.outbox.send("PUT", f"{self.base}/checkpoints/{name}", file=path,
                               query={"worker_id": self.link.worker_id, "epoch": epoch, "metric": metric})
-        self.uploaded[name] = mtime
-        self.recorded[name] = (epoch, metric)
+        self.uploaded[name] = (mtime, epoch, metric)
 
 
 class RemoteJob:
