@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Train and apply vessel-segmentation models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a U-Net on one or more data set folders", epilog=training_options_help)
+    p = sub.add_parser("train", help="train a U-Net on one or more data set folders", epilog=training_options_help,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, action="append",
                    help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]; "
                         "give it once per set to train on several, each in its own layout and resolution")

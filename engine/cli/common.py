@@ -18,11 +18,15 @@ class CliError(UserError):
 
 def training_options_help() -> str:
     """The help's list of the training options ``--set`` and ``--config`` take, from their specs
-    (``engine.training.config.FIELDS``): ``base_channels: whole number 1–256, default 16; …``."""
-    from engine.training.config import FIELDS
+    (``engine.training.config.FIELDS``), one a line under the Train form's sections:
+    ``base_channels: whole number 1–256, default 16``."""
+    from engine.training.config import FIELDS, GROUPS
 
-    listed = "; ".join(f"{name}: {spec.summary()}" for name, spec in FIELDS.items())
-    return f"training options for --set KEY=VALUE and the --config file: {listed}."
+    lines = ["training options for --set KEY=VALUE and the --config file:"]
+    for group in GROUPS:
+        lines.append(f"  {group}:")
+        lines += [f"    {name}: {spec.summary()}" for name, spec in FIELDS.items() if spec.group == group]
+    return "\n".join(lines)
 
 
 def read_json(path: str, what: str) -> dict:

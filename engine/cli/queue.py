@@ -29,7 +29,8 @@ from engine.errors import number_or_none
 def register(subparsers) -> None:
     """Add the queue commands to ``python -m engine``'s sub-command parser."""
     p = subparsers.add_parser("submit", help="queue a training on the background worker; prints the model id",
-                              epilog=training_options_help)
+                              epilog=training_options_help,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, action="append",
                    help="data set folder as downloaded (DRIVE, STARE, CHASE_DB1, HRF) or images/ + masks/ [+ fov/]; "
                         "give it once per set to train on several, each in its own layout and resolution")
