@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
-from engine.errors import UserError
 from engine.jobs.ledger import RegistryJob
 from engine.jobs.queue import INFERENCE, check_queue, queue_for, queued_task, redis_errors, remote_link
 from engine.jobs.runner import run_job
@@ -52,7 +50,7 @@ def start_inference(checkpoint_path: str | os.PathLike, input_path: str | os.Pat
     try:
         with redis_errors("queue the job"):
             q.enqueue(task)
-    except (UserError, OSError, sqlite3.Error) as exc:  # a queue that cannot be reached or written
+    except BaseException as exc:  # whatever stopped it, the row must not stay queued without a task; re-raised
         store.update_inference_job(job_id, status="failed", error=f"could not be queued: {exc}")
         raise
     return job_id
